@@ -1,0 +1,243 @@
+"""The one place that runs other programs (Packer, qemu-img, QEMU, ssh, mmdebstrap, openssl...).
+
+argv is always a list, never a shell string; the environment is scrubbed down to what the tool
+needs; stdin is closed; a failure raises ``CommandError`` with argv, exit code and the output tail.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import CommandError, ToolNotFound
+from pipeline.log import log
+
+# Variables passed through from the caller's environment; everything else is dropped.
+_PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TERM", "USER", "LOGNAME", "SOURCE_DATE_EPOCH")
+
+# Where to find each tool and which package provides it, for the error a user sees.
+TOOL_HINTS: dict[str, str] = {
+    "packer": "install Debian's 'packer' package (apt-get install packer), or run scripts/setup",
+    "qemu-img": "install Debian's 'qemu-utils' package",
+    "qemu-system-x86_64": "install Debian's 'qemu-system-x86' package",
+    "mmdebstrap": "install Debian's 'mmdebstrap' package",
+    "genisoimage": "install Debian's 'genisoimage' package",
+    "xorriso": "install Debian's 'xorriso' package",
+    "ssh": "install Debian's 'openssh-client' package",
+    "ssh-keygen": "install Debian's 'openssh-client' package",
+    "openssl": "install Debian's 'openssl' package",
+    "virt-v2v": "install Debian's 'virt-v2v', 'nbdkit' and 'libnbd-bin' packages",
+    "losetup": "install Debian's 'mount' package",
+    "sfdisk": "install Debian's 'fdisk' package",
+    "mkfs.ext4": "install Debian's 'e2fsprogs' package",
+    "chromium": "install Debian's 'chromium' package",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits applied to a child process (e.g. qemu-img on untrusted input)."""
+
+    cpu_seconds: int | None = None
+    address_space_bytes: int | None = None
+
+    def apply(self) -> None:  # runs in the child, before exec
+        if self.cpu_seconds is not None:
+            resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds))
+        if self.address_space_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (self.address_space_bytes, self.address_space_bytes))
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def find_tool(name: str, hint: str | None = None) -> str:
+    """Absolute path of ``name`` on PATH, or ``ToolNotFound`` saying how to install it."""
+    path = shutil.which(name)
+    if path is None:
+        raise ToolNotFound(f"required tool '{name}' is not installed", hint or TOOL_HINTS.get(name))
+    return path
+
+
+def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The scrubbed environment children get: a few passed-through variables plus ``extra``."""
+    env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
+    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    env.setdefault("LANG", "C.UTF-8")
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _tail(text: str, lines: int = 25) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    timeout: float | None = None,
+    input_text: str | None = None,
+    limits: Limits | None = None,
+    hint: str | None = None,
+) -> Result:
+    """Run a program to completion and capture its output.
+
+    Raises ``CommandError`` when it exits non-zero and ``check`` is true, and when it times out.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("$ %s", " ".join(args))
+    try:
+        proc = subprocess.run(
+            args,
+            cwd=cwd,
+            env=clean_env(env),
+            stdin=subprocess.DEVNULL if input_text is None else None,
+            input=input_text,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+            preexec_fn=limits.apply if limits else None,
+            check=False,
+        )
+    except FileNotFoundError as e:
+        raise ToolNotFound(f"required tool '{args[0]}' is not installed", TOOL_HINTS.get(args[0])) from e
+    except subprocess.TimeoutExpired as e:
+        out = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        raise CommandError(args, -1, _tail(out) + f"\n(timed out after {timeout}s)", hint) from e
+    result = Result(args, proc.returncode, proc.stdout, proc.stderr)
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc.returncode, _tail(proc.stderr or proc.stdout), hint)
+    return result
+
+
+def stream(
+    argv: Sequence[str | os.PathLike[str]],
+    on_line: Callable[[str], None],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    check: bool = True,
+    timeout: float | None = None,
+    hint: str | None = None,
+) -> Result:
+    """Run a program, handing each line of its combined stdout/stderr to ``on_line`` as it comes.
+
+    Used for long-running tools whose progress the user watches (Packer, mmdebstrap).
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("$ %s", " ".join(args))
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    try:
+        proc = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=clean_env(env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=True,
+        )
+    except FileNotFoundError as e:
+        raise ToolNotFound(f"required tool '{args[0]}' is not installed", TOOL_HINTS.get(args[0])) from e
+    timer: threading.Timer | None = None
+    timed_out = threading.Event()
+    if timeout is not None:
+
+        def _kill() -> None:
+            timed_out.set()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+
+        timer = threading.Timer(timeout, _kill)
+        timer.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            on_line(line)
+        returncode = proc.wait()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        raise
+    finally:
+        if timer is not None:
+            timer.cancel()
+    text = "\n".join(tail)
+    if timed_out.is_set():
+        raise CommandError(args, returncode, text + f"\n(timed out after {timeout}s)", hint)
+    if check and returncode != 0:
+        raise CommandError(args, returncode, text, hint)
+    return Result(args, returncode, text, "")
+
+
+@contextlib.contextmanager
+def spawn(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    log_path: Path | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a long-lived process (a QEMU guest, a test server) and stop it when the block ends.
+
+    Output goes to ``log_path`` (or is discarded). The whole process group is terminated, then killed.
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("$ %s &", " ".join(args))
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(log_path, "ab")) if log_path else subprocess.DEVNULL
+        try:
+            proc = subprocess.Popen(
+                args,
+                cwd=cwd,
+                env=clean_env(env),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except FileNotFoundError as e:
+            raise ToolNotFound(f"required tool '{args[0]}' is not installed", TOOL_HINTS.get(args[0])) from e
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def tool_version(argv: Sequence[str]) -> str:
+    """First line a tool prints for its version flag, e.g. ``tool_version(["packer", "version"])``."""
+    res = run(argv, check=False)
+    text = (res.stdout or res.stderr).strip()
+    return text.splitlines()[0] if text else "unknown"

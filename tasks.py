@@ -1,0 +1,296 @@
+"""vmi-pipeline's command line: `invoke <task> --help` for each.
+
+Only wiring: load settings, call the library, turn a PipelineError into an exit code.
+Data flows one way: validate -> build -> package -> publish -> endorse -> (sites) verify-list.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from invoke import Context, Exit, task
+
+from pipeline.errors import PipelineError, VerificationError
+from pipeline.log import setup_logging
+from pipeline.settings import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _settings(c: Context) -> Settings:
+    return load_settings(dict(c.config.get("vmi", {})), ROOT)
+
+
+def _edge(func: F) -> F:
+    """Run a task; report a PipelineError as a message and a non-zero exit, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(c: Context, *args: Any, **kwargs: Any) -> Any:
+        if any(v in ("--help", "-h") for v in [*args, *kwargs.values()]):
+            # invoke takes `--help` after a task as the value of its first positional argument
+            name = func.__name__.replace("_", "-")
+            os.execv(sys.executable, [sys.executable, sys.argv[0], "--help", name])
+        missing = [
+            "--" + name.replace("_", "-")
+            for name, param in list(inspect.signature(func).parameters.items())[1:]
+            if param.default is inspect.Parameter.empty and kwargs.get(name) is None
+        ]
+        if missing and not args:
+            raise Exit(f"error: missing required option(s): {', '.join(missing)} (see --help)", code=2)
+        setup_logging(verbose=bool(c.config.get("run", {}).get("echo")))
+        try:
+            return func(c, *args, **kwargs)
+        except VerificationError as e:
+            for problem in e.problems:
+                print(f"{e.subject}: {problem}", file=sys.stderr)
+            raise Exit(code=1) from e
+        except PipelineError as e:
+            raise Exit(f"error: {e}", code=2) from e
+        except KeyboardInterrupt as e:
+            raise Exit("interrupted", code=130) from e
+
+    return wrapper  # type: ignore[return-value]
+
+
+@task(positional=[])
+@_edge
+def validate(c: Context) -> None:
+    """Check every appliance definition (all mistakes at once, with file and field) and `packer validate` it."""
+    from pipeline.build import validate_appliances
+
+    for line in validate_appliances(_settings(c)):
+        print(line)
+
+
+@task(
+    positional=[],
+    help={
+        "appliance": "appliance name (folder under packer_templates/)",
+        "version": "version to build (default: today's date, YYYY.MM.DD[.N])",
+        "force": "rebuild even when an up-to-date build of the same inputs exists",
+    },
+)
+@_edge
+def build(c: Context, appliance: str, version: str | None = None, force: bool = False) -> None:
+    """Build an appliance with Packer + QEMU into output/<appliance>/<version>/ (qcow2 + manifest.json)."""
+    from pipeline.build import build_appliance
+
+    result = build_appliance(_settings(c), appliance, version=version, force=force)
+    print(result.summary())
+
+
+@task(
+    positional=[],
+    help={
+        "appliance": "appliance whose metadata describes the image",
+        "version": "built version to package (default: the newest)",
+        "disk": "package this qcow2/raw disk instead of a built version",
+        "out": "output folder (with --disk)",
+        "raw": "also write a raw image",
+        "sign_key": "PEM private key to sign the OVA manifest (.cert)",
+        "sign_cert": "PEM certificate matching --sign-key",
+    },
+)
+@_edge
+def package(
+    c: Context,
+    appliance: str,
+    version: str | None = None,
+    disk: str | None = None,
+    out: str | None = None,
+    raw: bool = False,
+    sign_key: str | None = None,
+    sign_cert: str | None = None,
+) -> None:
+    """Package a built version (or any disk) as OVA, compressed qcow2, optional raw, and SHA256SUMS/SHA512SUMS."""
+    from pipeline.package import package_appliance
+
+    result = package_appliance(
+        _settings(c),
+        appliance,
+        version=version,
+        disk=Path(disk) if disk else None,
+        out=Path(out) if out else None,
+        raw=raw,
+        sign_key=Path(sign_key) if sign_key else None,
+        sign_cert=Path(sign_cert) if sign_cert else None,
+    )
+    print(result.summary())
+
+
+@task(name="verify-ova", positional=["path"], help={"path": "the .ova to check"})
+@_edge
+def verify_ova(c: Context, path: str) -> None:
+    """Check any OVA strictly (layout, manifest, descriptor, disks); exit 0 only if it is sound."""
+    from pipeline.package.verify import verify_ova as check
+
+    report = check(Path(path))
+    print(report.summary())
+
+
+@task(
+    positional=[],
+    help={
+        "appliance": "appliance to publish",
+        "version": "packaged version (default: the newest)",
+        "dry_run": "show the repository keys and the catalogue payload; write nothing",
+    },
+)
+@_edge
+def publish(c: Context, appliance: str, version: str | None = None, dry_run: bool = False) -> None:
+    """Upload the packaged artifacts to the repository and register the version in the catalogue."""
+    from pipeline.publish import publish_version
+
+    print(publish_version(_settings(c), appliance, version=version, dry_run=dry_run).summary())
+
+
+@task(positional=[], help={"appliance": "appliance to release"})
+@_edge
+def release(c: Context, appliance: str) -> None:
+    """Build, package and publish in one go; prints the catalogue URL of the new version."""
+    from pipeline.publish import release_appliance
+
+    print(release_appliance(_settings(c), appliance).summary())
+
+
+@task(
+    positional=[],
+    help={
+        "host": "address to listen on",
+        "port": "port to listen on",
+        "create_token": "create an API token for this user (created as admin if new) and print it once",
+    },
+)
+@_edge
+def serve(c: Context, host: str = "127.0.0.1", port: int = 8080, create_token: str | None = None) -> None:
+    """Run the catalogue service (REST API, web pages, signed VO image lists, file repository downloads)."""
+    from pipeline.catalogue.server import serve_catalogue
+
+    serve_catalogue(_settings(c), host=host, port=port, create_token=create_token)
+
+
+@task(positional=[])
+@_edge
+def audit(c: Context) -> None:
+    """Re-check every registered image against the repository (exists, size, checksum); report drift."""
+    from pipeline.publish import audit_repository
+
+    print(audit_repository(_settings(c)).summary())
+
+
+@task(
+    name="audit-image", positional=[], help={"appliance": "appliance", "version": "built version (default: the newest)"}
+)
+@_edge
+def audit_image(c: Context, appliance: str, version: str | None = None) -> None:
+    """Inspect a built disk offline against the endorsement policy; exit 0 only if every check passes."""
+    from pipeline.endorse.audit import audit_version
+
+    print(audit_version(_settings(c), appliance, version=version).summary())
+
+
+@task(
+    positional=[],
+    help={
+        "appliance": "appliance",
+        "version": "published version",
+        "vo": "the VO to endorse it for",
+        "revoke": "withdraw the endorsement instead",
+    },
+)
+@_edge
+def endorse(c: Context, appliance: str, version: str, vo: str, revoke: bool = False) -> None:
+    """Endorse (or revoke) a published version for a VO: audit, then a new signed VO image list."""
+    from pipeline.endorse import endorse_version
+
+    print(endorse_version(_settings(c), appliance, version, vo, revoke=revoke).summary())
+
+
+@task(name="dev-ca", positional=[], help={"out": "folder for the throwaway CA and endorser key/certificate"})
+@_edge
+def dev_ca(c: Context, out: str = ".dev-ca") -> None:
+    """Make a throwaway CA and endorser certificate for local use (never for production)."""
+    from pipeline.endorse.pki import make_dev_ca
+
+    print(make_dev_ca(Path(out)).summary())
+
+
+@task(
+    name="verify-list",
+    positional=["source"],
+    help={
+        "source": "image list file or URL",
+        "ca": "CA certificate(s) (PEM) to trust",
+        "endorser_dn": "the endorser DN the list must be signed by",
+        "download": "download and verify every image into this folder",
+        "state": "file that remembers the last hv:version seen",
+    },
+)
+@_edge
+def verify_list(
+    c: Context,
+    source: str,
+    ca: str,
+    endorser_dn: str | None = None,
+    download: str | None = None,
+    state: str | None = None,
+) -> None:
+    """Verify a signed HEPiX image list the way a site does (signature, signer, dates, version, images)."""
+    from pipeline.endorse.verify import verify_image_list
+
+    print(
+        verify_image_list(
+            source,
+            ca=Path(ca),
+            endorser_dn=endorser_dn,
+            download=Path(download) if download else None,
+            state=Path(state) if state else None,
+        ).summary()
+    )
+
+
+@task(
+    iterable=["appliance"],
+    positional=[],
+    help={"appliance": "limit to these appliances (repeatable)", "dry_run": "print the plan and the reasons only"},
+)
+@_edge
+def rebuild(c: Context, appliance: list[str], dry_run: bool = False) -> None:
+    """Rebuild what needs it (changed inputs, newer packages, new base, too old), then package, publish, endorse."""
+    from pipeline.rebuild import rebuild_appliances
+
+    report = rebuild_appliances(_settings(c), appliance or None, dry_run=dry_run)
+    print(report.summary())
+    if not report.ok:
+        raise Exit(code=1)
+
+
+@task(
+    name="ci-matrix",
+    positional=[],
+    help={"changed_only": "only appliances whose inputs changed since this git revision"},
+)
+@_edge
+def ci_matrix(c: Context, changed_only: str | None = None) -> None:
+    """Print the CI build matrix as JSON (appliances in dependency order)."""
+    from pipeline.rebuild import ci_matrix as matrix
+
+    print(matrix(_settings(c), changed_since=changed_only))
+
+
+@task(
+    name="new-appliance", positional=["name"], help={"name": "new appliance name", "from_": "appliance to layer it on"}
+)
+@_edge
+def new_appliance(c: Context, name: str, from_: str = "debian-12") -> None:
+    """Scaffold a layered appliance (definition, template, provisioner stub) that validates and builds."""
+    from pipeline.rebuild import scaffold_appliance
+
+    print(scaffold_appliance(_settings(c), name, base=from_))
