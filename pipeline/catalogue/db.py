@@ -6,6 +6,7 @@ failing; PostgreSQL gets a pre-ping so a restarted server does not break a long-
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+_ALEMBIC_LOCK = threading.Lock()
 MIGRATIONS_INI = Path(__file__).resolve().parent / "migrations" / "alembic.ini"
 
 
@@ -59,8 +61,10 @@ def alembic_config(url: str) -> Config:
 
 def migrate(url: str, revision: str = "head") -> None:
     """Bring the schema at ``url`` to ``revision`` (``head`` = newest); the service runs this at start."""
-    command.upgrade(alembic_config(url), revision)
+    with _ALEMBIC_LOCK:  # Alembic keeps its context in module globals: one migration at a time per process
+        command.upgrade(alembic_config(url), revision)
 
 
 def downgrade(url: str, revision: str = "base") -> None:
-    command.downgrade(alembic_config(url), revision)
+    with _ALEMBIC_LOCK:
+        command.downgrade(alembic_config(url), revision)
