@@ -295,7 +295,7 @@ def tmp_empty(ctx: AuditContext) -> Finding:
 LEFTOVER_FILES = (
     "/etc/passwd-", "/etc/shadow-", "/etc/group-", "/etc/gshadow-", "/etc/subuid-", "/etc/subgid-",
     "/etc/apt/sources.list.d/localdebs.list", "/etc/mailname", "/root/anaconda-ks.cfg",
-    "/etc/udev/rules.d/70-persistent-net.rules", "/etc/sudoers.d/packer", "/etc/sudoers.d/vagrant",
+    "/etc/udev/rules.d/70-persistent-net.rules",
 )  # fmt: skip
 LEFTOVER_PATTERNS = (
     ("/usr/bin", re.compile(r"^qemu-.*-static$")),
@@ -313,7 +313,7 @@ def no_build_leftovers(ctx: AuditContext) -> Finding:
     resolv = ctx.root.lstat("/etc/resolv.conf")
     if resolv is not None and stat.S_ISREG(resolv.st_mode) and resolv.st_size > 0:
         found.append("/etc/resolv.conf is a file with the build's resolver (must be absent or a symlink)")
-    return verdict(found, "no passwd backups, build resolver, qemu-*-static, apt archives, leases or build sudoers")
+    return verdict(found, "no passwd backups, build resolver, qemu-*-static, apt archives, leases or persistent net rules")
 
 
 SECRET_NAMES = {
