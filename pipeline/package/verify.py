@@ -299,11 +299,15 @@ def _hardware_problems(tree: etree._ElementTree, disk_ids: set[str], ns: dict[st
     for section in tree.iterfind(".//ovf:VirtualHardwareSection", ns):
         items = section.findall("ovf:Item", ns)
         by_id: dict[str, int | None] = {}
+        seen: set[tuple[str, str]] = set()
         for item in items:
             iid = item.findtext("rasd:InstanceID", "", ns)
             rtype = item.findtext("rasd:ResourceType", "", ns)
-            if iid in by_id:
+            # Items for other deployment options (ovf:configuration) may override the default's id.
+            key = (iid, str(item.get(f"{{{OVF_NS}}}configuration", "")))
+            if key in seen:
                 problems.append(f"Item {iid}: duplicate InstanceID")
+            seen.add(key)
             by_id[iid] = int(rtype) if rtype.isdigit() else None
         for item in items:
             iid = item.findtext("rasd:InstanceID", "", ns)
