@@ -71,18 +71,14 @@ def test_hardware_section_follows_the_importers_rules(appliance: Appliance, prof
     assert memory.findtext("rasd:VirtualQuantity", namespaces=NS) == str(appliance.hardware.ram_recommended_mb)
     assert by_type["3"].findtext("rasd:VirtualQuantity", namespaces=NS) == str(appliance.hardware.cores_recommended)
     disk = by_type["17"]
-    parent = by_type[disk.findtext("rasd:Parent", namespaces=NS) and _type_of(items, disk)]
+    parent_id = disk.findtext("rasd:Parent", namespaces=NS)
+    parent = next(i for i in items if i.findtext("rasd:InstanceID", namespaces=NS) == parent_id)
     assert parent.findtext("rasd:ResourceType", namespaces=NS) in {"5", "6", "20"}
     assert disk.findtext("rasd:HostResource", namespaces=NS) == "ovf:/disk/vmdisk1"
     assert by_type["10"].findtext("rasd:Connection", namespaces=NS) == "VM Network"
     assert tree.find("ovf:NetworkSection/ovf:Network", NS).get(f"{{{OVF_NS}}}name") == "VM Network"
     system_type = tree.findtext(".//vssd:VirtualSystemType", namespaces=NS)
     assert system_type == ("virtualbox-2.2" if profile is HardwareProfile.VIRTUALBOX else "vmx-11")
-
-
-def _type_of(items: list[etree._Element], disk: etree._Element) -> str:
-    parent_id = disk.findtext("rasd:Parent", namespaces=NS)
-    return next(i.findtext("rasd:ResourceType", namespaces=NS) for i in items if i.findtext("rasd:InstanceID", namespaces=NS) == parent_id)
 
 
 def test_references_disk_and_product(appliance: Appliance) -> None:
@@ -121,9 +117,7 @@ def test_operating_system_code(appliance: Appliance, family: OsFamily, name: str
 
 
 def test_metadata_is_escaped_not_templated(appliance: Appliance) -> None:
-    hostile = dataclasses.replace(
-        appliance, title='A & B <x> "q"', description="</Annotation><Evil/>", vendor="V&V"
-    )
+    hostile = dataclasses.replace(appliance, title='A & B <x> "q"', description="</Annotation><Evil/>", vendor="V&V")
     tree = parse_descriptor(build_descriptor(hostile, "1", DISK))
     assert tree.findtext(".//ovf:ProductSection/ovf:Product", namespaces=NS) == 'A & B <x> "q"'
     assert tree.findtext(".//ovf:Annotation", namespaces=NS) == "</Annotation><Evil/>"
