@@ -112,9 +112,10 @@ def package_appliance(
         if raw:
             with step("raw", timings):
                 artifacts.append(_converted(source, fmt, out_dir / f"{stem}.raw", DiskFormat.RAW, capacity))
+        images = list(artifacts)
         for algo in ("sha256", "sha512"):
             sums_name = f"{algo.upper()}SUMS"
-            entries = [(a.name, getattr(a, algo)) for a in artifacts]
+            entries = [(a.name, getattr(a, algo)) for a in images]
             digests = formats.write_sums(out_dir / sums_name, entries)
             artifacts.append(Artifact.from_digests(sums_name, f"{algo}sums", "text", digests))
     manifest_path = None

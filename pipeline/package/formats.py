@@ -57,26 +57,27 @@ def convert_to_stream_vmdk(source: Path, fmt: DiskFormat, target: Path, adapter:
     )  # fmt: skip
 
 
-_CID = re.compile(rb"\nCID=([0-9a-f]{8})\n")
+_CID = re.compile(rb"\nCID=[0-9a-fA-F]{1,8}\n")
 
 
 def set_vmdk_cid(path: Path, cid: int) -> None:
-    """Replace the random content id qemu-img writes with ``cid`` so the VMDK is reproducible.
+    """Replace the random content id qemu-img writes (``%x``, so even its length varies) with ``cid``.
 
-    Same-length edit inside the embedded descriptor; the grains are untouched.
+    The embedded descriptor is rewritten inside its reserved, zero-padded sectors; grains are untouched.
     """
     with open(path, "r+b") as f:
         header = parse_vmdk_header(f.read(SECTOR))
         if header is None:
             raise ArtifactError(f"{path}: qemu-img did not write a sparse VMDK header")
-        start = header.descriptor_offset * SECTOR
+        start, length = header.descriptor_offset * SECTOR, header.descriptor_sectors * SECTOR
         f.seek(start)
-        descriptor = f.read(header.descriptor_sectors * SECTOR)
-        match = _CID.search(descriptor)
-        if match is None:
-            raise ArtifactError(f"{path}: no CID line in the VMDK descriptor")
-        f.seek(start + match.start(1))
-        f.write(f"{cid & 0xFFFFFFFF:08x}".encode())
+        region = f.read(length)
+        text = region.split(b"\0", 1)[0]
+        new, count = _CID.subn(f"\nCID={cid & 0xFFFFFFFF:08x}\n".encode(), text)
+        if count != 1 or len(new) >= length:
+            raise ArtifactError(f"{path}: no single CID line in the VMDK descriptor")
+        f.seek(start)
+        f.write(new + b"\0" * (length - len(new)))
 
 
 @functools.cache

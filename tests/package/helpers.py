@@ -29,6 +29,7 @@ def sh(*argv: str | os.PathLike[str], cwd: Path | None = None) -> str:
 def make_disk(path: Path, size_mib: int = 64, fmt: str = "qcow2") -> Path:
     """A disk with a pattern, a block of incompressible data and holes, like a small real image."""
     raw = path.with_suffix(".src.raw")
+    path.parent.mkdir(parents=True, exist_ok=True)
     with open(raw, "wb") as f:
         f.truncate(size_mib * MIB)
         f.seek(1 * MIB)
