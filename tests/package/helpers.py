@@ -69,6 +69,8 @@ def write_ova(
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mode = 0o644
+            if fmt == tarfile.PAX_FORMAT:
+                info.pax_headers = {"comment": "written by a PAX-default tool"}
             tar.addfile(info, io.BytesIO(data))
         for info in special or []:
             tar.addfile(info)
