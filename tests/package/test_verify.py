@@ -73,14 +73,24 @@ def qcow2_with_backing(tmp: Path) -> bytes:
     return path.read_bytes()
 
 
+def two_files(p: Parts, tmp: Path, reverse: bool) -> Path:
+    """The descriptor with a second referenced file (an ISO), members in or against References order."""
+    iso = b"\0" * 2048
+    ovf = edit_ovf(p, "</References>", '  <File ovf:id="file2" ovf:href="extra.iso" ovf:size="2048"/>\n  </References>')
+    files = [(DISK, p.disk), ("extra.iso", iso)]
+    members = list(reversed(files)) if reverse else files
+    return write_ova(tmp / "x.ova", [(OVF, ovf), (MF, p.mf(ovf, files)), *members])
+
+
 Case = Callable[[Parts, Path], Path]
 
 CASES: list[tuple[str, Case, str]] = [
     ("manifest-first", lambda p, t: write_ova(t / "x.ova", [(MF, p.mf()), (OVF, p.ovf), (DISK, p.disk)]),
      "the first member must be the .ovf"),
-    ("disk-before-manifest", lambda p, t: write_ova(t / "x.ova", [(OVF, p.ovf), (DISK, p.disk), ("z.txt", b"x"),
-                                                                  (MF, p.mf())]),
-     "not referenced by the descriptor"),
+    ("manifest-and-cert-split", lambda p, t: write_ova(t / "x.ova", [(OVF, p.ovf), (MF, p.mf()), (DISK, p.disk),
+                                                                     (CERT, b"SHA256(x)= 00\n")]),
+     "must follow the descriptor or be last"),
+    ("files-out-of-references-order", lambda p, t: two_files(p, t, reverse=True), "not in References order"),
     ("pax-headers", lambda p, t: assemble(t, p.ovf, p.disk, fmt=tarfile.PAX_FORMAT), "PAX extended header"),
     ("gnu-long-name", lambda p, t: write_ova(t / "x.ova", [(OVF, p.ovf), (MF, p.mf()), (DISK, p.disk),
                                                            ("a" * 120, b"x")], fmt=tarfile.GNU_FORMAT),
@@ -109,9 +119,8 @@ CASES: list[tuple[str, Case, str]] = [
     ("unreferenced-member", lambda p, t: write_ova(t / "x.ova", [(OVF, p.ovf), (MF, p.mf()), (DISK, p.disk),
                                                                  ("extra.iso", b"x" * 100)]),
      "extra.iso: member not referenced"),
-    ("flipped-disk-byte", lambda p, t: assemble(t, p.ovf, p.disk, mf=p.mf(files=[(DISK, p.disk)]))
-     if False else write_ova(t / "x.ova", [(OVF, p.ovf), (MF, p.mf()), (DISK, patched_disk(p, len(p.disk) - 700,
-                                                                                          b"\xff"))]),
+    ("flipped-disk-byte", lambda p, t: write_ova(t / "x.ova", [(OVF, p.ovf), (MF, p.mf()),
+                                                               (DISK, patched_disk(p, len(p.disk) - 700, b"\xff"))]),
      f"{DISK}: SHA256 does not match the manifest"),
     ("tampered-descriptor", lambda p, t: write_ova(t / "x.ova", [(OVF, edit_ovf(p, "2048", "4096")), (MF, p.mf()),
                                                                  (DISK, p.disk)]),
@@ -187,6 +196,14 @@ def test_the_untampered_rebuild_passes(parts: Parts, tmp_path: Path) -> None:
     """Control for the table: the same assembly without tampering is sound, so each case fails by its edit."""
     report = verify_ova(assemble(tmp_path, parts.ovf, parts.disk))
     assert report.disks and report.disks[0].href == DISK
+
+
+def test_other_legal_layouts_pass(parts: Parts, tmp_path: Path) -> None:
+    """DSP0243 also allows the manifest at the end, and several files in References order."""
+    (tmp_path / "end").mkdir()
+    at_end = write_ova(tmp_path / "end" / "x.ova", [(OVF, parts.ovf), (DISK, parts.disk), (MF, parts.mf())])
+    assert verify_ova(at_end, qemu_check=False).manifest_algorithms == ("SHA256",)
+    assert verify_ova(two_files(parts, tmp_path, reverse=False), qemu_check=False)
 
 
 def test_bad_certificate_is_rejected(parts: Parts, tmp_path: Path) -> None:
