@@ -53,6 +53,14 @@ class FileRepository:
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
 
+    def preflight(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UploadError(f"{self.url}: cannot create the repository folder: {e}") from e
+        if not os.access(self.root, os.W_OK):
+            raise UploadError(f"{self.url}: the repository folder is not writable")
+
     def put(self, key: str, path: Path, expected: Digests, journal: UploadJournal | None = None) -> PutResult:
         final = self._path(key)
         start = time.monotonic()

@@ -151,8 +151,8 @@ class S3Repository:
             return UploadError(f"{self.url}: {what} failed: {_code(e)} (HTTP {_status(e)}): {e}")
         return UploadError(f"{self.url}: {what} failed: {e}")
 
-    def check_bucket(self) -> None:
-        """Pre-flight: the bucket exists and answers, before anything is read or sent."""
+    def preflight(self) -> None:
+        """The bucket exists and answers, before anything is read or sent."""
         try:
             self._call(f"HeadBucket {self.bucket}", lambda: self.client.head_bucket(Bucket=self.bucket))
         except bce.ClientError as e:

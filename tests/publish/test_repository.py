@@ -182,7 +182,7 @@ def test_s3_verify_reads_back_the_bytes(tmp_path: Path, s3: Any, bucket: str, mo
 def test_s3_missing_bucket_is_a_clear_error(tmp_path: Path, moto_endpoint: str) -> None:
     repo = s3_repo(tmp_path, "no-such-bucket-here", moto_endpoint)
     with pytest.raises(UploadError, match="bucket 'no-such-bucket-here' is not reachable") as err:
-        repo.check_bucket()
+        repo.preflight()
     assert err.value.hint and "create the bucket" in err.value.hint
 
 
