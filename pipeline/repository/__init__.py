@@ -13,12 +13,14 @@ ever visible at a final key. ``repository_public_url`` is the URL under which th
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 
 from pipeline.errors import ConfigError, UploadError
@@ -76,6 +78,29 @@ class UploadTuning:
     attempts: int = 6  # per request, on top of botocore's own retries
     backoff: float = 0.5  # first wait in seconds; doubles each attempt, with jitter
     progress: bool = True  # tqdm bar on stderr when it is a terminal
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> UploadTuning:
+        """Defaults, overridden by ``VMI_UPLOAD_PART_MIB``, ``VMI_UPLOAD_THRESHOLD_MIB``, ``VMI_UPLOAD_CONCURRENCY``
+        and ``VMI_UPLOAD_ATTEMPTS`` (for slow links, small test files, or stores with other limits)."""
+        values: dict[str, Any] = {}
+        problems = []
+        for var, name, scale, least in (
+            ("VMI_UPLOAD_PART_MIB", "part_size", 1048576, 5),
+            ("VMI_UPLOAD_THRESHOLD_MIB", "multipart_threshold", 1048576, 5),
+            ("VMI_UPLOAD_CONCURRENCY", "concurrency", 1, 1),
+            ("VMI_UPLOAD_ATTEMPTS", "attempts", 1, 1),
+        ):
+            raw = environ.get(var)
+            if raw is None:
+                continue
+            if not raw.isdigit() or int(raw) < least:
+                problems.append(f"environment: {var}: {raw!r} must be an integer >= {least}")
+                continue
+            values[name] = int(raw) * scale
+        if problems:
+            raise ConfigError(problems)
+        return dataclasses.replace(cls(), **values)
 
     def part_size_for(self, size: int) -> int:
         """The configured part size, grown in MiB steps so that a file never needs more than 9,000 parts."""
@@ -148,7 +173,9 @@ def open_repository(settings: Settings, tuning: UploadTuning | None = None) -> R
 
         if parts.netloc not in ("", "localhost"):
             raise ConfigError(f"invoke.yaml: vmi.repository: {url!r}: a file:// URL needs an absolute path")
-        return FileRepository(Path(unquote(parts.path)), settings.repository_public_url)
+        return FileRepository(
+            Path(unquote(parts.path)), settings.repository_public_url, tuning or UploadTuning.from_environ(os.environ)
+        )
     if parts.scheme == "s3":
         from pipeline.repository.s3 import S3Repository
 
@@ -160,7 +187,7 @@ def open_repository(settings: Settings, tuning: UploadTuning | None = None) -> R
             public_base=settings.repository_public_url,
             endpoint_url=settings.s3_endpoint_url,
             profile=settings.s3_profile,
-            tuning=tuning or UploadTuning(),
+            tuning=tuning or UploadTuning.from_environ(os.environ),
         )
     raise ConfigError(
         f"invoke.yaml: vmi.repository: {url!r}: unsupported scheme {parts.scheme!r}",

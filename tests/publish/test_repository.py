@@ -297,3 +297,16 @@ def test_proxy_passes_requests_through_unchanged(tmp_path: Path, bucket: str, pr
     repo.put("k/a", src, digests)
     info = repo.head("k/a")
     assert info is not None and info.size == 100 and repo.head("k/none") is None
+
+
+def test_upload_tuning_from_the_environment() -> None:
+    tuning = UploadTuning.from_environ({"VMI_UPLOAD_PART_MIB": "8", "VMI_UPLOAD_CONCURRENCY": "2"})
+    assert (tuning.part_size, tuning.concurrency, tuning.multipart_threshold) == (8 * MiB, 2, 64 * MiB)
+    with pytest.raises(ConfigError) as err:
+        UploadTuning.from_environ({"VMI_UPLOAD_PART_MIB": "4", "VMI_UPLOAD_ATTEMPTS": "x"})
+    assert err.value.problems == [
+        "environment: VMI_UPLOAD_PART_MIB: '4' must be an integer >= 5",
+        "environment: VMI_UPLOAD_ATTEMPTS: 'x' must be an integer >= 1",
+    ]
+    # a 1 TiB file stays under S3's 10,000 parts
+    assert UploadTuning().part_size_for(1 << 40) // MiB == 117
