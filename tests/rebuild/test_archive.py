@@ -33,7 +33,7 @@ INSTALLED = [
 
 
 def test_parse_source_lines() -> None:
-    s = parse_source("deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://x/debian bookworm main contrib")
+    s = parse_source("deb [signed-by=/usr/share/keyrings/debian.gpg] http://x/debian bookworm main contrib")
     assert s is not None and (s.uri, s.suite, s.components) == ("http://x/debian", "bookworm", ("main", "contrib"))
     assert not s.security
     sec = parse_source("deb http://deb.debian.org/debian-security bookworm-security main")

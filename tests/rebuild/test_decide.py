@@ -49,9 +49,7 @@ def test_never_built_and_up_to_date(project: Settings, mirror: Mirror, tmp_path:
     archive = ArchiveIndex(tmp_path / "cache")
     apps = select(project, None)
     plan = make_plan(project, apps, digests({"debian-12": DIGEST_A}), archive, NOW)
-    assert [(d.appliance, d.rebuild, d.reasons) for d in plan.decisions] == [
-        ("debian-12", True, [Reason.NEVER_BUILT])
-    ]
+    assert [(d.appliance, d.rebuild, d.reasons) for d in plan.decisions] == [("debian-12", True, [Reason.NEVER_BUILT])]
     save(project, manifest("debian-12", "2026.11.20", packages=CURRENT, sources=mirror.sources()))
     d = make_plan(project, apps, digests({"debian-12": DIGEST_A}), archive, NOW).decisions[0]
     assert not d.rebuild and d.last_version == "2026.11.20"
