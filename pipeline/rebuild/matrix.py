@@ -49,7 +49,7 @@ def changed_files(root: Path, since: str) -> list[str]:
     if since.startswith("-"):
         raise ConfigError(f"--changed-only: {since!r} is not a git revision")
     result = run(
-        ["git", "diff", "--name-only", "--no-renames", since, "--", "."],
+        ["git", "diff", "--name-only", "--relative", "--no-renames", since, "--", "."],
         cwd=root,
         hint="give a revision that exists in this clone (CI: fetch enough history, e.g. fetch-depth: 0)",
     )
