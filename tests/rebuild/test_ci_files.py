@@ -97,7 +97,7 @@ def test_every_invoke_command_exists_and_runs_the_readme_way(path: Path) -> None
         assert joined.index("./scripts/setup") < joined.index(".venv/bin/invoke"), f"{path.name}:{name}: set up first"
         for prefix, task, options in runs:
             found += 1
-            assert prefix == ".venv/bin/", f"{path.name}:{name}: run invoke as .venv/bin/invoke (README), not {prefix!r}"
+            assert prefix == ".venv/bin/", f"{path.name}:{name}: run .venv/bin/invoke (README), not {prefix!r}"
             known = task_options(task)
             assert known is not None, f"{path.name}:{name}: `invoke {task}` is not a task"
             assert set(options) <= known, f"{path.name}:{name}: `invoke {task}` has no {set(options) - known}"
