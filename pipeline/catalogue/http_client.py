@@ -50,10 +50,11 @@ _IMAGES = TypeAdapter(list[ImageInfo])
 _LIST = TypeAdapter(ImageListInfo)
 
 
-def _payload_json(payload: VersionPayload) -> dict[str, Any]:
+def payload_json(payload: VersionPayload) -> dict[str, Any]:
     data = dataclasses.asdict(payload)
     data.pop("appliance")
     data["expires"] = payload.expires.isoformat() if payload.expires else None
+    data["images"] = list(data["images"])
     for image in data["images"]:
         image["packages"] = [dict(p) for p in image["packages"]]
         image["manifest"] = dict(image["manifest"]) if image["manifest"] is not None else None
@@ -107,7 +108,7 @@ class HttpCatalogue:
             return None
 
     def register_version(self, payload: VersionPayload) -> VersionInfo:
-        response = self._call("POST", self._v(payload.appliance) + "/versions", json=_payload_json(payload))
+        response = self._call("POST", self._v(payload.appliance) + "/versions", json=payload_json(payload))
         return _VERSION.validate_python(response.json())
 
     def _pages(self, path: str) -> list[Any]:

@@ -411,6 +411,13 @@ def get_image(uow: UnitOfWork, appliance: str, version: str, image_id: int) -> v
         return views.image_detail(image, appliance, version)
 
 
+def version_images(uow: UnitOfWork, appliance: str, version: str) -> list[views.ImageDetail]:
+    """Every image of a version with its packages and manifest (the version page)."""
+    with uow:
+        v = _version(uow, _appliance(uow, appliance), version)
+        return [views.image_detail(i, appliance, version) for i in uow.repo.images_with_packages(v)]
+
+
 # --- audits ----------------------------------------------------------------------------------------
 
 
@@ -646,6 +653,12 @@ def refresh_all_image_lists(uow: UnitOfWork, ctx: Context, now: datetime | None 
     with uow:
         names = [vo.name for vo in uow.repo.vos_with_endorsements()]
     return [info for name in names if (info := refresh_image_list(uow, name, ctx, now)) is not None]
+
+
+def endorsed_for(uow: UnitOfWork, vo_name: str) -> list[VersionInfo]:
+    """Versions with an endorsement for the VO in force (whether or not still listed)."""
+    with uow:
+        return [views.version_info(v) for v in uow.repo.endorsed_versions(_vo(uow, vo_name))]
 
 
 def image_list_history(uow: UnitOfWork, vo_name: str, ctx: Context, limit: int = 20) -> list[tuple[ImageListInfo, str]]:

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -220,3 +221,54 @@ def signing_settings(cat_settings: CatalogueSettings, dev_ca: Path) -> Catalogue
     import dataclasses
 
     return dataclasses.replace(cat_settings, signing_key=dev_ca / "endorser.key", signing_cert=dev_ca / "endorser.pem")
+
+
+@dataclass
+class Api:
+    """The app on one database, with a token per role for the authorisation tests."""
+
+    client: Any
+    settings: CatalogueSettings
+    tokens: dict[str, str]
+    uow: Any
+
+    def headers(self, who: str | None) -> dict[str, str]:
+        return {} if who is None else {"Authorization": f"Bearer {self.tokens[who]}"}
+
+
+@pytest.fixture
+def api(cat_settings: CatalogueSettings) -> Iterator[Api]:
+    """Users: admin; alice owns debian-12; bob maintains nothing; mia manages vo.example.org."""
+    yield from _make_api(cat_settings)
+
+
+@pytest.fixture
+def signing_api(signing_settings: CatalogueSettings) -> Iterator[Api]:
+    yield from _make_api(signing_settings)
+
+
+def _make_api(settings: CatalogueSettings) -> Iterator[Api]:
+    from fastapi.testclient import TestClient
+
+    from pipeline.catalogue import auth, services
+    from pipeline.catalogue.app import create_app
+    from pipeline.catalogue.db import make_engine, session_factory
+    from pipeline.catalogue.models import Role
+    from pipeline.catalogue.uow import UnitOfWork
+
+    migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    uow = UnitOfWork(session_factory(engine))
+    tokens = {}
+    for name, role in (("admin", Role.ADMIN), ("alice", Role.USER), ("bob", Role.USER), ("mia", Role.USER)):
+        auth.ensure_user(uow, name, f"{name}@example.org", role)
+        tokens[name] = auth.issue_token(uow, name, name, "tests").token
+    auth.create_vo(uow, "admin", "vo.example.org", "the example VO")
+    auth.create_vo(uow, "admin", "other.vo", "a VO nobody here manages")
+    auth.set_vo_manager(uow, "admin", "vo.example.org", "mia", present=True)
+    services.ensure_appliance(uow, "alice", APPLIANCE)
+    services.ensure_appliance(uow, "admin", AppliancePayload("centos-7", "Someone else's", "not alice's", ()))
+    app = create_app(settings, refresh_seconds=None)
+    with TestClient(app) as client:
+        yield Api(client, settings, tokens, uow)
+    engine.dispose()
