@@ -104,7 +104,7 @@ def postgres() -> Iterator[PostgresServer]:
         migrate(server.url(server.template))
         yield server
     finally:
-        subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], check=False)
+        subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], check=False)
         shutil.rmtree(base, ignore_errors=True)
 
 
