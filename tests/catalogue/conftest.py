@@ -206,7 +206,7 @@ WAIVED_AUDIT = {
 }
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def dev_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throwaway CA and endorser made by the endorse module (``invoke dev-ca``)."""
     from pipeline.endorse.pki import make_dev_ca
