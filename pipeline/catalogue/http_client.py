@@ -61,6 +61,20 @@ def payload_json(payload: VersionPayload) -> dict[str, Any]:
     return data
 
 
+def _problems(detail: object) -> list[str]:
+    """One line per problem from a 422 body (the catalogue's and FastAPI's share this shape)."""
+    if not isinstance(detail, list):
+        return [str(detail)]
+    lines = []
+    for item in detail:
+        if isinstance(item, dict):
+            loc = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+            lines.append(f"{loc}: {item.get('msg')}" if loc else str(item.get("msg")))
+        else:
+            lines.append(str(item))
+    return lines
+
+
 class HttpCatalogue:
     def __init__(self, base_url: str, token: str | None, session: requests.Session | None = None) -> None:
         self.base = base_url.rstrip("/")
@@ -86,8 +100,7 @@ class HttpCatalogue:
         detail = body.get("detail") if isinstance(body, dict) else None
         name = body.get("error", "") if isinstance(body, dict) else ""
         if response.status_code == 422:
-            problems = body.get("problems") or [str(detail)]
-            raise contract.InvalidPayload(problems, hint=body.get("hint"))
+            raise contract.InvalidPayload(_problems(detail), hint=body.get("hint") if isinstance(body, dict) else None)
         cls = _ERRORS.get(name) or _BY_STATUS.get(response.status_code, CatalogueError)
         text = detail if isinstance(detail, str) else f"HTTP {response.status_code} from {method} {url}"
         raise cls(text, hint=body.get("hint") if isinstance(body, dict) else None)

@@ -272,3 +272,38 @@ def _make_api(settings: CatalogueSettings) -> Iterator[Api]:
     with TestClient(app) as client:
         yield Api(client, settings, tokens, uow)
     engine.dispose()
+
+
+@dataclass
+class LiveServer:
+    url: str
+    settings: CatalogueSettings
+
+
+@pytest.fixture
+def live_server(database_url: str, repository: Path, dev_ca: Path) -> Iterator[LiveServer]:
+    """The app under uvicorn on a free loopback port, in a thread; its public URL is that address."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from pipeline.catalogue.app import create_app
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = CatalogueSettings(
+        database_url, url, repository, f"{url}/repo", signing_key=dev_ca / "endorser.key", signing_cert=dev_ca / "endorser.pem"
+    )
+    migrate(database_url)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the catalogue did not start")
+        time.sleep(0.05)
+    yield LiveServer(url, settings)
+    server.should_exit = True
+    thread.join(10)
