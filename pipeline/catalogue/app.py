@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.staticfiles import StaticFiles
 
@@ -154,6 +156,14 @@ def create_app(settings: CatalogueSettings, refresh_seconds: float | None = REFR
         if isinstance(exc, NotFound) and not request.url.path.startswith((API_PREFIX, "/vo/", "/repo/")):
             return pages.not_found_page(request, exc.message)
         return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # framework errors (unparsable body, unknown route, wrong method) in the documented error shape
+        if exc.status_code == 404 and not request.url.path.startswith((API_PREFIX, "/vo/", "/repo/")):
+            return pages.not_found_page(request, "no such page")
+        body = ErrorPublic(error=HTTPStatus(exc.status_code).phrase.replace(" ", ""), detail=str(exc.detail))
+        return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
 
     for module in (appliances, versions, images, vos, users):
         app.include_router(module.router, prefix=API_PREFIX, responses=_ERROR_RESPONSES)

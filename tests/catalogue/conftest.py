@@ -293,7 +293,12 @@ def live_server(database_url: str, repository: Path, dev_ca: Path) -> Iterator[L
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     settings = CatalogueSettings(
-        database_url, url, repository, f"{url}/repo", signing_key=dev_ca / "endorser.key", signing_cert=dev_ca / "endorser.pem"
+        database_url,
+        url,
+        repository,
+        f"{url}/repo",
+        signing_key=dev_ca / "endorser.key",
+        signing_cert=dev_ca / "endorser.pem",
     )
     migrate(database_url)
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))

@@ -67,7 +67,9 @@ def test_http_client_round_trip_and_site_verification(live_server: LiveServer, t
     tokens = _tokens(live_server)
     alice = HttpCatalogue(live_server.url, tokens["alice"])
     alice.ensure_appliance(AppliancePayload("debian-12", "Debian 12", "baseline", (VO,)))
-    payload = VersionPayload("debian-12", "1.0", "first", (_image(live_server, "1.0", "ova"), _image(live_server, "1.0", "qcow2")))
+    payload = VersionPayload(
+        "debian-12", "1.0", "first", (_image(live_server, "1.0", "ova"), _image(live_server, "1.0", "qcow2"))
+    )
     info = alice.register_version(payload)
     assert alice.register_version(payload) == info  # idempotent over HTTP too
     assert alice.get_version("debian-12", "1.0") == info
@@ -89,14 +91,14 @@ def test_http_client_round_trip_and_site_verification(live_server: LiveServer, t
     assert mia.image_list(VO) == alice.image_list(VO)
 
     # a site: fetch the stable URL, verify signature and signer, download and check every image
-    report = verify_image_list(listed.url, live_server.settings.signing_cert.parent / "ca.pem", download=tmp_path / "dl")  # type: ignore[union-attr]
+    report = verify_image_list(
+        listed.url, live_server.settings.signing_cert.parent / "ca.pem", download=tmp_path / "dl"
+    )  # type: ignore[union-attr]
     assert report.version == str(listed.hv_version)
     assert sorted(d.size for d in report.downloads) == sorted(i.size for i in payload.images)
 
     with pytest.raises(NotAuthenticated):
-        HttpCatalogue(live_server.url, "vmi_000000000000_forged").ensure_appliance(
-            AppliancePayload("x", "x", "x")
-        )
+        HttpCatalogue(live_server.url, "vmi_000000000000_forged").ensure_appliance(AppliancePayload("x", "x", "x"))
     with pytest.raises(NotFound):
         mia.revoke("debian-12", "9.9", VO)
     alice.close()
