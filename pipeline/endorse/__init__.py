@@ -8,25 +8,19 @@ the VO's next image list.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping
+import datetime as dt
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING
 
 from pipeline.errors import PolicyError
 from pipeline.log import log, step
 from pipeline.manifest import MANIFEST_FILE
 from pipeline.settings import Settings
 
+if TYPE_CHECKING:  # the catalogue imports pipeline.endorse.imagelist: import it lazily, never at module load
+    from pipeline.catalogue.contract import ImageListInfo
 
-class _Catalogue(Protocol):
-    """The part of ``pipeline.catalogue.contract.Catalogue`` endorsement uses."""
-
-    def store_audit(self, appliance: str, version: str, report: Mapping[str, Any]) -> None: ...
-    def endorse(self, appliance: str, version: str, vo: str) -> Any: ...
-    def revoke(self, appliance: str, version: str, vo: str) -> Any: ...
-    def close(self) -> None: ...
+AUDIT_REUSE = dt.timedelta(hours=24)  # an audit of the same disk with the same waivers this recent is reused
 
 
 @dataclass(frozen=True)
@@ -35,60 +29,60 @@ class EndorseResult:
     version: str
     vo: str
     revoked: bool
-    list_version: int
-    list_url: str
-    entries: int
-    expires: datetime
+    image_list: ImageListInfo
     audit_summary: str | None = None
 
     def summary(self) -> str:
         action = "revoked the endorsement of" if self.revoked else "endorsed"
+        info = self.image_list
         lines = [self.audit_summary] if self.audit_summary else []
         lines += [
             f"{action} {self.appliance} {self.version} for {self.vo}",
-            f"signed image list version {self.list_version}: {self.entries} image(s), "
-            f"expires {self.expires:%Y-%m-%dT%H:%M:%SZ}",
-            f"  {self.list_url}",
+            f"signed image list version {info.hv_version}: {info.entries} image(s), "
+            f"expires {info.expires:%Y-%m-%dT%H:%M:%SZ}",
+            f"  {info.url}",
         ]
         return "\n".join(lines)
-
-
-def _open_catalogue(settings: Settings) -> _Catalogue:
-    client = importlib.import_module("pipeline.catalogue.client")
-    catalogue: _Catalogue = client.open_catalogue(settings)
-    return catalogue
 
 
 def endorse_version(settings: Settings, name: str, version: str, vo: str, revoke: bool = False) -> EndorseResult:
     """Audit, store the report, and endorse ``name`` ``version`` for ``vo`` (or revoke that endorsement).
 
-    Without a local build of the version the catalogue's stored audit decides (it refuses
-    versions without a passing one).
+    The catalogue checks that the caller manages ``vo`` and signs the VO's next list. Without a
+    local build of the version, the audit stored in the catalogue decides (it refuses versions
+    without a passing one).
     """
-    from pipeline.endorse.audit import AUDIT_FILE, audit_version
+    from pipeline.catalogue.client import open_catalogue
+    from pipeline.endorse.audit import AUDIT_FILE, audit_version, recent_audit
 
-    catalogue = _open_catalogue(settings)
+    catalogue = open_catalogue(settings)
     try:
         audit_text = None
-        if not revoke:
+        if revoke:
+            with step(f"revoke {name} {version} for {vo}"):
+                info = catalogue.revoke(name, version, vo)
+        else:
             if (settings.version_dir(name, version) / MANIFEST_FILE).exists():
-                with step(f"policy audit of {name} {version}"):
-                    report = audit_version(settings, name, version)
-                catalogue.store_audit(name, version, report.to_dict())
-                if not report.passed:
+                report = recent_audit(settings, name, version, AUDIT_REUSE)
+                if report is not None:
+                    log.info("reusing the audit of %s (same disk, same waivers)", report["audited_at"])
+                else:
+                    with step(f"policy audit of {name} {version}"):
+                        report = audit_version(settings, name, version).to_dict()
+                catalogue.store_audit(name, version, report)
+                failed = [c["id"] for c in report["checks"] if c["result"] == "fail"]
+                if failed:
                     raise PolicyError(
-                        f"{name} {version} fails the policy audit: {', '.join(c.id for c in report.failures)}",
+                        f"{name} {version} fails the policy audit: {', '.join(failed)}",
                         hint=f"see {settings.version_dir(name, version) / AUDIT_FILE}; fix the image, or add a "
                         f"waiver with its reason to packer_templates/{name}/audit-waivers.yaml",
                     )
-                audit_text = report.summary()
+                waived = sum(c["result"] == "waived" for c in report["checks"])
+                audit_text = f"policy audit passed: {len(report['checks'])} checks, {waived} waived"
             else:
                 log.info("no local build of %s %s: the catalogue's stored audit decides", name, version)
             with step(f"endorse {name} {version} for {vo}"):
                 info = catalogue.endorse(name, version, vo)
-        else:
-            with step(f"revoke {name} {version} for {vo}"):
-                info = catalogue.revoke(name, version, vo)
     finally:
         catalogue.close()
-    return EndorseResult(name, version, vo, revoke, info.hv_version, info.url, info.entries, info.expires, audit_text)
+    return EndorseResult(name, version, vo, revoke, info, audit_text)

@@ -18,7 +18,7 @@ from tests.endorse.disks import PACKAGES, good_rootfs, make_disk, write
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def project(tmp_path: Path, mirror: str) -> Settings:
+def project(tmp_path: Path, mirror: str, **overrides: str) -> Settings:
     """A project checkout in tmp_path whose debian-12 appliance takes security updates from ``mirror``."""
     root = tmp_path / "project"
     shutil.copytree(ROOT / "packer_templates" / "debian-12", root / "packer_templates" / "debian-12")
@@ -27,7 +27,7 @@ def project(tmp_path: Path, mirror: str) -> Settings:
     data = yaml.safe_load(definition.read_text())
     data["base"]["bootstrap"]["security_mirror"] = mirror
     definition.write_text(yaml.safe_dump(data))
-    config = yaml.safe_load((ROOT / "invoke.yaml").read_text())["vmi"]
+    config = {**yaml.safe_load((ROOT / "invoke.yaml").read_text())["vmi"], **overrides}
     return load_settings(config, root, environ={})
 
 
