@@ -288,3 +288,16 @@ def test_cli_exit_codes_and_one_line_per_problem(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith(f"{bad}: ") for line in lines)
     assert "expected endorser /CN=somebody else" in lines[0] and "list expired" in lines[1]
+
+
+def test_replayed_list_with_the_same_version_but_older_date(
+    tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa
+) -> None:
+    state, source = tmp_path / "state.json", tmp_path / "image.list"
+    write_signed(source, make_list(endorser_of(endorser_pair), [], version=3), endorser_pair)
+    verify_image_list(source, dev_ca.ca_cert, state=state)
+    older = make_list(endorser_of(endorser_pair), [], version=3, created=NOW - dt.timedelta(days=2))
+    write_signed(source, older, endorser_pair)
+    with pytest.raises(VerificationError) as err:
+        verify_image_list(source, dev_ca.ca_cert, state=state)
+    assert "seen before: replayed" in problems_of(err)
