@@ -21,13 +21,14 @@ from pathlib import Path
 
 from pipeline.appliance import Appliance, find_appliance
 from pipeline.errors import ArtifactError, ConfigError
-from pipeline.fsutil import Digests, HashingWriter, atomic_path, hash_file
+from pipeline.fsutil import Digests, atomic_path, hash_file
 from pipeline.log import log, step
 from pipeline.manifest import Artifact, BuildManifest, find_version
 from pipeline.package import formats
 from pipeline.package.images import DiskFormat, inspect_disk
 from pipeline.package.ova import (
     Member,
+    ParallelHashingWriter,
     certificate_size,
     load_signer,
     manifest_text,
@@ -187,8 +188,7 @@ def package_ova(
             assert len(cert) == certificate_size(*signer, mf_name)
             members.append(Member.from_bytes(cert_name, cert))
         members.append(Member(disk_name, vmdk_size, path=vmdk))
-        with atomic_path(ova_path) as tmp, open(tmp, "wb") as raw_out:
-            writer = HashingWriter(raw_out)
+        with atomic_path(ova_path) as tmp, open(tmp, "wb") as raw_out, ParallelHashingWriter(raw_out) as writer:
             write_tar(writer, members, epoch)
             os.fchmod(raw_out.fileno(), PUBLISHED_MODE)
             raw_out.flush()
