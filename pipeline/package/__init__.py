@@ -85,21 +85,7 @@ def package_appliance(
     if (sign_key is None) != (sign_cert is None):
         raise ConfigError("--sign-key and --sign-cert go together: give both or neither")
     appliance = find_appliance(settings.templates_dir, name)
-    manifest: BuildManifest | None = None
-    if disk is None:
-        if out is not None:
-            raise ConfigError("--out only applies with --disk (a built version is packaged next to its manifest)")
-        out_dir, manifest = find_version(settings.output_dir, name, version)
-        version = manifest.version
-        build_disk = manifest.artifact("build-disk")
-        source, fmt = out_dir / build_disk.name, DiskFormat(build_disk.format)
-        epoch = source_date_epoch(manifest.created)
-    else:
-        if out is None:
-            raise ConfigError("--out is required with --disk: the folder to write the packages into")
-        source, fmt = disk, _declared_format(disk)
-        version = version or _today()
-        out_dir, epoch = out, source_date_epoch(None, version)
+    source, fmt, version, out_dir, epoch, manifest = _inputs(settings, name, version, disk, out)
     stem = f"{name}-{version}"
     timings: dict[str, float] = {}
     with step("package", timings):
@@ -127,6 +113,23 @@ def package_appliance(
             out_dir
         )
     return PackageResult(name, version, out_dir, tuple(artifacts), manifest_path, timings)
+
+
+def _inputs(
+    settings: Settings, name: str, version: str | None, disk: Path | None, out: Path | None
+) -> tuple[Path, DiskFormat, str, Path, int, BuildManifest | None]:
+    """Source disk, its format, version, output folder, member mtime and (for a build) its manifest."""
+    if disk is None:
+        if out is not None:
+            raise ConfigError("--out only applies with --disk (a built version is packaged next to its manifest)")
+        version_dir, manifest = find_version(settings.output_dir, name, version)
+        build_disk = manifest.artifact("build-disk")
+        source, fmt = version_dir / build_disk.name, DiskFormat(build_disk.format)
+        return source, fmt, manifest.version, version_dir, source_date_epoch(manifest.created), manifest
+    if out is None:
+        raise ConfigError("--out is required with --disk: the folder to write the packages into")
+    version = version or _today()
+    return disk, _declared_format(disk), version, out, source_date_epoch(None, version), None
 
 
 def check_source(source: Path, fmt: DiskFormat) -> int:
