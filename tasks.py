@@ -96,6 +96,7 @@ def build(c: Context, appliance: str, version: str | None = None, force: bool = 
         "raw": "also write a raw image",
         "sign_key": "PEM private key to sign the OVA manifest (.cert)",
         "sign_cert": "PEM certificate matching --sign-key",
+        "profile": "hardware section tuned for: portable (default: VMware, VirtualBox, virt-v2v), vmware, virtualbox",
     },
 )
 @_edge
@@ -108,9 +109,11 @@ def package(
     raw: bool = False,
     sign_key: str | None = None,
     sign_cert: str | None = None,
+    profile: str = "portable",
 ) -> None:
     """Package a built version (or any disk) as OVA, compressed qcow2, optional raw, and SHA256SUMS/SHA512SUMS."""
     from pipeline.package import package_appliance
+    from pipeline.package.ovf import hardware_profile
 
     result = package_appliance(
         _settings(c),
@@ -121,6 +124,7 @@ def package(
         raw=raw,
         sign_key=Path(sign_key) if sign_key else None,
         sign_cert=Path(sign_cert) if sign_cert else None,
+        profile=hardware_profile(profile),
     )
     print(result.summary())
 
