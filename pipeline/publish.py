@@ -19,8 +19,8 @@ from pipeline.appliance import Appliance, find_appliance
 from pipeline.catalogue.client import open_catalogue
 from pipeline.catalogue.contract import (
     Catalogue,
-    VersionInfo,
     VersionConflict,
+    VersionInfo,
     VersionPayload,
     appliance_payload,
     version_payload_from_build,
