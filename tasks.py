@@ -278,14 +278,17 @@ def rebuild(c: Context, appliance: list[str], dry_run: bool = False) -> None:
 @task(
     name="ci-matrix",
     positional=[],
-    help={"changed_only": "only appliances whose inputs changed since this git revision"},
+    help={
+        "changed_only": "only appliances whose inputs changed since this git revision (and those layered on them)",
+        "format": "github (a strategy.matrix object) or gitlab (a child pipeline)",
+    },
 )
 @_edge
-def ci_matrix(c: Context, changed_only: str | None = None) -> None:
-    """Print the CI build matrix as JSON (appliances in dependency order)."""
+def ci_matrix(c: Context, changed_only: str | None = None, format: str = "github") -> None:
+    """Print the CI build matrix as JSON: one entry per baseline and the appliances layered on it, in build order."""
     from pipeline.rebuild import ci_matrix as matrix
 
-    print(matrix(_settings(c), changed_since=changed_only))
+    print(matrix(_settings(c), changed_since=changed_only, fmt=format))
 
 
 @task(

@@ -1,0 +1,168 @@
+"""Carry out a rebuild plan: build -> package -> audit -> publish -> endorse, appliance by appliance.
+
+Appliances run in dependency order. A failure is recorded with the step it happened in and does not
+stop the others; appliances layered on a failed one are skipped, saying why. The report's table is
+what ``invoke rebuild`` prints, and ``report.ok`` its exit code.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from pipeline.appliance import Appliance
+from pipeline.errors import PipelineError
+from pipeline.log import log, step
+from pipeline.rebuild.decide import Decision
+from pipeline.rebuild.plan import Plan, format_table
+from pipeline.rebuild.retention import RetentionReport
+
+
+@dataclass(frozen=True)
+class AuditOutcome:
+    passed: bool
+    detail: str  # e.g. "27 checks passed" or the ids of the failing checks
+
+
+class Stages(Protocol):
+    """The other stages, as the rebuild drives them (``stages.PipelineStages`` calls the real ones)."""
+
+    def build(self, appliance: str) -> str: ...  # returns the new version
+    def package(self, appliance: str, version: str) -> None: ...
+    def audit(self, appliance: str, version: str) -> AuditOutcome: ...
+    def publish(self, appliance: str, version: str) -> None: ...
+    def endorse(self, appliance: str, version: str, vo: str) -> None: ...
+
+
+class Outcome(enum.StrEnum):
+    SKIPPED = "skipped"  # nothing to do
+    PLANNED = "planned"  # --dry-run: would be rebuilt
+    PUBLISHED = "published"  # rebuilt and published, not endorsed (policy or no VOs)
+    ENDORSED = "endorsed"  # rebuilt, published and endorsed for its VOs
+    AUDIT_FAILED = "audit-failed"  # rebuilt and published, but not endorsed: the audit failed
+    FAILED = "failed"  # a step failed
+    BLOCKED = "blocked"  # its base failed in this run
+
+    @property
+    def ok(self) -> bool:
+        return self not in (Outcome.AUDIT_FAILED, Outcome.FAILED, Outcome.BLOCKED)
+
+
+@dataclass
+class ApplianceResult:
+    decision: Decision
+    outcome: Outcome
+    version: str | None = None
+    detail: str = ""
+    steps: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RebuildReport:
+    results: list[ApplianceResult]
+    retention: RetentionReport | None = None
+    dry_run: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return all(r.outcome.ok for r in self.results) and (self.retention is None or self.retention.ok)
+
+    def result(self, appliance: str) -> ApplianceResult:
+        return next(r for r in self.results if r.decision.appliance == appliance)
+
+    def summary(self) -> str:
+        rows = [
+            (
+                r.decision.appliance,
+                "rebuild" if r.decision.rebuild else "skip",
+                str(r.outcome),
+                r.version or r.decision.last_version or "-",
+                r.detail or r.decision.why(),
+            )
+            for r in self.results
+        ]
+        lines = [format_table(("appliance", "decision", "outcome", "version", "why / what happened"), rows)]
+        if self.retention is not None:
+            lines.append(self.retention.summary())
+        counts: dict[str, int] = {}
+        for r in self.results:
+            counts[r.outcome] = counts.get(r.outcome, 0) + 1
+        tally = ", ".join(f"{n} {o}" for o, n in sorted(counts.items()))
+        head = "dry run: nothing was built or changed" if self.dry_run else ("ok" if self.ok else "FAILED")
+        lines.append(f"{head}: {tally or 'no appliances'}")
+        return "\n".join(lines)
+
+
+def execute(plan: Plan, stages: Stages, dry_run: bool = False) -> list[ApplianceResult]:
+    """Run every planned rebuild in order; never let one appliance's failure stop the others."""
+    results: list[ApplianceResult] = []
+    broken: dict[str, str] = {}  # appliance -> why its dependants cannot be built
+    for decision in plan.decisions:
+        appliance = plan.appliances[decision.appliance]
+        if not decision.rebuild:
+            results.append(ApplianceResult(decision, Outcome.SKIPPED))
+            continue
+        if appliance.base.appliance in broken:
+            why = f"not rebuilt: base {appliance.base.appliance} {broken[appliance.base.appliance]}"
+            log.warning("%s: %s", appliance.name, why)
+            results.append(ApplianceResult(decision, Outcome.BLOCKED, detail=why))
+            broken[appliance.name] = "was blocked"
+            continue
+        if dry_run:
+            results.append(ApplianceResult(decision, Outcome.PLANNED))
+            continue
+        result = _rebuild_one(appliance, decision, stages)
+        if not result.outcome.ok:
+            broken[appliance.name] = "failed" if result.outcome is Outcome.FAILED else "failed its audit"
+        results.append(result)
+    return results
+
+
+def _rebuild_one(appliance: Appliance, decision: Decision, stages: Stages) -> ApplianceResult:
+    name = appliance.name
+    result = ApplianceResult(decision, Outcome.FAILED)
+    current = "build"
+    log.info("%s: rebuilding because %s", name, decision.why())
+    try:
+        with step(f"rebuild {name}"):
+            result.version = version = stages.build(name)
+            result.steps.append(current)
+            current = "package"
+            stages.package(name, version)
+            result.steps.append(current)
+            current = "audit"
+            audit = stages.audit(name, version)
+            result.steps.append(current)
+            current = "publish"
+            stages.publish(name, version)
+            result.steps.append(current)
+            current = "endorse"
+            _endorse(appliance, version, audit, stages, result)
+    except PipelineError as e:
+        result.outcome = Outcome.FAILED
+        result.detail = f"{current} failed: {e.message.splitlines()[0]}"
+        log.error("%s: %s failed:\n%s", name, current, e)
+    except Exception as e:  # a bug in one stage must not stop the scheduled run for the others
+        result.outcome = Outcome.FAILED
+        result.detail = f"{current} failed with an unexpected error: {type(e).__name__}: {e}"
+        log.exception("%s: unexpected error in %s", name, current)
+    return result
+
+
+def _endorse(appliance: Appliance, version: str, audit: AuditOutcome, stages: Stages, result: ApplianceResult) -> None:
+    reasons = ", ".join(result.decision.reasons)
+    if not audit.passed:
+        result.outcome = Outcome.AUDIT_FAILED
+        result.detail = f"published, not endorsed: audit failed ({audit.detail})"
+        return
+    if not appliance.rebuild.auto_endorse or not appliance.vos:
+        result.outcome = Outcome.PUBLISHED
+        policy = "no VOs" if not appliance.vos else "rebuild.auto_endorse is off"
+        result.detail = f"published ({reasons}); not endorsed: {policy}"
+        return
+    for vo in appliance.vos:
+        stages.endorse(appliance.name, version, vo)
+    result.steps.append("endorse")
+    result.outcome = Outcome.ENDORSED
+    result.detail = f"published and endorsed for {', '.join(appliance.vos)} ({reasons})"

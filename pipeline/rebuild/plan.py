@@ -1,0 +1,109 @@
+"""The rebuild plan: every selected appliance, in dependency order, with its decision and reasons."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from pipeline.appliance import Appliance, build_order, load_all
+from pipeline.errors import ArtifactError, ConfigError
+from pipeline.manifest import BuildManifest, list_versions
+from pipeline.rebuild.archive import ArchiveIndex
+from pipeline.rebuild.decide import ApplianceState, Decision, Finding, Reason, decide
+from pipeline.settings import Settings
+
+# (appliance) -> (inputs digest, {component: digest}); the build's content-addressed cache key.
+InputsOf = Callable[[Appliance], tuple[str, Mapping[str, str]]]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Decisions in build order (each appliance after the one it is layered on)."""
+
+    decisions: tuple[Decision, ...]
+    appliances: Mapping[str, Appliance]
+
+    @property
+    def to_rebuild(self) -> list[str]:
+        return [d.appliance for d in self.decisions if d.rebuild]
+
+    def summary(self) -> str:
+        rows = [
+            (d.appliance, "rebuild" if d.rebuild else "skip", d.last_version or "-", d.why()) for d in self.decisions
+        ]
+        return format_table(("appliance", "decision", "newest", "why"), rows)
+
+
+def select(settings: Settings, names: Sequence[str] | None) -> dict[str, Appliance]:
+    """The named appliances (all when ``names`` is empty), with a clear error for an unknown one."""
+    every = load_all(settings.templates_dir, settings.provisioners_dir)
+    if not names:
+        return every
+    unknown = [n for n in names if n not in every]
+    if unknown:
+        raise ConfigError(
+            [f"--appliance {n}: no appliance named {n!r} under {settings.templates_dir}" for n in unknown],
+            hint="known appliances: " + ", ".join(sorted(every)),
+        )
+    return {n: every[n] for n in names}
+
+
+def newest_manifest(output_dir: Path, name: str) -> BuildManifest | None:
+    """The manifest of the newest built version of ``name``, or None if it was never built."""
+    versions = list_versions(output_dir / name)
+    if not versions:
+        return None
+    return BuildManifest.load(output_dir / name / versions[-1])
+
+
+def gather_state(settings: Settings, appliance: Appliance, inputs_of: InputsOf) -> ApplianceState:
+    digest, components = inputs_of(appliance)
+    base_latest = None
+    if appliance.base.appliance is not None:
+        versions = list_versions(settings.output_dir / appliance.base.appliance)
+        base_latest = versions[-1] if versions else None
+    return ApplianceState(
+        appliance=appliance,
+        inputs_digest=digest,
+        last=newest_manifest(settings.output_dir, appliance.name),
+        base_latest=base_latest,
+        inputs=dict(components),
+    )
+
+
+def make_plan(
+    settings: Settings,
+    appliances: Mapping[str, Appliance],
+    inputs_of: InputsOf,
+    archive: ArchiveIndex | None,
+    now: datetime,
+) -> Plan:
+    """Decide for each appliance in build order; a base planned for rebuild pulls its dependants along."""
+    decisions: list[Decision] = []
+    rebuilding: set[str] = set()
+    for appliance in build_order(appliances.values()):
+        try:
+            state = gather_state(settings, appliance, inputs_of)
+        except (ArtifactError, ConfigError) as e:
+            # an unreadable manifest or a broken definition: rebuilding is the way to repair it
+            finding = Finding(Reason.INPUTS_CHANGED, f"cannot read its state: {e.message}")
+            decisions.append(Decision(appliance.name, True, (finding,), None))
+            rebuilding.add(appliance.name)
+            continue
+        decision = decide(state, archive, now, base_rebuilding=appliance.base.appliance in rebuilding)
+        if decision.rebuild:
+            rebuilding.add(appliance.name)
+        decisions.append(decision)
+    return Plan(tuple(decisions), dict(appliances))
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table; the last column is left unpadded (it holds the long reasons)."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = []
+    for r in [header, *rows]:
+        cells = [str(c).ljust(w) for c, w in zip(r, widths, strict=False)]
+        lines.append("  ".join([*cells, str(r[-1])]).rstrip())
+    return "\n".join(lines)
