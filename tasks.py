@@ -186,7 +186,10 @@ def audit(c: Context) -> None:
     """Re-check every registered image against the repository (exists, size, checksum); report drift."""
     from pipeline.publish import audit_repository
 
-    print(audit_repository(_settings(c)).summary())
+    report = audit_repository(_settings(c))
+    print(report.summary())
+    if not report.ok:
+        raise Exit(code=1)
 
 
 @task(
