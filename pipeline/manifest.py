@@ -90,6 +90,7 @@ class BuildManifest:
         data = dataclasses.asdict(self)
         data["base"]["sources"] = list(self.base.sources)
         data["packages"] = [{k: v for k, v in p.items() if v is not None} for p in data["packages"]]
+        data["artifacts"] = list(data["artifacts"])  # asdict keeps tuples; JSON Schema arrays are lists
         return data
 
     def to_json(self) -> str:

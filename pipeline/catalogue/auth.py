@@ -1,0 +1,210 @@
+"""Users, API tokens and VOs: who may act, and the admin use cases that manage them.
+
+A token is ``vmi_<public id>_<secret>``: the public id finds the row, only the SHA-256 of the whole
+token is stored (a high-entropy secret needs no slow KDF), it is shown once when issued, and it can
+expire or be revoked. The prefix makes leaked tokens easy to spot for secret scanners.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from pipeline.catalogue import models as m
+from pipeline.catalogue import views
+from pipeline.catalogue.contract import InvalidPayload, NotAuthenticated, NotFound, PermissionDenied, VersionConflict
+from pipeline.catalogue.models import utcnow
+from pipeline.catalogue.services import NAME, actor_user
+from pipeline.catalogue.settings import LOCAL_ADMIN
+from pipeline.catalogue.uow import UnitOfWork
+
+TOKEN_PREFIX = "vmi_"
+MAX_TOKEN_DAYS = 366
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: str  # the only time the secret is ever visible
+    info: views.TokenView
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _require_admin(user: m.User) -> None:
+    if user.role is not m.Role.ADMIN:
+        raise PermissionDenied(f"{user.name} is not an admin")
+
+
+def authenticate(uow: UnitOfWork, token: str) -> str:
+    """The name of the user a token belongs to; ``NotAuthenticated`` for anything else."""
+    parts = token.split("_")
+    if len(parts) != 3 or f"{parts[0]}_" != TOKEN_PREFIX:
+        raise NotAuthenticated("malformed API token")
+    with uow:
+        row = uow.repo.token(parts[1])
+        if row is None or not hmac.compare_digest(row.token_hash, hash_token(token)):
+            raise NotAuthenticated("unknown API token")
+        now = utcnow()
+        if row.revoked is not None:
+            raise NotAuthenticated("this API token was revoked")
+        if row.expires is not None and row.expires <= now:
+            raise NotAuthenticated("this API token has expired")
+        return row.user.name
+
+
+def ensure_user(uow: UnitOfWork, name: str, email: str, role: m.Role) -> views.UserView:
+    """Create a user if missing (bootstrap: the local admin, ``serve --create-token``)."""
+    if not NAME.match(name):
+        raise InvalidPayload(f"name: {name!r} must match {NAME.pattern}")
+    with uow.writing():
+        user = uow.repo.user(name)
+        if user is None:
+            user = m.User(name=name, email=email, role=role, created=utcnow())
+            uow.repo.add(user)
+            uow.repo.flush()
+        view = views.user_view(user)
+        uow.commit()
+        return view
+
+
+def ensure_local_admin(uow: UnitOfWork) -> str:
+    ensure_user(uow, LOCAL_ADMIN, "root@localhost", m.Role.ADMIN)
+    return LOCAL_ADMIN
+
+
+def create_user(uow: UnitOfWork, actor: str, name: str, email: str, role: m.Role) -> views.UserView:
+    if not NAME.match(name):
+        raise InvalidPayload(f"name: {name!r} must match {NAME.pattern}")
+    with uow.writing():
+        _require_admin(actor_user(uow, actor))
+        if uow.repo.user(name) is not None:
+            raise VersionConflict(f"user {name!r} already exists")
+        user = m.User(name=name, email=email, role=role, created=utcnow())
+        uow.repo.add(user)
+        uow.repo.flush()
+        view = views.user_view(user)
+        uow.commit()
+        return view
+
+
+def list_users(uow: UnitOfWork, actor: str, offset: int, limit: int) -> views.Page[views.UserView]:
+    with uow:
+        _require_admin(actor_user(uow, actor))
+        items = tuple(views.user_view(u) for u in uow.repo.users(offset, limit))
+        return views.Page(items, uow.repo.count_users(), offset, limit)
+
+
+def whoami(uow: UnitOfWork, actor: str) -> views.UserView:
+    with uow:
+        return views.user_view(actor_user(uow, actor))
+
+
+def _self_or_admin(uow: UnitOfWork, actor: str, user_name: str) -> m.User:
+    user = actor_user(uow, actor)
+    if user.name == user_name:
+        return user
+    _require_admin(user)
+    target = uow.repo.user(user_name)
+    if target is None:
+        raise NotFound(f"user {user_name!r} does not exist")
+    return target
+
+
+def issue_token(uow: UnitOfWork, actor: str, user_name: str, label: str, days: int | None = None) -> IssuedToken:
+    """A new token for ``user_name`` (oneself, or anyone for an admin); the secret is returned once."""
+    if not 1 <= len(label) <= 100:
+        raise InvalidPayload("label: must be 1..100 characters")
+    if days is not None and not 1 <= days <= MAX_TOKEN_DAYS:
+        raise InvalidPayload(f"days: must be 1..{MAX_TOKEN_DAYS}")
+    with uow.writing():
+        owner = _self_or_admin(uow, actor, user_name)
+        public_id = secrets.token_hex(6)
+        token = f"{TOKEN_PREFIX}{public_id}_{secrets.token_urlsafe(32)}"
+        now = utcnow()
+        row = m.ApiToken(
+            public_id=public_id,
+            token_hash=hash_token(token),
+            user_id=owner.id,
+            label=label,
+            created=now,
+            expires=now + timedelta(days=days) if days else None,
+            revoked=None,
+        )
+        row.user = owner
+        uow.repo.add(row)
+        uow.repo.flush()
+        info = views.token_view(row)
+        uow.commit()
+        return IssuedToken(token, info)
+
+
+def list_tokens(uow: UnitOfWork, actor: str, user_name: str) -> list[views.TokenView]:
+    with uow:
+        owner = _self_or_admin(uow, actor, user_name)
+        return [views.token_view(t) for t in uow.repo.tokens_of(owner)]
+
+
+def revoke_token(uow: UnitOfWork, actor: str, public_id: str) -> views.TokenView:
+    """Revoke a token: its owner or an admin may; a revoked token stays listed, unusable."""
+    with uow.writing():
+        user = actor_user(uow, actor)
+        row = uow.repo.token(public_id)
+        if row is None or (row.user_id != user.id and user.role is not m.Role.ADMIN):
+            raise NotFound(f"no token {public_id!r} of yours")  # 404, not 403: ids of others stay secret
+        row.revoked = row.revoked or utcnow()
+        view = views.token_view(row)
+        uow.commit()
+        return view
+
+
+def create_vo(uow: UnitOfWork, actor: str, name: str, description: str) -> views.VoView:
+    if not NAME.match(name):
+        raise InvalidPayload(f"name: {name!r} must match {NAME.pattern}")
+    if len(description) > 1000:
+        raise InvalidPayload("description: must be at most 1000 characters")
+    with uow.writing():
+        _require_admin(actor_user(uow, actor))
+        if uow.repo.vo(name) is not None:
+            raise VersionConflict(f"VO {name!r} already exists")
+        vo = m.Vo(name=name, description=description, created=utcnow(), managers=[])
+        uow.repo.add(vo)
+        uow.repo.flush()
+        view = views.vo_view(vo)
+        uow.commit()
+        return view
+
+
+def set_vo_manager(uow: UnitOfWork, actor: str, vo_name: str, user_name: str, present: bool) -> views.VoView:
+    with uow.writing():
+        _require_admin(actor_user(uow, actor))
+        vo = uow.repo.vo(vo_name)
+        if vo is None:
+            raise NotFound(f"VO {vo_name!r} is not in the catalogue")
+        user = uow.repo.user(user_name)
+        if user is None:
+            raise NotFound(f"user {user_name!r} does not exist")
+        rest = [u for u in vo.managers if u.id != user.id]
+        vo.managers = [*rest, user] if present else rest
+        uow.repo.flush()
+        view = views.vo_view(vo)
+        uow.commit()
+        return view
+
+
+def get_vo(uow: UnitOfWork, name: str) -> views.VoView:
+    with uow:
+        vo = uow.repo.vo(name)
+        if vo is None:
+            raise NotFound(f"VO {name!r} is not in the catalogue")
+        return views.vo_view(vo)
+
+
+def list_vos(uow: UnitOfWork, offset: int, limit: int) -> views.Page[views.VoView]:
+    with uow:
+        items = tuple(views.vo_view(v) for v in uow.repo.vos(offset, limit))
+        return views.Page(items, uow.repo.count_vos(), offset, limit)

@@ -1,0 +1,253 @@
+"""What publish, endorse and rebuild may rely on when they talk to the catalogue.
+
+Plain frozen dataclasses and one ``Catalogue`` protocol, no ORM or HTTP types, so the in-process
+implementation (SQLAlchemy URL, acting as the local admin) and the HTTP implementation (REST API,
+token from ``VMI_CATALOGUE_TOKEN``) are interchangeable. Get one with
+``pipeline.catalogue.client.open_catalogue(settings, token=None)``.
+
+Note for callers (publish engineer): build the payload with ``version_payload_from_build(...)`` and
+call ``register_version``; it is one transaction, idempotent for an identical payload, and raises
+``VersionConflict`` (a ``CatalogueError``) for a different payload under an existing version. For
+images in the served ``file://`` repository the server hashes the file itself and refuses a payload
+whose size or checksums differ (``InvalidPayload``); the stored checksums are always the server's.
+Every refusal is a ``CatalogueError`` subclass below, from both implementations.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from pipeline.appliance import Appliance
+from pipeline.errors import CatalogueError
+from pipeline.manifest import BuildManifest
+
+# Roles of manifest artifacts that are published as images, and their catalogue format.
+PUBLISHED_ROLES: Mapping[str, str] = {"ova": "ova", "qcow2": "qcow2", "raw": "raw", "vmdk": "vmdk"}
+
+
+class Integrity(enum.StrEnum):
+    """Whether the catalogue itself hashed the image (file repository) or trusts the publisher's figures."""
+
+    VERIFIED = "verified"
+    UNCHECKED = "unchecked"
+
+
+# --- errors every implementation raises (the HTTP client maps status codes back to these) ----------
+
+
+class NotFound(CatalogueError):
+    """The appliance, version, VO, user or token does not exist (HTTP 404)."""
+
+
+class PermissionDenied(CatalogueError):
+    """The caller may not do this to this object (HTTP 403)."""
+
+
+class NotAuthenticated(CatalogueError):
+    """No valid token was given (HTTP 401)."""
+
+
+class InvalidPayload(CatalogueError):
+    """The request breaks a validation rule; ``problems`` names each field (HTTP 422)."""
+
+    def __init__(self, problems: Sequence[str] | str, hint: str | None = None) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems), hint)
+
+
+class VersionConflict(CatalogueError):
+    """A different payload, or an existing object, already holds this name (HTTP 409)."""
+
+
+class NotEndorsable(CatalogueError):
+    """The version cannot be endorsed: no audit, a failing audit, archived or expired (HTTP 409)."""
+
+
+# --- payloads (what a caller sends) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackageInfo:
+    name: str
+    version: str
+    arch: str
+
+
+@dataclass(frozen=True)
+class AppliancePayload:
+    name: str
+    title: str
+    description: str
+    vos: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImagePayload:
+    """One image file of a version. ``size``/``sha512``/``sha256`` are the publisher's figures."""
+
+    uri: str
+    format: str  # ova | qcow2 | raw | vmdk | vdi | vhd | iso
+    size: int
+    sha512: str
+    sha256: str
+    arch: str
+    os_family: str
+    os_name: str
+    os_version: str
+    hypervisor: str = "KVM"
+    min_cores: int = 1
+    recommended_cores: int = 1
+    min_ram_mb: int = 512
+    recommended_ram_mb: int = 1024
+    title: str = ""
+    manifest: Mapping[str, Any] | None = field(default=None, hash=False)  # the build manifest JSON
+    packages: tuple[PackageInfo, ...] = ()
+
+
+@dataclass(frozen=True)
+class VersionPayload:
+    appliance: str
+    version: str
+    notes: str
+    images: tuple[ImagePayload, ...]
+    expires: datetime | None = None  # default and cap: one year after registration
+
+
+# --- infos (what a caller gets back) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    appliance: str
+    version: str
+    identifier: str  # stable across versions of the appliance (dc:identifier in image lists)
+    uri: str
+    format: str
+    hypervisor: str
+    size: int
+    sha512: str
+    sha256: str
+    arch: str
+    os_family: str
+    os_name: str
+    os_version: str
+    min_cores: int
+    recommended_cores: int
+    min_ram_mb: int
+    recommended_ram_mb: int
+    title: str
+    integrity: Integrity
+
+
+@dataclass(frozen=True)
+class EndorsementInfo:
+    vo: str
+    endorsed_by: str
+    endorsed_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    appliance: str
+    version: str
+    identifier: str
+    notes: str
+    created: datetime
+    expires: datetime
+    published: bool
+    archived: bool
+    images: tuple[ImageInfo, ...]
+    endorsements: tuple[EndorsementInfo, ...]
+    audit_passed: bool | None  # None: no audit stored yet
+
+    @property
+    def active_vos(self) -> tuple[str, ...]:
+        """VOs whose endorsement of this version is in force."""
+        return tuple(e.vo for e in self.endorsements if e.revoked_at is None)
+
+
+@dataclass(frozen=True)
+class ImageListInfo:
+    vo: str
+    hv_version: int  # only ever goes up
+    created: datetime
+    expires: datetime
+    url: str  # the stable URL: <catalogue>/vo/<vo>/image.list
+    entries: int
+
+
+class Catalogue(Protocol):
+    """The catalogue as publish, endorse and rebuild use it (in-process or over HTTP)."""
+
+    def ensure_appliance(self, payload: AppliancePayload) -> None: ...
+    def get_version(self, appliance: str, version: str) -> VersionInfo | None: ...
+    def register_version(self, payload: VersionPayload) -> VersionInfo: ...
+    def list_versions(self, appliance: str) -> list[VersionInfo]: ...
+    def list_images(self) -> list[ImageInfo]: ...
+    def store_audit(self, appliance: str, version: str, report: Mapping[str, Any]) -> None: ...
+    def endorse(self, appliance: str, version: str, vo: str) -> ImageListInfo: ...
+    def revoke(self, appliance: str, version: str, vo: str) -> ImageListInfo: ...
+    def archive_version(self, appliance: str, version: str) -> None: ...
+    def image_list(self, vo: str) -> bytes: ...
+    def close(self) -> None: ...
+
+
+def appliance_payload(appliance: Appliance) -> AppliancePayload:
+    """The catalogue entry of an appliance definition."""
+    return AppliancePayload(appliance.name, appliance.title, appliance.description, tuple(appliance.vos))
+
+
+def version_payload_from_build(
+    appliance: Appliance,
+    manifest: BuildManifest,
+    uris: Mapping[str, str],
+    notes: str | None = None,
+    expires: datetime | None = None,
+) -> VersionPayload:
+    """The registration of a built version: one image per published artifact in ``uris``.
+
+    ``uris`` maps an artifact name (as in the manifest) to where it was uploaded. Artifacts whose role
+    is not a published image (build disk, sums, logs) are refused, so a typo cannot register a log.
+    """
+    by_name = {a.name: a for a in manifest.artifacts}
+    problems = [
+        f"{name}: not an artifact of {manifest.appliance} {manifest.version}" for name in uris if name not in by_name
+    ]
+    problems += [
+        f"{name}: role {by_name[name].role} is not a published image role ({', '.join(PUBLISHED_ROLES)})"
+        for name in uris
+        if name in by_name and by_name[name].role not in PUBLISHED_ROLES
+    ]
+    if problems:
+        raise InvalidPayload(problems)
+    manifest_json = manifest.to_dict()
+    packages = tuple(PackageInfo(p.name, p.version, p.arch) for p in manifest.packages)
+    hw = appliance.hardware
+    images = tuple(
+        ImagePayload(
+            uri=uri,
+            format=PUBLISHED_ROLES[by_name[name].role],
+            size=by_name[name].size,
+            sha512=by_name[name].sha512,
+            sha256=by_name[name].sha256,
+            arch=manifest.arch,
+            os_family=manifest.os.get("family", appliance.os.family.value),
+            os_name=manifest.os.get("name", appliance.os.name),
+            os_version=manifest.os.get("version", appliance.os.version),
+            min_cores=hw.cores_min,
+            recommended_cores=hw.cores_recommended,
+            min_ram_mb=hw.ram_min_mb,
+            recommended_ram_mb=hw.ram_recommended_mb,
+            title=f"{appliance.title} ({PUBLISHED_ROLES[by_name[name].role]})",
+            manifest=manifest_json,
+            packages=packages,
+        )
+        for name, uri in sorted(uris.items())
+    )
+    text = notes if notes is not None else f"{appliance.title} {manifest.version}, built {manifest.created}"
+    return VersionPayload(manifest.appliance, manifest.version, text, images, expires)

@@ -1,0 +1,203 @@
+"""Every query the catalogue makes, and nothing else (Cosmic Python's repository).
+
+The repository adds and finds objects in the unit of work's session; it never commits. Lists are
+paged with a limit the caller has already capped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, selectinload
+
+from pipeline.catalogue.models import (
+    ApiToken,
+    Appliance,
+    AuditReport,
+    Endorsement,
+    Image,
+    ImageListVersion,
+    User,
+    Version,
+    Vo,
+)
+
+_VERSION_LOADS = (
+    selectinload(Version.images),
+    selectinload(Version.endorsements),
+    selectinload(Version.audit),
+    selectinload(Version.appliance),
+)
+
+
+class Repository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, obj: object) -> None:
+        self.session.add(obj)
+
+    def delete(self, obj: object) -> None:
+        self.session.delete(obj)
+
+    def flush(self) -> None:
+        self.session.flush()
+
+    # users and tokens ---------------------------------------------------------------------------
+
+    def user(self, name: str) -> User | None:
+        return self.session.scalar(select(User).where(User.name == name))
+
+    def users(self, offset: int, limit: int) -> Sequence[User]:
+        return self.session.scalars(select(User).order_by(User.name).offset(offset).limit(limit)).all()
+
+    def count_users(self) -> int:
+        return self.session.scalar(select(func.count()).select_from(User)) or 0
+
+    def token(self, public_id: str) -> ApiToken | None:
+        return self.session.scalar(select(ApiToken).where(ApiToken.public_id == public_id))
+
+    def tokens_of(self, user: User) -> Sequence[ApiToken]:
+        return self.session.scalars(select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id)).all()
+
+    # VOs ----------------------------------------------------------------------------------------
+
+    def vo(self, name: str, for_update: bool = False) -> Vo | None:
+        query = select(Vo).where(Vo.name == name)
+        if for_update:
+            query = query.with_for_update()  # serialises image-list versions of one VO (PostgreSQL)
+        return self.session.scalar(query)
+
+    def vos(self, offset: int, limit: int) -> Sequence[Vo]:
+        return self.session.scalars(
+            select(Vo).options(selectinload(Vo.managers)).order_by(Vo.name).offset(offset).limit(limit)
+        ).all()
+
+    def count_vos(self) -> int:
+        return self.session.scalar(select(func.count()).select_from(Vo)) or 0
+
+    def vos_managed_by(self, user: User) -> Sequence[Vo]:
+        return self.session.scalars(select(Vo).where(Vo.managers.any(User.id == user.id)).order_by(Vo.name)).all()
+
+    # appliances and versions --------------------------------------------------------------------
+
+    def appliance(self, name: str) -> Appliance | None:
+        return self.session.scalar(
+            select(Appliance)
+            .where(Appliance.name == name)
+            .options(selectinload(Appliance.maintainers), selectinload(Appliance.vos))
+        )
+
+    def appliances(self, offset: int, limit: int) -> Sequence[Appliance]:
+        return self.session.scalars(
+            select(Appliance)
+            .options(selectinload(Appliance.maintainers), selectinload(Appliance.vos), selectinload(Appliance.owner))
+            .order_by(Appliance.name)
+            .offset(offset)
+            .limit(limit)
+        ).all()
+
+    def count_appliances(self) -> int:
+        return self.session.scalar(select(func.count()).select_from(Appliance)) or 0
+
+    def version(self, appliance: Appliance, version: str) -> Version | None:
+        return self.session.scalar(
+            select(Version)
+            .where(Version.appliance_id == appliance.id, Version.version == version)
+            .options(*_VERSION_LOADS)
+        )
+
+    def versions(self, appliance: Appliance, offset: int, limit: int) -> Sequence[Version]:
+        return self.session.scalars(
+            select(Version)
+            .where(Version.appliance_id == appliance.id)
+            .options(*_VERSION_LOADS)
+            .order_by(Version.created.desc(), Version.id.desc())
+            .offset(offset)
+            .limit(limit)
+        ).all()
+
+    def count_versions(self, appliance: Appliance) -> int:
+        query = select(func.count()).select_from(Version).where(Version.appliance_id == appliance.id)
+        return self.session.scalar(query) or 0
+
+    def image_with_packages(self, version: Version, image_id: int) -> Image | None:
+        return self.session.scalar(
+            select(Image)
+            .where(Image.version_id == version.id, Image.id == image_id)
+            .options(selectinload(Image.packages))
+        )
+
+    def images(self, offset: int, limit: int) -> Sequence[Image]:
+        return self.session.scalars(
+            select(Image)
+            .options(selectinload(Image.version).selectinload(Version.appliance))
+            .order_by(Image.id)
+            .offset(offset)
+            .limit(limit)
+        ).all()
+
+    def count_images(self) -> int:
+        return self.session.scalar(select(func.count()).select_from(Image)) or 0
+
+    def audit(self, version: Version) -> AuditReport | None:
+        return self.session.scalar(
+            select(AuditReport).where(AuditReport.version_id == version.id).options(selectinload(AuditReport.checks))
+        )
+
+    # endorsements and image lists ---------------------------------------------------------------
+
+    def endorsement(self, version: Version, vo: Vo) -> Endorsement | None:
+        return self.session.scalar(
+            select(Endorsement).where(Endorsement.version_id == version.id, Endorsement.vo_id == vo.id)
+        )
+
+    def endorsed_versions(self, vo: Vo) -> Sequence[Version]:
+        """Versions with an endorsement for ``vo`` in force (the caller filters by expiry and archival)."""
+        return self.session.scalars(
+            select(Version)
+            .join(Endorsement, Endorsement.version_id == Version.id)
+            .where(Endorsement.vo_id == vo.id, Endorsement.revoked_at.is_(None))
+            .options(*_VERSION_LOADS)
+            .order_by(Version.id)
+        ).all()
+
+    def vos_endorsing(self, version: Version) -> Sequence[Vo]:
+        return self.session.scalars(
+            select(Vo)
+            .join(Endorsement, Endorsement.vo_id == Vo.id)
+            .where(Endorsement.version_id == version.id, Endorsement.revoked_at.is_(None))
+            .order_by(Vo.name)
+        ).all()
+
+    def vos_with_endorsements(self) -> Sequence[Vo]:
+        return self.session.scalars(
+            select(Vo).where(select(Endorsement.id).where(Endorsement.vo_id == Vo.id).exists()).order_by(Vo.name)
+        ).all()
+
+    def latest_image_list(self, vo: Vo) -> ImageListVersion | None:
+        return self.session.scalar(
+            select(ImageListVersion)
+            .where(ImageListVersion.vo_id == vo.id)
+            .order_by(ImageListVersion.hv_version.desc())
+            .limit(1)
+        )
+
+    def image_lists(self, vo: Vo, limit: int) -> Sequence[ImageListVersion]:
+        return self.session.scalars(
+            select(ImageListVersion)
+            .where(ImageListVersion.vo_id == vo.id)
+            .order_by(ImageListVersion.hv_version.desc())
+            .limit(limit)
+        ).all()
+
+    def versions_expired_since(self, now: datetime) -> Sequence[Version]:
+        """Endorsed versions whose expiry has passed (candidates for a new image list)."""
+        return self.session.scalars(
+            select(Version)
+            .join(Endorsement, Endorsement.version_id == Version.id)
+            .where(Version.expires <= now, Endorsement.revoked_at.is_(None))
+            .distinct()
+        ).all()

@@ -1,0 +1,180 @@
+"""Read models: ORM rows turned into plain frozen dataclasses inside the unit of work.
+
+Callers (client, API, pages) never hold ORM objects, so nothing lazy-loads after the session closes
+and no internal column (token hashes, payload digests, user ids) can leak into a response.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from pipeline.catalogue import models as m
+from pipeline.catalogue.contract import (
+    EndorsementInfo,
+    ImageInfo,
+    ImageListInfo,
+    Integrity,
+    PackageInfo,
+    VersionInfo,
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class UserView:
+    name: str
+    email: str
+    role: str
+    created: datetime
+
+
+@dataclass(frozen=True)
+class TokenView:
+    id: str  # the public part of the token: safe to show and to revoke by
+    user: str
+    label: str
+    created: datetime
+    expires: datetime | None
+    revoked: datetime | None
+
+
+@dataclass(frozen=True)
+class VoView:
+    name: str
+    description: str
+    managers: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ApplianceView:
+    name: str
+    title: str
+    description: str
+    owner: str
+    maintainers: tuple[str, ...]
+    vos: tuple[str, ...]
+    created: datetime
+
+
+@dataclass(frozen=True)
+class AuditCheckView:
+    id: str
+    result: str
+    evidence: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class AuditView:
+    stored: datetime
+    stored_by: str
+    passed: bool
+    checks: tuple[AuditCheckView, ...]
+
+
+@dataclass(frozen=True)
+class ImageDetail:
+    image: ImageInfo
+    id: int
+    packages: tuple[PackageInfo, ...]
+    manifest: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    items: tuple[T, ...]
+    total: int
+    offset: int
+    limit: int
+
+
+def user_view(u: m.User) -> UserView:
+    return UserView(u.name, u.email, u.role.value, u.created)
+
+
+def token_view(t: m.ApiToken) -> TokenView:
+    return TokenView(t.public_id, t.user.name, t.label, t.created, t.expires, t.revoked)
+
+
+def vo_view(v: m.Vo) -> VoView:
+    return VoView(v.name, v.description, tuple(u.name for u in v.managers))
+
+
+def appliance_view(a: m.Appliance) -> ApplianceView:
+    return ApplianceView(
+        a.name,
+        a.title,
+        a.description,
+        a.owner.name,
+        tuple(u.name for u in a.maintainers),
+        tuple(v.name for v in a.vos),
+        a.created,
+    )
+
+
+def image_info(i: m.Image, appliance: str, version: str) -> ImageInfo:
+    return ImageInfo(
+        appliance=appliance,
+        version=version,
+        identifier=i.identifier,
+        uri=i.uri,
+        format=i.format,
+        hypervisor=i.hypervisor,
+        size=i.size,
+        sha512=i.sha512,
+        sha256=i.sha256,
+        arch=i.arch,
+        os_family=i.os_family,
+        os_name=i.os_name,
+        os_version=i.os_version,
+        min_cores=i.min_cores,
+        recommended_cores=i.recommended_cores,
+        min_ram_mb=i.min_ram_mb,
+        recommended_ram_mb=i.recommended_ram_mb,
+        title=i.title,
+        integrity=Integrity(i.integrity),
+    )
+
+
+def version_info(v: m.Version) -> VersionInfo:
+    name = v.appliance.name
+    return VersionInfo(
+        appliance=name,
+        version=v.version,
+        identifier=v.identifier,
+        notes=v.notes,
+        created=v.created,
+        expires=v.expires,
+        published=v.published,
+        archived=v.archived,
+        images=tuple(image_info(i, name, v.version) for i in v.images),
+        endorsements=tuple(
+            EndorsementInfo(e.vo.name, e.endorsed_by.name, e.endorsed_at, e.revoked_at) for e in v.endorsements
+        ),
+        audit_passed=None if v.audit is None else v.audit.passed,
+    )
+
+
+def audit_view(a: m.AuditReport, stored_by: str) -> AuditView:
+    return AuditView(
+        a.stored,
+        stored_by,
+        a.passed,
+        tuple(AuditCheckView(c.check_id, c.result, c.evidence, c.reason) for c in a.checks),
+    )
+
+
+def image_detail(i: m.Image, appliance: str, version: str) -> ImageDetail:
+    return ImageDetail(
+        image_info(i, appliance, version),
+        i.id,
+        tuple(PackageInfo(p.name, p.version, p.arch) for p in i.packages),
+        i.manifest,
+    )
+
+
+def image_list_info(row: m.ImageListVersion, vo: str, url: str) -> ImageListInfo:
+    return ImageListInfo(vo, row.hv_version, row.created, row.expires, url, row.entries)

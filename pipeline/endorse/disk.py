@@ -1,0 +1,256 @@
+"""Read a built disk's root filesystem offline, without the host kernel or any guest program.
+
+The audit must never run code from the image, never let qemu-img guess a format (CVE-2010-3851:
+a "raw" file posing as qcow2 reads host files through a backing file), and never let a symlink in
+the guest reach the host. So: ``qemu-img info/convert -f <declared format>`` to a scratch raw file,
+the MBR/GPT table parsed here, the ext2/3/4 root copied out with e2fsprogs' ``debugfs -c rdump``
+(userspace, read-only), and every path resolved inside that copy as if it were ``/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import struct
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from pipeline.errors import ArtifactError
+from pipeline.log import log
+from pipeline.run import Limits, find_tool, run
+
+SECTOR = 512
+EXT_MAGIC_OFFSET = 1024 + 0x38
+EXT_MAGIC = b"\x53\xef"
+GPT_PROTECTIVE = 0xEE
+QEMU_IMG_LIMITS = Limits(cpu_seconds=120, address_space_bytes=2 * 1024**3)  # qemu-img on an image we did not write
+MAX_SYMLINK_HOPS = 40
+TOOL_HINTS = {"debugfs": "install Debian's 'e2fsprogs' package"}
+
+
+@dataclass(frozen=True)
+class Partition:
+    number: int
+    start: int  # bytes
+    size: int  # bytes
+    table: str  # mbr | gpt | none
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    format: str
+    virtual_size: int
+    partition: Partition
+
+    def describe(self) -> str:
+        p = self.partition
+        where = f"partition {p.number} ({p.table})" if p.table != "none" else "whole disk"
+        return f"{self.format}, {self.virtual_size} bytes, no backing file; root ext filesystem on {where}"
+
+
+def inspect_format(disk: Path, fmt: str) -> int:
+    """``qemu-img info`` with the declared format; refuses backing files, external data files, a wrong format."""
+    out = run(
+        [find_tool("qemu-img"), "info", "-f", fmt, "--output=json", str(disk)],
+        limits=QEMU_IMG_LIMITS,
+        timeout=120,
+        hint=f"is {disk} really a {fmt} image?",
+    ).stdout
+    info = json.loads(out)
+    problems = []
+    if info.get("format") != fmt:
+        problems.append(f"qemu-img reads it as {info.get('format')}, not {fmt}")
+    if info.get("backing-filename") or info.get("full-backing-filename"):
+        problems.append(f"has a backing file {info.get('backing-filename')!r} (would read outside the image)")
+    data_file = (info.get("format-specific") or {}).get("data", {}).get("data-file")
+    if data_file:
+        problems.append(f"has an external data file {data_file!r}")
+    if problems:
+        raise ArtifactError(f"{disk}: refusing to inspect: " + "; ".join(problems))
+    return int(info["virtual-size"])
+
+
+def _has_ext_magic(f: os.PathLike[str] | str, offset: int) -> bool:
+    with open(f, "rb") as fh:
+        fh.seek(offset + EXT_MAGIC_OFFSET)
+        return fh.read(2) == EXT_MAGIC
+
+
+def partitions(raw: Path) -> list[Partition]:
+    """Partitions of a raw disk from its MBR, or GPT behind a protective MBR (primary entries only)."""
+    with open(raw, "rb") as f:
+        mbr = f.read(SECTOR)
+        if len(mbr) < SECTOR or mbr[510:512] != b"\x55\xaa":
+            return []
+        entries = [struct.unpack_from("<B3sB3sII", mbr, 446 + 16 * i) for i in range(4)]
+        if any(e[2] == GPT_PROTECTIVE for e in entries):
+            f.seek(SECTOR)
+            header = f.read(92)
+            if header[:8] != b"EFI PART":
+                raise ArtifactError(f"{raw}: protective MBR but no GPT header")
+            table_lba, count, entry_size = struct.unpack_from("<QII", header, 72)
+            if not (0 < count <= 1024 and 128 <= entry_size <= 4096):
+                raise ArtifactError(f"{raw}: implausible GPT ({count} entries of {entry_size} bytes)")
+            f.seek(table_lba * SECTOR)
+            table = f.read(count * entry_size)
+            found = []
+            for i in range(count):
+                entry = table[i * entry_size : (i + 1) * entry_size]
+                if entry[:16] == bytes(16):
+                    continue
+                first, last = struct.unpack_from("<QQ", entry, 32)
+                found.append(Partition(i + 1, first * SECTOR, (last - first + 1) * SECTOR, "gpt"))
+            return found
+        return [
+            Partition(i + 1, start * SECTOR, sectors * SECTOR, "mbr")
+            for i, (_status, _chs, ptype, _chs2, start, sectors) in enumerate(entries)
+            if ptype != 0 and sectors > 0
+        ]
+
+
+def find_root_partition(raw: Path) -> Partition:
+    """The largest partition holding an ext2/3/4 filesystem (or the whole disk if it is one)."""
+    size = raw.stat().st_size
+    candidates = [p for p in partitions(raw) if p.start + p.size <= size and _has_ext_magic(raw, p.start)]
+    if not candidates and _has_ext_magic(raw, 0):
+        return Partition(0, 0, size, "none")
+    if not candidates:
+        raise ArtifactError(
+            f"{raw}: no ext2/3/4 root filesystem found in its partition table",
+            hint="the audit reads ext filesystems (what the pipeline builds)",
+        )
+    return max(candidates, key=lambda p: p.size)
+
+
+class RootFs:
+    """A copy of the guest's root filesystem, read as ``/``: symlinks resolve inside it, never on the host."""
+
+    def __init__(self, top: Path, origin: str) -> None:
+        self.top = top
+        self.origin = origin
+
+    def host_path(self, path: str, follow: bool = True) -> Path | None:
+        """Where the guest's ``path`` is in the copy (symlinks resolved within the guest), None if absent."""
+        parts = list(PurePosixPath("/", path).parts[1:])
+        current: list[str] = []
+        hops = 0
+        while parts:
+            name = parts.pop(0)
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if current:
+                    current.pop()
+                continue
+            candidate = self.top.joinpath(*current, name)
+            try:
+                st = candidate.lstat()
+            except (FileNotFoundError, NotADirectoryError):
+                return None
+            if stat.S_ISLNK(st.st_mode) and (parts or follow):
+                hops += 1
+                if hops > MAX_SYMLINK_HOPS:
+                    return None
+                target = PurePosixPath(os.readlink(candidate))
+                if target.is_absolute():
+                    current = []
+                parts = list(target.parts[1:] if target.is_absolute() else target.parts) + parts
+                continue
+            current.append(name)
+        return self.top.joinpath(*current)
+
+    def lstat(self, path: str) -> os.stat_result | None:
+        host = self.host_path(path, follow=False)
+        return host.lstat() if host is not None else None
+
+    def is_file(self, path: str) -> bool:
+        host = self.host_path(path)
+        return host is not None and host.is_file() and not host.is_symlink()
+
+    def read_bytes(self, path: str, limit: int = 16 * 1024 * 1024) -> bytes | None:
+        host = self.host_path(path)
+        if host is None or not host.is_file() or host.is_symlink():
+            return None
+        with open(host, "rb") as f:
+            return f.read(limit)
+
+    def read_text(self, path: str) -> str | None:
+        data = self.read_bytes(path)
+        return None if data is None else data.decode("utf-8", errors="replace")
+
+    def listdir(self, path: str) -> list[str]:
+        host = self.host_path(path)
+        if host is None or not host.is_dir() or host.is_symlink():
+            return []
+        return sorted(p.name for p in host.iterdir())
+
+    def walk(self, path: str = "/") -> Iterator[tuple[str, os.stat_result]]:
+        """Every entry under ``path`` (guest path, lstat), never following symlinks."""
+        host = self.host_path(path)
+        if host is None:
+            return
+        for dirpath, dirnames, filenames in os.walk(host):
+            rel = "/" + Path(dirpath).relative_to(self.top).as_posix()
+            rel = "/" if rel == "/." else rel
+            for name in sorted(dirnames + filenames):
+                entry = Path(dirpath, name)
+                yield (rel.rstrip("/") + "/" + name, entry.lstat())
+
+
+@contextlib.contextmanager
+def open_root(disk: Path, fmt: str, scratch: Path) -> Iterator[tuple[RootFs, DiskInfo]]:
+    """Copy the root filesystem of ``disk`` (declared ``fmt``) into ``scratch`` and yield it read-only.
+
+    The scratch copy (a raw conversion and the extracted tree) is removed when the block ends.
+    """
+    if not disk.is_file():
+        raise ArtifactError(f"{disk}: disk image not found")
+    virtual_size = inspect_format(disk, fmt)
+    scratch.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="audit-", dir=scratch))
+    try:
+        raw = disk
+        if fmt != "raw":
+            raw = work / "disk.raw"
+            run(
+                [find_tool("qemu-img"), "convert", "-f", fmt, "-O", "raw", str(disk), str(raw)],
+                limits=Limits(cpu_seconds=1800),
+                timeout=1800,
+            )
+        part = find_root_partition(raw)
+        top = work / f"root-{uuid.uuid4().hex[:8]}"
+        top.mkdir()
+        debugfs = find_tool("debugfs", TOOL_HINTS["debugfs"])
+        result = run([debugfs, "-c", "-R", f"rdump / {top}", f"{raw}?offset={part.start}"], timeout=1800)
+        noise = [line for line in result.stderr.splitlines() if line and not line.startswith("debugfs ")]
+        if noise:
+            log.debug("debugfs: %s", "; ".join(noise[:10]))
+        if not any(top.iterdir()):
+            raise ArtifactError(f"{disk}: the root filesystem could not be read ({'; '.join(noise[:3])})")
+        if raw != disk:
+            raw.unlink()  # the extracted tree is all we need; free the space early
+        yield RootFs(top, str(disk)), DiskInfo(fmt, virtual_size, part)
+    finally:
+        _remove_tree(work)
+
+
+def _remove_tree(path: Path) -> None:
+    """rmtree that also copes with the read-only folders an extracted guest tree has."""
+
+    def _fix(func: object, p: str, exc: object) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(Path(p).parent, 0o700)
+            os.chmod(p, 0o700)
+        with contextlib.suppress(OSError):
+            if os.path.isdir(p) and not os.path.islink(p):
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.unlink(p)
+
+    shutil.rmtree(path, onerror=_fix)

@@ -1,0 +1,252 @@
+"""Package stage: a built version (or any disk) -> OVA, compressed qcow2, optional raw, checksum files.
+
+Recipe: check the input disk's header, convert it once to a streamOptimized VMDK, write the OVA
+(descriptor, manifest, optional certificate, disk) hashing as it goes, then the qcow2/raw images,
+the SHA256SUMS/SHA512SUMS files, and finally the manifest. Every file reaches its final name only
+when complete; nothing depends on the clock, so the same disk gives the same OVA bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.appliance import Appliance, find_appliance
+from pipeline.errors import ArtifactError, ConfigError
+from pipeline.fsutil import Digests, HashingWriter, atomic_path, hash_file
+from pipeline.log import log, step
+from pipeline.manifest import Artifact, BuildManifest, find_version
+from pipeline.package import formats
+from pipeline.package.images import DiskFormat, inspect_disk
+from pipeline.package.ova import (
+    Member,
+    certificate_size,
+    load_signer,
+    manifest_text,
+    sign_manifest,
+    write_tar,
+)
+from pipeline.package.ovf import PROFILES, DiskRef, HardwareProfile, build_descriptor, derived_id
+from pipeline.settings import Settings
+
+__all__ = ["PackageResult", "package_appliance", "package_ova"]
+
+PUBLISHED_MODE = 0o644  # outputs are meant to be downloaded; the temp files they start as are 0600
+
+
+@dataclass(frozen=True)
+class PackageResult:
+    appliance: str
+    version: str
+    out_dir: Path
+    artifacts: tuple[Artifact, ...]
+    manifest_path: Path | None
+    timings: dict[str, float]
+
+    def summary(self) -> str:
+        lines = [f"packaged {self.appliance} {self.version} in {self.out_dir}"]
+        for a in self.artifacts:
+            lines.append(f"  {a.name:<40} {a.size:>14,} bytes  sha256 {a.sha256}")
+        if self.manifest_path is not None:
+            lines.append(f"  recorded in {self.manifest_path}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class OvaResult:
+    digests: Digests
+    disk_member: str
+    disk_size: int
+    capacity: int
+
+
+def package_appliance(
+    settings: Settings,
+    name: str,
+    version: str | None = None,
+    disk: Path | None = None,
+    out: Path | None = None,
+    raw: bool = False,
+    sign_key: Path | None = None,
+    sign_cert: Path | None = None,
+    profile: HardwareProfile = HardwareProfile.PORTABLE,
+) -> PackageResult:
+    """Package a built version (``disk`` None) or any qcow2/raw ``disk`` into ``out``."""
+    if (sign_key is None) != (sign_cert is None):
+        raise ConfigError("--sign-key and --sign-cert go together: give both or neither")
+    appliance = find_appliance(settings.templates_dir, name)
+    manifest: BuildManifest | None = None
+    if disk is None:
+        if out is not None:
+            raise ConfigError("--out only applies with --disk (a built version is packaged next to its manifest)")
+        out_dir, manifest = find_version(settings.output_dir, name, version)
+        version = manifest.version
+        build_disk = manifest.artifact("build-disk")
+        source, fmt = out_dir / build_disk.name, DiskFormat(build_disk.format)
+        epoch = source_date_epoch(manifest.created)
+    else:
+        if out is None:
+            raise ConfigError("--out is required with --disk: the folder to write the packages into")
+        source, fmt = disk, _declared_format(disk)
+        version = version or _today()
+        out_dir, epoch = out, source_date_epoch(None, version)
+    stem = f"{name}-{version}"
+    timings: dict[str, float] = {}
+    with step("package", timings):
+        with step("inspect", timings):
+            capacity = check_source(source, fmt)
+        ova_path = out_dir / f"{stem}.ova"
+        _refuse_overwrite(source, [ova_path, out_dir / f"{stem}.qcow2", out_dir / f"{stem}.raw"])
+        with step("ova", timings):
+            ova = package_ova(appliance, version, source, fmt, ova_path, capacity, epoch, profile, sign_key, sign_cert)
+        artifacts = [Artifact.from_digests(ova_path.name, "ova", "ova", ova.digests)]
+        with step("qcow2", timings):
+            artifacts.append(_converted(source, fmt, out_dir / f"{stem}.qcow2", DiskFormat.QCOW2, capacity))
+        if raw:
+            with step("raw", timings):
+                artifacts.append(_converted(source, fmt, out_dir / f"{stem}.raw", DiskFormat.RAW, capacity))
+        images = list(artifacts)
+        for algo in ("sha256", "sha512"):
+            sums_name = f"{algo.upper()}SUMS"
+            entries = [(a.name, getattr(a, algo)) for a in images]
+            digests = formats.write_sums(out_dir / sums_name, entries)
+            artifacts.append(Artifact.from_digests(sums_name, f"{algo}sums", "text", digests))
+    manifest_path = None
+    if manifest is not None:
+        manifest_path = manifest.with_artifacts(artifacts, {f"package.{k}": v for k, v in timings.items()}).save(
+            out_dir
+        )
+    return PackageResult(name, version, out_dir, tuple(artifacts), manifest_path, timings)
+
+
+def check_source(source: Path, fmt: DiskFormat) -> int:
+    """The source disk's virtual size, after its header passed the Python inspection."""
+    try:
+        size = source.stat().st_size
+        with open(source, "rb") as f:
+            inspection = inspect_disk(f, fmt, size)
+    except OSError as e:
+        raise ArtifactError(f"{source}: cannot read the disk: {e.strerror}") from e
+    if inspection.problems:
+        raise ArtifactError(f"{source}: refusing to package: " + "; ".join(inspection.problems))
+    capacity = formats.virtual_size(source, fmt)
+    if inspection.virtual_size is not None and inspection.virtual_size != capacity:
+        raise ArtifactError(f"{source}: header says {inspection.virtual_size} bytes, qemu-img says {capacity}")
+    return capacity
+
+
+def package_ova(
+    appliance: Appliance,
+    version: str,
+    source: Path,
+    fmt: DiskFormat,
+    ova_path: Path,
+    capacity: int,
+    epoch: int,
+    profile: HardwareProfile = HardwareProfile.PORTABLE,
+    sign_key: Path | None = None,
+    sign_cert: Path | None = None,
+) -> OvaResult:
+    """Convert ``source`` to a streamOptimized VMDK and write the OVA at ``ova_path`` (atomically).
+
+    The VMDK's sha256 is taken from the temporary file; the OVA's sha256/sha512 while it is written.
+    """
+    stem = ova_path.stem
+    ovf_name, mf_name, cert_name, disk_name = (f"{stem}.ovf", f"{stem}.mf", f"{stem}.cert", f"{stem}-disk1.vmdk")
+    signer = load_signer(sign_key, sign_cert) if sign_key and sign_cert else None
+    with _private_dir(ova_path.parent, f".{stem}.vmdk.") as work:
+        vmdk = work / disk_name  # final member name: the VMDK embeds it as its extent name
+        formats.convert_to_stream_vmdk(source, fmt, vmdk, PROFILES[profile].vmdk_adapter)
+        formats.set_vmdk_cid(vmdk, int(derived_id(appliance.name, version, "vmdk-cid")[:8], 16))
+        with open(vmdk, "rb") as f:
+            inspection = inspect_disk(f, DiskFormat.VMDK, vmdk.stat().st_size)
+        if inspection.problems or inspection.subformat != "streamOptimized" or inspection.version != 3:
+            raise ArtifactError(f"{vmdk}: qemu-img wrote an unexpected VMDK: {'; '.join(inspection.problems)}")
+        if inspection.virtual_size != capacity:
+            raise ArtifactError(f"{vmdk}: capacity {inspection.virtual_size} differs from the source's {capacity}")
+        vmdk_digests = hash_file(vmdk)
+        descriptor = build_descriptor(appliance, version, DiskRef(disk_name, vmdk_digests.size, capacity), profile)
+        mf = manifest_text([(ovf_name, hashlib.sha256(descriptor).hexdigest()), (disk_name, vmdk_digests.sha256)])
+        members = [Member.from_bytes(ovf_name, descriptor), Member.from_bytes(mf_name, mf)]
+        if signer is not None:
+            cert = sign_manifest(mf, mf_name, *signer)
+            assert len(cert) == certificate_size(*signer, mf_name)
+            members.append(Member.from_bytes(cert_name, cert))
+        members.append(Member(disk_name, vmdk_digests.size, path=vmdk))
+        with atomic_path(ova_path) as tmp, open(tmp, "wb") as raw_out:
+            writer = HashingWriter(raw_out)
+            write_tar(writer, members, epoch)
+            os.fchmod(raw_out.fileno(), PUBLISHED_MODE)
+            raw_out.flush()
+            os.fsync(raw_out.fileno())
+    log.info("wrote %s (%d bytes)", ova_path, writer.size)
+    return OvaResult(writer.digests(), disk_name, vmdk_digests.size, capacity)
+
+
+def _converted(source: Path, fmt: DiskFormat, target: Path, to: DiskFormat, capacity: int) -> Artifact:
+    with atomic_path(target) as tmp:
+        if to is DiskFormat.QCOW2:
+            formats.convert_compressed_qcow2(source, fmt, tmp)
+        else:
+            formats.convert_raw(source, fmt, tmp)
+        digests = hash_file(tmp)  # qemu-img wrote it; reading it back once is the only way to hash it
+        tmp.chmod(PUBLISHED_MODE)
+    return Artifact.from_digests(target.name, to.value, to.value, digests, virtual_size=capacity)
+
+
+@contextmanager
+def _private_dir(parent: Path, prefix: str) -> Iterator[Path]:
+    parent.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _declared_format(disk: Path) -> DiskFormat:
+    suffix = disk.suffix.lower()
+    if suffix == ".qcow2":
+        return DiskFormat.QCOW2
+    if suffix in (".raw", ".img"):
+        return DiskFormat.RAW
+    raise ConfigError(f"{disk}: --disk: name must end in .qcow2, .raw or .img (the format is never guessed)")
+
+
+def _refuse_overwrite(source: Path, outputs: list[Path]) -> None:
+    for p in outputs:
+        if p.exists() and p.resolve() == source.resolve():
+            raise ConfigError(f"{source}: --disk: is where the package would write {p.name}; use another --out")
+
+
+def _today() -> str:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = dt.datetime.fromtimestamp(int(epoch), dt.UTC) if epoch else dt.datetime.now(dt.UTC)
+    return moment.strftime("%Y.%m.%d")
+
+
+def source_date_epoch(created: str | None, version: str | None = None) -> int:
+    """The mtime of every OVA member: SOURCE_DATE_EPOCH, else the build's creation time, else the
+    date a YYYY.MM.DD version names, else 0. Never the clock, so repackaging gives the same bytes."""
+    env = os.environ.get("SOURCE_DATE_EPOCH")
+    if env:
+        try:
+            return int(env)
+        except ValueError as e:
+            raise ConfigError(f"SOURCE_DATE_EPOCH: {env!r} is not an integer") from e
+    if created:
+        return int(dt.datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp())
+    if version:
+        try:
+            day = dt.datetime.strptime(".".join(version.split(".")[:3]), "%Y.%m.%d").replace(tzinfo=dt.UTC)
+            return int(day.timestamp())
+        except ValueError:
+            pass
+    return 0

@@ -1,0 +1,222 @@
+"""Catalogue fixtures: a real PostgreSQL server started here, SQLite files, real repository files.
+
+PostgreSQL: ``initdb`` into a temporary folder and ``pg_ctl start`` on a free loopback port, once per
+test session. ``initdb`` refuses to run as root, so as root the server runs as the ``postgres``
+system user (via ``runuser``); as any other user it runs as that user. Each test gets its own
+database, copied from a template that was migrated once (``CREATE DATABASE ... TEMPLATE``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from pipeline.catalogue.contract import AppliancePayload, ImagePayload, PackageInfo, VersionPayload
+from pipeline.catalogue.db import migrate
+from pipeline.catalogue.settings import CatalogueSettings
+
+PG_BIN = Path(os.environ.get("VMI_PG_BIN", "/usr/lib/postgresql/15/bin"))
+PUBLIC = "http://127.0.0.1:8080"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class PostgresServer:
+    host: str
+    port: int
+    template: str = "vmi_template"
+    counter: itertools.count[int] = itertools.count()
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg://postgres@{self.host}:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        name = f"vmi_test_{os.getpid()}_{next(self.counter)}"
+        engine = create_engine(self.url("postgres"), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}"'))
+        engine.dispose()
+        return self.url(name)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail(f"{PG_BIN}/initdb is missing: install Debian's postgresql (scripts/setup does)")
+    as_root = os.geteuid() == 0
+    base = Path(tempfile.mkdtemp(prefix="vmi-pg-"))
+    data = base / "data"
+    data.mkdir()
+    prefix: list[str] = []
+    if as_root:  # initdb refuses root: run the server as the postgres system user
+        pw = pwd.getpwnam("postgres")
+        for p in (base, data):
+            os.chown(p, pw.pw_uid, pw.pw_gid)
+        base.chmod(0o755)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    subprocess.run(
+        [*prefix, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    options = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c full_page_writes=off -c max_connections=200"
+    subprocess.run(
+        [
+            *prefix,
+            str(PG_BIN / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(data / "server.log"),
+            "-o",
+            options,
+            "-w",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = PostgresServer("127.0.0.1", port)
+    try:
+        engine = create_engine(server.url("postgres"), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{server.template}"'))
+        engine.dispose()
+        migrate(server.url(server.template))
+        yield server
+    finally:
+        subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every test using this runs twice: on a SQLite file and on the real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'catalogue.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres")
+    return server.new_database()
+
+
+@pytest.fixture
+def repository(tmp_path: Path) -> Path:
+    root = tmp_path / "repository"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def cat_settings(database_url: str, repository: Path) -> CatalogueSettings:
+    return CatalogueSettings(database_url, PUBLIC, repository, f"{PUBLIC}/repo")
+
+
+@pytest.fixture
+def publish_file(repository: Path) -> Callable[..., ImagePayload]:
+    """Write a real image file into the repository and describe it as an ``ImagePayload``."""
+
+    def make(
+        appliance: str = "debian-12", version: str = "2026.11.22", fmt: str = "qcow2", **kw: object
+    ) -> ImagePayload:
+        key = f"{appliance}/{version}/{appliance}-{version}.{fmt}"
+        path = repository / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = f"{key} image bytes\n".encode() * 64
+        path.write_bytes(data)
+        fields: dict[str, object] = dict(
+            uri=f"{PUBLIC}/repo/{key}",
+            format=fmt,
+            size=len(data),
+            sha512=hashlib.sha512(data).hexdigest(),
+            sha256=hashlib.sha256(data).hexdigest(),
+            arch="x86_64",
+            os_family="linux",
+            os_name="Debian",
+            os_version="12",
+            min_cores=1,
+            recommended_cores=2,
+            min_ram_mb=512,
+            recommended_ram_mb=2048,
+            manifest={"appliance": appliance, "version": version},
+            packages=(
+                PackageInfo("openssh-server", "1:9.2p1-2+deb12u3", "amd64"),
+                PackageInfo("bash", "5.2.15-2", "amd64"),
+            ),
+        )
+        fields.update(kw)
+        return ImagePayload(**fields)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def version_payload(publish_file: Callable[..., ImagePayload]) -> Callable[..., VersionPayload]:
+    def make(
+        appliance: str = "debian-12", version: str = "2026.11.22", formats: tuple[str, ...] = ("ova", "qcow2")
+    ) -> VersionPayload:
+        images = tuple(publish_file(appliance, version, fmt) for fmt in formats)
+        return VersionPayload(appliance, version, f"{appliance} {version}", images)
+
+    return make
+
+
+APPLIANCE = AppliancePayload("debian-12", "Debian 12 baseline", "Minimal Debian 12", ("vo.example.org",))
+
+PASSING_AUDIT = {
+    "appliance": "debian-12",
+    "checks": [
+        {"id": "ssh-host-keys", "result": "pass", "evidence": "no /etc/ssh/ssh_host_* files"},
+        {"id": "root-locked", "result": "pass", "evidence": "/etc/shadow: root:!*"},
+    ],
+}
+FAILING_AUDIT = {
+    "checks": [
+        {"id": "ssh-host-keys", "result": "fail", "evidence": "/etc/ssh/ssh_host_ed25519_key exists"},
+        {"id": "root-locked", "result": "pass", "evidence": "/etc/shadow: root:!*"},
+    ]
+}
+WAIVED_AUDIT = {
+    "checks": [
+        {
+            "id": "ssh-host-keys",
+            "result": "fail",
+            "evidence": "/etc/ssh/ssh_host_rsa_key",
+            "waiver": "regenerated at boot by a unit",
+        },
+        {"id": "root-locked", "result": "waived", "evidence": "root:x", "reason": "site policy"},
+    ]
+}
+
+
+@pytest.fixture
+def dev_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A throwaway CA and endorser made by the endorse module (``invoke dev-ca``)."""
+    from pipeline.endorse.pki import make_dev_ca
+
+    out = tmp_path_factory.mktemp("dev-ca")
+    make_dev_ca(out / "ca")
+    return out / "ca"
+
+
+@pytest.fixture
+def signing_settings(cat_settings: CatalogueSettings, dev_ca: Path) -> CatalogueSettings:
+    import dataclasses
+
+    return dataclasses.replace(cat_settings, signing_key=dev_ca / "endorser.key", signing_cert=dev_ca / "endorser.pem")

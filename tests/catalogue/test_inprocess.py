@@ -1,0 +1,182 @@
+"""The in-process catalogue (what publish/endorse/rebuild use), on SQLite and on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pipeline.catalogue.client import InProcessCatalogue, open_catalogue
+from pipeline.catalogue.contract import (
+    ImagePayload,
+    Integrity,
+    InvalidPayload,
+    NotFound,
+    VersionConflict,
+    VersionPayload,
+)
+from pipeline.catalogue.settings import CatalogueSettings
+from pipeline.settings import load_settings
+from tests.catalogue.conftest import APPLIANCE, PUBLIC
+
+
+@pytest.fixture
+def catalogue(cat_settings: CatalogueSettings) -> Iterator[InProcessCatalogue]:
+    cat = InProcessCatalogue(cat_settings)
+    cat.ensure_appliance(APPLIANCE)
+    yield cat
+    cat.close()
+
+
+def test_register_is_idempotent_and_immutable(
+    catalogue: InProcessCatalogue, version_payload: Callable[..., VersionPayload]
+) -> None:
+    payload = version_payload()
+    first = catalogue.register_version(payload)
+    assert [i.format for i in first.images] == ["ova", "qcow2"]
+    assert all(i.integrity is Integrity.VERIFIED for i in first.images)  # the server hashed the files
+    assert catalogue.register_version(payload) == first
+    with pytest.raises(VersionConflict, match="different content"):
+        catalogue.register_version(dataclasses.replace(payload, notes="changed notes"))
+    assert [v.version for v in catalogue.list_versions("debian-12")] == ["2026.11.22"]
+    assert len(catalogue.list_images()) == 2
+    got = catalogue.get_version("debian-12", "2026.11.22")
+    assert got is not None and got.identifier == first.identifier
+    assert catalogue.get_version("debian-12", "1999.01.01") is None
+
+
+def test_expiry_defaults_and_is_capped_at_one_year(
+    catalogue: InProcessCatalogue, version_payload: Callable[..., VersionPayload]
+) -> None:
+    now = datetime.now(UTC)
+    default = catalogue.register_version(version_payload(version="1"))
+    assert timedelta(days=364) < default.expires - now <= timedelta(days=366)
+    far = dataclasses.replace(version_payload(version="2"), expires=now + timedelta(days=5000))
+    assert catalogue.register_version(far).expires - now <= timedelta(days=366)
+    near = dataclasses.replace(version_payload(version="3"), expires=now + timedelta(days=30))
+    assert abs(catalogue.register_version(near).expires - (now + timedelta(days=30))) < timedelta(seconds=5)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda p: dataclasses.replace(p, images=()), "at least one image"),
+        (lambda p: dataclasses.replace(p, images=(p.images[0], p.images[0])), "appears twice"),
+        (
+            lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], size=0),)),
+            "size: must be a positive",
+        ),
+        (lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], sha512=""),)), "sha512: must be"),
+        (lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], sha256="ABC"),)), "sha256: must be"),
+        (lambda p: dataclasses.replace(p, version=""), "version: ''"),
+        (lambda p: dataclasses.replace(p, version="x" * 21), "1..20 characters"),
+        (lambda p: dataclasses.replace(p, notes=""), "notes: must be"),
+        (lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], format="exe"),)), "format: 'exe'"),
+        (lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], uri="ftp://x/y"),)), "uri: must be"),
+        (
+            lambda p: dataclasses.replace(
+                p, images=(dataclasses.replace(p.images[0], min_cores=4, recommended_cores=2),)
+            ),
+            "min_cores/recommended_cores",
+        ),
+        (lambda p: dataclasses.replace(p, expires=datetime(2000, 1, 1, tzinfo=UTC)), "expires: must be"),
+        # the server re-hashes repository files: a payload that lies about them is refused
+        (
+            lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], size=p.images[0].size + 1),)),
+            "size",
+        ),
+        (lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], sha512="0" * 128),)), "sha512"),
+        (
+            lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], uri=f"{PUBLIC}/repo/nope.ova"),)),
+            "not in the repository",
+        ),
+        (
+            lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], uri="file:///etc/passwd"),)),
+            "outside",
+        ),
+        (
+            lambda p: dataclasses.replace(
+                p, images=(dataclasses.replace(p.images[0], uri=f"{PUBLIC}/repo/../../etc/passwd"),)
+            ),
+            "escapes",
+        ),
+    ],
+)
+def test_validation_names_the_field(
+    catalogue: InProcessCatalogue,
+    version_payload: Callable[..., VersionPayload],
+    change: Callable[[VersionPayload], VersionPayload],
+    message: str,
+) -> None:
+    with pytest.raises(InvalidPayload, match=message):
+        catalogue.register_version(change(version_payload()))
+    assert catalogue.list_versions("debian-12") == []  # nothing half-registered
+
+
+def test_remote_images_are_stored_unchecked(
+    catalogue: InProcessCatalogue, publish_file: Callable[..., ImagePayload]
+) -> None:
+    image = dataclasses.replace(publish_file(), uri="s3://bucket/debian-12/x.qcow2")
+    info = catalogue.register_version(VersionPayload("debian-12", "7", "from S3", (image,)))
+    assert info.images[0].integrity is Integrity.UNCHECKED
+    assert info.images[0].sha512 == image.sha512
+
+
+def test_unknown_appliance_is_not_found(
+    catalogue: InProcessCatalogue, version_payload: Callable[..., VersionPayload]
+) -> None:
+    with pytest.raises(NotFound, match="not in the catalogue"):
+        catalogue.register_version(version_payload(appliance="nope"))
+
+
+def test_concurrent_registrations_make_one_version(
+    cat_settings: CatalogueSettings, catalogue: InProcessCatalogue, version_payload: Callable[..., VersionPayload]
+) -> None:
+    payload = version_payload()
+    results: list[object] = []
+
+    def publish() -> None:
+        cat = InProcessCatalogue(cat_settings)
+        for _ in range(3):  # a conflict from a lost race is retried, as publish does
+            try:
+                results.append(cat.register_version(payload).identifier)
+                break
+            except VersionConflict as e:
+                if "concurrently" not in str(e):
+                    results.append(e)
+                    break
+        cat.close()
+
+    threads = [threading.Thread(target=publish) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 4 and len(set(results)) == 1, results
+    assert len(catalogue.list_versions("debian-12")) == 1
+
+
+def test_open_catalogue_by_url(tmp_path: Path) -> None:
+    settings = load_settings(
+        {
+            "output_dir": "output",
+            "work_dir": "work",
+            "cache_dir": "cache",
+            "repository": "file://./repository",
+            "repository_public_url": f"{PUBLIC}/repo",
+            "catalogue": "sqlite:///./c.db",
+            "catalogue_public_url": PUBLIC,
+            "accel": "tcg",
+        },
+        tmp_path,
+        environ={},
+    )
+    cat = open_catalogue(settings)
+    assert isinstance(cat, InProcessCatalogue)
+    assert cat.list_images() == []
+    assert (tmp_path / "c.db").is_file()
+    cat.close()

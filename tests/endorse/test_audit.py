@@ -1,0 +1,293 @@
+"""The policy audit against real small disks: one that passes everything, and one per broken check."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.endorse.audit import CheckStatus, SecuritySource, audit_disk, load_waivers
+from pipeline.endorse.disk import RootFs
+from pipeline.errors import ArtifactError, ConfigError
+from tests.endorse.disks import PACKAGES, TEST_KEY, good_rootfs, make_disk, security_packages, write
+
+
+@pytest.fixture(scope="session")
+def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Debian security mirror on 127.0.0.1: bookworm-security is clean, stale-security has a fix pending."""
+    root = tmp_path_factory.mktemp("mirror")
+    suites = {
+        # older or equal versions of what is installed, and a package the image does not have
+        "bookworm-security": {
+            "openssl": "3.0.15-1~deb12u1",
+            "base-files": "12.4+deb12u5",
+            "bind9": "1:9.18.33-1~deb12u2",
+        },
+        "stale-security": {"openssl": "3.0.17-1~deb12u2", "cloud-init": "22.4.2-1+deb12u3"},
+    }
+    for suite, versions in suites.items():
+        folder = root / "dists" / suite / "main" / "binary-amd64"
+        folder.mkdir(parents=True)
+        (folder / "Packages.xz").write_bytes(security_packages(versions))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+Mutation = Callable[[Path], object]
+
+
+def run_audit(
+    tmp_path: Path,
+    mirror: str,
+    mutate: Mutation | None = None,
+    suite: str = "bookworm-security",
+    table: str = "mbr",
+    waivers: dict[str, str] | None = None,
+    packages: tuple = PACKAGES,  # type: ignore[type-arg]
+):  # type: ignore[no-untyped-def]
+    root = good_rootfs(tmp_path / "rootfs")
+    if mutate is not None:
+        mutate(root)
+    disk = make_disk(root, tmp_path / "disk.qcow2", table=table)
+    return audit_disk(
+        disk,
+        "qcow2",
+        scratch=tmp_path / "scratch",
+        packages=packages,
+        security=SecuritySource(mirror, suite, "amd64"),
+        waivers=waivers,
+        appliance="test",
+        version="1",
+    )
+
+
+@pytest.mark.parametrize("table", ["mbr", "gpt", "none"])
+def test_sealed_image_passes_every_check(tmp_path: Path, mirror: str, table: str) -> None:
+    report = run_audit(tmp_path, mirror, table=table)
+    assert report.passed, report.summary()
+    assert [c.result for c in report.checks] == [CheckStatus.PASS] * len(report.checks)
+    assert len(report.checks) == 21
+    sshd = report.check("sshd-password-auth").evidence
+    assert "passwordauthentication no (/etc/ssh/sshd_config.d/00-vmi-hardening.conf:2, first match wins)" in sshd
+    assert "audit passed: 21 checks, 0 waived" in report.summary()
+    assert not list((tmp_path / "scratch").iterdir())  # scratch copy removed
+
+
+def _append(path: str, text: str) -> Mutation:
+    def mutate(root: Path) -> None:
+        with open(root / path.lstrip("/"), "a") as f:
+            f.write(text)
+
+    return mutate
+
+
+def _prepend(path: str, text: str) -> Mutation:
+    def mutate(root: Path) -> None:
+        target = root / path.lstrip("/")
+        target.write_text(text + target.read_text())
+
+    return mutate
+
+
+def _file(path: str, text: str = "x\n") -> Mutation:
+    return lambda root: write(root, path, text)
+
+
+def _replace(path: str, old: str, new: str) -> Mutation:
+    def mutate(root: Path) -> None:
+        target = root / path.lstrip("/")
+        target.write_text(target.read_text().replace(old, new))
+
+    return mutate
+
+
+def _unlink(*paths: str) -> Mutation:
+    def mutate(root: Path) -> None:
+        for p in paths:
+            os.unlink(root / p.lstrip("/"))
+
+    return mutate
+
+
+def _both(*mutations: Mutation) -> Mutation:
+    def mutate(root: Path) -> None:
+        for m in mutations:
+            m(root)
+
+    return mutate
+
+
+BROKEN = {
+    "host key": (
+        "ssh-host-keys", _file("/etc/ssh/ssh_host_ed25519_key.pub", "ssh-ed25519 AAAA root@build\n"),
+        "/etc/ssh/ssh_host_ed25519_key.pub exists"),
+    "authorized_keys in /srv": (
+        "authorized-keys", _file("/srv/app/.ssh/authorized_keys", "ssh-ed25519 AAAA x\n"),
+        "/srv/app/.ssh/authorized_keys exists"),
+    "root login before the Include": (
+        "sshd-root-login", _prepend("/etc/ssh/sshd_config", "PermitRootLogin yes\n"),
+        "permitrootlogin yes (/etc/ssh/sshd_config:1, first match wins): must be no"),
+    "root login left at the default": (
+        "sshd-root-login", _replace("/etc/ssh/sshd_config.d/00-vmi-hardening.conf", "PermitRootLogin no\n", ""),
+        "permitrootlogin prohibit-password (built-in default, first match wins): must be no"),
+    "root login in a Match block": (
+        "sshd-root-login", _append("/etc/ssh/sshd_config", "Match Address 10.0.0.0/8\n  PermitRootLogin yes\n"),
+        "permitrootlogin yes inside 'Match Address 10.0.0.0/8' (/etc/ssh/sshd_config:12): must be no"),
+    "passwords in an earlier drop-in": (
+        "sshd-password-auth", _file("/etc/ssh/sshd_config.d/00-aaa.conf", "PasswordAuthentication=yes\n"),
+        "passwordauthentication yes (/etc/ssh/sshd_config.d/00-aaa.conf:1, first match wins): must be no"),
+    "keyboard-interactive": (
+        "sshd-password-auth", _both(
+            _replace("/etc/ssh/sshd_config.d/00-vmi-hardening.conf", "KbdInteractiveAuthentication no\n", ""),
+            _replace("/etc/ssh/sshd_config", "KbdInteractiveAuthentication no", "ChallengeResponseAuthentication yes")),
+        "kbdinteractiveauthentication yes (/etc/ssh/sshd_config:5, first match wins): must be no"),
+    "root password": (
+        "root-locked", _replace("/etc/shadow", "root:!*:", "root:$6$salt$hash:"),
+        "/etc/shadow: root has a usable password"),
+    "empty password": (
+        "empty-passwords", _replace("/etc/shadow", "daemon:*:", "daemon::"),
+        "/etc/shadow: daemon has an empty password field"),
+    "second uid 0": (
+        "extra-uid0", _append("/etc/passwd", "toor:x:0:0::/root:/bin/sh\n"), "/etc/passwd: toor has UID 0"),
+    "build user": (
+        "build-user", _both(_append("/etc/passwd", "packer:x:1000:1000::/home/packer:/bin/bash\n"),
+                            _file("/home/packer/.profile"),
+                            _file("/etc/sudoers.d/packer", "packer ALL=(ALL) NOPASSWD:ALL\n")),
+        "/etc/passwd: build or default account packer exists"),
+    "machine-id": (
+        "machine-id", _file("/etc/machine-id", "0123456789abcdef0123456789abcdef\n"), "/etc/machine-id holds an id"),
+    "random-seed": (
+        "random-seed", _file("/var/lib/systemd/random-seed", "seed"), "/var/lib/systemd/random-seed exists"),
+    "credential.secret": (
+        "random-seed", _file("/var/lib/systemd/credential.secret", "s"), "/var/lib/systemd/credential.secret exists"),
+    "cloud-init missing": (
+        "cloud-init-installed", _unlink("/usr/bin/cloud-init"), "/usr/bin/cloud-init is missing"),
+    "cloud-init not enabled": (
+        "cloud-init-enabled", _unlink("/etc/systemd/system/cloud-init.target.wants/cloud-final.service"),
+        "cloud-final.service is not enabled"),
+    "cloud-init masked": (
+        "cloud-init-enabled", lambda root: os.symlink("/dev/null", root / "etc/systemd/system/cloud-init.service"),
+        "/etc/systemd/system/cloud-init.service masks the unit"),
+    "cloud-init state": (
+        "cloud-init-clean", _file("/var/lib/cloud/instances/i-0123/obj.pkl"), "/var/lib/cloud/instances exists"),
+    "history": ("histories", _file("/root/.bash_history", "sudo rm -rf /\n"), "/root/.bash_history exists"),
+    "log": ("logs", _file("/var/log/cloud-init.log", "boot\n"), "/var/log/cloud-init.log is 5 bytes"),
+    "tmp": ("tmp", _file("/tmp/script_1234.sh", "#!/bin/sh\n"), "/tmp/script_1234.sh exists"),
+    "passwd backup": ("build-leftovers", _file("/etc/shadow-", "root:$6$x:1::::::\n"), "/etc/shadow- exists"),
+    "build resolver": (
+        "build-leftovers", _file("/etc/resolv.conf", "nameserver 10.0.2.3\n"), "/etc/resolv.conf is a file"),
+    "private key": (
+        "private-keys", _file("/opt/app/deploy.pem", "junk\n" + TEST_KEY.replace("OPENSSH ", "RSA ")),
+        "/opt/app/deploy.pem: -----BEGIN RSA PRIVATE KEY----- block"),
+    "changed shipped key": (
+        "private-keys", _append("/usr/share/doc/testkeys/example_key", "\n"),
+        "/usr/share/doc/testkeys/example_key: -----BEGIN OPENSSH PRIVATE KEY----- block"),
+    "credential file": (
+        "private-keys", _file("/root/.aws/credentials", "[default]\n"), "/root/.aws/credentials: credential file"),
+    "package list drift": (
+        "package-list", _replace("/var/lib/dpkg/status", "Version: 3.0.15-1~deb12u1", "Version: 3.0.14-1~deb12u1"),
+        "openssl 3.0.14-1~deb12u1 is installed but not in manifest.json"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BROKEN), ids=list(BROKEN))
+def test_each_broken_check_fails_naming_the_file(tmp_path: Path, mirror: str, case: str) -> None:
+    check_id, mutate, evidence = BROKEN[case]
+    report = run_audit(tmp_path, mirror, mutate)
+    assert not report.passed
+    assert [c.id for c in report.failures] == [check_id], report.summary()
+    assert any(evidence in line for line in report.check(check_id).evidence), report.check(check_id).evidence
+    assert f"audit FAILED: {check_id}" in report.summary()
+
+
+def test_later_drop_in_cannot_reenable_passwords(tmp_path: Path, mirror: str) -> None:
+    mutate = _file("/etc/ssh/sshd_config.d/99-late.conf", "PasswordAuthentication yes\nPermitRootLogin yes\n")
+    report = run_audit(tmp_path, mirror, mutate)
+    assert report.passed, report.summary()  # sshd keeps the first value: 00-vmi-hardening.conf
+
+
+def test_pending_security_update(tmp_path: Path, mirror: str) -> None:
+    report = run_audit(tmp_path, mirror, suite="stale-security")
+    assert [c.id for c in report.failures] == ["security-updates"]
+    assert report.check("security-updates").evidence == (
+        f"cloud-init 22.4.2-1+deb12u1 installed, 22.4.2-1+deb12u3 in {mirror} stale-security",
+        f"openssl 3.0.15-1~deb12u1 installed, 3.0.17-1~deb12u2 in {mirror} stale-security",
+    )
+
+
+def test_unreachable_security_mirror_fails_the_check(tmp_path: Path, mirror: str) -> None:
+    report = run_audit(tmp_path, mirror, suite="no-such-security")
+    assert [c.id for c in report.failures] == ["security-updates"]
+    assert "cannot check against the security mirror" in report.check("security-updates").evidence[0]
+
+
+def test_waived_failure_passes_with_its_reason(tmp_path: Path, mirror: str) -> None:
+    reason = "the appliance ships its demo log on purpose (ticket 42)"
+    report = run_audit(tmp_path, mirror, _file("/var/log/demo.log", "hello\n"), waivers={"logs": reason, "tmp": reason})
+    assert report.passed
+    assert report.check("logs").result == CheckStatus.WAIVED and report.check("logs").waiver == reason
+    assert report.check("tmp").result == CheckStatus.PASS  # an unneeded waiver changes nothing
+    assert report.to_dict()["checks"][15] == {
+        "id": "logs",
+        "title": "logs empty",
+        "result": "waived",
+        "evidence": ["/var/log/demo.log is 6 bytes"],
+        "waiver": reason,
+    }
+
+
+def test_waiver_file_errors_name_file_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "audit-waivers.yaml"
+    path.write_text("waivers:\n  - check: logs\n    reason: short\n  - check: nope\n    reason: a good long reason\n")
+    with pytest.raises(ConfigError) as err:
+        load_waivers(path)
+    assert err.value.problems == [
+        f"{path}: waivers[0].reason: must say why (at least 10 characters)",
+        f"{path}: waivers[1].check: 'nope' is not a check id (one of authorized-keys, build-leftovers, build-user, "
+        "cloud-init-clean, cloud-init-enabled, cloud-init-installed, disk-format, empty-passwords, extra-uid0, "
+        "histories, logs, machine-id, package-list, private-keys, random-seed, root-locked, security-updates, "
+        "ssh-host-keys, "
+        "sshd-password-auth, sshd-root-login, tmp)",
+    ]
+    path.write_text("waivers:\n  - check: logs\n    reason: the demo log is part of the appliance\n")
+    assert load_waivers(path) == {"logs": "the demo log is part of the appliance"}
+    assert load_waivers(tmp_path / "absent.yaml") == {}
+
+
+def test_declared_format_is_enforced(tmp_path: Path, mirror: str) -> None:
+    root = good_rootfs(tmp_path / "rootfs")
+    raw = make_disk(root, tmp_path / "disk.img", fmt="raw")
+    with pytest.raises(Exception, match="qcow2"):
+        audit_disk(raw, "qcow2", scratch=tmp_path / "s", packages=PACKAGES, security=None)
+    base = make_disk(root, tmp_path / "base.qcow2")
+    overlay = tmp_path / "overlay.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "qcow2", str(overlay)], check=True
+    )
+    with pytest.raises(ArtifactError, match="has a backing file"):
+        audit_disk(overlay, "qcow2", scratch=tmp_path / "s", packages=PACKAGES, security=None)
+
+
+def test_guest_symlinks_never_reach_the_host(tmp_path: Path) -> None:
+    top = tmp_path / "guest"
+    (top / "etc").mkdir(parents=True)
+    (top / "etc/hostname").write_text("guest\n")
+    os.symlink("../../../../../../../../etc/hostname", top / "etc/escape")
+    os.symlink("/etc/hostname", top / "etc/absolute")
+    os.symlink("loop", top / "etc/loop")
+    root = RootFs(top, "test")
+    assert root.read_text("/etc/escape") == "guest\n"
+    assert root.read_text("/etc/absolute") == "guest\n"
+    assert root.read_text("/etc/loop") is None
+    assert root.read_text("/../../etc/hostname") == "guest\n"
+    shutil.rmtree(top)

@@ -1,0 +1,261 @@
+"""Packaging a real disk: OVA layout byte by byte, reproducibility, the VMDK against its source,
+the other formats, checksum files, the build manifest, signing, and the CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from pipeline.errors import ConfigError
+from pipeline.manifest import Artifact, BaseRef, BuildManifest, find_version
+from pipeline.package import PackageResult, package_appliance, source_date_epoch
+from pipeline.package.ova import MANIFEST_LINE
+from pipeline.package.verify import verify_ova
+
+from .helpers import ROOT, VERSION, make_disk, ova_members, settings_for, sh
+
+STEM = f"debian-12-{VERSION}"
+
+
+def raw_headers(path: Path) -> list[bytes]:
+    """Every 512-byte tar header in the file, read without tarfile."""
+    data, headers, offset = path.read_bytes(), [], 0
+    while data[offset : offset + 512].strip(b"\0"):
+        header = data[offset : offset + 512]
+        headers.append(header)
+        size = int(header[124:136].rstrip(b"\0 ") or b"0", 8)
+        offset += 512 + size + (-size % 512)
+    return headers
+
+
+def test_members_in_order_and_ustar_headers(ova_path: Path) -> None:
+    headers = raw_headers(ova_path)
+    names = [h[:100].rstrip(b"\0").decode() for h in headers]
+    assert names == [f"{STEM}.ovf", f"{STEM}.mf", f"{STEM}-disk1.vmdk"]
+    epoch = source_date_epoch(None, VERSION)
+    for h in headers:
+        assert h[257:265] == b"ustar\x0000"  # POSIX USTAR, no GNU or PAX
+        assert h[156:157] == b"0"  # regular file
+        assert int(h[100:108].rstrip(b"\0 "), 8) == 0o644
+        assert int(h[108:116].rstrip(b"\0 "), 8) == 0  # uid
+        assert int(h[116:124].rstrip(b"\0 "), 8) == 0  # gid
+        assert int(h[136:148].rstrip(b"\0 "), 8) == epoch
+    assert ova_path.stat().st_size % 10240 == 0
+
+
+def test_manifest_lines_are_exact(ova_path: Path) -> None:
+    members = ova_members(ova_path)
+    lines = members[f"{STEM}.mf"].decode().splitlines()
+    expected = {f"{STEM}.ovf", f"{STEM}-disk1.vmdk"}
+    assert len(lines) == len(expected)
+    for line in lines:
+        match = MANIFEST_LINE.match(line)
+        assert match and match["algo"] == "SHA256", line
+        assert re.fullmatch(r"SHA256\([^)]+\)= [0-9a-f]{64}", line)
+        assert hashlib.sha256(members[match["name"]]).hexdigest() == match["hex"]
+    assert {MANIFEST_LINE.match(line)["name"] for line in lines} == expected  # type: ignore[index]
+
+
+def test_vmdk_is_stream_optimized_v3_and_identical_to_the_source(
+    ova_path: Path, source_disk: Path, tmp_path: Path
+) -> None:
+    vmdk = tmp_path / f"{STEM}-disk1.vmdk"
+    vmdk.write_bytes(ova_members(ova_path)[vmdk.name])
+    head = vmdk.read_bytes()[:4096]
+    assert head[:4] == b"KDMV"
+    assert int.from_bytes(head[4:8], "little") == 3
+    assert int.from_bytes(head[8:12], "little") & 0x30000 == 0x30000
+    assert b'createType="streamOptimized"' in head
+    assert f'SPARSE "{vmdk.name}"'.encode() in head  # the extent name is the member name
+    info = json.loads(sh("qemu-img", "info", "-f", "vmdk", "--output=json", vmdk))
+    assert info["format-specific"]["data"]["create-type"] == "streamOptimized"
+    sh("qemu-img", "check", "-f", "vmdk", vmdk)
+    assert "identical" in sh("qemu-img", "compare", "-f", "qcow2", "-F", "vmdk", source_disk, vmdk)
+
+
+def test_verify_accepts_our_ova(ova_path: Path) -> None:
+    report = verify_ova(ova_path)
+    assert report.manifest_algorithms == ("SHA256",)
+    assert [d.capacity for d in report.disks] == [64 * 1024 * 1024]
+    assert "sound OVA" in report.summary()
+
+
+def test_same_disk_gives_byte_identical_ova(
+    packaged: PackageResult, source_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    again = package_appliance(
+        settings_for(tmp_path / "o"), "debian-12", version=VERSION, disk=source_disk, out=tmp_path
+    )
+    first = packaged.out_dir / f"{STEM}.ova"
+    assert (tmp_path / f"{STEM}.ova").read_bytes() == first.read_bytes()
+    assert again.artifacts[0].sha256 == packaged.artifacts[0].sha256
+
+
+def test_source_date_epoch_sets_every_mtime(source_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    package_appliance(settings_for(tmp_path / "o"), "debian-12", version="7", disk=source_disk, out=tmp_path)
+    assert {int(h[136:148].rstrip(b"\0 "), 8) for h in raw_headers(tmp_path / "debian-12-7.ova")} == {1700000000}
+
+
+def test_other_formats_and_checksum_files(packaged: PackageResult, source_disk: Path) -> None:
+    out = packaged.out_dir
+    qcow2, raw = out / f"{STEM}.qcow2", out / f"{STEM}.raw"
+    info = json.loads(sh("qemu-img", "info", "-f", "qcow2", "--output=json", qcow2))
+    assert info["format-specific"]["data"]["compression-type"] == "zstd"
+    assert qcow2.stat().st_size < source_disk.stat().st_size
+    assert "identical" in sh("qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", source_disk, qcow2)
+    assert "identical" in sh("qemu-img", "compare", "-f", "qcow2", "-F", "raw", source_disk, raw)
+    sh("sha256sum", "--check", "--strict", "SHA256SUMS", cwd=out)
+    sh("sha512sum", "--check", "--strict", "SHA512SUMS", cwd=out)
+    listed = [line.split("  ")[1] for line in (out / "SHA512SUMS").read_text().splitlines()]
+    assert listed == [f"{STEM}.ova", f"{STEM}.qcow2", f"{STEM}.raw"]
+    for artifact in packaged.artifacts:
+        data = (out / artifact.name).read_bytes()
+        assert (artifact.size, artifact.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+        assert artifact.sha512 == hashlib.sha512(data).hexdigest()
+        assert (out / artifact.name).stat().st_mode & 0o777 == 0o644
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "no temporary files left behind"
+
+
+def _built_version(output: Path, version: str = "2026.11.21") -> Path:
+    """A version folder as `invoke build` leaves it: build disk + manifest (no Packer needed here)."""
+    version_dir = output / "debian-12" / version
+    disk = make_disk(version_dir / "build" / f"debian-12-{version}.qcow2", 32)
+    data = disk.read_bytes()
+    manifest = BuildManifest(
+        appliance="debian-12",
+        version=version,
+        created="2026-11-21T10:00:00Z",
+        inputs_digest="0" * 64,
+        inputs={},
+        git_commit=None,
+        tools={"qemu-img": "7.2"},
+        accel="tcg",
+        os={"family": "linux", "name": "Debian", "version": "12"},
+        arch="x86_64",
+        base=BaseRef("bootstrap", "bookworm", "0" * 64),
+        packages=(),
+        artifacts=(
+            Artifact(
+                f"build/{disk.name}",
+                "build-disk",
+                "qcow2",
+                len(data),
+                hashlib.sha256(data).hexdigest(),
+                hashlib.sha512(data).hexdigest(),
+            ),
+        ),
+        timings={"build": 1.0},
+    )
+    manifest.save(version_dir)
+    return version_dir
+
+
+def test_package_a_built_version_records_every_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    output = tmp_path / "output"
+    version_dir = _built_version(output)
+    result = package_appliance(settings_for(output), "debian-12")
+    assert result.version == "2026.11.21" and result.out_dir == version_dir
+    _, manifest = find_version(output, "debian-12")
+    roles = {a.role: a for a in manifest.artifacts}
+    assert set(roles) == {"build-disk", "ova", "qcow2", "sha256sums", "sha512sums"}
+    for role in ("ova", "qcow2", "sha256sums", "sha512sums"):
+        a = roles[role]
+        data = (version_dir / a.name).read_bytes()
+        assert (a.size, a.sha512) == (len(data), hashlib.sha512(data).hexdigest())
+    assert roles["qcow2"].virtual_size == 32 * 1024 * 1024
+    assert roles["ova"].name == "debian-12-2026.11.21.ova" and roles["ova"].format == "ova"
+    assert {"package.ova", "package.qcow2", "build"} <= set(manifest.timings)
+    epoch = source_date_epoch("2026-11-21T10:00:00Z")
+    assert {int(h[136:148].rstrip(b"\0 "), 8) for h in raw_headers(version_dir / result.artifacts[0].name)} == {epoch}
+    verify_ova(version_dir / "debian-12-2026.11.21.ova")
+
+
+def _signer(tmp_path: Path, key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vmi-pipeline test signer")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(__import__("datetime").datetime(2026, 1, 1))
+        .not_valid_after(__import__("datetime").datetime(2036, 1, 1))
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = tmp_path / "key.pem", tmp_path / "cert.pem"
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key_path, cert_path
+
+
+def test_signed_ova_verifies_with_openssl(source_disk: Path, tmp_path: Path) -> None:
+    key_path, cert_path = _signer(tmp_path, rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    out = tmp_path / "out"
+    package_appliance(
+        settings_for(tmp_path / "o"), "debian-12", version="1", disk=source_disk, out=out,
+        sign_key=key_path, sign_cert=cert_path,
+    )  # fmt: skip
+    ova = out / "debian-12-1.ova"
+    members = ova_members(ova)
+    assert list(members) == ["debian-12-1.ovf", "debian-12-1.mf", "debian-12-1.cert", "debian-12-1-disk1.vmdk"]
+    first, _, pem = members["debian-12-1.cert"].partition(b"\n")
+    match = re.fullmatch(rb"SHA256\(debian-12-1\.mf\)= ([0-9a-f]+)", first)
+    assert match and pem.startswith(b"-----BEGIN CERTIFICATE-----")
+    (tmp_path / "mf").write_bytes(members["debian-12-1.mf"])
+    (tmp_path / "sig").write_bytes(bytes.fromhex(match.group(1).decode()))
+    (tmp_path / "cert").write_bytes(pem)
+    sh("openssl", "x509", "-in", tmp_path / "cert", "-pubkey", "-noout", "-out", tmp_path / "pub")
+    assert "Verified OK" in sh(
+        "openssl", "dgst", "-sha256", "-verify", tmp_path / "pub", "-signature", tmp_path / "sig", tmp_path / "mf"
+    )
+    assert verify_ova(ova).signed
+
+
+def test_signing_needs_a_matching_rsa_pair(source_disk: Path, tmp_path: Path) -> None:
+    ec_key, ec_cert = _signer(tmp_path, ec.generate_private_key(ec.SECP256R1()))
+    settings = settings_for(tmp_path / "o")
+    with pytest.raises(ConfigError, match="RSA"):
+        package_appliance(
+            settings, "debian-12", version="1", disk=source_disk, out=tmp_path, sign_key=ec_key, sign_cert=ec_cert
+        )
+    with pytest.raises(ConfigError, match="go together"):
+        package_appliance(settings, "debian-12", version="1", disk=source_disk, out=tmp_path, sign_key=ec_key)
+    assert not list(tmp_path.glob("*.ova"))
+
+
+def test_cli_package_and_verify(source_disk: Path, tmp_path: Path) -> None:
+    invoke = [sys.executable, "-m", "invoke"]
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [*invoke, "package", "--disk", str(source_disk), "--appliance", "debian-12", "--out", str(out),
+         "--version", "3"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "debian-12-3.ova" in proc.stdout
+    ok = subprocess.run([*invoke, "verify-ova", str(out / "debian-12-3.ova")], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0 and "sound OVA" in ok.stdout, ok.stderr
+    broken = out / "broken.ova"
+    data = bytearray((out / "debian-12-3.ova").read_bytes())
+    data[-20000] ^= 0xFF  # inside the disk member
+    broken.write_bytes(bytes(data))
+    bad = subprocess.run([*invoke, "verify-ova", str(broken)], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 1
+    lines = bad.stderr.strip().splitlines()
+    assert lines and all(line.startswith(f"{broken}: ") for line in lines)
+    assert any("debian-12-3-disk1.vmdk: SHA256 does not match the manifest" in line for line in lines)
