@@ -71,6 +71,7 @@ chmod 0444 /etc/machine-id
 [ -L /var/lib/dbus/machine-id ] || rm -f /var/lib/dbus/machine-id
 rm -f /var/lib/systemd/random-seed /loader/random-seed /var/lib/systemd/credential.secret /etc/machine-info
 echo localhost > /etc/hostname
+hostname localhost  # the running name must resolve too, or every later sudo complains
 cat > /etc/hosts <<'HOSTS'
 127.0.0.1	localhost
 ::1		localhost ip6-localhost ip6-loopback

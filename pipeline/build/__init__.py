@@ -60,7 +60,7 @@ class BuildResult:
                 f"{self.disk}\n  use --force to rebuild"
             )
         disk = self.manifest.artifact("build-disk")
-        steps = ", ".join(f"{k} {v:.0f}s" for k, v in self.manifest.timings.items() if "." not in k)
+        steps = ", ".join(f"{k} {v:.0f}s" for k, v in self.manifest.timings.items() if "." not in k and k != "total")
         return (
             f"built {self.appliance} {self.version} in {self.elapsed:.0f}s ({steps})\n"
             f"  disk:     {self.disk} ({disk.size / 2**20:.0f} MiB, sha256 {disk.sha256[:16]}...)\n"
@@ -146,7 +146,8 @@ def build_appliance(settings: Settings, name: str, version: str | None = None, f
             artifacts=(disk_artifact, _artifact(stage, LOG_NAME, "log", "text")),
             timings={**timings, "total": round(time.monotonic() - start, 3)},
         )
-        manifest.save(stage)
+        manifest.save(stage).chmod(0o644)
+        stage.chmod(0o755)  # mkdtemp/mkstemp make them private; the version is for everyone to read
         _publish(stage, final)
     log.info("%s %s ready in %s", name, version, final)
     return BuildResult(name, version, final, BuildManifest.load(final), False, time.monotonic() - start)
@@ -252,10 +253,14 @@ def _log_to(log_file: TextIO) -> Iterator[None]:
     handler = logging.StreamHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
     log.addHandler(handler)
+    level = log.level
+    if log.getEffectiveLevel() > logging.INFO:  # the build log is complete even when the console is quiet
+        log.setLevel(logging.INFO)
     try:
         yield
     finally:
         log.removeHandler(handler)
+        log.setLevel(level)
 
 
 def _file_tail(path: Path, lines: int = 30) -> str:

@@ -7,9 +7,12 @@ never decide anything (build-feasibility.md pitfall 19).
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -110,9 +113,28 @@ def _var_args(variables: Mapping[str, str]) -> list[str]:
     return args
 
 
+# Packer's plugins listen on unix sockets in TMPDIR; a socket path over 107 bytes fails to bind, and
+# `packer validate` then exits 0 anyway. Deep work folders (pytest's tmp_path) need a short one.
+_MAX_TMPDIR = 60
+
+
+@contextlib.contextmanager
+def packer_tmpdir(preferred: Path) -> Iterator[Path]:
+    """A TMPDIR the build owns: ``preferred`` if its path is short enough, else a fresh folder in /tmp."""
+    if len(str(preferred)) <= _MAX_TMPDIR:
+        preferred.mkdir(parents=True, exist_ok=True)
+        yield preferred
+        return
+    parent = tempfile.gettempdir() if len(tempfile.gettempdir()) < _MAX_TMPDIR - 25 else "/tmp"
+    short = Path(tempfile.mkdtemp(prefix="vmi-packer-", dir=parent))
+    try:
+        yield short
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
 def packer_env(tmp_dir: Path) -> dict[str, str]:
     """Environment for Packer: no phone-home, temp files and caches in a folder the build owns."""
-    tmp_dir.mkdir(parents=True, exist_ok=True)
     return {
         "CHECKPOINT_DISABLE": "1",
         "TMPDIR": str(tmp_dir),
@@ -125,10 +147,11 @@ def packer_env(tmp_dir: Path) -> dict[str, str]:
 def validate_template(template: Path, variables: Mapping[str, str], tmp_dir: Path) -> list[str]:
     """``packer validate`` the template; each problem as a line naming the template."""
     argv = [run.find_tool("packer"), "validate", "-machine-readable", *_var_args(variables), str(template)]
-    res = run.run(argv, cwd=template.parent, env=packer_env(tmp_dir), check=False, timeout=300)
-    if res.returncode == 0:
-        return []
+    with packer_tmpdir(tmp_dir) as tmp:
+        res = run.run(argv, cwd=template.parent, env=packer_env(tmp), check=False, timeout=300)
     parsed = parse_output((res.stdout + "\n" + res.stderr).splitlines())
+    if res.returncode == 0 and not parsed.errors:
+        return []
     texts = parsed.errors or [ln for ln in parsed.ui_lines if ln.strip()] or [res.stderr.strip() or "failed"]
     return [f"{template}: packer validate: {t.strip()}" for t in texts]
 
@@ -167,7 +190,8 @@ def packer_build(
                     show(part)
 
     try:
-        res = run.stream(argv, on_line, cwd=template.parent, env=packer_env(tmp_dir), check=False, timeout=timeout)
+        with packer_tmpdir(tmp_dir) as tmp:
+            res = run.stream(argv, on_line, cwd=template.parent, env=packer_env(tmp), check=False, timeout=timeout)
     except CommandError as e:  # only a timeout raises here (check=False)
         raise BuildError("packer", f"Packer did not finish within {timeout:.0f}s", _tail(state)) from e
     if res.returncode != 0 or not state.artifacts:
