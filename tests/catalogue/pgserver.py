@@ -16,7 +16,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-PG_BIN = Path(os.environ.get("VMI_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+def _pg_bin() -> Path:
+    """$VMI_PG_BIN, else the newest Debian/Ubuntu PostgreSQL install (15 on Debian 12)."""
+    if os.environ.get("VMI_PG_BIN"):
+        return Path(os.environ["VMI_PG_BIN"])
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return found[-1].parent if found else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = _pg_bin()
 
 
 def free_port() -> int:
