@@ -493,19 +493,22 @@ def get_audit(uow: UnitOfWork, appliance: str, version: str) -> views.AuditView 
 # --- endorsements and VO image lists ---------------------------------------------------------------
 
 
-def _may_endorse(user: m.User, vo: m.Vo) -> bool:
-    return user.role is m.Role.ADMIN or any(u.id == user.id for u in vo.managers)
+def _endorsement_target(
+    uow: UnitOfWork, actor: str, appliance: str, version: str, vo_name: str
+) -> tuple[m.User, m.Vo, m.Version]:
+    """Who acts, the VO (locked: its list versions are serialised) and the version; managers and admins only."""
+    user = actor_user(uow, actor)
+    vo = _vo(uow, vo_name, for_update=True)
+    if user.role is not m.Role.ADMIN and not any(u.id == user.id for u in vo.managers):
+        raise PermissionDenied(f"{actor} is not a manager of VO {vo_name}")
+    return user, vo, _version(uow, _appliance(uow, appliance), version)
 
 
 def endorse(uow: UnitOfWork, actor: str, appliance: str, version: str, vo_name: str, ctx: Context) -> ImageListInfo:
     """Endorse a version for a VO and publish the VO's next signed image list (one transaction)."""
     now = utcnow()
     with uow.writing():
-        user = actor_user(uow, actor)
-        vo = _vo(uow, vo_name, for_update=True)
-        if not _may_endorse(user, vo):
-            raise PermissionDenied(f"{actor} is not a manager of VO {vo_name}")
-        v = _version(uow, _appliance(uow, appliance), version)
+        user, vo, v = _endorsement_target(uow, actor, appliance, version, vo_name)
         if v.archived or not v.published:
             raise NotEndorsable(f"{appliance} {version} is archived or unpublished")
         if v.expires <= now:
@@ -535,11 +538,7 @@ def revoke(uow: UnitOfWork, actor: str, appliance: str, version: str, vo_name: s
     """Withdraw an endorsement and publish the VO's next signed image list."""
     now = utcnow()
     with uow.writing():
-        user = actor_user(uow, actor)
-        vo = _vo(uow, vo_name, for_update=True)
-        if not _may_endorse(user, vo):
-            raise PermissionDenied(f"{actor} is not a manager of VO {vo_name}")
-        v = _version(uow, _appliance(uow, appliance), version)
+        user, vo, v = _endorsement_target(uow, actor, appliance, version, vo_name)
         row = uow.repo.endorsement(v, vo)
         if row is None or row.revoked_at is not None:
             raise NotFound(f"{appliance} {version} is not endorsed for {vo_name}")

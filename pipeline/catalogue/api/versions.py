@@ -28,12 +28,7 @@ VersionStr = Annotated[str, Path(min_length=1, max_length=20)]
 @router.get("")
 def list_versions(name: Name, uow: UowDep, paging: PagingDep) -> Paged[VersionPublic]:
     page = services.list_versions(uow, name, paging.offset, paging.limit)
-    return Paged[VersionPublic](
-        items=[VersionPublic.model_validate(v) for v in page.items],
-        total=page.total,
-        offset=page.offset,
-        limit=page.limit,
-    )
+    return Paged[VersionPublic].of(page)
 
 
 @router.post("", status_code=201)

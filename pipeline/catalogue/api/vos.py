@@ -14,9 +14,7 @@ router = APIRouter(prefix="/vos", tags=["vos"])
 @router.get("")
 def list_vos(uow: UowDep, paging: PagingDep) -> Paged[VoPublic]:
     page = auth.list_vos(uow, paging.offset, paging.limit)
-    return Paged[VoPublic](
-        items=[VoPublic.model_validate(v) for v in page.items], total=page.total, offset=page.offset, limit=page.limit
-    )
+    return Paged[VoPublic].of(page)
 
 
 @router.post("", status_code=201)
