@@ -34,12 +34,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _traversable(path: Path) -> bool:
+    """Whether another user can reach ``path`` (every folder on the way is world-searchable)."""
+    return all(p.stat().st_mode & 0o001 for p in (path.resolve(), *path.resolve().parents))
+
+
 @contextlib.contextmanager
 def postgres_server() -> Iterator[tuple[str, int]]:
     """Start a server; yields (host, port); the superuser is ``postgres``, without a password."""
     if not (PG_BIN / "initdb").exists():
         raise RuntimeError(f"{PG_BIN}/initdb is missing: install Debian's postgresql (scripts/setup does)")
-    base = Path(tempfile.mkdtemp(prefix="vmi-pg-"))
+    parent = Path(tempfile.gettempdir())
+    if os.geteuid() == 0 and not _traversable(parent):
+        parent = Path("/var/tmp")  # e.g. a checkout under /root: the postgres user could not reach it
+    base = Path(tempfile.mkdtemp(prefix="vmi-pg-", dir=parent))
     data = base / "data"
     data.mkdir()
     prefix: list[str] = []
