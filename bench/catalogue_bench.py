@@ -30,7 +30,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipeline.catalogue import auth, services  # noqa: E402
+from pipeline.catalogue import auth, endorsements, services  # noqa: E402
 from pipeline.catalogue.client import make_context  # noqa: E402
 from pipeline.catalogue.contract import AppliancePayload, ImagePayload, PackageInfo, VersionPayload  # noqa: E402
 from pipeline.catalogue.db import make_engine, migrate, session_factory  # noqa: E402
@@ -86,7 +86,7 @@ def seed(settings: CatalogueSettings, versions: int) -> None:
         )
         services.register_version(uow, "admin", VersionPayload("debian-12", version, "bench", images), settings)
     services.store_audit(uow, "admin", "debian-12", version, AUDIT)
-    services.endorse(uow, "admin", "debian-12", version, VO, make_context(settings))
+    endorsements.endorse(uow, "admin", "debian-12", version, VO, make_context(settings))
     engine.dispose()
 
 

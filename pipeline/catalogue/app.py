@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pipeline.catalogue import services
+from pipeline.catalogue import endorsements
 from pipeline.catalogue.api import appliances, images, users, versions, vos
 from pipeline.catalogue.api.deps import AppState, StateDep, UowDep
 from pipeline.catalogue.client import make_context
@@ -109,7 +109,7 @@ def public_router() -> APIRouter:
     )
     def image_list(vo: Name, uow: UowDep, state: StateDep) -> Response:
         """The newest signed image list of a VO (re-signed first when it is close to expiry)."""
-        return Response(services.current_image_list(uow, vo, state.ctx), media_type="text/plain")
+        return Response(endorsements.current_image_list(uow, vo, state.ctx), media_type="text/plain")
 
     @router.get(
         "/repo/{key:path}",
@@ -179,7 +179,7 @@ async def _refresh_loop(state: AppState, every: float) -> None:
     while True:
         await asyncio.sleep(every)
         try:
-            done = await asyncio.to_thread(services.refresh_all_image_lists, UnitOfWork(state.sessions), state.ctx)
+            done = await asyncio.to_thread(endorsements.refresh_all_image_lists, UnitOfWork(state.sessions), state.ctx)
             for info in done:
                 log.info("re-signed the image list of %s as hv:version %s", info.vo, info.hv_version)
         except PipelineError as e:  # keep serving the current lists; the next round tries again

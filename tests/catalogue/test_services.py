@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import Engine, text
 
-from pipeline.catalogue import auth, services
+from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.client import make_context
 from pipeline.catalogue.contract import AppliancePayload, NotFound, PermissionDenied, VersionPayload
 from pipeline.catalogue.db import make_engine, migrate, session_factory
@@ -81,11 +81,11 @@ def test_background_refresh_resigns_only_due_lists(
     services.ensure_appliance(uow, "admin", APPLIANCE)
     services.register_version(uow, "admin", version_payload(), signing_settings)
     services.store_audit(uow, "admin", "debian-12", "2026.11.22", PASSING_AUDIT)
-    first = services.endorse(uow, "admin", "debian-12", "2026.11.22", "vo.example.org", ctx)
-    assert services.refresh_all_image_lists(uow, ctx) == []  # nothing due yet
+    first = endorsements.endorse(uow, "admin", "debian-12", "2026.11.22", "vo.example.org", ctx)
+    assert endorsements.refresh_all_image_lists(uow, ctx) == []  # nothing due yet
     future = datetime.now(UTC) + signing_settings.list_lifetime - signing_settings.resign_margin + timedelta(minutes=1)
-    (again,) = services.refresh_all_image_lists(uow, ctx, now=future)
+    (again,) = endorsements.refresh_all_image_lists(uow, ctx, now=future)
     assert again.vo == "vo.example.org" and again.hv_version > first.hv_version and again.entries == first.entries
-    history = services.image_list_history(uow, "vo.example.org", ctx)
+    history = endorsements.image_list_history(uow, "vo.example.org", ctx)
     assert [reason for _, reason in history] == ["re-sign before expiry", "endorse debian-12 2026.11.22"]
     engine.dispose()
