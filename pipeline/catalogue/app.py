@@ -18,7 +18,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.catalogue import endorsements
 from pipeline.catalogue.api import appliances, images, users, versions, vos
@@ -68,20 +68,47 @@ def error_response(exc: CatalogueError) -> JSONResponse:
 
 
 class BodyLimit:
-    """Refuse bodies over the configured size before reading them (OWASP API4); plain ASGI, no overhead."""
+    """Refuse bodies over the configured size (OWASP API4); plain ASGI, no per-request overhead.
+
+    A declared ``Content-Length`` is judged before reading; a chunked body is buffered up to the limit
+    and replayed to the app, so neither kind can make the service hold more than ``limit`` bytes.
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.limit):
-                body = ErrorPublic(error="TooLarge", detail=f"request body over {self.limit} bytes").model_dump()
-                await JSONResponse(body, status_code=413)(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.limit:
+                await self._refuse(scope, receive, send)
                 return
-        await self.app(scope, receive, send)
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = ErrorPublic(error="TooLarge", detail=f"request body over {self.limit} bytes").model_dump()
+        await JSONResponse(body, status_code=413)(scope, receive, send)
 
 
 def repository_file(root: Path | None, key: str) -> Path:
@@ -99,8 +126,9 @@ def public_router() -> APIRouter:
     """Stable URLs outside /api/v1: the signed VO image lists and the file repository."""
     router = APIRouter(tags=["image lists"])
 
-    @router.get(
+    @router.api_route(
         "/vo/{vo}/image.list",
+        methods=["GET", "HEAD"],
         response_class=Response,
         responses={
             200: {"content": {"text/plain": {}}, "description": "the S/MIME signed HEPiX list"},
@@ -111,8 +139,9 @@ def public_router() -> APIRouter:
         """The newest signed image list of a VO (re-signed first when it is close to expiry)."""
         return Response(endorsements.current_image_list(uow, vo, state.ctx), media_type="text/plain")
 
-    @router.get(
+    @router.api_route(
         "/repo/{key:path}",
+        methods=["GET", "HEAD"],
         response_class=FileResponse,
         responses={200: {"content": {"application/octet-stream": {}}}, 404: {"model": ErrorPublic}},
         tags=["repository"],
