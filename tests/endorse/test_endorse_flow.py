@@ -148,3 +148,49 @@ def test_waived_failure_can_be_endorsed(
     )
     result = endorse_version(settings, "debian-12", "2026.11.22", VO)
     assert "1 waived" in result.summary() and result.image_list.entries == 1
+
+
+def test_endorse_task_without_a_local_build_uses_the_stored_audit(
+    tmp_path: Path, mirror: str, dev_ca: DevCa, served_repository: tuple[Path, str]
+) -> None:
+    import os
+    import sys
+
+    import yaml
+
+    from pipeline.endorse.audit import SecuritySource, audit_disk
+    from pipeline.settings import load_settings
+    from tests.endorse.disks import PACKAGES, make_disk
+
+    repo_root, url = served_repository
+    env = {
+        "VMI_CATALOGUE": f"sqlite:///{tmp_path / 'catalogue.db'}",
+        "VMI_OUTPUT_DIR": str(tmp_path / "nothing-built-here"),
+        "VMI_WORK_DIR": str(tmp_path / "work"),
+        "VMI_REPOSITORY": repo_root.as_uri(),
+        "VMI_REPOSITORY_PUBLIC_URL": url,
+        "VMI_SIGNING_KEY": str(dev_ca.endorser_key),
+        "VMI_SIGNING_CERT": str(dev_ca.endorser_cert),
+    }
+    root = Path(__file__).resolve().parents[2]
+    settings = load_settings(yaml.safe_load((root / "invoke.yaml").read_text())["vmi"], root, environ=env)
+    disk = make_disk(good_rootfs(tmp_path / "rootfs"), tmp_path / "disk.qcow2")
+    security = SecuritySource(mirror, "bookworm-security", "amd64")
+    report = audit_disk(disk, "qcow2", scratch=tmp_path / "s", packages=PACKAGES, security=security)
+    image = settings.version_dir("debian-12", "2026.11.22") / "build" / "debian-12-2026.11.22.qcow2"
+    image.parent.mkdir(parents=True)
+    shutil.copyfile(disk, image)
+    publish(settings, served_repository, "2026.11.22")
+    shutil.rmtree(settings.output_dir)  # the endorser's machine has no build: the catalogue's audit decides
+    catalogue = open_catalogue(settings)
+    try:
+        catalogue.store_audit("debian-12", "2026.11.22", report.to_dict())
+    finally:
+        catalogue.close()
+    argv = [sys.executable, "-m", "invoke", "endorse", "--appliance", "debian-12", "--version", "2026.11.22"]
+    proc = subprocess.run([*argv, "--vo", VO], cwd=root, env={**os.environ, **env}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"endorsed debian-12 2026.11.22 for {VO}" in proc.stdout
+    assert "the catalogue's stored audit decides" in proc.stderr
+    listed = current_list(settings, tmp_path / "image.list")
+    assert verify_image_list(listed, dev_ca.ca_cert, endorser_dn=dev_ca.endorser_dn).images[0].version == "2026.11.22"
