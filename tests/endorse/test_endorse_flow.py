@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
+import os
 import shutil
 import subprocess
-import threading
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.appliance import find_appliance
 from pipeline.catalogue.client import open_catalogue
 from pipeline.catalogue.contract import ImagePayload, VersionPayload, appliance_payload
 from pipeline.endorse import endorse_version
+from pipeline.endorse.audit import SecuritySource, audit_disk
 from pipeline.endorse.pki import DevCa
 from pipeline.endorse.verify import verify_image_list
 from pipeline.errors import PolicyError, VerificationError
-from pipeline.settings import Settings
-from tests.endorse.disks import good_rootfs, write
+from pipeline.settings import Settings, load_settings
+from tests.endorse.conftest import serve_folder
+from tests.endorse.disks import PACKAGES, good_rootfs, make_disk, write
 from tests.endorse.test_audit_version import built_version, project
 
 VO = "vo.example.org"
@@ -31,11 +33,8 @@ VO = "vo.example.org"
 def served_repository(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     root = tmp_path / "project" / "repository"
     root.mkdir(parents=True)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve_folder(root) as url:
+        yield root, url
 
 
 @pytest.fixture
@@ -153,15 +152,6 @@ def test_waived_failure_can_be_endorsed(
 def test_endorse_task_without_a_local_build_uses_the_stored_audit(
     tmp_path: Path, mirror: str, dev_ca: DevCa, served_repository: tuple[Path, str]
 ) -> None:
-    import os
-    import sys
-
-    import yaml
-
-    from pipeline.endorse.audit import SecuritySource, audit_disk
-    from pipeline.settings import load_settings
-    from tests.endorse.disks import PACKAGES, make_disk
-
     repo_root, url = served_repository
     env = {
         "VMI_CATALOGUE": f"sqlite:///{tmp_path / 'catalogue.db'}",
