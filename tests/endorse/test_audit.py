@@ -263,3 +263,28 @@ def test_guest_symlinks_never_reach_the_host(tmp_path: Path) -> None:
     assert root.read_text("/etc/loop") is None
     assert root.read_text("/../../etc/hostname") == "guest\n"
     shutil.rmtree(top)
+
+
+def test_disk_without_an_ext_root_is_refused(tmp_path: Path) -> None:
+    raw = tmp_path / "fat.raw"
+    with open(raw, "wb") as f:
+        f.truncate(8 * 1024 * 1024)
+    subprocess.run(["sfdisk", "-q", str(raw)], input="label: dos\nstart=2048, type=c\n", text=True, check=True)
+    with pytest.raises(ArtifactError, match="no ext2/3/4 root filesystem"):
+        audit_disk(raw, "raw", scratch=tmp_path / "s", packages=PACKAGES, security=None)
+
+
+def test_implausible_gpt_is_refused(tmp_path: Path) -> None:
+    import struct
+
+    from pipeline.endorse.disk import partitions
+
+    raw = tmp_path / "gpt.raw"
+    with open(raw, "wb") as f:
+        f.truncate(4 * 1024 * 1024)
+    subprocess.run(["sfdisk", "-q", str(raw)], input="label: gpt\nstart=2048, type=L\n", text=True, check=True)
+    with open(raw, "r+b") as f:  # claim a million partition entries
+        f.seek(512 + 80)
+        f.write(struct.pack("<I", 1_000_000))
+    with pytest.raises(ArtifactError, match="implausible GPT"):
+        partitions(raw)
