@@ -17,7 +17,7 @@ from pipeline.appliance import find_appliance
 from pipeline.catalogue.client import open_catalogue
 from pipeline.catalogue.contract import ImagePayload, VersionPayload, appliance_payload
 from pipeline.endorse import endorse_version
-from pipeline.endorse.audit import SecuritySource, audit_disk
+from pipeline.endorse.audit import SecuritySource, audit_disk, audit_version
 from pipeline.endorse.pki import DevCa
 from pipeline.endorse.verify import verify_image_list
 from pipeline.errors import PolicyError, VerificationError
@@ -89,6 +89,13 @@ def test_endorse_then_a_site_verifies_and_downloads(
     settings = endorsing
     built_version(settings, good_rootfs(tmp_path / "rootfs"))
     uri = publish(settings, served_repository, "2026.11.22")
+    audit_version(settings, "debian-12", "2026.11.22")  # registered now: the report goes to the catalogue too
+    catalogue = open_catalogue(settings)
+    try:
+        info = catalogue.get_version("debian-12", "2026.11.22")
+        assert info is not None and info.audit_passed is True
+    finally:
+        catalogue.close()
     result = endorse_version(settings, "debian-12", "2026.11.22", VO)
     assert "policy audit passed: 21 checks, 0 waived" in result.summary()
     assert f"endorsed debian-12 2026.11.22 for {VO}" in result.summary()
