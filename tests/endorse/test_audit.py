@@ -71,7 +71,7 @@ def _prepend(path: str, text: str) -> Mutation:
     return mutate
 
 
-def _file(path: str, text: str = "x\n") -> Mutation:
+def _file(path: str, text: str | bytes = "x\n") -> Mutation:
     return lambda root: write(root, path, text)
 
 
@@ -180,6 +180,12 @@ def test_each_broken_check_fails_naming_the_file(tmp_path: Path, mirror: str, ca
     assert [c.id for c in report.failures] == [check_id], report.summary()
     assert any(evidence in line for line in report.check(check_id).evidence), report.check(check_id).evidence
     assert f"audit FAILED: {check_id}" in report.summary()
+
+
+def test_code_naming_a_pem_header_is_not_a_key(tmp_path: Path, mirror: str) -> None:
+    compiled = b"\x00\x00_SK_START = b'-----BEGIN OPENSSH PRIVATE KEY-----'\x00_SK_END\x00"
+    report = run_audit(tmp_path, mirror, _file("/usr/lib/python3/dist-packages/x/__pycache__/ssh.pyc", compiled))
+    assert report.passed, report.summary()
 
 
 def test_later_drop_in_cannot_reenable_passwords(tmp_path: Path, mirror: str) -> None:
