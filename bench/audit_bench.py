@@ -46,6 +46,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.disk:
         disk, fmt, manifest = args.disk, args.format, None
+        beside = args.disk.resolve().parent.parent  # <version_dir>/build/<disk>: use its manifest
+        if (beside / "manifest.json").exists():
+            manifest = BuildManifest.load(beside)
     else:
         disk, fmt, manifest = newest_reference()
     print(f"disk: {disk} ({fmt}, {disk.stat().st_size / 2**20:.0f} MiB)")
