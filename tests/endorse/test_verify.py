@@ -295,3 +295,18 @@ def test_replayed_list_with_the_same_version_but_older_date(
     with pytest.raises(VerificationError) as err:
         verify_image_list(source, dev_ca.ca_cert, state=state)
     assert "seen before: replayed" in problems_of(err)
+
+
+def test_download_refuses_odd_uris_and_identifiers(tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa) -> None:
+    entries = [
+        make_entry(b"x", "/etc/hostname", identifier="local-path"),
+        make_entry(b"y", "file:///dev/null", identifier="../escape"),
+    ]
+    source = write_signed(tmp_path / "l", make_list(endorser_of(endorser_pair), entries), endorser_pair)
+    with pytest.raises(VerificationError) as err:
+        verify_image_list(source, dev_ca.ca_cert, download=tmp_path / "dl")
+    assert err.value.problems == [
+        "image local-path: hv:uri '/etc/hostname' is not an http(s):// or file:// URL",
+        "image '../escape': dc:identifier is not a safe file name; not downloaded",
+    ]
+    assert list((tmp_path / "dl").iterdir()) == []
