@@ -269,3 +269,41 @@ def test_cli_package_and_verify(source_disk: Path, tmp_path: Path) -> None:
     lines = bad.stderr.strip().splitlines()
     assert lines and all(line.startswith(f"{broken}: ") for line in lines)
     assert any("debian-12-3-disk1.vmdk: SHA256 does not match the manifest" in line for line in lines)
+
+
+def test_signing_key_and_certificate_must_match(source_disk: Path, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    key_a, _ = _signer(tmp_path / "a", rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    _, cert_b = _signer(tmp_path / "b", rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    with pytest.raises(ConfigError, match="does not match the key"):
+        package_appliance(
+            settings_for(tmp_path / "o"), "debian-12", version="1", disk=source_disk, out=tmp_path / "out",
+            sign_key=key_a, sign_cert=cert_b,
+        )  # fmt: skip
+    assert not (tmp_path / "out" / "debian-12-1.ova").exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "created", "version", "expected"),
+    [
+        ("1700000000", "2026-11-21T10:00:00Z", "2026.11.22", 1700000000),
+        (None, "2026-11-21T10:00:00Z", "2026.11.22", 1795255200),
+        (None, None, "2026.11.22.3", 1795305600),
+        (None, None, "v1", 0),
+    ],
+)
+def test_member_mtime_never_comes_from_the_clock(
+    monkeypatch: pytest.MonkeyPatch, env: str | None, created: str | None, version: str, expected: int
+) -> None:
+    if env is None:
+        monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    else:
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", env)
+    assert source_date_epoch(created, version) == expected
+
+
+def test_bad_source_date_epoch_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(ConfigError, match="SOURCE_DATE_EPOCH: 'yesterday' is not an integer"):
+        source_date_epoch(None)
