@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -307,3 +308,19 @@ def test_bad_source_date_epoch_is_a_clear_error(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
     with pytest.raises(ConfigError, match="SOURCE_DATE_EPOCH: 'yesterday' is not an integer"):
         source_date_epoch(None)
+
+
+def test_cli_packages_the_newest_build(tmp_path: Path) -> None:
+    output = tmp_path / "output"
+    _built_version(output, "2026.11.20")
+    version_dir = _built_version(output, "2026.11.21")
+    env = {**os.environ, "VMI_OUTPUT_DIR": str(output)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "package", "--appliance", "debian-12", "--raw"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"recorded in {version_dir / 'manifest.json'}" in proc.stdout
+    roles = {a.role for a in BuildManifest.load(version_dir).artifacts}
+    assert roles == {"build-disk", "ova", "qcow2", "raw", "sha256sums", "sha512sums"}
+    assert not (output / "debian-12" / "2026.11.20" / "debian-12-2026.11.20.ova").exists()
