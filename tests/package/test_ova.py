@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ArtifactError, ConfigError
 from pipeline.manifest import Artifact, BaseRef, BuildManifest, find_version
 from pipeline.package import PackageResult, package_appliance, source_date_epoch
 from pipeline.package.ova import MANIFEST_LINE
@@ -324,3 +324,14 @@ def test_cli_packages_the_newest_build(tmp_path: Path) -> None:
     roles = {a.role for a in BuildManifest.load(version_dir).artifacts}
     assert roles == {"build-disk", "ova", "qcow2", "raw", "sha256sums", "sha512sums"}
     assert not (output / "debian-12" / "2026.11.20" / "debian-12-2026.11.20.ova").exists()
+
+
+def test_a_changed_build_disk_is_refused(tmp_path: Path) -> None:
+    output = tmp_path / "output"
+    version_dir = _built_version(output)
+    disk = version_dir / "build" / "debian-12-2026.11.21.qcow2"
+    with open(disk, "ab") as f:
+        f.write(b"\0" * 512)
+    with pytest.raises(ArtifactError, match="the manifest recorded"):
+        package_appliance(settings_for(output), "debian-12")
+    assert not (version_dir / "debian-12-2026.11.21.ova").exists()
