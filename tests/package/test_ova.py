@@ -335,3 +335,14 @@ def test_a_changed_build_disk_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="the manifest recorded"):
         package_appliance(settings_for(output), "debian-12")
     assert not (version_dir / "debian-12-2026.11.21.ova").exists()
+
+
+def test_ustar_limits_are_enforced_not_overflowed() -> None:
+    from pipeline.package.ova import USTAR_MAX_MEMBER, tar_header
+
+    assert len(tar_header("disk.vmdk", USTAR_MAX_MEMBER, 0)) == 512
+    with pytest.raises(ArtifactError, match="8 GiB"):
+        tar_header("disk.vmdk", USTAR_MAX_MEMBER + 1, 0)
+    for bad in ("../x", "/abs", "a/b", "x" * 101, "ünï"):
+        with pytest.raises(ArtifactError, match="not a safe OVA member name"):
+            tar_header(bad, 1, 0)
