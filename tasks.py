@@ -186,7 +186,10 @@ def audit(c: Context) -> None:
     """Re-check every registered image against the repository (exists, size, checksum); report drift."""
     from pipeline.publish import audit_repository
 
-    print(audit_repository(_settings(c)).summary())
+    report = audit_repository(_settings(c))
+    print(report.summary())
+    if not report.ok:
+        raise Exit(code=1)
 
 
 @task(
@@ -197,7 +200,10 @@ def audit_image(c: Context, appliance: str, version: str | None = None) -> None:
     """Inspect a built disk offline against the endorsement policy; exit 0 only if every check passes."""
     from pipeline.endorse.audit import audit_version
 
-    print(audit_version(_settings(c), appliance, version=version).summary())
+    report = audit_version(_settings(c), appliance, version=version)
+    print(report.summary())
+    if not report.passed:
+        raise Exit(code=1)
 
 
 @task(
@@ -235,6 +241,7 @@ def dev_ca(c: Context, out: str = ".dev-ca") -> None:
         "endorser_dn": "the endorser DN the list must be signed by",
         "download": "download and verify every image into this folder",
         "state": "file that remembers the last hv:version seen",
+        "identifier": "the dc:identifier the list must have (the subscribed list)",
     },
 )
 @_edge
@@ -245,6 +252,7 @@ def verify_list(
     endorser_dn: str | None = None,
     download: str | None = None,
     state: str | None = None,
+    identifier: str | None = None,
 ) -> None:
     """Verify a signed HEPiX image list the way a site does (signature, signer, dates, version, images)."""
     from pipeline.endorse.verify import verify_image_list
@@ -256,6 +264,7 @@ def verify_list(
             endorser_dn=endorser_dn,
             download=Path(download) if download else None,
             state=Path(state) if state else None,
+            identifier=identifier,
         ).summary()
     )
 
