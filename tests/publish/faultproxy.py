@@ -94,7 +94,7 @@ class FaultProxy:
                     return
                 if rule is not None and rule.action == "hold":
                     rule.reached.set()
-                    rule.release.wait(120)
+                    rule.release.wait(600)
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=120)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
                 conn.request(self.command, self.path, body=body, headers=headers)
@@ -103,7 +103,7 @@ class FaultProxy:
                 proxy.log.append((self.command, self.path, reply.status))
                 if rule is not None and rule.action == "hold-reply":
                     rule.reached.set()
-                    rule.release.wait(120)
+                    rule.release.wait(600)
                 self.send_response(reply.status)
                 for k, v in reply.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
