@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
+from typing import Any
 
 import requests
 from debian.deb822 import Packages
@@ -164,7 +165,7 @@ class ArchiveIndex:
     def _fetch(self, url: str) -> dict[str, str]:
         meta_path, versions_path = self._paths(url)
         meta = _read_json(meta_path)
-        cached: dict[str, str] | None = _read_json(versions_path) if meta else None
+        cached: dict[str, str] | None = (_read_json(versions_path) or None) if meta else None
         if cached is not None and time.time() - float(meta.get("fetched_at", 0)) < self.fresh_seconds:
             return cached
         headers = {}
@@ -230,7 +231,7 @@ def parse_packages(stream: Iterable[str]) -> dict[str, str]:
     return newest
 
 
-def _read_json(path: Path) -> dict[str, str]:
+def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
