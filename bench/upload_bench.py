@@ -97,6 +97,7 @@ def main() -> None:
             for _ in range(args.size_mib):
                 f.write(os.urandom(1048576))
         digests = hash_file(path)  # in a real publish these come from the build manifest
+        os.sync()  # no writeback of the fresh file competing with the first timed run
         repo = S3Repository(
             "bench", "", "http://127.0.0.1/", endpoint_url=endpoint, tuning=UploadTuning(progress=False)
         )

@@ -262,11 +262,10 @@ class S3Repository:
             if _status(e) not in (404, 412):
                 raise
             # 412: the key already holds an object; 404 NoSuchUpload: an earlier attempt of ours completed
-            # it but the reply was lost. Either way, the object must prove to be ours.
-            if _status(e) == 412:
-                self._abort(key, full, record, journal)
-            if journal is not None:
-                journal.finish(key)
+            # it but the reply was lost (or the upload was aborted under us: then start again).
+            self._abort(key, full, record, journal)
+            if _status(e) == 404 and self.head(key) is None:
+                return self._put_multipart(key, full, path, expected, None, {}, journal)
             prove_present(self, key, expected)
             return PutOutcome.PRESENT
         if journal is not None:
@@ -284,12 +283,17 @@ class S3Repository:
             log.info("%s: the file changed since the journalled upload; starting again", key)
             self._abort(key, full, record, journal)
             return None, {}
-        server: dict[int, tuple[str, int]] = {}
-        try:
+
+        def list_parts() -> dict[int, tuple[str, int]]:
+            found = {}
             paginator = self.client.get_paginator("list_parts")
             for page in paginator.paginate(Bucket=self.bucket, Key=full, UploadId=record.upload_id):
                 for p in page.get("Parts", []):
-                    server[p["PartNumber"]] = (p["ETag"], p["Size"])
+                    found[p["PartNumber"]] = (p["ETag"], p["Size"])
+            return found
+
+        try:
+            server = self._call(f"ListParts {key}", list_parts)
         except bce.ClientError as e:
             if _code(e) != "NoSuchUpload" and _status(e) != 404:
                 raise
