@@ -137,7 +137,8 @@ def main() -> None:
                 timed(label, size, fn, results)
                 assert client.head_object(Bucket="bench", Key=key)["ContentLength"] == size
                 client.delete_object(Bucket="bench", Key=key)
-        print("best of runs (MiB/s):")
+        load = os.getloadavg()[0]
+        print(f"best of runs (MiB/s); load average {load:.1f} (other work on the machine skews single runs):")
         for label, rates in results.items():
             print(f"  {label:<34} {max(rates):6.1f}")
     finally:
