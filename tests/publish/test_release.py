@@ -50,3 +50,7 @@ def test_release_ends_in_the_catalogue(reference_build: tuple[Path, BuildManifes
     for fmt, image in images.items():
         assert image.sha512 == published[fmt].sha512 and image.integrity == "verified"
         assert image.uri == f"http://127.0.0.1:8080/repo/debian-12/{version}/{published[fmt].name}"
+
+    again = release_appliance(settings, "debian-12")  # a rerun: nothing is built, packaged or sent again
+    assert f"debian-12 {version} is already packaged" in again.summary()
+    assert again.summary().count("already there, verified") == 4
