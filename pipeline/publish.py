@@ -220,14 +220,31 @@ class ReleaseResult:
 
 def release_appliance(settings: Settings, name: str, tuning: UploadTuning | None = None) -> ReleaseResult:
     """Build (or reuse an up-to-date build), package and publish an appliance in one go."""
-    from pipeline.build import build_appliance  # type: ignore[import-not-found, unused-ignore]  # lands with the build branch
+    from pipeline.build import build_appliance
     from pipeline.package import package_appliance
 
     built = build_appliance(settings, name)
-    packaged = package_appliance(settings, name, version=built.manifest.version)
-    published = publish_version(settings, name, version=built.manifest.version, tuning=tuning)
+    version = built.manifest.version
+    if _packaged(built.version_dir, built.manifest):
+        # a rerun after a failed publish: the packages are reproducible, so making them again only costs time
+        package_summary = f"{name} {version} is already packaged in {built.version_dir}"
+    else:
+        package_summary = package_appliance(settings, name, version=version).summary()
+    published = publish_version(settings, name, version=version, tuning=tuning)
     embedded = settings.repository.startswith("file://") and not settings.catalogue.startswith(("http://", "https://"))
-    return ReleaseResult((built.summary(), packaged.summary(), published.summary()), published, embedded)
+    return ReleaseResult((built.summary(), package_summary, published.summary()), published, embedded)
+
+
+def _packaged(version_dir: Path, manifest: BuildManifest) -> bool:
+    """Every required package artifact is recorded and present with its recorded size."""
+    found = {a.role: a for a in manifest.artifacts}
+    return all(
+        role in found
+        and (version_dir / found[role].name).is_file()
+        and (version_dir / found[role].name).stat().st_size == found[role].size
+        for role, required in PUBLISHED
+        if required
+    )
 
 
 # -- audit: is the repository still what the catalogue says? -------------------------------------

@@ -4,8 +4,14 @@ catalogue through its in-process client, the CLI in a child process."""
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
+import os
+import re
+import struct
+import subprocess
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +25,16 @@ from pipeline.publish import audit_repository, publish_version
 from pipeline.repository import PutOutcome, UploadTuning
 from pipeline.settings import Settings
 
-from .conftest import MiB, PackagedVersion, make_packaged_version, make_settings, run_invoke, settings_env
+from .conftest import (
+    ROOT,
+    VENV_BIN,
+    MiB,
+    PackagedVersion,
+    make_packaged_version,
+    make_settings,
+    run_invoke,
+    settings_env,
+)
 
 TUNING = UploadTuning(part_size=5 * MiB, multipart_threshold=5 * MiB, concurrency=2, backoff=0.01, progress=False)
 PUBLISHED = ["debian-12-2026.11.22.ova", "debian-12-2026.11.22.qcow2", "SHA256SUMS", "SHA512SUMS"]
@@ -233,3 +248,40 @@ def test_audit_of_a_folder_repository(tmp_path: Path) -> None:
     report = audit_repository(settings)
     assert [d.split(": ")[2].split(" is ")[0] for d in report.drift] == ["sha256", "sha512"]
     assert hash_file(ova).size == packaged.manifest.artifact("ova").size
+
+
+def test_progress_bar_with_rate_and_eta_on_a_terminal(tmp_path: Path) -> None:
+    """On a terminal, each upload shows a tqdm bar (bytes, rate, ETA) on stderr; in a log, one line each."""
+    settings = make_settings(tmp_path, (tmp_path / "repository").as_uri())
+    make_packaged_version(settings.output_dir)
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a new pty is 0 columns wide
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "invoke"), "publish", "--appliance", "debian-12"],
+        cwd=ROOT,
+        env=settings_env(settings),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+    )
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(master)
+    assert proc.wait(120) == 0, seen.decode(errors="replace")
+    text = seen.decode(errors="replace")
+    bar = re.search(
+        r"debian-12-2026\.11\.22\.ova: 100%\|.*\| 3\.00M/3\.00M \[[0-9:]+<[0-9:]+, +[0-9.]+[kMG]?B/s\]", text
+    )
+    assert bar, text
+    assert re.search(r"debian-12-2026\.11\.22\.ova: 3\.0 MiB in [0-9.]+s \([0-9.]+ MiB/s\)", text)
+
+    quiet = run_invoke(["publish", "--appliance", "debian-12"], settings_env(settings))
+    assert "100%|" not in quiet.stderr  # no bar when stderr is not a terminal
