@@ -7,7 +7,6 @@ paged with a limit the caller has already capped.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, selectinload
@@ -130,6 +129,11 @@ class Repository:
             .options(selectinload(Image.packages))
         )
 
+    def images_with_packages(self, version: Version) -> Sequence[Image]:
+        return self.session.scalars(
+            select(Image).where(Image.version_id == version.id).options(selectinload(Image.packages)).order_by(Image.id)
+        ).all()
+
     def images(self, offset: int, limit: int) -> Sequence[Image]:
         return self.session.scalars(
             select(Image)
@@ -191,13 +195,4 @@ class Repository:
             .where(ImageListVersion.vo_id == vo.id)
             .order_by(ImageListVersion.hv_version.desc())
             .limit(limit)
-        ).all()
-
-    def versions_expired_since(self, now: datetime) -> Sequence[Version]:
-        """Endorsed versions whose expiry has passed (candidates for a new image list)."""
-        return self.session.scalars(
-            select(Version)
-            .join(Endorsement, Endorsement.version_id == Version.id)
-            .where(Version.expires <= now, Endorsement.revoked_at.is_(None))
-            .distinct()
         ).all()

@@ -38,6 +38,7 @@ from pipeline.catalogue.contract import (
     VersionPayload,
 )
 from pipeline.catalogue.models import utcnow
+from pipeline.catalogue.schemas import storable_text
 from pipeline.catalogue.settings import VERSION_LIFETIME, CatalogueSettings
 from pipeline.catalogue.uow import UnitOfWork
 from pipeline.fsutil import hash_file
@@ -137,7 +138,7 @@ def ensure_appliance(uow: UnitOfWork, actor: str, payload: AppliancePayload) -> 
 
     Unknown VOs are created when the actor is an admin, refused otherwise.
     """
-    if problems := _appliance_problems(payload):
+    if problems := _appliance_problems(payload) + storable_text(dataclasses.asdict(payload), "payload"):
         raise InvalidPayload([f"appliance {payload.name}: {p}" for p in problems])
     with uow.writing():
         user = actor_user(uow, actor)
@@ -207,7 +208,7 @@ def payload_digest(payload: VersionPayload) -> str:
 def _image_problems(i: int, img: ImagePayload) -> list[str]:
     at = f"images[{i}]"
     problems = []
-    if not img.uri.startswith(URI_SCHEMES) or len(img.uri) > 2048:
+    if not img.uri.startswith(URI_SCHEMES) or len(img.uri) > 2048 or any(c.isspace() or c < " " for c in img.uri):
         problems.append(f"{at}.uri: must be an {'/'.join(s[:-3] for s in URI_SCHEMES)} URL of at most 2048 characters")
     if img.format not in FORMATS:
         problems.append(f"{at}.format: {img.format!r} is not one of {', '.join(FORMATS)}")
@@ -249,7 +250,7 @@ def _version_problems(p: VersionPayload, now: datetime) -> list[str]:
         seen.add(key)
     if p.expires is not None and (p.expires.tzinfo is None or p.expires <= now):
         problems.append("expires: must be a timezone-aware time in the future")
-    return problems
+    return problems + storable_text(dataclasses.asdict(p), "payload")
 
 
 def repository_path(settings: CatalogueSettings, uri: str) -> Path | None:
@@ -411,11 +412,20 @@ def get_image(uow: UnitOfWork, appliance: str, version: str, image_id: int) -> v
         return views.image_detail(image, appliance, version)
 
 
+def version_images(uow: UnitOfWork, appliance: str, version: str) -> list[views.ImageDetail]:
+    """Every image of a version with its packages and manifest (the version page)."""
+    with uow:
+        v = _version(uow, _appliance(uow, appliance), version)
+        return [views.image_detail(i, appliance, version) for i in uow.repo.images_with_packages(v)]
+
+
 # --- audits ----------------------------------------------------------------------------------------
 
 
 def _audit_checks(report: Mapping[str, Any]) -> list[m.AuditCheck]:
     """Checks of an audit report; a failure that carries a waiver reason counts as waived."""
+    if problems := storable_text(dict(report), "audit report"):
+        raise InvalidPayload(problems)
     checks = report.get("checks")
     if not isinstance(checks, list) or not checks:
         raise InvalidPayload("audit report: checks: must be a non-empty list")
@@ -646,6 +656,12 @@ def refresh_all_image_lists(uow: UnitOfWork, ctx: Context, now: datetime | None 
     with uow:
         names = [vo.name for vo in uow.repo.vos_with_endorsements()]
     return [info for name in names if (info := refresh_image_list(uow, name, ctx, now)) is not None]
+
+
+def endorsed_for(uow: UnitOfWork, vo_name: str) -> list[VersionInfo]:
+    """Versions with an endorsement for the VO in force (whether or not still listed)."""
+    with uow:
+        return [views.version_info(v) for v in uow.repo.endorsed_versions(_vo(uow, vo_name))]
 
 
 def image_list_history(uow: UnitOfWork, vo_name: str, ctx: Context, limit: int = 20) -> list[tuple[ImageListInfo, str]]:

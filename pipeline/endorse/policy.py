@@ -313,7 +313,9 @@ def no_build_leftovers(ctx: AuditContext) -> Finding:
     resolv = ctx.root.lstat("/etc/resolv.conf")
     if resolv is not None and stat.S_ISREG(resolv.st_mode) and resolv.st_size > 0:
         found.append("/etc/resolv.conf is a file with the build's resolver (must be absent or a symlink)")
-    return verdict(found, "no passwd backups, build resolver, qemu-*-static, apt archives, leases or persistent net rules")
+    return verdict(
+        found, "no passwd backups, build resolver, qemu-*-static, apt archives, leases or persistent net rules"
+    )
 
 
 SECRET_NAMES = {

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -103,7 +104,7 @@ def postgres() -> Iterator[PostgresServer]:
         migrate(server.url(server.template))
         yield server
     finally:
-        subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], check=False)
+        subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], check=False)
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -205,7 +206,7 @@ WAIVED_AUDIT = {
 }
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def dev_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throwaway CA and endorser made by the endorse module (``invoke dev-ca``)."""
     from pipeline.endorse.pki import make_dev_ca
@@ -220,3 +221,94 @@ def signing_settings(cat_settings: CatalogueSettings, dev_ca: Path) -> Catalogue
     import dataclasses
 
     return dataclasses.replace(cat_settings, signing_key=dev_ca / "endorser.key", signing_cert=dev_ca / "endorser.pem")
+
+
+@dataclass
+class Api:
+    """The app on one database, with a token per role for the authorisation tests."""
+
+    client: Any
+    settings: CatalogueSettings
+    tokens: dict[str, str]
+    uow: Any
+
+    def headers(self, who: str | None) -> dict[str, str]:
+        return {} if who is None else {"Authorization": f"Bearer {self.tokens[who]}"}
+
+
+@pytest.fixture
+def api(cat_settings: CatalogueSettings) -> Iterator[Api]:
+    """Users: admin; alice owns debian-12; bob maintains nothing; mia manages vo.example.org."""
+    yield from _make_api(cat_settings)
+
+
+@pytest.fixture
+def signing_api(signing_settings: CatalogueSettings) -> Iterator[Api]:
+    yield from _make_api(signing_settings)
+
+
+def _make_api(settings: CatalogueSettings) -> Iterator[Api]:
+    from fastapi.testclient import TestClient
+
+    from pipeline.catalogue import auth, services
+    from pipeline.catalogue.app import create_app
+    from pipeline.catalogue.db import make_engine, session_factory
+    from pipeline.catalogue.models import Role
+    from pipeline.catalogue.uow import UnitOfWork
+
+    migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    uow = UnitOfWork(session_factory(engine))
+    tokens = {}
+    for name, role in (("admin", Role.ADMIN), ("alice", Role.USER), ("bob", Role.USER), ("mia", Role.USER)):
+        auth.ensure_user(uow, name, f"{name}@example.org", role)
+        tokens[name] = auth.issue_token(uow, name, name, "tests").token
+    auth.create_vo(uow, "admin", "vo.example.org", "the example VO")
+    auth.create_vo(uow, "admin", "other.vo", "a VO nobody here manages")
+    auth.set_vo_manager(uow, "admin", "vo.example.org", "mia", present=True)
+    services.ensure_appliance(uow, "alice", APPLIANCE)
+    services.ensure_appliance(uow, "admin", AppliancePayload("centos-7", "Someone else's", "not alice's", ()))
+    app = create_app(settings, refresh_seconds=None)
+    with TestClient(app) as client:
+        yield Api(client, settings, tokens, uow)
+    engine.dispose()
+
+
+@dataclass
+class LiveServer:
+    url: str
+    settings: CatalogueSettings
+
+
+@pytest.fixture
+def live_server(database_url: str, repository: Path, dev_ca: Path) -> Iterator[LiveServer]:
+    """The app under uvicorn on a free loopback port, in a thread; its public URL is that address."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from pipeline.catalogue.app import create_app
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = CatalogueSettings(
+        database_url,
+        url,
+        repository,
+        f"{url}/repo",
+        signing_key=dev_ca / "endorser.key",
+        signing_cert=dev_ca / "endorser.pem",
+    )
+    migrate(database_url)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the catalogue did not start")
+        time.sleep(0.05)
+    yield LiveServer(url, settings)
+    server.should_exit = True
+    thread.join(10)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import shutil
 import subprocess
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,32 +13,7 @@ import pytest
 from pipeline.endorse.audit import CheckStatus, SecuritySource, audit_disk, load_waivers
 from pipeline.endorse.disk import RootFs
 from pipeline.errors import ArtifactError, ConfigError
-from tests.endorse.disks import PACKAGES, TEST_KEY, good_rootfs, make_disk, security_packages, write
-
-
-@pytest.fixture(scope="session")
-def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Debian security mirror on 127.0.0.1: bookworm-security is clean, stale-security has a fix pending."""
-    root = tmp_path_factory.mktemp("mirror")
-    suites = {
-        # older or equal versions of what is installed, and a package the image does not have
-        "bookworm-security": {
-            "openssl": "3.0.15-1~deb12u1",
-            "base-files": "12.4+deb12u5",
-            "bind9": "1:9.18.33-1~deb12u2",
-        },
-        "stale-security": {"openssl": "3.0.17-1~deb12u2", "cloud-init": "22.4.2-1+deb12u3"},
-    }
-    for suite, versions in suites.items():
-        folder = root / "dists" / suite / "main" / "binary-amd64"
-        folder.mkdir(parents=True)
-        (folder / "Packages.xz").write_bytes(security_packages(versions))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
+from tests.endorse.disks import PACKAGES, TEST_KEY, good_rootfs, make_disk, write
 
 Mutation = Callable[[Path], object]
 

@@ -37,6 +37,11 @@ def problems_of(excinfo: pytest.ExceptionInfo[VerificationError]) -> str:
     return "\n".join(excinfo.value.problems)
 
 
+def seen_version(state: Path) -> str:
+    (seen,) = json.loads(state.read_text())["lists"].values()
+    return str(seen["hv:version"])
+
+
 def openssl_verifies(path: Path, ca: Path) -> bool:
     proc = subprocess.run(["openssl", "smime", "-verify", "-in", str(path), "-CAfile", str(ca)], capture_output=True)
     return proc.returncode == 0
@@ -166,22 +171,22 @@ def test_rolled_back_version_and_state_kept_only_on_success(
     source = tmp_path / "image.list"
     write_signed(source, make_list(endorser_of(endorser_pair), [], version="20261122.10"), endorser_pair)
     verify_image_list(source, dev_ca.ca_cert, state=state)
-    assert json.loads(state.read_text())[str(source)]["hv:version"] == "20261122.10"
+    assert seen_version(state) == "20261122.10"
     write_signed(source, make_list(endorser_of(endorser_pair), [], version="20261122.9"), endorser_pair)
     with pytest.raises(VerificationError) as err:
         verify_image_list(source, dev_ca.ca_cert, state=state)
     assert err.value.problems == ["hv:version 20261122.9 is lower than 20261122.10 seen before: rolled back"]
-    assert json.loads(state.read_text())[str(source)]["hv:version"] == "20261122.10"
+    assert seen_version(state) == "20261122.10"
     # a newer list that fails another check does not move the state either
     created = NOW - dt.timedelta(weeks=5)
     expired = make_list(endorser_of(endorser_pair), [], "20261122.11", created, created + dt.timedelta(days=1))
     write_signed(source, expired, endorser_pair)
     with pytest.raises(VerificationError):
         verify_image_list(source, dev_ca.ca_cert, state=state)
-    assert json.loads(state.read_text())[str(source)]["hv:version"] == "20261122.10"
+    assert seen_version(state) == "20261122.10"
     write_signed(source, make_list(endorser_of(endorser_pair), [], version="20261122.12"), endorser_pair)
     assert verify_image_list(source, dev_ca.ca_cert, state=state).version == "20261122.12"
-    assert json.loads(state.read_text())[str(source)]["hv:version"] == "20261122.12"
+    assert seen_version(state) == "20261122.12"
 
 
 def test_wrong_identifier(tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa) -> None:
@@ -283,3 +288,16 @@ def test_cli_exit_codes_and_one_line_per_problem(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith(f"{bad}: ") for line in lines)
     assert "expected endorser /CN=somebody else" in lines[0] and "list expired" in lines[1]
+
+
+def test_replayed_list_with_the_same_version_but_older_date(
+    tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa
+) -> None:
+    state, source = tmp_path / "state.json", tmp_path / "image.list"
+    write_signed(source, make_list(endorser_of(endorser_pair), [], version=3), endorser_pair)
+    verify_image_list(source, dev_ca.ca_cert, state=state)
+    older = make_list(endorser_of(endorser_pair), [], version=3, created=NOW - dt.timedelta(days=2))
+    write_signed(source, older, endorser_pair)
+    with pytest.raises(VerificationError) as err:
+        verify_image_list(source, dev_ca.ca_cert, state=state)
+    assert "seen before: replayed" in problems_of(err)

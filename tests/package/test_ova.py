@@ -243,11 +243,21 @@ def test_cli_package_and_verify(source_disk: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     proc = subprocess.run(
         [*invoke, "package", "--disk", str(source_disk), "--appliance", "debian-12", "--out", str(out),
-         "--version", "3"],
+         "--version", "3", "--profile", "vmware"],
         cwd=ROOT, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "debian-12-3.ova" in proc.stdout
+    assert (
+        b"<rasd:ResourceSubType>lsilogic</rasd:ResourceSubType>"
+        in ova_members(out / "debian-12-3.ova")["debian-12-3.ovf"]
+    )
+    wrong = subprocess.run(
+        [*invoke, "package", "--disk", str(source_disk), "--appliance", "debian-12", "--out", str(out),
+         "--profile", "hyperv"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert wrong.returncode == 2 and "--profile: 'hyperv' is not one of portable, vmware, virtualbox" in wrong.stderr
     ok = subprocess.run([*invoke, "verify-ova", str(out / "debian-12-3.ova")], cwd=ROOT, capture_output=True, text=True)
     assert ok.returncode == 0 and "sound OVA" in ok.stdout, ok.stderr
     broken = out / "broken.ova"

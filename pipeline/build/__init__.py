@@ -1,0 +1,321 @@
+"""Build stage: an appliance definition -> a hardened qcow2 + build manifest, with real Packer + QEMU.
+
+``build_appliance()`` reads like the recipe it runs: inputs and cache check, base disk, seed and build
+key, Packer, installed-package list, manifest, then one rename that makes the version appear. Until
+that rename everything lives in a hidden ``.<version>.partial-*`` folder, so a failure never leaves
+anything at a final output name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from pipeline import run
+from pipeline.appliance import Appliance, BaseKind, find_appliance, load_all
+from pipeline.build import packer
+from pipeline.build.accel import choose_accel
+from pipeline.build.base import base_component, prepare_base
+from pipeline.build.cache import compute_inputs, find_up_to_date, inputs_digest, next_version
+from pipeline.build.seed import build_user_data, generate_ssh_key, meta_data, write_seed_dir
+from pipeline.errors import BuildError, ConfigError, PipelineError
+from pipeline.fsutil import hash_file
+from pipeline.log import log, step
+from pipeline.manifest import Artifact, BuildManifest, InstalledPackage
+from pipeline.settings import Settings
+
+BUILD_USER = "vmi-build"
+LOG_NAME = "build/build.log"
+GUEST_MEMORY_MB = 1024
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    appliance: str
+    version: str
+    version_dir: Path
+    manifest: BuildManifest
+    up_to_date: bool
+    elapsed: float
+
+    @property
+    def disk(self) -> Path:
+        return self.version_dir / self.manifest.artifact("build-disk").name
+
+    def summary(self) -> str:
+        if self.up_to_date:
+            return (
+                f"{self.appliance} {self.version} is up to date (inputs {self.manifest.inputs_digest[:12]}): "
+                f"{self.disk}\n  use --force to rebuild"
+            )
+        disk = self.manifest.artifact("build-disk")
+        steps = ", ".join(f"{k} {v:.0f}s" for k, v in self.manifest.timings.items() if "." not in k)
+        return (
+            f"built {self.appliance} {self.version} in {self.elapsed:.0f}s ({steps})\n"
+            f"  disk:     {self.disk} ({disk.size / 2**20:.0f} MiB, sha256 {disk.sha256[:16]}...)\n"
+            f"  manifest: {self.version_dir / 'manifest.json'} ({len(self.manifest.packages)} packages)\n"
+            f"  log:      {self.version_dir / LOG_NAME}"
+        )
+
+
+def tool_versions(appliance: Appliance) -> dict[str, str]:
+    """Versions of the tools that shape the image (recorded in the manifest, part of the cache key)."""
+    tools = {
+        "packer": run.tool_version([run.find_tool("packer"), "version"]),
+        "qemu": run.tool_version([run.find_tool("qemu-system-x86_64"), "--version"]),
+        "qemu-img": run.tool_version([run.find_tool("qemu-img"), "--version"]),
+    }
+    if appliance.base.kind is BaseKind.BOOTSTRAP:
+        tools["mmdebstrap"] = run.tool_version([run.find_tool("mmdebstrap"), "--version"])
+    return tools
+
+
+def git_commit(root: Path) -> str | None:
+    """HEAD of the checkout the build ran from, ``-dirty`` if it has uncommitted changes."""
+    head = run.run(["git", "rev-parse", "HEAD"], cwd=root, check=False)
+    if head.returncode != 0:
+        return None
+    dirty = run.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, check=False).stdout.strip()
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def build_inputs(
+    settings: Settings, appliance: Appliance, tools: dict[str, str] | None = None
+) -> tuple[str, dict[str, str]]:
+    """``(inputs digest, components)`` a build of ``appliance`` would have now (cheap: no bootstrap,
+    no download). Equal to a manifest's ``inputs_digest`` exactly when that build is up to date."""
+    tools = tools if tools is not None else tool_versions(appliance)
+    inputs = compute_inputs(appliance, settings.provisioners_dir, base_component(settings, appliance, tools), tools)
+    return inputs_digest(inputs), inputs
+
+
+def build_appliance(settings: Settings, name: str, version: str | None = None, force: bool = False) -> BuildResult:
+    """Build ``name`` into ``<output>/<name>/<version>/`` unless a build of the same inputs exists."""
+    start = time.monotonic()
+    appliance = find_appliance(settings.templates_dir, name, settings.provisioners_dir)
+    tools = tool_versions(appliance)
+    digest, inputs = build_inputs(settings, appliance, tools)
+    out = settings.output_dir / name
+    if not force and (found := find_up_to_date(out, digest)) and version in (None, found[1].version):
+        log.info("%s: up to date (%s, inputs %s)", name, found[1].version, digest[:12])
+        return BuildResult(name, found[1].version, found[0], found[1], True, time.monotonic() - start)
+    version = version or next_version(out, dt.datetime.now(dt.UTC).date())
+    final = out / version
+    if final.exists() and not force:
+        raise ConfigError(f"{final}: version {version} exists already", hint="use --force to replace it")
+    accel = choose_accel(settings.accel)
+    timings: dict[str, float] = {}
+    disk_name = f"build/{name}-{version}.qcow2"
+    with step(f"build {name} {version}"), _staging(out, version) as stage, _scratch(settings, name) as work:
+        log_path = stage / LOG_NAME
+        log_path.parent.mkdir(parents=True)
+        with open(log_path, "w") as log_file, _log_to(log_file), _failures_named(settings, log_path, name, version):
+            log.info("inputs digest %s, accelerator %s, tools: %s", digest, accel, json.dumps(tools))
+            with step("base", timings):
+                base = prepare_base(settings, appliance, work / "base", log_file)
+            with step("packer", timings):
+                packer_run = _run_packer(appliance, settings, base.disk, stage / disk_name, accel, work, log_file)
+            timings.update({f"packer.{k}": v for k, v in packer_run.phase_durations().items()})
+            with step("manifest", timings):
+                packages = read_package_list(work / "packages.tsv")
+                disk_artifact = _artifact(stage, disk_name, "build-disk", "qcow2")
+        manifest = BuildManifest(
+            appliance=name,
+            version=version,
+            created=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            inputs_digest=digest,
+            inputs=inputs,
+            git_commit=git_commit(settings.root),
+            tools=tools,
+            accel=accel.value,
+            os={"family": appliance.os.family.value, "name": appliance.os.name, "version": appliance.os.version},
+            arch=appliance.arch.value,
+            base=base.ref,
+            packages=packages,
+            artifacts=(disk_artifact, _artifact(stage, LOG_NAME, "log", "text")),
+            timings={**timings, "total": round(time.monotonic() - start, 3)},
+        )
+        manifest.save(stage)
+        _publish(stage, final)
+    log.info("%s %s ready in %s", name, version, final)
+    return BuildResult(name, version, final, BuildManifest.load(final), False, time.monotonic() - start)
+
+
+def _run_packer(
+    appliance: Appliance, settings: Settings, base_disk: Path, disk_out: Path, accel: str, work: Path, log_file: TextIO
+) -> packer.PackerRun:
+    """Seed + key, then ``packer build``; the disk lands at ``disk_out``. The key dies with ``work``."""
+    key = generate_ssh_key(work / "key")
+    seed = write_seed_dir(
+        work / "seed", meta_data(f"vmi-build-{uuid.uuid4()}", "vmi-build"), build_user_data(BUILD_USER, key.public_text)
+    )
+    out_dir = work / "packer-out"
+    variables = {
+        "base_image": str(base_disk),
+        "output_directory": str(out_dir),
+        "vm_name": disk_out.name,
+        "accelerator": accel,
+        "cpus": str(min(2, os.cpu_count() or 1)),
+        "memory": str(max(GUEST_MEMORY_MB, appliance.hardware.ram_min_mb)),
+        "seed_dir": str(seed),
+        "ssh_username": BUILD_USER,
+        "ssh_private_key_file": str(key.private),
+        "scripts": json.dumps([str(p) for p in appliance.provisioner_paths(settings.provisioners_dir)]),
+        "package_list": str(work / "packages.tsv"),
+        "serial_log": str(work / "serial.log"),
+        **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in appliance.variables.items()},
+    }
+    try:
+        result = packer.packer_build(appliance.template_path, variables, work / "tmp", log_file)
+    finally:
+        serial = work / "serial.log"
+        if serial.is_file():
+            log_file.write("---- guest serial console ----\n" + serial.read_text(errors="replace") + "----\n")
+    produced = Path(result.artifacts[0])
+    if not produced.is_file():
+        raise BuildError("packer", f"Packer reported {produced} but it does not exist")
+    disk_out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(produced, disk_out)
+    return result
+
+
+def read_package_list(path: Path) -> tuple[InstalledPackage, ...]:
+    """Installed packages from the guest's ``dpkg-query`` output (status, name, version, arch, source)."""
+    if not path.is_file():
+        raise BuildError("manifest", f"{path}: the guest's package list was not downloaded")
+    packages = []
+    for line in path.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) == 5 and fields[0].startswith("ii"):
+            _, name, version, arch, source = fields
+            packages.append(InstalledPackage(name, version, arch, source.split(" ")[0] or name))
+    if not packages:
+        raise BuildError("manifest", f"{path}: no installed packages listed")
+    return tuple(sorted(packages, key=lambda p: (p.name, p.arch)))
+
+
+def _artifact(stage: Path, name: str, role: str, fmt: str) -> Artifact:
+    path = stage / name
+    virtual = None
+    if fmt == "qcow2":
+        info = json.loads(run.run(["qemu-img", "info", "-f", "qcow2", "--output=json", str(path)]).stdout)
+        virtual = int(info["virtual-size"])
+    return Artifact.from_digests(name, role, fmt, hash_file(path), virtual)
+
+
+@contextlib.contextmanager
+def _staging(out: Path, version: str) -> Iterator[Path]:
+    """A hidden folder beside the final one; removed unless ``_publish`` renamed it."""
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=out))
+    try:
+        yield stage
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _scratch(settings: Settings, name: str) -> Iterator[Path]:
+    """Build-owned scratch space (seed, build key, Packer's TMPDIR); always deleted, key included."""
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"build-{name}-", dir=settings.work_dir))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _publish(stage: Path, final: Path) -> None:
+    """Make the staged version appear under its final name in one rename (replacing it with --force)."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.replaced-{uuid.uuid4().hex[:8]}")
+        final.rename(old)
+    stage.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _log_to(log_file: TextIO) -> Iterator[None]:
+    handler = logging.StreamHandler(log_file)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+
+
+def _file_tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def _failures_named(settings: Settings, log_path: Path, name: str, version: str) -> Iterator[None]:
+    """Turn any failure into a ``BuildError`` naming its step, with the log tail, and keep the log in
+    ``<work>/failed/`` (the staging folder is about to go)."""
+    try:
+        yield
+    except PipelineError as e:
+        if isinstance(e, BuildError):
+            step_name, detail = e.step, e.message.removeprefix(f"build step '{e.step}' failed: ").split("\n")[0]
+        else:
+            step_name, detail = "build", str(e.message).splitlines()[0]
+        kept = settings.work_dir / "failed" / f"{name}-{version}-{int(time.time())}.log"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        hint = e.hint
+        with contextlib.suppress(OSError):
+            shutil.copyfile(log_path, kept)
+            hint = (hint + "; " if hint else "") + f"full log: {kept}"
+        tail = e.log_tail if isinstance(e, BuildError) and e.log_tail.strip() else _file_tail(log_path)
+        raise BuildError(step_name, detail, tail, hint) from e
+
+
+def validate_appliances(settings: Settings) -> list[str]:
+    """Check every definition (all problems at once), then ``packer validate`` each template.
+
+    Returns one line per appliance; raises ``ConfigError`` listing every problem found.
+    """
+    appliances = load_all(settings.templates_dir, settings.provisioners_dir)
+    problems: list[str] = []
+    lines: list[str] = []
+    with _scratch(settings, "validate") as work:
+        key = generate_ssh_key(work / "key")
+        seed = write_seed_dir(work / "seed", meta_data("validate", "validate"), "#cloud-config\n")
+        placeholder = work / "base.qcow2"
+        placeholder.touch()
+        for appliance in appliances.values():
+            variables = {
+                "base_image": str(placeholder),
+                "output_directory": str(work / "out"),
+                "vm_name": f"{appliance.name}.qcow2",
+                "seed_dir": str(seed),
+                "ssh_private_key_file": str(key.private),
+                "scripts": json.dumps([str(p) for p in appliance.provisioner_paths(settings.provisioners_dir)]),
+                "package_list": str(work / "packages.tsv"),
+                "serial_log": str(work / "serial.log"),
+                **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in appliance.variables.items()},
+            }
+            found = packer.validate_template(appliance.template_path, variables, work / "tmp")
+            problems += found
+            if not found:
+                lines.append(f"{appliance.name}: ok ({appliance.template_path.relative_to(settings.root)})")
+    if problems:
+        raise ConfigError(problems)
+    return lines

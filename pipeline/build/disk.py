@@ -1,0 +1,168 @@
+"""A rootfs tarball -> a bootable BIOS disk (MBR, one ext4 partition, GRUB) -> qcow2.
+
+This kernel has no partition-table parsers, device-mapper or nbd, so ``losetup -P`` gives no
+``/dev/loopNp1``: one loop device covers the whole disk (for the boot loader) and a second one the
+partition (``-o 1MiB --sizelimit``). ``grub-install`` cannot cope with that layout, so its job is done
+by hand inside the chroot: ``grub-mkimage`` with an embedded ``search.fs_uuid`` plus ``grub-bios-setup``
+on the whole-disk loop. The menu is a minimal ``grub.cfg``; ``update-grub`` runs in the VM later
+(Debian's 10_linux refuses loop-mounted roots). Needs root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TextIO
+
+from pipeline import run
+from pipeline.errors import BuildError, PipelineError
+from pipeline.fsutil import atomic_path
+from pipeline.log import log
+
+PART_OFFSET = 1024 * 1024  # the partition starts at 1 MiB; GRUB's core.img lives in the gap before it
+_UUID_NAMESPACE = uuid.UUID("0f6f1d5e-6a53-4a0e-9a51-6d1f0b7a2c11")
+_GRUB_MODULES = ["biosdisk", "part_msdos", "ext2", "search_fs_uuid"]
+
+
+def disk_key(rootfs_sha256: str, size_gb: int) -> str:
+    """Cache key of a base disk: its rootfs, its size and the code that assembles it."""
+    code = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    return hashlib.sha256(f"{rootfs_sha256}:{size_gb}:{code}".encode()).hexdigest()
+
+
+def root_uuid(rootfs_sha256: str) -> str:
+    """Filesystem UUID derived from the rootfs (same inputs, same disk)."""
+    return str(uuid.uuid5(_UUID_NAMESPACE, rootfs_sha256))
+
+
+def base_disk(
+    tarball: Path, rootfs_sha256: str, size_gb: int, cache_dir: Path, work_dir: Path, log_file: TextIO
+) -> Path:
+    """The cached qcow2 base disk for this rootfs, assembled if absent."""
+    out = cache_dir / "disks" / f"{disk_key(rootfs_sha256, size_gb)}.qcow2"
+    if out.is_file():
+        log.info("base disk from cache: %s", out.name[:16])
+        return out
+    try:
+        with atomic_path(out) as partial:
+            assemble_disk(tarball, partial, size_gb, root_uuid(rootfs_sha256), work_dir, log_file)
+    except PipelineError as e:
+        if isinstance(e, BuildError):
+            raise
+        raise BuildError("disk", str(e).splitlines()[0], getattr(e, "output_tail", "")) from e
+    return out
+
+
+def _cmd(log_file: TextIO, *argv: str, timeout: float = 600) -> str:
+    log_file.write("$ " + " ".join(argv) + "\n")
+    res = run.run(list(argv), timeout=timeout)
+    for text in (res.stdout, res.stderr):
+        if text.strip():
+            log_file.write(text if text.endswith("\n") else text + "\n")
+    log_file.flush()
+    return res.stdout.strip()
+
+
+@contextlib.contextmanager
+def _loop(log_file: TextIO, image: Path, offset: int = 0, size: int | None = None) -> Iterator[str]:
+    args = ["losetup", "--find", "--show"]
+    if offset:
+        args += ["--offset", str(offset)]
+    if size is not None:
+        args += ["--sizelimit", str(size)]
+    device = _cmd(log_file, *args, str(image))
+    try:
+        yield device
+    finally:
+        _cmd(log_file, "losetup", "--detach", device)
+
+
+@contextlib.contextmanager
+def _mounted(log_file: TextIO, source: str, target: Path, *options: str) -> Iterator[Path]:
+    target.mkdir(parents=True, exist_ok=True)
+    _cmd(log_file, "mount", *options, source, str(target))
+    try:
+        yield target
+    finally:
+        _cmd(log_file, "umount", str(target))
+
+
+def assemble_disk(tarball: Path, out_qcow2: Path, size_gb: int, fs_uuid: str, work_dir: Path, log_file: TextIO) -> None:
+    """Write a bootable qcow2 of ``size_gb`` GiB holding the rootfs from ``tarball``."""
+    if os.geteuid() != 0:
+        raise BuildError("disk", "assembling a disk needs root (loop devices, mount)", hint="run the build as root")
+    for tool in ("losetup", "sfdisk", "mkfs.ext4", "qemu-img"):
+        run.find_tool(tool)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    raw = work_dir / "disk.raw"
+    size = size_gb * 1024**3
+    with open(raw, "wb") as f:
+        f.truncate(size)
+    try:
+        layout = f"label: dos\nstart={PART_OFFSET // 512}, type=83, bootable\n"
+        log_file.write(f"$ sfdisk {raw} <<< {layout!r}\n")
+        run.run([run.find_tool("sfdisk"), "--no-reread", "--no-tell-kernel", str(raw)], input_text=layout)
+        with _loop(log_file, raw) as whole, _loop(log_file, raw, PART_OFFSET, size - PART_OFFSET) as part:
+            _cmd(log_file, "mkfs.ext4", "-q", "-F", "-L", "root", "-U", fs_uuid, part)
+            mnt = work_dir / "mnt"
+            with _mounted(log_file, part, mnt):
+                _cmd(log_file, "tar", "--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf", str(tarball),
+                     "-C", str(mnt), timeout=1200)  # fmt: skip
+                _write_boot_config(mnt, fs_uuid)
+                _install_grub(log_file, mnt, whole, fs_uuid)
+        _cmd(log_file, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(out_qcow2), timeout=1200)
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+def _kernel_files(mnt: Path) -> tuple[str, str]:
+    kernels = sorted((mnt / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise BuildError("disk", "the rootfs has no kernel in /boot", hint="add a linux-image package to the base")
+    version = kernels[-1].name.removeprefix("vmlinuz-")
+    return f"/boot/vmlinuz-{version}", f"/boot/initrd.img-{version}"
+
+
+def _write_boot_config(mnt: Path, fs_uuid: str) -> None:
+    (mnt / "etc/fstab").write_text(f"# <file system> <mount point> <type> <options> <dump> <pass>\n"
+                                   f"UUID={fs_uuid} / ext4 errors=remount-ro 0 1\n")  # fmt: skip
+    kernel, initrd = _kernel_files(mnt)
+    grub_dir = mnt / "boot/grub"
+    grub_dir.mkdir(parents=True, exist_ok=True)
+    (grub_dir / "grub.cfg").write_text(
+        "# minimal menu written by vmi-pipeline; update-grub replaces it during provisioning\n"
+        "set timeout=1\n"
+        "serial --unit=0 --speed=115200\n"
+        "terminal_input serial console\n"
+        "terminal_output serial console\n"
+        "menuentry 'Debian GNU/Linux' {\n"
+        f"  search --no-floppy --fs-uuid --set=root {fs_uuid}\n"
+        f"  linux {kernel} root=UUID={fs_uuid} ro console=tty0 console=ttyS0,115200n8\n"
+        f"  initrd {initrd}\n"
+        "}\n"
+    )
+    (grub_dir / "grub.cfg").chmod(0o600)
+
+
+def _install_grub(log_file: TextIO, mnt: Path, whole_disk: str, fs_uuid: str) -> None:
+    """What grub-install would do: modules to /boot/grub/i386-pc, core.img, boot sector + embedding."""
+    modules = mnt / "usr/lib/grub/i386-pc"
+    if not modules.is_dir():
+        raise BuildError("disk", "the rootfs has no GRUB for BIOS", hint="add grub-pc to the base packages")
+    target = mnt / "boot/grub/i386-pc"
+    shutil.copytree(modules, target, dirs_exist_ok=True)
+    early = mnt / "boot/grub/i386-pc/early.cfg"
+    early.write_text(f"search.fs_uuid {fs_uuid} root\nset prefix=($root)/boot/grub\n")
+    with contextlib.ExitStack() as stack:
+        for fs in ("dev", "proc", "sys"):
+            stack.enter_context(_mounted(log_file, f"/{fs}", mnt / fs, "--bind"))
+        chroot = ["chroot", str(mnt)]
+        _cmd(log_file, *chroot, "grub-mkimage", "-O", "i386-pc", "-o", "/boot/grub/i386-pc/core.img",
+             "-c", "/boot/grub/i386-pc/early.cfg", "-p", "/boot/grub", *_GRUB_MODULES)  # fmt: skip
+        _cmd(log_file, *chroot, "grub-bios-setup", "--directory=/boot/grub/i386-pc", whole_disk)
+    early.unlink()
