@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 from pipeline.appliance import Appliance
 from pipeline.errors import PipelineError
@@ -56,6 +57,8 @@ def _retention(
     from pipeline.catalogue.client import open_catalogue
     from pipeline.repository import open_repository
 
+    if dry_run and _missing_sqlite(settings.catalogue):
+        return RetentionReport(dry_run=True)  # nothing published yet; do not create the database
     try:
         catalogue = open_catalogue(settings)
     except PipelineError as e:
@@ -64,3 +67,7 @@ def _retention(
         return apply_retention(appliances, catalogue, open_repository(settings), now, dry_run=dry_run)
     finally:
         catalogue.close()
+
+
+def _missing_sqlite(url: str) -> bool:
+    return url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists()
