@@ -252,6 +252,7 @@ def _publish(stage: Path, final: Path) -> None:
 def _log_to(log_file: TextIO) -> Iterator[None]:
     handler = logging.StreamHandler(log_file)
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(lambda record: not getattr(record, packer.CONSOLE_ONLY, False))
     log.addHandler(handler)
     level = log.level
     if log.getEffectiveLevel() > logging.INFO:  # the build log is complete even when the console is quiet

@@ -138,7 +138,7 @@ def _run_mmdebstrap(
         def on_line(line: str) -> None:
             log_file.write(line + "\n")
             if line.startswith(("I: ", "E: ", "W: ")):
-                log.info("    %s", line)
+                log.info("    %s", line, extra={"vmi_console_only": True})
 
         try:
             run.stream(argv, on_line, env={"TMPDIR": str(tmp)}, timeout=1800)
