@@ -96,6 +96,7 @@ def build(c: Context, appliance: str, version: str | None = None, force: bool = 
         "raw": "also write a raw image",
         "sign_key": "PEM private key to sign the OVA manifest (.cert)",
         "sign_cert": "PEM certificate matching --sign-key",
+        "profile": "hardware section tuned for: portable (default: VMware, VirtualBox, virt-v2v), vmware, virtualbox",
     },
 )
 @_edge
@@ -108,9 +109,11 @@ def package(
     raw: bool = False,
     sign_key: str | None = None,
     sign_cert: str | None = None,
+    profile: str = "portable",
 ) -> None:
     """Package a built version (or any disk) as OVA, compressed qcow2, optional raw, and SHA256SUMS/SHA512SUMS."""
     from pipeline.package import package_appliance
+    from pipeline.package.ovf import hardware_profile
 
     result = package_appliance(
         _settings(c),
@@ -121,6 +124,7 @@ def package(
         raw=raw,
         sign_key=Path(sign_key) if sign_key else None,
         sign_cert=Path(sign_cert) if sign_cert else None,
+        profile=hardware_profile(profile),
     )
     print(result.summary())
 
@@ -165,7 +169,7 @@ def release(c: Context, appliance: str) -> None:
     help={
         "host": "address to listen on",
         "port": "port to listen on",
-        "create_token": "create an API token for this user (created as admin if new) and print it once",
+        "create_token": "USER[:ROLE]: an API token for USER (created if new, as admin by default), shown once",
     },
 )
 @_edge
@@ -182,7 +186,10 @@ def audit(c: Context) -> None:
     """Re-check every registered image against the repository (exists, size, checksum); report drift."""
     from pipeline.publish import audit_repository
 
-    print(audit_repository(_settings(c)).summary())
+    report = audit_repository(_settings(c))
+    print(report.summary())
+    if not report.ok:
+        raise Exit(code=1)
 
 
 @task(
@@ -193,7 +200,10 @@ def audit_image(c: Context, appliance: str, version: str | None = None) -> None:
     """Inspect a built disk offline against the endorsement policy; exit 0 only if every check passes."""
     from pipeline.endorse.audit import audit_version
 
-    print(audit_version(_settings(c), appliance, version=version).summary())
+    report = audit_version(_settings(c), appliance, version=version)
+    print(report.summary())
+    if not report.passed:
+        raise Exit(code=1)
 
 
 @task(
@@ -231,6 +241,7 @@ def dev_ca(c: Context, out: str = ".dev-ca") -> None:
         "endorser_dn": "the endorser DN the list must be signed by",
         "download": "download and verify every image into this folder",
         "state": "file that remembers the last hv:version seen",
+        "identifier": "the dc:identifier the list must have (the subscribed list)",
     },
 )
 @_edge
@@ -241,6 +252,7 @@ def verify_list(
     endorser_dn: str | None = None,
     download: str | None = None,
     state: str | None = None,
+    identifier: str | None = None,
 ) -> None:
     """Verify a signed HEPiX image list the way a site does (signature, signer, dates, version, images)."""
     from pipeline.endorse.verify import verify_image_list
@@ -252,6 +264,7 @@ def verify_list(
             endorser_dn=endorser_dn,
             download=Path(download) if download else None,
             state=Path(state) if state else None,
+            identifier=identifier,
         ).summary()
     )
 

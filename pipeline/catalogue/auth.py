@@ -42,7 +42,7 @@ def _require_admin(user: m.User) -> None:
 
 def authenticate(uow: UnitOfWork, token: str) -> str:
     """The name of the user a token belongs to; ``NotAuthenticated`` for anything else."""
-    parts = token.split("_")
+    parts = token.split("_", 2)
     if len(parts) != 3 or f"{parts[0]}_" != TOKEN_PREFIX:
         raise NotAuthenticated("malformed API token")
     with uow:

@@ -50,14 +50,29 @@ _IMAGES = TypeAdapter(list[ImageInfo])
 _LIST = TypeAdapter(ImageListInfo)
 
 
-def _payload_json(payload: VersionPayload) -> dict[str, Any]:
+def payload_json(payload: VersionPayload) -> dict[str, Any]:
     data = dataclasses.asdict(payload)
     data.pop("appliance")
     data["expires"] = payload.expires.isoformat() if payload.expires else None
+    data["images"] = list(data["images"])
     for image in data["images"]:
         image["packages"] = [dict(p) for p in image["packages"]]
         image["manifest"] = dict(image["manifest"]) if image["manifest"] is not None else None
     return data
+
+
+def _problems(detail: object) -> list[str]:
+    """One line per problem from a 422 body (the catalogue's and FastAPI's share this shape)."""
+    if not isinstance(detail, list):
+        return [str(detail)]
+    lines = []
+    for item in detail:
+        if isinstance(item, dict):
+            loc = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
+            lines.append(f"{loc}: {item.get('msg')}" if loc else str(item.get("msg")))
+        else:
+            lines.append(str(item))
+    return lines
 
 
 class HttpCatalogue:
@@ -85,8 +100,7 @@ class HttpCatalogue:
         detail = body.get("detail") if isinstance(body, dict) else None
         name = body.get("error", "") if isinstance(body, dict) else ""
         if response.status_code == 422:
-            problems = body.get("problems") or [str(detail)]
-            raise contract.InvalidPayload(problems, hint=body.get("hint"))
+            raise contract.InvalidPayload(_problems(detail), hint=body.get("hint") if isinstance(body, dict) else None)
         cls = _ERRORS.get(name) or _BY_STATUS.get(response.status_code, CatalogueError)
         text = detail if isinstance(detail, str) else f"HTTP {response.status_code} from {method} {url}"
         raise cls(text, hint=body.get("hint") if isinstance(body, dict) else None)
@@ -107,7 +121,7 @@ class HttpCatalogue:
             return None
 
     def register_version(self, payload: VersionPayload) -> VersionInfo:
-        response = self._call("POST", self._v(payload.appliance) + "/versions", json=_payload_json(payload))
+        response = self._call("POST", self._v(payload.appliance) + "/versions", json=payload_json(payload))
         return _VERSION.validate_python(response.json())
 
     def _pages(self, path: str) -> list[Any]:

@@ -7,10 +7,9 @@ paged with a limit the caller has already capped.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, defer, selectinload
 
 from pipeline.catalogue.models import (
     ApiToken,
@@ -24,8 +23,9 @@ from pipeline.catalogue.models import (
     Vo,
 )
 
+# Lists never show manifests (large JSON): load them only for one image's page.
 _VERSION_LOADS = (
-    selectinload(Version.images),
+    selectinload(Version.images).defer(Image.manifest),
     selectinload(Version.endorsements),
     selectinload(Version.audit),
     selectinload(Version.appliance),
@@ -130,10 +130,15 @@ class Repository:
             .options(selectinload(Image.packages))
         )
 
+    def images_with_packages(self, version: Version) -> Sequence[Image]:
+        return self.session.scalars(
+            select(Image).where(Image.version_id == version.id).options(selectinload(Image.packages)).order_by(Image.id)
+        ).all()
+
     def images(self, offset: int, limit: int) -> Sequence[Image]:
         return self.session.scalars(
             select(Image)
-            .options(selectinload(Image.version).selectinload(Version.appliance))
+            .options(defer(Image.manifest), selectinload(Image.version).selectinload(Version.appliance))
             .order_by(Image.id)
             .offset(offset)
             .limit(limit)
@@ -191,13 +196,4 @@ class Repository:
             .where(ImageListVersion.vo_id == vo.id)
             .order_by(ImageListVersion.hv_version.desc())
             .limit(limit)
-        ).all()
-
-    def versions_expired_since(self, now: datetime) -> Sequence[Version]:
-        """Endorsed versions whose expiry has passed (candidates for a new image list)."""
-        return self.session.scalars(
-            select(Version)
-            .join(Endorsement, Endorsement.version_id == Version.id)
-            .where(Version.expires <= now, Endorsement.revoked_at.is_(None))
-            .distinct()
         ).all()

@@ -9,11 +9,12 @@ column (ids, token hashes, payload digests).
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.catalogue import contract
+from pipeline.catalogue.views import Page
 
 T = TypeVar("T")
 
@@ -23,7 +24,33 @@ Hex256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
 
 
-class _In(BaseModel):
+def storable_text(value: Any, where: str = "body") -> list[str]:
+    """Strings the databases cannot store: NUL characters (PostgreSQL text/JSON) and lone surrogates."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return [f"{where}: contains a NUL character"]
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return [f"{where}: is not valid Unicode text"]
+        return []
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in storable_text(k, where) + storable_text(v, f"{where}.{k}")]
+    if isinstance(value, list | tuple):
+        return [p for i, v in enumerate(value) for p in storable_text(v, f"{where}[{i}]")]
+    return []
+
+
+class _Storable(BaseModel):
+    @model_validator(mode="after")
+    def _storable(self) -> Self:
+        problems = storable_text(self.model_dump())
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class _In(_Storable):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -84,7 +111,7 @@ class VersionCreate(_In):
         )
 
 
-class AuditCheckIn(BaseModel):
+class AuditCheckIn(_Storable):
     model_config = ConfigDict(extra="allow")  # audit tools add their own fields (severity, path ...)
     id: Annotated[str, Field(min_length=1, max_length=100)]
     result: Annotated[str, Field(pattern=r"^(pass|fail|waived)$")]
@@ -93,7 +120,7 @@ class AuditCheckIn(BaseModel):
     waiver: str | None = None
 
 
-class AuditIn(BaseModel):
+class AuditIn(_Storable):
     model_config = ConfigDict(extra="allow")  # the whole report is kept as sent
     checks: Annotated[list[AuditCheckIn], Field(min_length=1, max_length=1000)]
 
@@ -126,6 +153,13 @@ class Paged(BaseModel, Generic[T]):
     total: int
     offset: int
     limit: int
+
+    @classmethod
+    def of(cls, page: Page[Any]) -> Self:
+        """A page of views as the response model (``Paged[XPublic].of(page)``)."""
+        item_type = cls.model_fields["items"].annotation.__args__[0]  # type: ignore[union-attr]
+        items = [item_type.model_validate(i) for i in page.items]
+        return cls(items=items, total=page.total, offset=page.offset, limit=page.limit)
 
 
 class UserPublic(_Out):

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from pipeline.catalogue.contract import ImageInfo, VersionInfo
 from pipeline.catalogue.settings import CatalogueSettings
-from pipeline.endorse.imagelist import (  # type: ignore[import-not-found, unused-ignore]
+from pipeline.endorse.imagelist import (
     ImageListEntry,
     SigningIdentity,
     build_image_list,

@@ -28,7 +28,7 @@ from debian.debian_support import Version
 from pipeline.appliance import Appliance, BaseKind, find_appliance
 from pipeline.endorse.disk import open_root
 from pipeline.endorse.policy import CHECK_IDS, CHECKS, AuditContext
-from pipeline.errors import ConfigError
+from pipeline.errors import CatalogueError, ConfigError
 from pipeline.fsutil import write_text_atomic
 from pipeline.log import log, step
 from pipeline.manifest import BuildManifest, InstalledPackage, find_version
@@ -73,6 +73,8 @@ class AuditReport:
     checks: tuple[CheckResult, ...]
     seconds: float
     waivers_file: str | None = None
+    disk_sha256: str | None = None  # which build disk was audited (lets endorse reuse a fresh report)
+    waivers: tuple[tuple[str, str], ...] = ()  # (check id, reason) in force when it ran
 
     @property
     def passed(self) -> bool:
@@ -96,6 +98,8 @@ class AuditReport:
             "result": "pass" if self.passed else "fail",
             "seconds": self.seconds,
             "waivers_file": self.waivers_file,
+            "waivers": dict(self.waivers),
+            "disk_sha256": self.disk_sha256,
             "checks": [c.to_dict() for c in self.checks],
         }
 
@@ -192,6 +196,7 @@ def audit_disk(
     appliance: str = "",
     version: str = "",
     waivers_file: str | None = None,
+    disk_sha256: str | None = None,
 ) -> AuditReport:
     """Run every policy check against ``disk`` (declared format ``fmt``) and apply ``waivers``."""
     started = time.monotonic()
@@ -228,6 +233,8 @@ def audit_disk(
         tuple(results),
         round(time.monotonic() - started, 2),
         waivers_file,
+        disk_sha256,
+        tuple(sorted(waivers.items())),
     )
 
 
@@ -244,17 +251,41 @@ def security_source(appliance: Appliance, arch: str) -> SecuritySource | None:
 
 
 def audit_version(settings: Settings, name: str, version: str | None = None) -> AuditReport:
-    """Audit a built version's disk; writes ``<version_dir>/audit.json`` and stores it in the catalogue
-    when the version is registered there. Never raises for a failing check: the report says it."""
+    """Audit a built version's disk; writes ``<version_dir>/audit.json`` and stores the report with the
+    version in the catalogue when it is registered there. A failing check is in the report, not raised."""
     appliance = find_appliance(settings.templates_dir, name, settings.provisioners_dir)
     version_dir, manifest = find_version(settings.output_dir, name, version)
     report = audit_build(settings, appliance, version_dir, manifest)
     write_text_atomic(version_dir / AUDIT_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
     log.info("audit report written to %s", version_dir / AUDIT_FILE)
+    store_if_registered(settings, report)
     return report
 
 
+def store_if_registered(settings: Settings, report: AuditReport) -> bool:
+    """Store the report with its version in the catalogue; False when the version is not registered yet
+    (an audit before publish: ``invoke endorse`` stores it later)."""
+    from pipeline.catalogue.client import open_catalogue
+
+    catalogue = open_catalogue(settings)
+    try:
+        if catalogue.get_version(report.appliance, report.version) is None:
+            log.info(
+                "%s %s is not in the catalogue yet: audit kept in audit.json only", report.appliance, report.version
+            )
+            return False
+        catalogue.store_audit(report.appliance, report.version, report.to_dict())
+        log.info("audit stored with %s %s in the catalogue", report.appliance, report.version)
+        return True
+    except CatalogueError as e:  # the audit stands on its own; `invoke endorse` stores it again
+        log.warning("audit not stored in the catalogue: %s", e)
+        return False
+    finally:
+        catalogue.close()
+
+
 def audit_build(settings: Settings, appliance: Appliance, version_dir: Path, manifest: BuildManifest) -> AuditReport:
+    """Audit the build disk a manifest records, with the appliance's waivers (writes nothing)."""
     disk = manifest.artifact("build-disk")
     waivers_path = appliance.directory / WAIVERS_FILE
     waivers = load_waivers(waivers_path)
@@ -268,4 +299,21 @@ def audit_build(settings: Settings, appliance: Appliance, version_dir: Path, man
         appliance=manifest.appliance,
         version=manifest.version,
         waivers_file=str(waivers_path) if waivers else None,
+        disk_sha256=disk.sha256,
     )
+
+
+def recent_audit(settings: Settings, name: str, version: str, max_age: dt.timedelta) -> dict[str, Any] | None:
+    """The saved ``audit.json`` if it audited the current build disk with today's waivers within ``max_age``."""
+    appliance = find_appliance(settings.templates_dir, name, settings.provisioners_dir)
+    version_dir, manifest = find_version(settings.output_dir, name, version)
+    path = version_dir / AUDIT_FILE
+    try:
+        saved = json.loads(path.read_text())
+        audited = dt.datetime.strptime(saved["audited_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+    except (FileNotFoundError, json.JSONDecodeError, KeyError, ValueError):
+        return None
+    fresh = dt.datetime.now(dt.UTC) - audited <= max_age
+    same_disk = saved.get("disk_sha256") == manifest.artifact("build-disk").sha256
+    same_waivers = saved.get("waivers") == load_waivers(appliance.directory / WAIVERS_FILE)
+    return saved if fresh and same_disk and same_waivers else None

@@ -226,31 +226,37 @@ def _date_problems(body: dict[str, Any], now: dt.datetime) -> list[str]:
 
 def _load_state(state: Path | None) -> dict[str, Any]:
     if state is None or not state.exists():
-        return {}
+        return {"sources": {}, "lists": {}}
     try:
         data = json.loads(state.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{state}: not valid JSON ({e.msg}); delete it to start afresh") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{state}: expected a JSON object of lists seen")
+    data.setdefault("sources", {})
+    data.setdefault("lists", {})
     return data
 
 
 def _history_problems(body: dict[str, Any], source: str, seen: dict[str, Any], identifier: str | None) -> list[str]:
-    """Rollback and substitution: compare with what this source delivered before (and the pinned id)."""
+    """Rollback (per list ``dc:identifier``, from any source) and substitution (per source, and the pinned id)."""
     problems = []
     list_id = str(body.get("dc:identifier"))
     if identifier is not None and list_id != identifier:
         problems.append(f"hv:imagelist.dc:identifier is {list_id}, expected {identifier}: a different list")
-    last = seen.get(source)
+    before = seen.get("sources", {}).get(source)
+    if before is not None and before != list_id:
+        problems.append(f"hv:imagelist.dc:identifier is {list_id}, but {source} served list {before} before")
+    last = seen.get("lists", {}).get(list_id)
     if isinstance(last, dict):
-        if last.get("dc:identifier") != list_id:
-            problems.append(
-                f"hv:imagelist.dc:identifier is {list_id}, but {source} served list {last.get('dc:identifier')} before"
-            )
-        elif version_sort_key(str(body.get("hv:version"))) < version_sort_key(str(last.get("hv:version"))):
+        if version_sort_key(str(body.get("hv:version"))) < version_sort_key(str(last.get("hv:version"))):
             problems.append(
                 f"hv:version {body.get('hv:version')} is lower than {last.get('hv:version')} seen before: rolled back"
+            )
+        elif str(body.get("dc:date:created")) < str(last.get("dc:date:created")):
+            problems.append(
+                f"dc:date:created {body.get('dc:date:created')} is older than {last.get('dc:date:created')} "
+                "seen before: replayed"
             )
     return problems
 
@@ -280,6 +286,8 @@ def _fetch_image(entry: ImageListEntry, folder: Path) -> tuple[Download | None, 
     """
     if not _SAFE_ID.match(entry.identifier):
         return None, f"image {entry.identifier!r}: dc:identifier is not a safe file name; not downloaded"
+    if urlparse(entry.uri).scheme not in ("http", "https", "file"):
+        return None, f"image {entry.identifier}: hv:uri {entry.uri!r} is not an http(s):// or file:// URL"
     final = folder / entry.identifier
     quarantine = folder / QUARANTINE
     if final.exists():
@@ -339,7 +347,8 @@ def verify_image_list(
 ) -> ListReport:
     """Check a signed image list as a site does; ``VerificationError`` lists every problem, one per line.
 
-    ``state`` (JSON, per source) remembers the list identity and the last ``hv:version`` accepted;
+    ``state`` (JSON) remembers which list each source served and, per list ``dc:identifier``, the last
+    ``hv:version`` and ``dc:date:created`` accepted;
     it changes only when every check (downloads included) passed.
     """
     source = str(source)
@@ -380,7 +389,7 @@ def verify_image_list(
     warnings = []
     if urlparse(source).scheme in ("http", "https") and body["hv:uri"] != source:
         warnings.append(f"hv:uri {body['hv:uri']} differs from where the list came from")
-    last = seen.get(source)
+    last = seen["lists"].get(str(body["dc:identifier"]))
     if isinstance(last, dict) and str(last.get("hv:version")) == str(body["hv:version"]):
         warnings.append(f"hv:version {body['hv:version']} is the one seen before (no new list)")
     if problems:
@@ -397,7 +406,8 @@ def verify_image_list(
         if problems:
             raise VerificationError(source, problems)
     if state is not None:
-        seen[source] = {k: body[k] for k in ("dc:identifier", "hv:version", "dc:date:created", "hv:uri")}
+        seen["sources"][source] = str(body["dc:identifier"])
+        seen["lists"][str(body["dc:identifier"])] = {k: body[k] for k in ("hv:version", "dc:date:created", "hv:uri")}
         write_text_atomic(state, json.dumps(seen, indent=2, sort_keys=True) + "\n")
     return ListReport(
         source,

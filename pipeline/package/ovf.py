@@ -16,6 +16,7 @@ from pathlib import Path
 from lxml import etree
 
 from pipeline.appliance import Appliance, Arch, OsFamily
+from pipeline.errors import ConfigError
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
 RASD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
@@ -53,6 +54,15 @@ class HardwareProfile(enum.StrEnum):
     PORTABLE = "portable"  # VMware >= 6.0, VirtualBox, virt-v2v: SATA AHCI + E1000, vmx-11
     VMWARE = "vmware"  # vSphere: LSI Logic SCSI + VMXNET3, vmx-11, vmw:osType
     VIRTUALBOX = "virtualbox"  # VirtualBox's own family name and subtypes
+
+
+def hardware_profile(name: str) -> HardwareProfile:
+    """The profile called ``name``; ``ConfigError`` listing the choices otherwise."""
+    try:
+        return HardwareProfile(name)
+    except ValueError as e:
+        choices = ", ".join(p.value for p in HardwareProfile)
+        raise ConfigError(f"--profile: {name!r} is not one of {choices}") from e
 
 
 @dataclass(frozen=True)

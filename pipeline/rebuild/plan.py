@@ -84,15 +84,22 @@ def make_plan(
     decisions: list[Decision] = []
     rebuilding: set[str] = set()
     for appliance in build_order(appliances.values()):
+        base_rebuilding = appliance.base.appliance in rebuilding
         try:
             state = gather_state(settings, appliance, inputs_of)
         except (ArtifactError, ConfigError) as e:
-            # an unreadable manifest or a broken definition: rebuilding is the way to repair it
-            finding = Finding(Reason.INPUTS_CHANGED, f"cannot read its state: {e.message}")
+            # no base output yet (it is built first in this run), or an unreadable manifest or
+            # definition: rebuilding is the way to repair either
+            if base_rebuilding:
+                finding = Finding(
+                    Reason.BASE_REBUILDING, f"base {appliance.base.appliance} is rebuilt first in this run"
+                )
+            else:
+                finding = Finding(Reason.INPUTS_CHANGED, f"cannot read its state: {e.message}")
             decisions.append(Decision(appliance.name, True, (finding,), None))
             rebuilding.add(appliance.name)
             continue
-        decision = decide(state, archive, now, base_rebuilding=appliance.base.appliance in rebuilding)
+        decision = decide(state, archive, now, base_rebuilding=base_rebuilding)
         if decision.rebuild:
             rebuilding.add(appliance.name)
         decisions.append(decision)

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from pipeline.appliance import Appliance
+from pipeline.catalogue.contract import NotFound
 from pipeline.errors import PipelineError
 from pipeline.log import log
 from pipeline.manifest import version_sort_key
@@ -57,7 +58,7 @@ class _Object(Protocol):
 class RepositoryLike(Protocol):
     def head(self, key: str) -> object | None: ...
     def delete(self, key: str) -> None: ...
-    def list(self, prefix: str = "") -> Iterator[_Object]: ...
+    def iter_objects(self, prefix: str = "") -> Iterator[_Object]: ...
     def key_for_url(self, url: str) -> str | None: ...
 
 
@@ -150,6 +151,8 @@ def apply_retention(
     for name, appliance in sorted(appliances.items()):
         try:
             versions = list(catalogue.list_versions(name))
+        except NotFound:
+            continue  # never published: nothing to retire
         except PipelineError as e:
             report.errors.append(f"{name}: cannot list versions: {e.message}")
             continue
@@ -186,7 +189,7 @@ def apply_retention(
 def _delete_objects(report: RetentionReport, repository: RepositoryLike, version: VersionLike, name: str) -> None:
     try:
         keys = {k for k in (repository.key_for_url(i.uri) for i in version.images) if k and repository.head(k)}
-        keys |= {o.key for o in repository.list(f"{name}/{version.version}/")}
+        keys |= {o.key for o in repository.iter_objects(f"{name}/{version.version}/")}
         for key in sorted(keys):
             repository.delete(key)
     except PipelineError as e:

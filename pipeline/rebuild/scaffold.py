@@ -1,7 +1,8 @@
 """``invoke new-appliance NAME --from BASE``: a layered community appliance that validates at once.
 
 The new appliance starts from BASE's newest built version (``base.appliance``), so the community
-maintainer only writes what is theirs: one provisioner script. The Packer template is BASE's own
+maintainer only writes what is theirs: one provisioner script, run between BASE's first provisioner
+(by convention the update step: BASE may be days old) and its last (the sealing step). The Packer template is BASE's own
 (every disk-image build takes the same variables from the pipeline); hardware, OS and rebuild
 policy are BASE's too, and auto-endorsement starts off until a VO manager has seen the appliance.
 """
@@ -44,7 +45,8 @@ hardware:
   ram_recommended_mb: {ram_recommended_mb}
   disk_gb: {disk_gb}
 template: {name}.pkr.hcl
-# Your script first; the base's sealing step last (it removes the build user, keys, logs...).
+# The base's update step first (the base may be days old), then yours; the base's sealing step
+# last (it removes the build user, keys, logs...).
 provisioners: [{provisioners}]
 # VOs that may endorse this appliance, e.g. [vo.example.org]
 vos: [{vos}]
@@ -111,9 +113,9 @@ def scaffold_appliance(settings: Settings, name: str, base: str = "debian-12") -
 
 
 def _files(parent: Appliance, name: str) -> dict[str, str]:
-    sealer = list(parent.provisioners[-1:])
-    if sealer and (parent.directory / sealer[0]).is_file():  # the base's own copy, not provisioners/
-        sealer = [f"../{parent.name}/{sealer[0]}"]
+    # the base's first provisioner brings the packages up to date, its last one seals the image
+    upgrade = _reference(parent, parent.provisioners[:1] if len(parent.provisioners) > 1 else ())
+    sealer = _reference(parent, parent.provisioners[-1:])
     codename = f"\n  codename: {parent.os.codename}" if parent.os.codename else ""
     definition = DEFINITION.format(
         name=name,
@@ -132,7 +134,7 @@ def _files(parent: Appliance, name: str) -> dict[str, str]:
         ram_min_mb=parent.hardware.ram_min_mb,
         ram_recommended_mb=parent.hardware.ram_recommended_mb,
         disk_gb=parent.hardware.disk_gb,
-        provisioners=", ".join([f"{name}.sh", *sealer]),
+        provisioners=", ".join([*upgrade, f"{name}.sh", *sealer]),
         vos=", ".join(parent.vos),
         max_age_days=parent.rebuild.max_age_days,
         keep_versions=parent.rebuild.keep_versions,
@@ -145,3 +147,8 @@ def _files(parent: Appliance, name: str) -> dict[str, str]:
         f"{name}.pkr.hcl": header + template,
         f"{name}.sh": PROVISIONER.format(name=name, base=parent.name),
     }
+
+
+def _reference(parent: Appliance, provisioners: tuple[str, ...]) -> list[str]:
+    """How the new appliance names the base's provisioners: the base folder's own copy, else shared."""
+    return [f"../{parent.name}/{p}" if (parent.directory / p).is_file() else p for p in provisioners]

@@ -25,6 +25,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from pipeline.errors import ConfigError, UploadError
 from pipeline.fsutil import Digests
+from pipeline.log import log
 from pipeline.repository.journal import UploadJournal
 from pipeline.settings import Settings
 
@@ -151,6 +152,39 @@ def check_key(key: str) -> str:
     if not key or any(not _KEY_SEGMENT.match(s) for s in segments):
         raise UploadError(f"repository key {key!r} is not valid", hint="keys look like <appliance>/<version>/<file>")
     return key
+
+
+def compare(subject: str, expected: Digests, found: Digests) -> list[str]:
+    """Every difference between what should be at ``subject`` and what is, one line each."""
+    problems = []
+    if found.size != expected.size:
+        problems.append(f"{subject}: size is {found.size}, expected {expected.size}")
+    if found.sha256 != expected.sha256:
+        problems.append(f"{subject}: sha256 is {found.sha256}, expected {expected.sha256}")
+    if found.sha512 != expected.sha512:
+        problems.append(f"{subject}: sha512 is {found.sha512[:16]}..., expected {expected.sha512[:16]}...")
+    return problems
+
+
+def check_source(path: Path, expected: Digests, read: Digests) -> None:
+    """The bytes read for upload must be the bytes the manifest describes (packaging is done by then)."""
+    problems = compare(str(path), expected, read)
+    if problems:
+        raise UploadError(
+            f"{path} changed since it was packaged: " + "; ".join(problems),
+            hint="package the version again, then publish",
+        )
+
+
+def prove_present(repository: Repository, key: str, expected: Digests) -> None:
+    """An existing object is accepted only if its stored bytes are the expected ones (never overwritten)."""
+    problems = repository.verify(key, expected)
+    if problems:
+        raise UploadError(
+            f"{repository.url}: {key} already exists with different content: " + "; ".join(problems),
+            hint="a published version is immutable: package and publish a new version",
+        )
+    log.info("%s is already in the repository, verified", key)
 
 
 def public_url(base: str, key: str) -> str:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from pipeline.errors import UploadError
 from pipeline.fsutil import CHUNK, Digests, HashingWriter, hash_file
-from pipeline.log import log
 from pipeline.repository import (
     ObjectInfo,
     PutOutcome,
@@ -25,22 +24,13 @@ from pipeline.repository import (
     UploadJournal,
     UploadTuning,
     check_key,
+    check_source,
+    compare,
     key_for_url,
+    prove_present,
     public_url,
 )
 from pipeline.repository.progress import progress_bar
-
-
-def compare(key: str, expected: Digests, found: Digests) -> list[str]:
-    """Every difference between what should be at ``key`` and what is, one line each."""
-    problems = []
-    if found.size != expected.size:
-        problems.append(f"{key}: size is {found.size}, expected {expected.size}")
-    if found.sha256 != expected.sha256:
-        problems.append(f"{key}: sha256 is {found.sha256}, expected {expected.sha256}")
-    if found.sha512 != expected.sha512:
-        problems.append(f"{key}: sha512 is {found.sha512[:16]}..., expected {expected.sha512[:16]}...")
-    return problems
 
 
 class FileRepository:
@@ -65,7 +55,7 @@ class FileRepository:
         final = self._path(key)
         start = time.monotonic()
         if final.exists():
-            self._prove_present(key, expected)
+            prove_present(self, key, expected)
             return PutResult(key, PutOutcome.PRESENT, expected.size, time.monotonic() - start)
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent)
@@ -82,33 +72,19 @@ class FileRepository:
                     bar.update(len(chunk))
                 raw.flush()
                 os.fsync(raw.fileno())
-            problems = compare(str(path), expected, out.digests())
-            if problems:
-                raise UploadError(
-                    f"{path} changed since it was packaged: " + "; ".join(problems),
-                    hint="package the version again, then publish",
-                )
+            check_source(path, expected, out.digests())
             tmp.chmod(0o444)
             try:
                 os.link(tmp, final)
                 outcome = PutOutcome.UPLOADED
             except FileExistsError:  # another publisher won the race: prove its copy instead
-                self._prove_present(key, expected)
+                prove_present(self, key, expected)
                 outcome = PutOutcome.PRESENT
             _fsync_dir(final.parent)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         return PutResult(key, outcome, expected.size, time.monotonic() - start)
-
-    def _prove_present(self, key: str, expected: Digests) -> None:
-        problems = self.verify(key, expected)
-        if problems:
-            raise UploadError(
-                f"{self.url}: {key} already exists with different content: " + "; ".join(problems),
-                hint="a published version is immutable: package and publish a new version",
-            )
-        log.info("%s is already in the repository, verified", key)
 
     def head(self, key: str) -> ObjectInfo | None:
         try:

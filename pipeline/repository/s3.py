@@ -40,11 +40,13 @@ from pipeline.repository import (
     UploadJournal,
     UploadTuning,
     check_key,
+    check_source,
+    compare,
     key_for_url,
+    prove_present,
     public_url,
 )
 from pipeline.repository.journal import PartRecord, UploadRecord
-from pipeline.repository.local import compare
 from pipeline.repository.progress import Progress, progress_bar
 
 if TYPE_CHECKING:
@@ -173,7 +175,7 @@ class S3Repository:
                 else self._resume(key, full, expected, journal)
             )
             if record is None and self.head(key) is not None:
-                self._prove_present(key, expected)
+                prove_present(self, key, expected)
                 return PutResult(key, PutOutcome.PRESENT, expected.size, time.monotonic() - start)
             if expected.size < self.tuning.multipart_threshold:
                 outcome = self._put_single(key, full, path, expected)
@@ -183,22 +185,13 @@ class S3Repository:
             raise self._failed(f"upload of {key}", e) from e
         return PutResult(key, outcome, expected.size, time.monotonic() - start)
 
-    def _prove_present(self, key: str, expected: Digests) -> None:
-        problems = self.verify(key, expected)
-        if problems:
-            raise UploadError(
-                f"{self.url}: {key} already exists with different content: " + "; ".join(problems),
-                hint="a published version is immutable: package and publish a new version",
-            )
-        log.info("%s is already in the repository, verified", key)
-
     def _metadata(self, expected: Digests) -> dict[str, str]:
         return {"sha256": expected.sha256, "sha512": expected.sha512}
 
     def _put_single(self, key: str, full: str, path: Path, expected: Digests) -> PutOutcome:
         with progress_bar(expected.size, Path(key).name, self.tuning.progress) as bar:
             body = path.read_bytes()
-            _check_local(path, expected, _digests(body))
+            check_source(path, expected, _digests(body))
             checksum = b64(hashlib.sha256(body).digest())
             try:
                 self._call(
@@ -216,7 +209,7 @@ class S3Repository:
                 if _status(e) not in (409, 412):
                     raise
                 # 412: the key exists (another publisher, or our own earlier attempt whose reply was lost)
-                self._prove_present(key, expected)
+                prove_present(self, key, expected)
                 return PutOutcome.PRESENT
             bar.update(len(body))
         return PutOutcome.UPLOADED
@@ -269,12 +262,11 @@ class S3Repository:
             if _status(e) not in (404, 412):
                 raise
             # 412: the key already holds an object; 404 NoSuchUpload: an earlier attempt of ours completed
-            # it but the reply was lost. Either way, the object must prove to be ours.
-            if _status(e) == 412:
-                self._abort(key, full, record, journal)
-            if journal is not None:
-                journal.finish(key)
-            self._prove_present(key, expected)
+            # it but the reply was lost (or the upload was aborted under us: then start again).
+            self._abort(key, full, record, journal)
+            if _status(e) == 404 and self.head(key) is None:
+                return self._put_multipart(key, full, path, expected, None, {}, journal)
+            prove_present(self, key, expected)
             return PutOutcome.PRESENT
         if journal is not None:
             journal.finish(key)
@@ -291,12 +283,17 @@ class S3Repository:
             log.info("%s: the file changed since the journalled upload; starting again", key)
             self._abort(key, full, record, journal)
             return None, {}
-        server: dict[int, tuple[str, int]] = {}
-        try:
+
+        def list_parts() -> dict[int, tuple[str, int]]:
+            found = {}
             paginator = self.client.get_paginator("list_parts")
             for page in paginator.paginate(Bucket=self.bucket, Key=full, UploadId=record.upload_id):
                 for p in page.get("Parts", []):
-                    server[p["PartNumber"]] = (p["ETag"], p["Size"])
+                    found[p["PartNumber"]] = (p["ETag"], p["Size"])
+            return found
+
+        try:
+            server = self._call(f"ListParts {key}", list_parts)
         except bce.ClientError as e:
             if _code(e) != "NoSuchUpload" and _status(e) != 404:
                 raise
@@ -372,7 +369,7 @@ class S3Repository:
                 done[part.number] = part
         got = Digests(size, sha256.hexdigest(), sha512.hexdigest())
         try:
-            _check_local(path, expected, got)
+            check_source(path, expected, got)
         except UploadError:
             self._abort(key, full, record, journal)
             raise
@@ -486,12 +483,3 @@ def _read_part(f: Any, size: int) -> bytes:
 
 def _digests(data: bytes) -> Digests:
     return Digests(len(data), hashlib.sha256(data).hexdigest(), hashlib.sha512(data).hexdigest())
-
-
-def _check_local(path: Path, expected: Digests, got: Digests) -> None:
-    problems = compare(str(path), expected, got)
-    if problems:
-        raise UploadError(
-            f"{path} changed since it was packaged: " + "; ".join(problems),
-            hint="package the version again, then publish",
-        )

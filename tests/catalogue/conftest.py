@@ -1,9 +1,8 @@
 """Catalogue fixtures: a real PostgreSQL server started here, SQLite files, real repository files.
 
-PostgreSQL: ``initdb`` into a temporary folder and ``pg_ctl start`` on a free loopback port, once per
-test session. ``initdb`` refuses to run as root, so as root the server runs as the ``postgres``
-system user (via ``runuser``); as any other user it runs as that user. Each test gets its own
-database, copied from a template that was migrated once (``CREATE DATABASE ... TEMPLATE``).
+PostgreSQL (``pgserver.py``): ``initdb`` into a temporary folder and ``pg_ctl start`` on a free
+loopback port, once per test session. Each test gets its own database, copied from a template that
+was migrated once (``CREATE DATABASE ... TEMPLATE``).
 """
 
 from __future__ import annotations
@@ -11,14 +10,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -26,15 +21,12 @@ from sqlalchemy import create_engine, text
 from pipeline.catalogue.contract import AppliancePayload, ImagePayload, PackageInfo, VersionPayload
 from pipeline.catalogue.db import migrate
 from pipeline.catalogue.settings import CatalogueSettings
+from tests.catalogue.pgserver import free_port, postgres_server
 
-PG_BIN = Path(os.environ.get("VMI_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PUBLIC = "http://127.0.0.1:8080"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_free_port = free_port
 
 
 @dataclass
@@ -58,53 +50,14 @@ class PostgresServer:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    if not (PG_BIN / "initdb").exists():
-        pytest.fail(f"{PG_BIN}/initdb is missing: install Debian's postgresql (scripts/setup does)")
-    as_root = os.geteuid() == 0
-    base = Path(tempfile.mkdtemp(prefix="vmi-pg-"))
-    data = base / "data"
-    data.mkdir()
-    prefix: list[str] = []
-    if as_root:  # initdb refuses root: run the server as the postgres system user
-        pw = pwd.getpwnam("postgres")
-        for p in (base, data):
-            os.chown(p, pw.pw_uid, pw.pw_gid)
-        base.chmod(0o755)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    subprocess.run(
-        [*prefix, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c full_page_writes=off -c max_connections=200"
-    subprocess.run(
-        [
-            *prefix,
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(data / "server.log"),
-            "-o",
-            options,
-            "-w",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    server = PostgresServer("127.0.0.1", port)
-    try:
+    with postgres_server() as (host, port):
+        server = PostgresServer(host, port)
         engine = create_engine(server.url("postgres"), isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{server.template}"'))
         engine.dispose()
         migrate(server.url(server.template))
         yield server
-    finally:
-        subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"], check=False)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -205,7 +158,7 @@ WAIVED_AUDIT = {
 }
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def dev_ca(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A throwaway CA and endorser made by the endorse module (``invoke dev-ca``)."""
     from pipeline.endorse.pki import make_dev_ca
@@ -220,3 +173,94 @@ def signing_settings(cat_settings: CatalogueSettings, dev_ca: Path) -> Catalogue
     import dataclasses
 
     return dataclasses.replace(cat_settings, signing_key=dev_ca / "endorser.key", signing_cert=dev_ca / "endorser.pem")
+
+
+@dataclass
+class Api:
+    """The app on one database, with a token per role for the authorisation tests."""
+
+    client: Any
+    settings: CatalogueSettings
+    tokens: dict[str, str]
+    uow: Any
+
+    def headers(self, who: str | None) -> dict[str, str]:
+        return {} if who is None else {"Authorization": f"Bearer {self.tokens[who]}"}
+
+
+@pytest.fixture
+def api(cat_settings: CatalogueSettings) -> Iterator[Api]:
+    """Users: admin; alice owns debian-12; bob maintains nothing; mia manages vo.example.org."""
+    yield from _make_api(cat_settings)
+
+
+@pytest.fixture
+def signing_api(signing_settings: CatalogueSettings) -> Iterator[Api]:
+    yield from _make_api(signing_settings)
+
+
+def _make_api(settings: CatalogueSettings) -> Iterator[Api]:
+    from fastapi.testclient import TestClient
+
+    from pipeline.catalogue import auth, services
+    from pipeline.catalogue.app import create_app
+    from pipeline.catalogue.db import make_engine, session_factory
+    from pipeline.catalogue.models import Role
+    from pipeline.catalogue.uow import UnitOfWork
+
+    migrate(settings.database_url)
+    engine = make_engine(settings.database_url)
+    uow = UnitOfWork(session_factory(engine))
+    tokens = {}
+    for name, role in (("admin", Role.ADMIN), ("alice", Role.USER), ("bob", Role.USER), ("mia", Role.USER)):
+        auth.ensure_user(uow, name, f"{name}@example.org", role)
+        tokens[name] = auth.issue_token(uow, name, name, "tests").token
+    auth.create_vo(uow, "admin", "vo.example.org", "the example VO")
+    auth.create_vo(uow, "admin", "other.vo", "a VO nobody here manages")
+    auth.set_vo_manager(uow, "admin", "vo.example.org", "mia", present=True)
+    services.ensure_appliance(uow, "alice", APPLIANCE)
+    services.ensure_appliance(uow, "admin", AppliancePayload("centos-7", "Someone else's", "not alice's", ()))
+    app = create_app(settings, refresh_seconds=None)
+    with TestClient(app) as client:
+        yield Api(client, settings, tokens, uow)
+    engine.dispose()
+
+
+@dataclass
+class LiveServer:
+    url: str
+    settings: CatalogueSettings
+
+
+@pytest.fixture
+def live_server(database_url: str, repository: Path, dev_ca: Path) -> Iterator[LiveServer]:
+    """The app under uvicorn on a free loopback port, in a thread; its public URL is that address."""
+    import threading
+    import time
+
+    import uvicorn
+
+    from pipeline.catalogue.app import create_app
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = CatalogueSettings(
+        database_url,
+        url,
+        repository,
+        f"{url}/repo",
+        signing_key=dev_ca / "endorser.key",
+        signing_cert=dev_ca / "endorser.pem",
+    )
+    migrate(database_url)
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("the catalogue did not start")
+        time.sleep(0.05)
+    yield LiveServer(url, settings)
+    server.should_exit = True
+    thread.join(10)

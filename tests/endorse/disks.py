@@ -110,6 +110,7 @@ def good_rootfs(root: Path) -> Path:
 def make_disk(rootdir: Path, out: Path, table: str = "mbr", fmt: str = "qcow2", size_mib: int = 40) -> Path:
     """``rootdir`` as an ext4 root on a partitioned disk (``table``: mbr, gpt or none), in ``fmt``."""
     raw = out.with_suffix(".raw")
+    out.parent.mkdir(parents=True, exist_ok=True)
     with open(raw, "wb") as f:
         f.truncate(size_mib * MIB)
     offset, fs_mib = 0, size_mib

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import shutil
 import subprocess
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,32 +13,7 @@ import pytest
 from pipeline.endorse.audit import CheckStatus, SecuritySource, audit_disk, load_waivers
 from pipeline.endorse.disk import RootFs
 from pipeline.errors import ArtifactError, ConfigError
-from tests.endorse.disks import PACKAGES, TEST_KEY, good_rootfs, make_disk, security_packages, write
-
-
-@pytest.fixture(scope="session")
-def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Debian security mirror on 127.0.0.1: bookworm-security is clean, stale-security has a fix pending."""
-    root = tmp_path_factory.mktemp("mirror")
-    suites = {
-        # older or equal versions of what is installed, and a package the image does not have
-        "bookworm-security": {
-            "openssl": "3.0.15-1~deb12u1",
-            "base-files": "12.4+deb12u5",
-            "bind9": "1:9.18.33-1~deb12u2",
-        },
-        "stale-security": {"openssl": "3.0.17-1~deb12u2", "cloud-init": "22.4.2-1+deb12u3"},
-    }
-    for suite, versions in suites.items():
-        folder = root / "dists" / suite / "main" / "binary-amd64"
-        folder.mkdir(parents=True)
-        (folder / "Packages.xz").write_bytes(security_packages(versions))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-
+from tests.endorse.disks import PACKAGES, TEST_KEY, good_rootfs, make_disk, write
 
 Mutation = Callable[[Path], object]
 
@@ -99,7 +71,7 @@ def _prepend(path: str, text: str) -> Mutation:
     return mutate
 
 
-def _file(path: str, text: str = "x\n") -> Mutation:
+def _file(path: str, text: str | bytes = "x\n") -> Mutation:
     return lambda root: write(root, path, text)
 
 
@@ -210,6 +182,12 @@ def test_each_broken_check_fails_naming_the_file(tmp_path: Path, mirror: str, ca
     assert f"audit FAILED: {check_id}" in report.summary()
 
 
+def test_code_naming_a_pem_header_is_not_a_key(tmp_path: Path, mirror: str) -> None:
+    compiled = b"\x00\x00_SK_START = b'-----BEGIN OPENSSH PRIVATE KEY-----'\x00_SK_END\x00"
+    report = run_audit(tmp_path, mirror, _file("/usr/lib/python3/dist-packages/x/__pycache__/ssh.pyc", compiled))
+    assert report.passed, report.summary()
+
+
 def test_later_drop_in_cannot_reenable_passwords(tmp_path: Path, mirror: str) -> None:
     mutate = _file("/etc/ssh/sshd_config.d/99-late.conf", "PasswordAuthentication yes\nPermitRootLogin yes\n")
     report = run_audit(tmp_path, mirror, mutate)
@@ -291,3 +269,28 @@ def test_guest_symlinks_never_reach_the_host(tmp_path: Path) -> None:
     assert root.read_text("/etc/loop") is None
     assert root.read_text("/../../etc/hostname") == "guest\n"
     shutil.rmtree(top)
+
+
+def test_disk_without_an_ext_root_is_refused(tmp_path: Path) -> None:
+    raw = tmp_path / "fat.raw"
+    with open(raw, "wb") as f:
+        f.truncate(8 * 1024 * 1024)
+    subprocess.run(["sfdisk", "-q", str(raw)], input="label: dos\nstart=2048, type=c\n", text=True, check=True)
+    with pytest.raises(ArtifactError, match="no ext2/3/4 root filesystem"):
+        audit_disk(raw, "raw", scratch=tmp_path / "s", packages=PACKAGES, security=None)
+
+
+def test_implausible_gpt_is_refused(tmp_path: Path) -> None:
+    import struct
+
+    from pipeline.endorse.disk import partitions
+
+    raw = tmp_path / "gpt.raw"
+    with open(raw, "wb") as f:
+        f.truncate(4 * 1024 * 1024)
+    subprocess.run(["sfdisk", "-q", str(raw)], input="label: gpt\nstart=2048, type=L\n", text=True, check=True)
+    with open(raw, "r+b") as f:  # claim a million partition entries
+        f.seek(512 + 80)
+        f.write(struct.pack("<I", 1_000_000))
+    with pytest.raises(ArtifactError, match="implausible GPT"):
+        partitions(raw)

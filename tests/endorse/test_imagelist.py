@@ -142,3 +142,25 @@ def test_signing_identity_missing_or_inside_repo(dev_ca: DevCa, tmp_path: Path) 
         f"{repo / 'k.pem'}: the signing key must not live inside the repository ({repo.resolve()})",
         f"{tmp_path / 'missing.pem'}: signing certificate file not found",
     ]
+
+
+def test_dev_ca_task_writes_a_working_pair(tmp_path: Path) -> None:
+    import sys
+
+    out = tmp_path / "ca"
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "dev-ca", "--out", str(out)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "NOT FOR PRODUCTION" in proc.stdout and f"VMI_SIGNING_KEY={out / 'endorser.key'}" in proc.stdout
+    env = {"VMI_SIGNING_KEY": str(out / "endorser.key"), "VMI_SIGNING_CERT": str(out / "endorser.pem")}
+    identity = load_signing_identity(environ=env)
+    signed = tmp_path / "l"
+    signed.write_bytes(sign_image_list({"hv:imagelist": {}}, identity.key_pem, identity.cert_pem))
+    check = subprocess.run(
+        ["openssl", "smime", "-verify", "-in", str(signed), "-CAfile", str(out / "ca.pem")], capture_output=True
+    )
+    assert check.returncode == 0, check.stderr

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import http.server
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +15,7 @@ from pipeline.endorse.imagelist import Endorser, sign_image_list
 from pipeline.endorse.pki import DevCa, Issued, issue_endorser
 from pipeline.endorse.verify import verify_image_list
 from pipeline.errors import VerificationError
+from tests.endorse.conftest import serve_folder
 from tests.endorse.lists import make_entry, make_list
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +33,11 @@ def endorser_of(pair: Issued) -> Endorser:
 
 def problems_of(excinfo: pytest.ExceptionInfo[VerificationError]) -> str:
     return "\n".join(excinfo.value.problems)
+
+
+def seen_version(state: Path) -> str:
+    (seen,) = json.loads(state.read_text())["lists"].values()
+    return str(seen["hv:version"])
 
 
 def openssl_verifies(path: Path, ca: Path) -> bool:
@@ -166,22 +169,22 @@ def test_rolled_back_version_and_state_kept_only_on_success(
     source = tmp_path / "image.list"
     write_signed(source, make_list(endorser_of(endorser_pair), [], version="20261122.10"), endorser_pair)
     verify_image_list(source, dev_ca.ca_cert, state=state)
-    assert json.loads(state.read_text())[str(source)]["hv:version"] == "20261122.10"
+    assert seen_version(state) == "20261122.10"
     write_signed(source, make_list(endorser_of(endorser_pair), [], version="20261122.9"), endorser_pair)
     with pytest.raises(VerificationError) as err:
         verify_image_list(source, dev_ca.ca_cert, state=state)
     assert err.value.problems == ["hv:version 20261122.9 is lower than 20261122.10 seen before: rolled back"]
-    assert json.loads(state.read_text())[str(source)]["hv:version"] == "20261122.10"
+    assert seen_version(state) == "20261122.10"
     # a newer list that fails another check does not move the state either
     created = NOW - dt.timedelta(weeks=5)
     expired = make_list(endorser_of(endorser_pair), [], "20261122.11", created, created + dt.timedelta(days=1))
     write_signed(source, expired, endorser_pair)
     with pytest.raises(VerificationError):
         verify_image_list(source, dev_ca.ca_cert, state=state)
-    assert json.loads(state.read_text())[str(source)]["hv:version"] == "20261122.10"
+    assert seen_version(state) == "20261122.10"
     write_signed(source, make_list(endorser_of(endorser_pair), [], version="20261122.12"), endorser_pair)
     assert verify_image_list(source, dev_ca.ca_cert, state=state).version == "20261122.12"
-    assert json.loads(state.read_text())[str(source)]["hv:version"] == "20261122.12"
+    assert seen_version(state) == "20261122.12"
 
 
 def test_wrong_identifier(tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa) -> None:
@@ -233,12 +236,8 @@ def test_download_mismatch_is_quarantined(
 def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     root = tmp_path / "www"
     root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve_folder(root) as url:
+        yield root, url
 
 
 def test_over_http_with_download(
@@ -283,3 +282,31 @@ def test_cli_exit_codes_and_one_line_per_problem(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith(f"{bad}: ") for line in lines)
     assert "expected endorser /CN=somebody else" in lines[0] and "list expired" in lines[1]
+
+
+def test_replayed_list_with_the_same_version_but_older_date(
+    tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa
+) -> None:
+    state, source = tmp_path / "state.json", tmp_path / "image.list"
+    write_signed(source, make_list(endorser_of(endorser_pair), [], version=3), endorser_pair)
+    verify_image_list(source, dev_ca.ca_cert, state=state)
+    older = make_list(endorser_of(endorser_pair), [], version=3, created=NOW - dt.timedelta(days=2))
+    write_signed(source, older, endorser_pair)
+    with pytest.raises(VerificationError) as err:
+        verify_image_list(source, dev_ca.ca_cert, state=state)
+    assert "seen before: replayed" in problems_of(err)
+
+
+def test_download_refuses_odd_uris_and_identifiers(tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa) -> None:
+    entries = [
+        make_entry(b"x", "/etc/hostname", identifier="local-path"),
+        make_entry(b"y", "file:///dev/null", identifier="../escape"),
+    ]
+    source = write_signed(tmp_path / "l", make_list(endorser_of(endorser_pair), entries), endorser_pair)
+    with pytest.raises(VerificationError) as err:
+        verify_image_list(source, dev_ca.ca_cert, download=tmp_path / "dl")
+    assert err.value.problems == [
+        "image local-path: hv:uri '/etc/hostname' is not an http(s):// or file:// URL",
+        "image '../escape': dc:identifier is not a safe file name; not downloaded",
+    ]
+    assert list((tmp_path / "dl").iterdir()) == []

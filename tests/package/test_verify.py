@@ -5,6 +5,7 @@ the manifest itself is the attack)."""
 from __future__ import annotations
 
 import struct
+import subprocess
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -158,6 +159,17 @@ CASES: list[tuple[str, Case, str]] = [
      "differs from the image's virtual size 67108864"),
     ("dangling-host-resource", lambda p, t: assemble(t, edit_ovf(p, "ovf:/disk/vmdisk1", "ovf:/disk/nope"), p.disk),
      "names no Disk in DiskSection"),
+    ("memory-units", lambda p, t: assemble(t, edit_ovf(p, ">byte * 2^20<", ">KiloBytes<"), p.disk),
+     "memory AllocationUnits 'KiloBytes'"),
+    ("duplicate-instance-id", lambda p, t: assemble(t, edit_ovf(p, "<rasd:InstanceID>5</rasd:InstanceID>",
+                                                                "<rasd:InstanceID>4</rasd:InstanceID>"), p.disk),
+     "Item 4: duplicate InstanceID"),
+    ("two-descriptors", lambda p, t: write_ova(t / "x.ova", [(OVF, p.ovf), (MF, p.mf()), (DISK, p.disk),
+                                                             ("second.ovf", p.ovf)]),
+     "more than one descriptor (second.ovf)"),
+    ("gzipped-ova", lambda p, t: (lambda path: path.write_bytes(__import__("gzip").compress(path.read_bytes(), 1))
+                                  and path)(assemble(t, p.ovf, p.disk)),
+     "tar: invalid header at byte 0"),
     ("parent-not-a-controller", lambda p, t: assemble(t, edit_ovf(p, "<rasd:Parent>3</rasd:Parent>",
                                                                   "<rasd:Parent>1</rasd:Parent>"), p.disk),
      "is not a disk controller Item"),
@@ -256,3 +268,30 @@ def test_qemu_img_check_runs_on_the_disk_in_place(parts: Parts, tmp_path: Path) 
     with pytest.raises(VerificationError) as caught:
         verify_ova(path, qemu_check=True)
     assert any("qemu-img check failed" in p for p in caught.value.problems), caught.value.problems
+
+
+def test_another_tools_ova_is_accepted(samples_dir: Path, tmp_path: Path) -> None:
+    """An ovftool-exported descriptor (COT's vmware.ovf), its 1 GiB disk made by qemu-img, packed by GNU tar
+    in USTAR format with a hand-written manifest: verify-ova has no complaint."""
+    raw = tmp_path / "src.raw"
+    with open(raw, "wb") as f:
+        f.truncate(1024**3)
+        f.write(b"boot" * 1000)
+    vmdk = tmp_path / "input.vmdk"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", raw, vmdk], check=True
+    )
+    ovf = (
+        (samples_dir / "cot_vmware.ovf")
+        .read_bytes()
+        .replace(b'ovf:size="152576"', f'ovf:size="{vmdk.stat().st_size}"'.encode())
+    )
+    (tmp_path / "vmware.ovf").write_bytes(ovf)
+    (tmp_path / "vmware.mf").write_bytes(with_manifest("vmware.ovf", ovf, [("input.vmdk", vmdk.read_bytes())]))
+    subprocess.run(
+        ["tar", "--format=ustar", "--owner=0", "--group=0", "-cf", "vmware.ova", "vmware.ovf", "vmware.mf",
+         "input.vmdk"],
+        cwd=tmp_path, check=True,
+    )  # fmt: skip
+    report = verify_ova(tmp_path / "vmware.ova")
+    assert [(d.href, d.capacity) for d in report.disks] == [("input.vmdk", 1024**3)]

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,6 +215,21 @@ def run_invoke(args: list[str], env: dict[str, str], timeout: float = 300) -> su
     )
 
 
-def spawn_invoke(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    out = open(log, "wb")  # noqa: SIM115 - closed by the OS when the child dies
-    return subprocess.Popen([str(VENV_BIN / "invoke"), *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+@pytest.fixture
+def spawn() -> Iterator[Callable[[list[str], dict[str, str], Path], subprocess.Popen[bytes]]]:
+    """Start `invoke ARGS` in the background with its output in a log file; killed at teardown if still alive."""
+    children: list[subprocess.Popen[bytes]] = []
+
+    def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        with open(log, "wb") as out:
+            child = subprocess.Popen(
+                [str(VENV_BIN / "invoke"), *args], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        children.append(child)
+        return child
+
+    yield start
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)

@@ -40,8 +40,10 @@ def any_request(method: str, target: str) -> bool:
 @dataclass
 class Rule:
     match: Match
-    action: str  # "fail" (503), "reset" (close without reply), "hold" (before forwarding), "hold-reply"
+    action: str  # "fail" (an S3 error reply), "reset" (close without reply), "hold" (before forwarding), "hold-reply"
     times: int = 1  # how many matching requests it acts on
+    status: int = 503  # what "fail" answers with, and its S3 error code
+    code: str = "ServiceUnavailable"
     after: int = 0  # matching requests let through untouched first
     seen: int = 0
     acted: int = 0
@@ -79,9 +81,9 @@ class FaultProxy:
                 with proxy._lock:
                     rule = next((r for r in proxy.rules if r.applies(self.command, self.path)), None)
                 if rule is not None and rule.action == "fail":
-                    proxy.log.append((self.command, self.path, 503))
-                    payload = b"<Error><Code>ServiceUnavailable</Code><Message>injected</Message></Error>"
-                    self.send_response(503)
+                    proxy.log.append((self.command, self.path, rule.status))
+                    payload = f"<Error><Code>{rule.code}</Code><Message>injected</Message></Error>".encode()
+                    self.send_response(rule.status)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
@@ -94,7 +96,7 @@ class FaultProxy:
                     return
                 if rule is not None and rule.action == "hold":
                     rule.reached.set()
-                    rule.release.wait(120)
+                    rule.release.wait(600)
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=120)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
                 conn.request(self.command, self.path, body=body, headers=headers)
@@ -103,7 +105,7 @@ class FaultProxy:
                 proxy.log.append((self.command, self.path, reply.status))
                 if rule is not None and rule.action == "hold-reply":
                     rule.reached.set()
-                    rule.release.wait(120)
+                    rule.release.wait(600)
                 self.send_response(reply.status)
                 for k, v in reply.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length", "server", "date"):
@@ -114,6 +116,12 @@ class FaultProxy:
                 if self.command != "HEAD":
                     self.wfile.write(data)
                 conn.close()
+
+            def handle_one_request(self) -> None:
+                try:
+                    super().handle_one_request()
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client was killed while we held its request
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 

@@ -310,3 +310,15 @@ def test_upload_tuning_from_the_environment() -> None:
     ]
     # a 1 TiB file stays under S3's 10,000 parts
     assert UploadTuning().part_size_for(1 << 40) // MiB == 117
+
+
+def test_s3_an_upload_gone_at_completion_starts_again(tmp_path: Path, s3: Any, bucket: str, proxy: FaultProxy) -> None:
+    """S3 answers the complete with 404 NoSuchUpload (a lifecycle rule or an operator aborted it; moto
+    answers 500 there, so the proxy gives S3's reply): nothing is at the key, so the file goes again."""
+    proxy.add(Rule(complete_upload, "fail", status=404, code="NoSuchUpload"))
+    repo = s3_repo(tmp_path, bucket, proxy.url)
+    src, digests = a_file(tmp_path, "a.ova", 11 * MiB)
+    assert repo.put("app/1.0/a.ova", src, digests).outcome is PutOutcome.UPLOADED
+    assert proxy.statuses(complete_upload) == [404, 200]
+    assert len(proxy.statuses(upload_part)) == 6  # 3 parts, twice
+    assert repo.verify("app/1.0/a.ova", digests) == [] and open_uploads(s3, bucket) == []

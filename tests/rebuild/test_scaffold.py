@@ -28,8 +28,9 @@ def test_scaffold_layered_appliance_validates(project: Settings) -> None:
     apps = load_all(project.templates_dir, project.provisioners_dir)
     new, base = apps["debian-12-science"], apps["debian-12"]
     assert new.base.kind is BaseKind.APPLIANCE and new.base.appliance == "debian-12"
-    assert new.provisioners == ("debian-12-science.sh", base.provisioners[-1])
-    assert [p.is_file() for p in new.provisioner_paths(project.provisioners_dir)] == [True, True]
+    assert new.provisioners == (base.provisioners[0], "debian-12-science.sh", base.provisioners[-1])
+    assert new.provisioners == ("upgrade.sh", "debian-12-science.sh", "seal.sh")
+    assert all(p.is_file() for p in new.provisioner_paths(project.provisioners_dir))
     assert (new.os, new.arch, new.hardware) == (base.os, base.arch, base.hardware)
     assert new.vos == base.vos and new.rebuild.auto_endorse is False
     assert new.template_path.read_text().endswith(base.template_path.read_text())
@@ -50,7 +51,7 @@ def test_scaffold_on_a_layered_base(project: Settings) -> None:
     scaffold_appliance(project, "middle", "debian-12")
     scaffold_appliance(project, "top", "middle")
     data = yaml.safe_load((project.templates_dir / "top" / "appliance.yaml").read_text())
-    assert data["base"] == {"appliance": "middle"} and data["provisioners"] == ["top.sh", "seal.sh"]
+    assert data["base"] == {"appliance": "middle"} and data["provisioners"] == ["upgrade.sh", "top.sh", "seal.sh"]
     assert set(load_all(project.templates_dir, project.provisioners_dir)) == {"debian-12", "middle", "top"}
 
 

@@ -1,0 +1,42 @@
+"""Appliances and their maintainers."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from pipeline.catalogue import services
+from pipeline.catalogue.api.deps import ActorDep, PagingDep, UowDep
+from pipeline.catalogue.contract import AppliancePayload
+from pipeline.catalogue.schemas import ApplianceIn, AppliancePublic, Name, Paged
+
+router = APIRouter(prefix="/appliances", tags=["appliances"])
+
+
+@router.get("")
+def list_appliances(uow: UowDep, paging: PagingDep) -> Paged[AppliancePublic]:
+    page = services.list_appliances(uow, paging.offset, paging.limit)
+    return Paged[AppliancePublic].of(page)
+
+
+@router.get("/{name}")
+def get_appliance(name: Name, uow: UowDep) -> AppliancePublic:
+    return AppliancePublic.model_validate(services.get_appliance(uow, name))
+
+
+@router.put("/{name}")
+def put_appliance(name: Name, body: ApplianceIn, uow: UowDep, actor: ActorDep) -> AppliancePublic:
+    """Create the appliance (you become its owner) or update it (owner, maintainers, admins)."""
+    payload = AppliancePayload(name, body.title, body.description, tuple(body.vos))
+    return AppliancePublic.model_validate(services.ensure_appliance(uow, actor, payload))
+
+
+@router.put("/{name}/maintainers/{user}", status_code=204)
+def add_maintainer(name: Name, user: Name, uow: UowDep, actor: ActorDep) -> Response:
+    services.set_maintainer(uow, actor, name, user, present=True)
+    return Response(status_code=204)
+
+
+@router.delete("/{name}/maintainers/{user}", status_code=204)
+def remove_maintainer(name: Name, user: Name, uow: UowDep, actor: ActorDep) -> Response:
+    services.set_maintainer(uow, actor, name, user, present=False)
+    return Response(status_code=204)

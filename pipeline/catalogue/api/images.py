@@ -1,0 +1,17 @@
+"""Every registered image (what `invoke audit` re-checks against the repository)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from pipeline.catalogue import services
+from pipeline.catalogue.api.deps import PagingDep, UowDep
+from pipeline.catalogue.schemas import ImagePublic, Paged
+
+router = APIRouter(prefix="/images", tags=["images"])
+
+
+@router.get("")
+def list_images(uow: UowDep, paging: PagingDep) -> Paged[ImagePublic]:
+    page = services.list_images(uow, paging.offset, paging.limit)
+    return Paged[ImagePublic].of(page)

@@ -1,0 +1,215 @@
+"""``create_app(settings)``: the catalogue service (REST API, pages, image lists, file repository).
+
+Nothing is built at import time: the engine, session factory and signer are made here, per app.
+Domain errors become HTTP responses in one place (``_ERROR_STATUS``); routes stay thin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from http import HTTPStatus
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from pipeline.catalogue import endorsements
+from pipeline.catalogue.api import appliances, images, users, versions, vos
+from pipeline.catalogue.api.deps import AppState, StateDep, UowDep
+from pipeline.catalogue.client import make_context
+from pipeline.catalogue.contract import (
+    InvalidPayload,
+    NotAuthenticated,
+    NotEndorsable,
+    NotFound,
+    PermissionDenied,
+    VersionConflict,
+)
+from pipeline.catalogue.db import make_engine, session_factory
+from pipeline.catalogue.pages import routes as pages
+from pipeline.catalogue.schemas import ErrorPublic, Name
+from pipeline.catalogue.settings import CatalogueSettings
+from pipeline.errors import CatalogueError, PipelineError
+from pipeline.log import log
+
+API_PREFIX = "/api/v1"
+_ERROR_STATUS: list[tuple[type[CatalogueError], int]] = [
+    (NotAuthenticated, 401),
+    (PermissionDenied, 403),
+    (NotFound, 404),
+    (VersionConflict, 409),
+    (NotEndorsable, 409),
+    (InvalidPayload, 422),
+    (CatalogueError, 400),
+]
+_ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorPublic} for code in (400, 401, 403, 404, 409)
+}
+REFRESH_SECONDS = 600.0  # how often due VO image lists are re-signed in the background
+
+
+def error_response(exc: CatalogueError) -> JSONResponse:
+    """The one mapping from domain errors to HTTP status codes and bodies."""
+    status = next(code for cls, code in _ERROR_STATUS if isinstance(exc, cls))
+    if isinstance(exc, InvalidPayload):
+        # the shape of FastAPI's own 422s, so clients and the OpenAPI schema see one kind of 422
+        detail = [{"loc": ["body"], "msg": p, "type": "value_error"} for p in exc.problems]
+        return JSONResponse({"detail": detail, "error": "InvalidPayload", "hint": exc.hint}, status_code=422)
+    body = ErrorPublic(error=type(exc).__name__, detail=exc.message, hint=exc.hint)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+class BodyLimit:
+    """Refuse bodies over the configured size (OWASP API4); plain ASGI, no per-request overhead.
+
+    A declared ``Content-Length`` is judged before reading; a chunked body is buffered up to the limit
+    and replayed to the app, so neither kind can make the service hold more than ``limit`` bytes.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = ErrorPublic(error="TooLarge", detail=f"request body over {self.limit} bytes").model_dump()
+        await JSONResponse(body, status_code=413)(scope, receive, send)
+
+
+def repository_file(root: Path | None, key: str) -> Path:
+    """The file for ``/repo/<key>``, only if it really lies inside the repository (no ``..``, no symlink out)."""
+    if root is None or not key or "\x00" in key:
+        raise NotFound("no such file in the repository")
+    base = root.resolve()
+    path = (base / key).resolve()
+    if not path.is_relative_to(base) or not path.is_file():
+        raise NotFound("no such file in the repository")
+    return path
+
+
+def public_router() -> APIRouter:
+    """Stable URLs outside /api/v1: the signed VO image lists and the file repository."""
+    router = APIRouter(tags=["image lists"])
+
+    @router.api_route(
+        "/vo/{vo}/image.list",
+        methods=["GET", "HEAD"],
+        response_class=Response,
+        responses={
+            200: {"content": {"text/plain": {}}, "description": "the S/MIME signed HEPiX list"},
+            **_ERROR_RESPONSES,
+        },
+    )
+    def image_list(vo: Name, uow: UowDep, state: StateDep) -> Response:
+        """The newest signed image list of a VO (re-signed first when it is close to expiry)."""
+        return Response(endorsements.current_image_list(uow, vo, state.ctx), media_type="text/plain")
+
+    @router.api_route(
+        "/repo/{key:path}",
+        methods=["GET", "HEAD"],
+        response_class=FileResponse,
+        responses={200: {"content": {"application/octet-stream": {}}}, 404: {"model": ErrorPublic}},
+        tags=["repository"],
+    )
+    def repository(key: Annotated[str, PathParam(max_length=1024)], state: StateDep) -> FileResponse:
+        """Read-only downloads from the file:// repository the pipeline publishes to."""
+        return FileResponse(repository_file(state.settings.repository_root, key), media_type="application/octet-stream")
+
+    return router
+
+
+def create_app(settings: CatalogueSettings, refresh_seconds: float | None = REFRESH_SECONDS) -> FastAPI:
+    """The service for one database. The schema must be migrated already (``db.migrate``)."""
+    engine = make_engine(settings.database_url)
+    state = AppState(settings, session_factory(engine), make_context(settings))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_refresh_loop(state, refresh_seconds)) if refresh_seconds else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+            engine.dispose()
+
+    app = FastAPI(
+        title="vmi-pipeline catalogue",
+        version="1",
+        description="Appliances, versions, images, audits, endorsements and signed VO image lists (after EGI AppDB).",
+        lifespan=lifespan,
+        openapi_url=f"{API_PREFIX}/openapi.json",
+        docs_url=f"{API_PREFIX}/docs",
+        redoc_url=None,
+    )
+    app.state.catalogue = state
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+
+    @app.exception_handler(CatalogueError)
+    async def _domain_error(request: Request, exc: CatalogueError) -> Response:
+        if isinstance(exc, NotFound) and not request.url.path.startswith((API_PREFIX, "/vo/", "/repo/")):
+            return pages.not_found_page(request, exc.message)
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # framework errors (unparsable body, unknown route, wrong method) in the documented error shape
+        if exc.status_code == 404 and not request.url.path.startswith((API_PREFIX, "/vo/", "/repo/")):
+            return pages.not_found_page(request, "no such page")
+        body = ErrorPublic(error=HTTPStatus(exc.status_code).phrase.replace(" ", ""), detail=str(exc.detail))
+        return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
+
+    for module in (appliances, versions, images, vos, users):
+        app.include_router(module.router, prefix=API_PREFIX, responses=_ERROR_RESPONSES)
+    app.include_router(public_router())
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "pages" / "static"), name="static")
+    return app
+
+
+async def _refresh_loop(state: AppState, every: float) -> None:
+    from pipeline.catalogue.uow import UnitOfWork
+
+    while True:
+        await asyncio.sleep(every)
+        try:
+            done = await asyncio.to_thread(endorsements.refresh_all_image_lists, UnitOfWork(state.sessions), state.ctx)
+            for info in done:
+                log.info("re-signed the image list of %s as hv:version %s", info.vo, info.hv_version)
+        except PipelineError as e:  # keep serving the current lists; the next round tries again
+            log.warning("re-signing image lists failed: %s", e)

@@ -1,0 +1,1 @@
+"""Server-rendered pages (Jinja templates + a little CSS) to browse the catalogue."""

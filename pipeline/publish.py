@@ -1,0 +1,298 @@
+"""Publish: put a packaged version in the repository, prove it landed, then register it in the catalogue.
+
+The order is the guarantee (after debian-cloud-images' publish step): every artifact is uploaded to
+an immutable key and verified there (size, sha256, sha512 of the stored bytes) before the version
+is registered, in one catalogue transaction. A publish killed at any point is completed by running
+it again: uploads resume from the journal, objects already there are proved rather than sent, and
+registration is idempotent. So the catalogue never lists an image that is not in the repository.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.appliance import Appliance, find_appliance
+from pipeline.catalogue.client import open_catalogue
+from pipeline.catalogue.contract import (
+    Catalogue,
+    VersionConflict,
+    VersionInfo,
+    VersionPayload,
+    appliance_payload,
+    version_payload_from_build,
+)
+from pipeline.errors import ArtifactError, UploadError
+from pipeline.fsutil import Digests
+from pipeline.log import log, step
+from pipeline.manifest import Artifact, BuildManifest, find_version
+from pipeline.repository import PutOutcome, PutResult, Repository, UploadJournal, UploadTuning, open_repository
+from pipeline.repository.journal import exclusive
+from pipeline.settings import Settings
+
+# What goes to the repository, in this order (images first, their checksum files last), and
+# which of those become catalogue images. A role marked False may be absent (raw is optional).
+PUBLISHED: tuple[tuple[str, bool], ...] = (
+    ("ova", True),
+    ("qcow2", True),
+    ("raw", False),
+    ("sha256sums", True),
+    ("sha512sums", True),
+)
+IMAGE_ROLES = ("ova", "qcow2")
+
+
+@dataclass(frozen=True)
+class PlannedUpload:
+    artifact: Artifact
+    key: str
+    url: str
+
+    @property
+    def digests(self) -> Digests:
+        return Digests(self.artifact.size, self.artifact.sha256, self.artifact.sha512)
+
+
+@dataclass(frozen=True)
+class PublishPlan:
+    """Everything a publish will write, worked out before anything is written (what --dry-run shows)."""
+
+    appliance: Appliance
+    manifest: BuildManifest
+    version_dir: Path
+    repository: str
+    uploads: tuple[PlannedUpload, ...]
+    payload: VersionPayload
+
+    @property
+    def journal_path(self) -> Path:
+        return self.version_dir.parent / f".{self.manifest.version}.publish-journal.json"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.version_dir.parent / f".{self.manifest.version}.publish.lock"
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    plan: PublishPlan
+    dry_run: bool
+    puts: tuple[PutResult, ...] = ()
+    registered: VersionInfo | None = None
+    catalogue_url: str | None = None
+
+    def summary(self) -> str:
+        m = self.plan.manifest
+        if self.dry_run:
+            lines = [f"dry run: would publish {m.appliance} {m.version} to {self.plan.repository}"]
+            lines += [f"  {u.key}  ({u.artifact.size} bytes, sha256 {u.artifact.sha256})" for u in self.plan.uploads]
+            lines.append("catalogue payload:")
+            lines.append(json.dumps(payload_json(self.plan.payload), indent=2, sort_keys=True))
+            return "\n".join(lines)
+        lines = [f"published {m.appliance} {m.version} to {self.plan.repository}"]
+        for p in self.puts:
+            how = {
+                PutOutcome.UPLOADED: f"uploaded, verified ({p.mib_per_s:.1f} MiB/s)",
+                PutOutcome.RESUMED: f"resumed, verified ({p.mib_per_s:.1f} MiB/s)",
+                PutOutcome.PRESENT: "already there, verified",
+            }[p.outcome]
+            lines.append(f"  {p.key}: {how}")
+        if self.registered is not None:
+            images = ", ".join(i.uri for i in self.registered.images)
+            lines.append(f"registered in the catalogue: {images}")
+        if self.catalogue_url:
+            lines.append(f"catalogue: {self.catalogue_url}")
+        return "\n".join(lines)
+
+
+def payload_json(payload: VersionPayload) -> dict[str, Any]:
+    """The payload as JSON-ready data (what --dry-run prints); the manifest is shown by reference."""
+    data = dataclasses.asdict(payload)
+    data["expires"] = payload.expires.isoformat() if payload.expires else None
+    for image in data["images"]:
+        image["manifest"] = f"<build manifest of {payload.appliance} {payload.version}>"
+        image["packages"] = f"<{len(image['packages'])} packages>"
+    return data
+
+
+def plan_publish(settings: Settings, name: str, version: str | None, repository: Repository) -> PublishPlan:
+    """Check the version is packaged and its files are all there, and work out keys and payload."""
+    appliance = find_appliance(settings.templates_dir, name, settings.provisioners_dir)
+    version_dir, manifest = find_version(settings.output_dir, name, version)
+    uploads, problems = [], []
+    for role, required in PUBLISHED:
+        found = [a for a in manifest.artifacts if a.role == role]
+        if not found:
+            if required:
+                problems.append(f"{version_dir / 'manifest.json'}: artifacts: no {role} artifact")
+            continue
+        for artifact in found:
+            path = version_dir / artifact.name
+            if not path.is_file():
+                problems.append(f"{path}: missing (the manifest lists it as the {role} artifact)")
+            elif path.stat().st_size != artifact.size:
+                problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {artifact.size}")
+            key = f"{name}/{manifest.version}/{Path(artifact.name).name}"
+            uploads.append(PlannedUpload(artifact, key, repository.public_url(key)))
+    if problems:
+        raise ArtifactError(
+            f"{name} {manifest.version} is not ready to publish:\n  " + "\n  ".join(problems),
+            hint=f"run `invoke package --appliance {name} --version {manifest.version}`",
+        )
+    uris = {u.artifact.name: u.url for u in uploads if u.artifact.role in IMAGE_ROLES}
+    payload = version_payload_from_build(appliance, manifest, uris)
+    return PublishPlan(appliance, manifest, version_dir, repository.url, tuple(uploads), payload)
+
+
+def publish_version(
+    settings: Settings,
+    name: str,
+    version: str | None = None,
+    dry_run: bool = False,
+    tuning: UploadTuning | None = None,
+) -> PublishResult:
+    """Upload a packaged version's artifacts, verify them in the repository, then register the version."""
+    repository = open_repository(settings, tuning)
+    plan = plan_publish(settings, name, version, repository)
+    if dry_run:
+        return PublishResult(plan, dry_run=True)
+    what = f"{name} {plan.manifest.version}"
+    with exclusive(plan.lock_path, what), step(f"publish {what}"):
+        repository.preflight()
+        catalogue = open_catalogue(settings)
+        try:
+            puts = _upload_all(repository, plan)
+            with step("register in the catalogue"):
+                catalogue.ensure_appliance(appliance_payload(plan.appliance))
+                try:
+                    registered = catalogue.register_version(plan.payload)
+                except VersionConflict:
+                    # a concurrent publish of the same version may have won the race: registration is
+                    # idempotent, so asking again returns that version if its content is ours
+                    registered = catalogue.register_version(plan.payload)
+        finally:
+            catalogue.close()
+    return PublishResult(plan, False, tuple(puts), registered, catalogue_page(settings, name, plan.manifest.version))
+
+
+def _upload_all(repository: Repository, plan: PublishPlan) -> list[PutResult]:
+    journal = UploadJournal(plan.journal_path, repository.url)
+    if journal.keys():
+        log.info("resuming a publish that stopped: %s", ", ".join(journal.keys()))
+    puts = []
+    for upload in plan.uploads:
+        path = plan.version_dir / upload.artifact.name
+        with step(f"upload {upload.key}"):
+            result = repository.put(upload.key, path, upload.digests, journal)
+            if result.outcome is not PutOutcome.PRESENT:  # PRESENT was verified by put itself
+                problems = repository.verify(upload.key, upload.digests)
+                if problems:
+                    raise UploadError(
+                        f"{repository.url}: what landed at {upload.key} is not what was sent: " + "; ".join(problems),
+                        hint="the object is kept for inspection; delete it and publish again",
+                    )
+        puts.append(result)
+    return puts
+
+
+def catalogue_page(settings: Settings, name: str, version: str) -> str:
+    return f"{settings.catalogue_public_url.rstrip('/')}/appliances/{name}/versions/{version}"
+
+
+# -- release: build + package + publish ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    steps: tuple[str, ...]  # the summary of each stage
+    publish: PublishResult
+    embedded: bool  # the default file repository + in-process catalogue: `invoke serve` shows it
+
+    def summary(self) -> str:
+        text = "\n\n".join(self.steps)
+        if self.embedded and self.publish.catalogue_url:
+            text += f"\n\nrun `invoke serve`, then open {self.publish.catalogue_url}"
+        return text
+
+
+def release_appliance(settings: Settings, name: str, tuning: UploadTuning | None = None) -> ReleaseResult:
+    """Build (or reuse an up-to-date build), package and publish an appliance in one go."""
+    from pipeline.build import build_appliance
+    from pipeline.package import package_appliance
+
+    built = build_appliance(settings, name)
+    version = built.manifest.version
+    if _packaged(built.version_dir, built.manifest):
+        # a rerun after a failed publish: the packages are reproducible, so making them again only costs time
+        package_summary = f"{name} {version} is already packaged in {built.version_dir}"
+    else:
+        package_summary = package_appliance(settings, name, version=version).summary()
+    published = publish_version(settings, name, version=version, tuning=tuning)
+    embedded = settings.repository.startswith("file://") and not settings.catalogue.startswith(("http://", "https://"))
+    return ReleaseResult((built.summary(), package_summary, published.summary()), published, embedded)
+
+
+def _packaged(version_dir: Path, manifest: BuildManifest) -> bool:
+    """Every required package artifact is recorded and present with its recorded size."""
+    found = {a.role: a for a in manifest.artifacts}
+    return all(
+        role in found
+        and (version_dir / found[role].name).is_file()
+        and (version_dir / found[role].name).stat().st_size == found[role].size
+        for role, required in PUBLISHED
+        if required
+    )
+
+
+# -- audit: is the repository still what the catalogue says? -------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    repository: str
+    checked: int
+    drift: tuple[str, ...]  # one line per problem: missing, wrong size, wrong checksum, foreign URI
+    unregistered: tuple[str, ...]  # objects no registered version accounts for (informational)
+
+    @property
+    def ok(self) -> bool:
+        return not self.drift
+
+    def summary(self) -> str:
+        head = f"audit of {self.repository}: {self.checked} registered image(s) checked, "
+        head += "no drift" if self.ok else f"{len(self.drift)} problem(s)"
+        lines = [head, *(f"  DRIFT {d}" for d in self.drift)]
+        if self.unregistered:
+            lines.append(f"  {len(self.unregistered)} object(s) belong to no registered version:")
+            lines += [f"    {k}" for k in self.unregistered]
+        return "\n".join(lines)
+
+
+def audit_repository(settings: Settings, catalogue: Catalogue | None = None) -> AuditReport:
+    """Re-check every registered image against the repository: exists, size, checksums of the stored bytes."""
+    repository = open_repository(settings)
+    repository.preflight()
+    own = catalogue is None
+    cat = open_catalogue(settings) if catalogue is None else catalogue
+    try:
+        images = cat.list_images()
+    finally:
+        if own:
+            cat.close()
+    drift: list[str] = []
+    folders = set()
+    with step(f"audit {len(images)} image(s) in {repository.url}"):
+        for image in images:
+            where = f"{image.appliance} {image.version}"
+            key = repository.key_for_url(image.uri)
+            if key is None:
+                drift.append(f"{where}: {image.uri} is not in {repository.url}")
+                continue
+            folders.add(key.rsplit("/", 1)[0] + "/")
+            problems = repository.verify(key, Digests(image.size, image.sha256, image.sha512))
+            drift += [f"{where}: {p}" for p in problems]
+    unregistered = tuple(o.key for o in repository.iter_objects() if not any(o.key.startswith(f) for f in folders))
+    return AuditReport(repository.url, len(images), tuple(drift), unregistered)

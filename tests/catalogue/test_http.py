@@ -1,0 +1,131 @@
+"""The HTTP catalogue client against the service on loopback, and a site verifying what it serves."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from pipeline.catalogue import auth
+from pipeline.catalogue.client import open_catalogue
+from pipeline.catalogue.contract import (
+    AppliancePayload,
+    ImagePayload,
+    InvalidPayload,
+    NotAuthenticated,
+    NotFound,
+    PermissionDenied,
+    VersionConflict,
+    VersionPayload,
+)
+from pipeline.catalogue.db import make_engine, session_factory
+from pipeline.catalogue.http_client import HttpCatalogue
+from pipeline.catalogue.models import Role
+from pipeline.catalogue.uow import UnitOfWork
+from pipeline.endorse.verify import verify_image_list
+from pipeline.settings import load_settings
+from tests.catalogue.conftest import PASSING_AUDIT, LiveServer
+
+VO = "vo.example.org"
+
+
+def _image(server: LiveServer, version: str, fmt: str) -> ImagePayload:
+    key = f"debian-12/{version}/debian-12-{version}.{fmt}"
+    path = server.settings.repository_root / key  # type: ignore[operator]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = f"{key}\n".encode() * 1000
+    path.write_bytes(data)
+    return ImagePayload(
+        uri=f"{server.url}/repo/{key}",
+        format=fmt,
+        size=len(data),
+        sha512=hashlib.sha512(data).hexdigest(),
+        sha256=hashlib.sha256(data).hexdigest(),
+        arch="x86_64",
+        os_family="linux",
+        os_name="Debian",
+        os_version="12",
+    )
+
+
+def _tokens(server: LiveServer) -> dict[str, str]:
+    engine = make_engine(server.settings.database_url)
+    uow = UnitOfWork(session_factory(engine))
+    tokens = {}
+    for name, role in (("admin", Role.ADMIN), ("alice", Role.USER), ("mia", Role.USER)):
+        auth.ensure_user(uow, name, f"{name}@example.org", role)
+        tokens[name] = auth.issue_token(uow, name, name, "tests").token
+    auth.create_vo(uow, "admin", VO, "")
+    auth.set_vo_manager(uow, "admin", VO, "mia", present=True)
+    engine.dispose()
+    return tokens
+
+
+def test_http_client_round_trip_and_site_verification(live_server: LiveServer, tmp_path: Path) -> None:
+    tokens = _tokens(live_server)
+    alice = HttpCatalogue(live_server.url, tokens["alice"])
+    alice.ensure_appliance(AppliancePayload("debian-12", "Debian 12", "baseline", (VO,)))
+    payload = VersionPayload(
+        "debian-12", "1.0", "first", (_image(live_server, "1.0", "ova"), _image(live_server, "1.0", "qcow2"))
+    )
+    info = alice.register_version(payload)
+    assert alice.register_version(payload) == info  # idempotent over HTTP too
+    assert alice.get_version("debian-12", "1.0") == info
+    assert alice.get_version("debian-12", "9.9") is None
+    assert alice.list_versions("debian-12") == [info]
+    assert {i.uri for i in alice.list_images()} == {i.uri for i in payload.images}
+    with pytest.raises(VersionConflict, match="different content"):
+        alice.register_version(dataclasses.replace(payload, notes="other"))
+    with pytest.raises(InvalidPayload, match=r"images\[0\]: sha512 of .* differ"):
+        bad = dataclasses.replace(payload.images[0], sha512="0" * 128)
+        alice.register_version(dataclasses.replace(payload, version="2.0", images=(bad,)))
+    alice.store_audit("debian-12", "1.0", PASSING_AUDIT)
+    with pytest.raises(PermissionDenied, match="not a manager"):
+        alice.endorse("debian-12", "1.0", VO)
+
+    mia = HttpCatalogue(live_server.url, tokens["mia"])
+    listed = mia.endorse("debian-12", "1.0", VO)
+    assert listed.url == f"{live_server.url}/vo/{VO}/image.list" and listed.entries == 2
+    assert mia.image_list(VO) == alice.image_list(VO)
+
+    # a site: fetch the stable URL, verify signature and signer, download and check every image
+    report = verify_image_list(
+        listed.url, live_server.settings.signing_cert.parent / "ca.pem", download=tmp_path / "dl"
+    )  # type: ignore[union-attr]
+    assert report.version == str(listed.hv_version)
+    assert sorted(d.size for d in report.downloads) == sorted(i.size for i in payload.images)
+
+    with pytest.raises(NotAuthenticated):
+        HttpCatalogue(live_server.url, "vmi_000000000000_forged").ensure_appliance(AppliancePayload("x", "x", "x"))
+    with pytest.raises(NotFound):
+        mia.revoke("debian-12", "9.9", VO)
+    alice.close()
+    mia.close()
+
+
+def test_open_catalogue_picks_http_with_the_token_from_the_environment(
+    live_server: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = _tokens(live_server)
+    monkeypatch.setenv("VMI_CATALOGUE_TOKEN", tokens["admin"])
+    settings = load_settings(
+        {
+            "output_dir": "o",
+            "work_dir": "w",
+            "cache_dir": "c",
+            "repository": "file://./r",
+            "repository_public_url": "http://127.0.0.1:1/repo",
+            "catalogue": live_server.url,
+            "catalogue_public_url": live_server.url,
+            "accel": "tcg",
+        },
+        tmp_path,
+        environ={},
+    )
+    cat = open_catalogue(settings)
+    assert isinstance(cat, HttpCatalogue)
+    cat.ensure_appliance(AppliancePayload("made-by-admin", "T", "D", ("new.vo",)))  # admins may create VOs
+    assert cat.list_images() == []
+    cat.close()
