@@ -132,6 +132,7 @@ def test_failed_build_names_the_step_and_leaves_nothing(scratch_project: Setting
     assert "full log:" in (err.value.hint or "")
     out = settings.output_dir / "debian-12"
     assert [p.name for p in out.iterdir()] == []
+    assert not list(settings.work_dir.glob("build-*"))  # scratch space, build key included, is gone
 
 
 def test_existing_version_is_not_overwritten_without_force(scratch_project: Settings) -> None:
