@@ -169,7 +169,7 @@ def release(c: Context, appliance: str) -> None:
     help={
         "host": "address to listen on",
         "port": "port to listen on",
-        "create_token": "create an API token for this user (created as admin if new) and print it once",
+        "create_token": "USER[:ROLE]: an API token for USER (created if new, as admin by default), shown once",
     },
 )
 @_edge

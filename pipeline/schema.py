@@ -10,6 +10,7 @@ from importlib import resources
 from typing import Any
 
 import jsonschema
+import jsonschema_rs
 
 SCHEMA_PACKAGE = "pipeline.schemas"
 
@@ -56,8 +57,19 @@ def _message(error: jsonschema.ValidationError) -> str:
     return str(error.message)
 
 
+@functools.cache
+def _fast_validator(name: str) -> jsonschema_rs.Draft202012Validator:
+    return jsonschema_rs.Draft202012Validator(load_schema(name))
+
+
 def validation_errors(name: str, document: Any, source: str) -> list[str]:
-    """Every schema violation in ``document`` as ``source: dotted.path: message``, sorted by path."""
+    """Every schema violation in ``document`` as ``source: dotted.path: message``, sorted by path.
+
+    A valid document is confirmed by the Rust validator (a manifest with a thousand packages: ~2 ms
+    instead of ~250 ms); only an invalid one is walked by ``jsonschema`` for the messages.
+    """
+    if _fast_validator(name).is_valid(document):
+        return []
     validator = jsonschema.Draft202012Validator(load_schema(name))
     errors = sorted(validator.iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path])
     return [f"{source}: {_path(e)}: {_message(e)}" for e in errors]

@@ -23,6 +23,9 @@ from pipeline.fsutil import atomic_path, hash_file
 from pipeline.log import log
 
 MAX_AGE = 24 * 3600.0
+# The package lists stay in the tarball: the in-guest `apt-get update` then only confirms them
+# (slow to download and parse in an emulated guest); seal.sh removes them from the image.
+_MMDEBSTRAP_OPTIONS = ("--variant=minbase", "--skip=cleanup/apt/lists", "--format=tar")
 _DEB_ARCH = {Arch.X86_64: "amd64", Arch.AARCH64: "arm64"}
 
 # Runs on the host with the finished chroot as $1 (mmdebstrap executes hook files directly).
@@ -82,6 +85,7 @@ def bootstrap_key(bootstrap: Bootstrap, arch: Arch, mmdebstrap_version: str) -> 
         "arch": _DEB_ARCH[arch],
         "mmdebstrap": mmdebstrap_version,
         "hook": hashlib.sha256(_CUSTOMIZE_HOOK.encode()).hexdigest(),
+        "options": _MMDEBSTRAP_OPTIONS,
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -121,11 +125,10 @@ def _run_mmdebstrap(
     with atomic_path(tarball) as partial:
         argv = [
             run.find_tool("mmdebstrap"),
-            "--variant=minbase",
+            *_MMDEBSTRAP_OPTIONS,
             f"--architectures={_DEB_ARCH[arch]}",
             f"--components={','.join(bootstrap.components)}",
             f"--include={','.join(bootstrap.packages)}",
-            "--format=tar",
             f"--customize-hook={hook}",
             bootstrap.suite,
             str(partial),
@@ -135,7 +138,7 @@ def _run_mmdebstrap(
         def on_line(line: str) -> None:
             log_file.write(line + "\n")
             if line.startswith(("I: ", "E: ", "W: ")):
-                log.info("    %s", line)
+                log.info("    %s", line, extra={"vmi_console_only": True})
 
         try:
             run.stream(argv, on_line, env={"TMPDIR": str(tmp)}, timeout=1800)

@@ -7,9 +7,12 @@ never decide anything (build-feasibility.md pitfall 19).
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -19,6 +22,7 @@ from pipeline.errors import BuildError, CommandError
 from pipeline.log import log
 
 COMMA = "%!(PACKER_COMMA)"
+CONSOLE_ONLY = "vmi_console_only"  # log-record flag: shown on the terminal, not repeated in build.log
 
 # Packer's ui "say" lines that start the phases we time (English text of packer 1.6 builder/qemu).
 _PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -110,9 +114,28 @@ def _var_args(variables: Mapping[str, str]) -> list[str]:
     return args
 
 
+# Packer's plugins listen on unix sockets in TMPDIR; a socket path over 107 bytes fails to bind, and
+# `packer validate` then exits 0 anyway. Deep work folders (pytest's tmp_path) need a short one.
+_MAX_TMPDIR = 60
+
+
+@contextlib.contextmanager
+def packer_tmpdir(preferred: Path) -> Iterator[Path]:
+    """A TMPDIR the build owns: ``preferred`` if its path is short enough, else a fresh folder in /tmp."""
+    if len(str(preferred)) <= _MAX_TMPDIR:
+        preferred.mkdir(parents=True, exist_ok=True)
+        yield preferred
+        return
+    parent = tempfile.gettempdir() if len(tempfile.gettempdir()) < _MAX_TMPDIR - 25 else "/tmp"
+    short = Path(tempfile.mkdtemp(prefix="vmi-packer-", dir=parent))
+    try:
+        yield short
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
 def packer_env(tmp_dir: Path) -> dict[str, str]:
     """Environment for Packer: no phone-home, temp files and caches in a folder the build owns."""
-    tmp_dir.mkdir(parents=True, exist_ok=True)
     return {
         "CHECKPOINT_DISABLE": "1",
         "TMPDIR": str(tmp_dir),
@@ -125,10 +148,11 @@ def packer_env(tmp_dir: Path) -> dict[str, str]:
 def validate_template(template: Path, variables: Mapping[str, str], tmp_dir: Path) -> list[str]:
     """``packer validate`` the template; each problem as a line naming the template."""
     argv = [run.find_tool("packer"), "validate", "-machine-readable", *_var_args(variables), str(template)]
-    res = run.run(argv, cwd=template.parent, env=packer_env(tmp_dir), check=False, timeout=300)
-    if res.returncode == 0:
-        return []
+    with packer_tmpdir(tmp_dir) as tmp:
+        res = run.run(argv, cwd=template.parent, env=packer_env(tmp), check=False, timeout=300)
     parsed = parse_output((res.stdout + "\n" + res.stderr).splitlines())
+    if res.returncode == 0 and not parsed.errors:
+        return []
     texts = parsed.errors or [ln for ln in parsed.ui_lines if ln.strip()] or [res.stderr.strip() or "failed"]
     return [f"{template}: packer validate: {t.strip()}" for t in texts]
 
@@ -150,7 +174,10 @@ def packer_build(
     argv = [run.find_tool("packer"), "build", "-machine-readable", *_var_args(variables), str(template)]
     state = PackerRun()
     start = time.monotonic()
-    show = on_progress or (lambda text: log.info("    [%4.0fs] %s", time.monotonic() - start, text))
+    # progress goes to the console only: the raw line is in the log already
+    show = on_progress or (
+        lambda text: log.info("    [%4.0fs] %s", time.monotonic() - start, text, extra={CONSOLE_ONLY: True})
+    )
 
     def on_line(line: str) -> None:
         log_file.write(line + "\n")
@@ -167,7 +194,8 @@ def packer_build(
                     show(part)
 
     try:
-        res = run.stream(argv, on_line, cwd=template.parent, env=packer_env(tmp_dir), check=False, timeout=timeout)
+        with packer_tmpdir(tmp_dir) as tmp:
+            res = run.stream(argv, on_line, cwd=template.parent, env=packer_env(tmp), check=False, timeout=timeout)
     except CommandError as e:  # only a timeout raises here (check=False)
         raise BuildError("packer", f"Packer did not finish within {timeout:.0f}s", _tail(state)) from e
     if res.returncode != 0 or not state.artifacts:

@@ -17,10 +17,10 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipeline.catalogue import services
+from pipeline.catalogue import endorsements
 from pipeline.catalogue.api import appliances, images, users, versions, vos
 from pipeline.catalogue.api.deps import AppState, StateDep, UowDep
 from pipeline.catalogue.client import make_context
@@ -67,21 +67,48 @@ def error_response(exc: CatalogueError) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
-class BodyLimit(BaseHTTPMiddleware):
-    """Refuse bodies over the configured size before reading them (OWASP API4)."""
+class BodyLimit:
+    """Refuse bodies over the configured size (OWASP API4); plain ASGI, no per-request overhead.
 
-    def __init__(self, app: object, limit: int) -> None:
-        super().__init__(app)  # type: ignore[arg-type]
+    A declared ``Content-Length`` is judged before reading; a chunked body is buffered up to the limit
+    and replayed to the app, so neither kind can make the service hold more than ``limit`` bytes.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
         self.limit = limit
 
-    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            return JSONResponse(
-                ErrorPublic(error="TooLarge", detail=f"request body over {self.limit} bytes").model_dump(),
-                status_code=413,
-            )
-        return await call_next(request)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        messages: list[Message] = []
+        size = 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+
+        async def replay() -> Message:
+            return messages.pop(0) if messages else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = ErrorPublic(error="TooLarge", detail=f"request body over {self.limit} bytes").model_dump()
+        await JSONResponse(body, status_code=413)(scope, receive, send)
 
 
 def repository_file(root: Path | None, key: str) -> Path:
@@ -99,8 +126,9 @@ def public_router() -> APIRouter:
     """Stable URLs outside /api/v1: the signed VO image lists and the file repository."""
     router = APIRouter(tags=["image lists"])
 
-    @router.get(
+    @router.api_route(
         "/vo/{vo}/image.list",
+        methods=["GET", "HEAD"],
         response_class=Response,
         responses={
             200: {"content": {"text/plain": {}}, "description": "the S/MIME signed HEPiX list"},
@@ -109,10 +137,11 @@ def public_router() -> APIRouter:
     )
     def image_list(vo: Name, uow: UowDep, state: StateDep) -> Response:
         """The newest signed image list of a VO (re-signed first when it is close to expiry)."""
-        return Response(services.current_image_list(uow, vo, state.ctx), media_type="text/plain")
+        return Response(endorsements.current_image_list(uow, vo, state.ctx), media_type="text/plain")
 
-    @router.get(
+    @router.api_route(
         "/repo/{key:path}",
+        methods=["GET", "HEAD"],
         response_class=FileResponse,
         responses={200: {"content": {"application/octet-stream": {}}}, 404: {"model": ErrorPublic}},
         tags=["repository"],
@@ -179,7 +208,7 @@ async def _refresh_loop(state: AppState, every: float) -> None:
     while True:
         await asyncio.sleep(every)
         try:
-            done = await asyncio.to_thread(services.refresh_all_image_lists, UnitOfWork(state.sessions), state.ctx)
+            done = await asyncio.to_thread(endorsements.refresh_all_image_lists, UnitOfWork(state.sessions), state.ctx)
             for info in done:
                 log.info("re-signed the image list of %s as hv:version %s", info.vo, info.hv_version)
         except PipelineError as e:  # keep serving the current lists; the next round tries again

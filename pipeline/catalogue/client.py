@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from pipeline.catalogue import auth, services
+from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.contract import (
     AppliancePayload,
     Catalogue,
@@ -37,13 +37,13 @@ PAGE = 500
 T = TypeVar("T")
 
 
-def make_context(settings: CatalogueSettings) -> services.Context:
+def make_context(settings: CatalogueSettings) -> endorsements.Context:
     """Use-case context; the signer (``pipeline.endorse``) is loaded only when a key is configured."""
     if settings.signing_key is None or settings.signing_cert is None:
-        return services.Context(settings, None)
+        return endorsements.Context(settings, None)
     from pipeline.catalogue.signing import load_signer
 
-    return services.Context(settings, load_signer(settings))
+    return endorsements.Context(settings, load_signer(settings))
 
 
 class InProcessCatalogue:
@@ -79,16 +79,16 @@ class InProcessCatalogue:
         services.store_audit(self.uow, self.actor, appliance, version, report)
 
     def endorse(self, appliance: str, version: str, vo: str) -> ImageListInfo:
-        return services.endorse(self.uow, self.actor, appliance, version, vo, self.ctx)
+        return endorsements.endorse(self.uow, self.actor, appliance, version, vo, self.ctx)
 
     def revoke(self, appliance: str, version: str, vo: str) -> ImageListInfo:
-        return services.revoke(self.uow, self.actor, appliance, version, vo, self.ctx)
+        return endorsements.revoke(self.uow, self.actor, appliance, version, vo, self.ctx)
 
     def archive_version(self, appliance: str, version: str) -> None:
-        services.archive_version(self.uow, self.actor, appliance, version, self.ctx)
+        endorsements.archive_version(self.uow, self.actor, appliance, version, self.ctx)
 
     def image_list(self, vo: str) -> bytes:
-        return services.current_image_list(self.uow, vo, self.ctx)
+        return endorsements.current_image_list(self.uow, vo, self.ctx)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, defer, selectinload
 
 from pipeline.catalogue.models import (
     ApiToken,
@@ -23,8 +23,9 @@ from pipeline.catalogue.models import (
     Vo,
 )
 
+# Lists never show manifests (large JSON): load them only for one image's page.
 _VERSION_LOADS = (
-    selectinload(Version.images),
+    selectinload(Version.images).defer(Image.manifest),
     selectinload(Version.endorsements),
     selectinload(Version.audit),
     selectinload(Version.appliance),
@@ -137,7 +138,7 @@ class Repository:
     def images(self, offset: int, limit: int) -> Sequence[Image]:
         return self.session.scalars(
             select(Image)
-            .options(selectinload(Image.version).selectinload(Version.appliance))
+            .options(defer(Image.manifest), selectinload(Image.version).selectinload(Version.appliance))
             .order_by(Image.id)
             .offset(offset)
             .limit(limit)

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Generic, Self, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.catalogue import contract
+from pipeline.catalogue.views import Page
 
 T = TypeVar("T")
 
@@ -152,6 +153,13 @@ class Paged(BaseModel, Generic[T]):
     total: int
     offset: int
     limit: int
+
+    @classmethod
+    def of(cls, page: Page[Any]) -> Self:
+        """A page of views as the response model (``Paged[XPublic].of(page)``)."""
+        item_type = cls.model_fields["items"].annotation.__args__[0]  # type: ignore[union-attr]
+        items = [item_type.model_validate(i) for i in page.items]
+        return cls(items=items, total=page.total, offset=page.offset, limit=page.limit)
 
 
 class UserPublic(_Out):

@@ -3,7 +3,7 @@
 Each use case takes the acting user's name, primitives or contract payloads and a unit of work; it
 checks who may do it, validates like AppDB, writes in one transaction and returns plain views. Domain
 errors are the ``CatalogueError`` subclasses in ``contract`` (mapped to HTTP codes in ``app``).
-Users, tokens and VOs live in ``auth``.
+Users, tokens and VOs live in ``auth``; endorsements and signed VO image lists in ``endorsements``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
@@ -25,12 +25,10 @@ from pipeline.catalogue import views
 from pipeline.catalogue.contract import (
     AppliancePayload,
     ImageInfo,
-    ImageListInfo,
     ImagePayload,
     Integrity,
     InvalidPayload,
     NotAuthenticated,
-    NotEndorsable,
     NotFound,
     PermissionDenied,
     VersionConflict,
@@ -42,7 +40,6 @@ from pipeline.catalogue.schemas import storable_text
 from pipeline.catalogue.settings import VERSION_LIFETIME, CatalogueSettings
 from pipeline.catalogue.uow import UnitOfWork
 from pipeline.fsutil import hash_file
-from pipeline.manifest import version_sort_key
 
 NAMESPACE = uuid.UUID("4f1b8a51-29a4-5c1e-9a57-7b3d0c9e2a10")  # uuid5 namespace of catalogue identifiers
 NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -53,22 +50,6 @@ HYPERVISORS = ("KVM", "QEMU", "QEMU-KVM", "Xen", "VirtualBox", "Hyper-V", "VMWar
 ARCHES = ("x86_64", "aarch64", "i686", "ppc64le", "s390x")
 URI_SCHEMES = ("https://", "http://", "s3://", "file://")
 AUDIT_RESULTS = ("pass", "fail", "waived")
-
-
-class ListSigner(Protocol):
-    """Builds and signs one VO image list (``signing.ImageListSigner`` wraps ``pipeline.endorse``)."""
-
-    def sign(
-        self, vo: str, versions: Sequence[VersionInfo], hv_version: int, created: datetime, expires: datetime
-    ) -> bytes: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class Context:
-    """What every writing use case needs besides the unit of work."""
-
-    settings: CatalogueSettings
-    signer: ListSigner | None
 
 
 # --- who is acting ---------------------------------------------------------------------------------
@@ -89,29 +70,29 @@ def may_maintain(user: m.User, appliance: m.Appliance) -> bool:
     )
 
 
-def _appliance(uow: UnitOfWork, name: str) -> m.Appliance:
+def find_appliance(uow: UnitOfWork, name: str) -> m.Appliance:
     found = uow.repo.appliance(name)
     if found is None:
         raise NotFound(f"appliance {name!r} is not in the catalogue", hint="register it first (ensure_appliance)")
     return found
 
 
-def _maintained(uow: UnitOfWork, actor: str, name: str) -> tuple[m.User, m.Appliance]:
+def maintained(uow: UnitOfWork, actor: str, name: str) -> tuple[m.User, m.Appliance]:
     user = actor_user(uow, actor)
-    appliance = _appliance(uow, name)
+    appliance = find_appliance(uow, name)
     if not may_maintain(user, appliance):
         raise PermissionDenied(f"{actor} is not a maintainer of appliance {name}")
     return user, appliance
 
 
-def _version(uow: UnitOfWork, appliance: m.Appliance, version: str) -> m.Version:
+def find_version(uow: UnitOfWork, appliance: m.Appliance, version: str) -> m.Version:
     found = uow.repo.version(appliance, version)
     if found is None:
         raise NotFound(f"{appliance.name} has no version {version!r}")
     return found
 
 
-def _vo(uow: UnitOfWork, name: str, for_update: bool = False) -> m.Vo:
+def find_vo(uow: UnitOfWork, name: str, for_update: bool = False) -> m.Vo:
     found = uow.repo.vo(name, for_update=for_update)
     if found is None:
         raise NotFound(f"VO {name!r} is not in the catalogue", hint="an admin creates VOs")
@@ -174,7 +155,7 @@ def set_maintainer(uow: UnitOfWork, actor: str, appliance_name: str, user_name: 
     """Add or remove a maintainer; only the owner or an admin may."""
     with uow.writing():
         user = actor_user(uow, actor)
-        appliance = _appliance(uow, appliance_name)
+        appliance = find_appliance(uow, appliance_name)
         if not (user.role is m.Role.ADMIN or appliance.owner_id == user.id):
             raise PermissionDenied(f"only the owner of {appliance_name} or an admin manages its maintainers")
         other = uow.repo.user(user_name)
@@ -187,7 +168,7 @@ def set_maintainer(uow: UnitOfWork, actor: str, appliance_name: str, user_name: 
 
 def get_appliance(uow: UnitOfWork, name: str) -> views.ApplianceView:
     with uow:
-        return views.appliance_view(_appliance(uow, name))
+        return views.appliance_view(find_appliance(uow, name))
 
 
 def list_appliances(uow: UnitOfWork, offset: int, limit: int) -> views.Page[views.ApplianceView]:
@@ -312,14 +293,14 @@ def register_version(uow: UnitOfWork, actor: str, payload: VersionPayload, setti
         raise InvalidPayload([f"{payload.appliance} {payload.version}: {p}" for p in problems])
     digest = payload_digest(payload)
     with uow:  # cheap read first: a repeated publish must not hash the files again
-        _, appliance = _maintained(uow, actor, payload.appliance)
+        _, appliance = maintained(uow, actor, payload.appliance)
         existing = uow.repo.version(appliance, payload.version)
         if existing is not None:
             return _same_or_conflict(existing, digest)
     integrity = [_verify_in_repository(settings, i, img) for i, img in enumerate(payload.images)]
     expires = min(payload.expires or now + VERSION_LIFETIME, now + VERSION_LIFETIME)
     with uow.writing():
-        user, appliance = _maintained(uow, actor, payload.appliance)
+        user, appliance = maintained(uow, actor, payload.appliance)
         existing = uow.repo.version(appliance, payload.version)
         if existing is not None:
             return _same_or_conflict(existing, digest)
@@ -385,12 +366,12 @@ def _image_row(appliance: str, img: ImagePayload, integrity: Integrity) -> m.Ima
 
 def get_version(uow: UnitOfWork, appliance: str, version: str) -> VersionInfo:
     with uow:
-        return views.version_info(_version(uow, _appliance(uow, appliance), version))
+        return views.version_info(find_version(uow, find_appliance(uow, appliance), version))
 
 
 def list_versions(uow: UnitOfWork, appliance: str, offset: int, limit: int) -> views.Page[VersionInfo]:
     with uow:
-        found = _appliance(uow, appliance)
+        found = find_appliance(uow, appliance)
         items = tuple(views.version_info(v) for v in uow.repo.versions(found, offset, limit))
         return views.Page(items, uow.repo.count_versions(found), offset, limit)
 
@@ -405,7 +386,7 @@ def list_images(uow: UnitOfWork, offset: int, limit: int) -> views.Page[ImageInf
 
 def get_image(uow: UnitOfWork, appliance: str, version: str, image_id: int) -> views.ImageDetail:
     with uow:
-        v = _version(uow, _appliance(uow, appliance), version)
+        v = find_version(uow, find_appliance(uow, appliance), version)
         image = uow.repo.image_with_packages(v, image_id)
         if image is None:
             raise NotFound(f"{appliance} {version} has no image {image_id}")
@@ -415,7 +396,7 @@ def get_image(uow: UnitOfWork, appliance: str, version: str, image_id: int) -> v
 def version_images(uow: UnitOfWork, appliance: str, version: str) -> list[views.ImageDetail]:
     """Every image of a version with its packages and manifest (the version page)."""
     with uow:
-        v = _version(uow, _appliance(uow, appliance), version)
+        v = find_version(uow, find_appliance(uow, appliance), version)
         return [views.image_detail(i, appliance, version) for i in uow.repo.images_with_packages(v)]
 
 
@@ -459,8 +440,8 @@ def store_audit(
     """Store (replace) the policy audit of a version; maintainers of the appliance only."""
     checks = _audit_checks(report)
     with uow.writing():
-        user, found = _maintained(uow, actor, appliance)
-        v = _version(uow, found, version)
+        user, found = maintained(uow, actor, appliance)
+        v = find_version(uow, found, version)
         old = uow.repo.audit(v)
         if old is not None:
             uow.repo.delete(old)
@@ -482,195 +463,12 @@ def store_audit(
 
 def get_audit(uow: UnitOfWork, appliance: str, version: str) -> views.AuditView | None:
     with uow:
-        v = _version(uow, _appliance(uow, appliance), version)
+        v = find_version(uow, find_appliance(uow, appliance), version)
         row = uow.repo.audit(v)
         if row is None:
             return None
         stored_by = uow.repo.session.get(m.User, row.stored_by_id)
         return views.audit_view(row, stored_by.name if stored_by else "?")
-
-
-# --- endorsements and VO image lists ---------------------------------------------------------------
-
-
-def _may_endorse(user: m.User, vo: m.Vo) -> bool:
-    return user.role is m.Role.ADMIN or any(u.id == user.id for u in vo.managers)
-
-
-def endorse(uow: UnitOfWork, actor: str, appliance: str, version: str, vo_name: str, ctx: Context) -> ImageListInfo:
-    """Endorse a version for a VO and publish the VO's next signed image list (one transaction)."""
-    now = utcnow()
-    with uow.writing():
-        user = actor_user(uow, actor)
-        vo = _vo(uow, vo_name, for_update=True)
-        if not _may_endorse(user, vo):
-            raise PermissionDenied(f"{actor} is not a manager of VO {vo_name}")
-        v = _version(uow, _appliance(uow, appliance), version)
-        if v.archived or not v.published:
-            raise NotEndorsable(f"{appliance} {version} is archived or unpublished")
-        if v.expires <= now:
-            raise NotEndorsable(f"{appliance} {version} expired on {v.expires:%Y-%m-%d}")
-        audit = uow.repo.audit(v)
-        if audit is None:
-            raise NotEndorsable(f"{appliance} {version} has no stored policy audit", hint="run `invoke audit-image`")
-        if not audit.passed:
-            failed = [c.check_id for c in audit.checks if c.result == "fail"]
-            raise NotEndorsable(f"{appliance} {version} fails the policy audit: {', '.join(failed)}")
-        row = uow.repo.endorsement(v, vo)
-        if row is not None and row.revoked_at is None:
-            latest = uow.repo.latest_image_list(vo)
-            if latest is not None:
-                return views.image_list_info(latest, vo.name, _list_url(ctx, vo.name))
-        if row is None:
-            row = m.Endorsement(version_id=v.id, vo_id=vo.id, endorsed_by_id=user.id, endorsed_at=now)
-            uow.repo.add(row)
-        row.endorsed_by_id, row.endorsed_at, row.revoked_at, row.revoked_by_id = user.id, now, None, None
-        uow.repo.flush()
-        info = _publish_list(uow, vo, ctx, now, f"endorse {appliance} {version}")
-        uow.commit()
-        return info
-
-
-def revoke(uow: UnitOfWork, actor: str, appliance: str, version: str, vo_name: str, ctx: Context) -> ImageListInfo:
-    """Withdraw an endorsement and publish the VO's next signed image list."""
-    now = utcnow()
-    with uow.writing():
-        user = actor_user(uow, actor)
-        vo = _vo(uow, vo_name, for_update=True)
-        if not _may_endorse(user, vo):
-            raise PermissionDenied(f"{actor} is not a manager of VO {vo_name}")
-        v = _version(uow, _appliance(uow, appliance), version)
-        row = uow.repo.endorsement(v, vo)
-        if row is None or row.revoked_at is not None:
-            raise NotFound(f"{appliance} {version} is not endorsed for {vo_name}")
-        row.revoked_at, row.revoked_by_id = now, user.id
-        uow.repo.flush()
-        info = _publish_list(uow, vo, ctx, now, f"revoke {appliance} {version}")
-        uow.commit()
-        return info
-
-
-def archive_version(uow: UnitOfWork, actor: str, appliance: str, version: str, ctx: Context) -> list[ImageListInfo]:
-    """Archive a version; every VO that endorsed it gets a new image list without it."""
-    now = utcnow()
-    with uow.writing():
-        _, found = _maintained(uow, actor, appliance)
-        v = _version(uow, found, version)
-        if v.archived:
-            return []
-        v.archived, v.archived_at = True, now
-        uow.repo.flush()
-        infos = [
-            _publish_list(uow, _vo(uow, vo.name, for_update=True), ctx, now, f"archive {appliance} {version}")
-            for vo in uow.repo.vos_endorsing(v)
-        ]
-        uow.commit()
-        return infos
-
-
-def _list_url(ctx: Context, vo: str) -> str:
-    return f"{ctx.settings.image_list_base}/{vo}/image.list"
-
-
-def _list_content(uow: UnitOfWork, vo: m.Vo, now: datetime) -> list[m.Version]:
-    """Per appliance, the newest endorsed version that is published, not archived and not expired."""
-    newest: dict[int, m.Version] = {}
-    for v in uow.repo.endorsed_versions(vo):
-        if v.archived or not v.published or v.expires <= now:
-            continue
-        held = newest.get(v.appliance_id)
-        if held is None or (v.created, version_sort_key(v.version)) > (held.created, version_sort_key(held.version)):
-            newest[v.appliance_id] = v
-    return sorted(newest.values(), key=lambda v: v.appliance.name)
-
-
-def _content_key(versions: Sequence[m.Version]) -> str:
-    rows = sorted((v.identifier, i.identifier, i.sha512) for v in versions for i in v.images)
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
-
-
-def _publish_list(uow: UnitOfWork, vo: m.Vo, ctx: Context, now: datetime, reason: str) -> ImageListInfo:
-    if ctx.signer is None:
-        raise NotEndorsable(
-            "the catalogue has no signing identity for image lists",
-            hint="set VMI_SIGNING_KEY and VMI_SIGNING_CERT (paths; `invoke dev-ca` makes a throwaway pair)",
-        )
-    content = _list_content(uow, vo, now)
-    previous = uow.repo.latest_image_list(vo)
-    stamp = int(now.strftime("%Y%m%d%H%M%S"))
-    hv_version = max(stamp, previous.hv_version + 1) if previous else stamp
-    expires = now + ctx.settings.list_lifetime
-    refresh = min([expires - ctx.settings.resign_margin, *(v.expires for v in content)])
-    signed = ctx.signer.sign(vo.name, [views.version_info(v) for v in content], hv_version, now, expires)
-    row = m.ImageListVersion(
-        vo_id=vo.id,
-        hv_version=hv_version,
-        created=now,
-        expires=expires,
-        reason=reason[:200],
-        content_key=_content_key(content),
-        entries=sum(len(v.images) for v in content),
-        refresh_after=refresh,
-        signed=signed,
-    )
-    uow.repo.add(row)
-    uow.repo.flush()
-    return views.image_list_info(row, vo.name, _list_url(ctx, vo.name))
-
-
-def current_image_list(uow: UnitOfWork, vo_name: str, ctx: Context) -> bytes:
-    """The newest signed list of a VO; re-signed first when it is near expiry or an entry expired."""
-    now = utcnow()
-    with uow:
-        vo = _vo(uow, vo_name)
-        latest = uow.repo.latest_image_list(vo)
-        if latest is None:
-            raise NotFound(f"VO {vo_name} has no image list yet", hint="a VO manager endorses a version first")
-        if latest.refresh_after > now or ctx.signer is None:
-            return latest.signed
-    refresh_image_list(uow, vo_name, ctx, now)
-    with uow:
-        latest = uow.repo.latest_image_list(_vo(uow, vo_name))
-        assert latest is not None
-        return latest.signed
-
-
-def refresh_image_list(
-    uow: UnitOfWork, vo_name: str, ctx: Context, now: datetime | None = None
-) -> ImageListInfo | None:
-    """Publish a new list if the newest one is due (near expiry, or an entry expired); else None."""
-    now = now or utcnow()
-    with uow.writing():
-        vo = _vo(uow, vo_name, for_update=True)
-        latest = uow.repo.latest_image_list(vo)
-        if latest is None or latest.refresh_after > now:
-            return None  # another request refreshed it meanwhile
-        changed = _content_key(_list_content(uow, vo, now)) != latest.content_key
-        info = _publish_list(uow, vo, ctx, now, "an endorsed version expired" if changed else "re-sign before expiry")
-        uow.commit()
-        return info
-
-
-def refresh_all_image_lists(uow: UnitOfWork, ctx: Context, now: datetime | None = None) -> list[ImageListInfo]:
-    """What the service runs periodically: every due VO list is re-published."""
-    with uow:
-        names = [vo.name for vo in uow.repo.vos_with_endorsements()]
-    return [info for name in names if (info := refresh_image_list(uow, name, ctx, now)) is not None]
-
-
-def endorsed_for(uow: UnitOfWork, vo_name: str) -> list[VersionInfo]:
-    """Versions with an endorsement for the VO in force (whether or not still listed)."""
-    with uow:
-        return [views.version_info(v) for v in uow.repo.endorsed_versions(_vo(uow, vo_name))]
-
-
-def image_list_history(uow: UnitOfWork, vo_name: str, ctx: Context, limit: int = 20) -> list[tuple[ImageListInfo, str]]:
-    with uow:
-        vo = _vo(uow, vo_name)
-        return [
-            (views.image_list_info(r, vo.name, _list_url(ctx, vo.name)), r.reason)
-            for r in uow.repo.image_lists(vo, limit)
-        ]
 
 
 def expiring(now: datetime, within: timedelta, versions: Sequence[VersionInfo]) -> list[VersionInfo]:

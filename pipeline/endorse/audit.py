@@ -28,7 +28,7 @@ from debian.debian_support import Version
 from pipeline.appliance import Appliance, BaseKind, find_appliance
 from pipeline.endorse.disk import open_root
 from pipeline.endorse.policy import CHECK_IDS, CHECKS, AuditContext
-from pipeline.errors import ConfigError
+from pipeline.errors import CatalogueError, ConfigError
 from pipeline.fsutil import write_text_atomic
 from pipeline.log import log, step
 from pipeline.manifest import BuildManifest, InstalledPackage, find_version
@@ -277,6 +277,9 @@ def store_if_registered(settings: Settings, report: AuditReport) -> bool:
         catalogue.store_audit(report.appliance, report.version, report.to_dict())
         log.info("audit stored with %s %s in the catalogue", report.appliance, report.version)
         return True
+    except CatalogueError as e:  # the audit stands on its own; `invoke endorse` stores it again
+        log.warning("audit not stored in the catalogue: %s", e)
+        return False
     finally:
         catalogue.close()
 

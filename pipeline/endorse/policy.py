@@ -323,7 +323,14 @@ SECRET_NAMES = {
     ".pgpass", "krb5.keytab", ".s3cfg", ".boto",
 }  # fmt: skip
 SECRET_PATHS = (re.compile(r"/\.aws/credentials$"), re.compile(r"/\.docker/config\.json$"), re.compile(r"\.keytab$"))
-PRIVATE_KEY = re.compile(rb"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY( BLOCK)?-----")
+# A whole PEM block (header, base64 body, matching footer): code that merely names the header, such as
+# compiled Python of a key parser, is not a key.
+PRIVATE_KEY = re.compile(
+    rb"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY((?: BLOCK)?)-----\r?\n"
+    rb"(?:[A-Za-z-]+: [^\r\n]*\r?\n)*\s*"
+    rb"(?:[A-Za-z0-9+/=]{4,}\r?\n)+"
+    rb"-----END \1PRIVATE KEY\2-----"
+)
 AWS_KEY = re.compile(rb"\b(AKIA|ASIA)[0-9A-Z]{16}\b")
 SCAN_LIMIT = 4 * 1024 * 1024  # keys and credential files are small; big binaries are skipped
 SKIP_TREES = ("/proc/", "/sys/", "/dev/", "/run/")
@@ -342,7 +349,7 @@ def no_private_keys(ctx: AuditContext) -> Finding:
         elif st.st_size <= SCAN_LIMIT:
             data = ctx.root.read_bytes(path, SCAN_LIMIT) or b""
             if b"PRIVATE KEY" in data and (m := PRIVATE_KEY.search(data)):
-                reason = f"{m.group(0).decode()} block"
+                reason = f"-----BEGIN {m.group(1).decode()}PRIVATE KEY----- block"
             elif (b"AKIA" in data or b"ASIA" in data) and AWS_KEY.search(data):
                 reason = "cloud access key id"
         if reason and not _shipped_unchanged(ctx, path):

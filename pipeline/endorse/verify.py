@@ -286,6 +286,8 @@ def _fetch_image(entry: ImageListEntry, folder: Path) -> tuple[Download | None, 
     """
     if not _SAFE_ID.match(entry.identifier):
         return None, f"image {entry.identifier!r}: dc:identifier is not a safe file name; not downloaded"
+    if urlparse(entry.uri).scheme not in ("http", "https", "file"):
+        return None, f"image {entry.identifier}: hv:uri {entry.uri!r} is not an http(s):// or file:// URL"
     final = folder / entry.identifier
     quarantine = folder / QUARANTINE
     if final.exists():

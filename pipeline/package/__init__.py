@@ -125,6 +125,13 @@ def _inputs(
         version_dir, manifest = find_version(settings.output_dir, name, version)
         build_disk = manifest.artifact("build-disk")
         source, fmt = version_dir / build_disk.name, DiskFormat(build_disk.format)
+        actual = source.stat().st_size if source.is_file() else None
+        if actual != build_disk.size:  # cheap guard; the full digest would cost another pass over the disk
+            raise ArtifactError(
+                f"{source}: the build disk is {'missing' if actual is None else f'{actual} bytes'}, "
+                f"the manifest recorded {build_disk.size} bytes",
+                hint=f"rebuild with `invoke build --appliance {name} --force`",
+            )
         return source, fmt, manifest.version, version_dir, source_date_epoch(manifest.created), manifest
     if out is None:
         raise ConfigError("--out is required with --disk: the folder to write the packages into")

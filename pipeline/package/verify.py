@@ -18,6 +18,7 @@ from lxml import etree
 
 from pipeline.errors import VerificationError
 from pipeline.fsutil import CHUNK
+from pipeline.package.formats import qemu_img
 from pipeline.package.images import DiskFormat, inspect_disk
 from pipeline.package.ova import BLOCK, SAFE_NAME, certificate_problems, parse_manifest
 from pipeline.package.ovf import (
@@ -419,7 +420,7 @@ def qemu_img_check(path: Path, member: TarMember, fmt: DiskFormat) -> list[str]:
         f"driver={fmt.value},file.driver=raw,file.offset={member.offset},file.size={member.size},"
         f"file.file.driver=file,file.file.filename={filename}"
     )
-    result = run(["qemu-img", "check", "--image-opts", opts], check=False, limits=QEMU_CHECK_LIMITS, timeout=120)
+    result = run([qemu_img(), "check", "--image-opts", opts], check=False, limits=QEMU_CHECK_LIMITS, timeout=120)
     if result.returncode == 0:
         return []
     detail = (result.stderr or result.stdout).strip().splitlines()

@@ -8,6 +8,7 @@ index is never parsed twice) and compare with Debian's version ordering (python-
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -135,22 +136,19 @@ class ArchiveIndex:
         for pkg in packages:
             if pkg.arch not in (deb_arch, "all"):
                 continue
-            best: tuple[Version, SuiteIndex] | None = None
+            best: tuple[str, SuiteIndex] | None = None
             security_newer = False
             for idx in indexes:
                 available = idx.versions.get(pkg.name)
-                if available is None or available == pkg.version:
-                    continue
-                v = Version(available)
-                if v <= Version(pkg.version):
+                if available is None or available == pkg.version or not newer(available, pkg.version):
                     continue
                 security_newer = security_newer or idx.source.security
-                if best is None or v > best[0]:
-                    best = (v, idx)
+                if best is None or newer(available, best[0]):
+                    best = (available, idx)
             if best is not None:
                 found.append(
                     PackageUpdate(
-                        pkg.name, pkg.arch, pkg.version, str(best[0]), best[1].source.suite, security=security_newer
+                        pkg.name, pkg.arch, pkg.version, best[0], best[1].source.suite, security=security_newer
                     )
                 )
         found.sort(key=lambda u: (not u.security, u.name))
@@ -207,6 +205,12 @@ class ArchiveIndex:
             "etag": headers.get("ETag", old.get("etag")),
         }
         write_text_atomic(path, json.dumps(meta, sort_keys=True))
+
+
+@functools.lru_cache(maxsize=65536)
+def newer(candidate: str, than: str) -> bool:
+    """Debian's ordering (epochs, ``~``, ``+bN``); memoised: the same pairs recur across appliances."""
+    return bool(Version(candidate) > Version(than))
 
 
 def parse_packages_xz(data: bytes, source: str) -> dict[str, str]:

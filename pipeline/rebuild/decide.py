@@ -45,7 +45,7 @@ class Finding:
     detail: str
 
     def __str__(self) -> str:
-        return f"{self.reason}: {self.detail}"
+        return self.detail if self.reason is Reason.UP_TO_DATE else f"{self.reason}: {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -119,10 +119,11 @@ def decide(
     found += found_pkgs
     current += current_pkgs
     age = (now - parse_created(last.created)).total_seconds() / 86400
+    days = f"{age:.0f} day{'' if round(age) == 1 else 's'} old"
     if age > a.rebuild.max_age_days:
-        found.append(Finding(Reason.TOO_OLD, f"{last.version} is {age:.0f} days old (max {a.rebuild.max_age_days})"))
+        found.append(Finding(Reason.TOO_OLD, f"{last.version} is {days} (max {a.rebuild.max_age_days})"))
     else:
-        current.append(Finding(Reason.UP_TO_DATE, f"{last.version} is {age:.0f} days old"))
+        current.append(Finding(Reason.UP_TO_DATE, f"{last.version} is {days}"))
     return Decision(a.name, bool(found), (*found, *current), last.version)
 
 

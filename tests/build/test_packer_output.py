@@ -98,3 +98,18 @@ def test_failure_names_packers_error(tmp_path: Path, monkeypatch: pytest.MonkeyP
         _build_with(tmp_path, monkeypatch, script)
     assert "exit code 1" in str(err.value) or "errored" in str(err.value)
     assert "Provisioning with shell script: seal.sh" in err.value.log_tail
+
+
+def test_packer_tmpdir_stays_short_enough_for_plugin_sockets(tmp_path: Path) -> None:
+    from pipeline.build.packer import packer_tmpdir
+
+    deep = tmp_path / ("x" * 80) / "tmp"
+    with packer_tmpdir(deep) as tmp:
+        assert len(str(tmp)) < 60 and tmp.is_dir() and not deep.exists()
+    assert not tmp.exists()  # the fallback folder is removed with the build
+    short = Path("/tmp") / "vmi-t"
+    try:
+        with packer_tmpdir(short) as tmp:
+            assert tmp == short and tmp.is_dir()
+    finally:
+        short.rmdir()

@@ -1,9 +1,8 @@
 """Catalogue fixtures: a real PostgreSQL server started here, SQLite files, real repository files.
 
-PostgreSQL: ``initdb`` into a temporary folder and ``pg_ctl start`` on a free loopback port, once per
-test session. ``initdb`` refuses to run as root, so as root the server runs as the ``postgres``
-system user (via ``runuser``); as any other user it runs as that user. Each test gets its own
-database, copied from a template that was migrated once (``CREATE DATABASE ... TEMPLATE``).
+PostgreSQL (``pgserver.py``): ``initdb`` into a temporary folder and ``pg_ctl start`` on a free
+loopback port, once per test session. Each test gets its own database, copied from a template that
+was migrated once (``CREATE DATABASE ... TEMPLATE``).
 """
 
 from __future__ import annotations
@@ -11,11 +10,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +21,12 @@ from sqlalchemy import create_engine, text
 from pipeline.catalogue.contract import AppliancePayload, ImagePayload, PackageInfo, VersionPayload
 from pipeline.catalogue.db import migrate
 from pipeline.catalogue.settings import CatalogueSettings
+from tests.catalogue.pgserver import free_port, postgres_server
 
-PG_BIN = Path(os.environ.get("VMI_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PUBLIC = "http://127.0.0.1:8080"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+_free_port = free_port
 
 
 @dataclass
@@ -59,53 +50,14 @@ class PostgresServer:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
-    if not (PG_BIN / "initdb").exists():
-        pytest.fail(f"{PG_BIN}/initdb is missing: install Debian's postgresql (scripts/setup does)")
-    as_root = os.geteuid() == 0
-    base = Path(tempfile.mkdtemp(prefix="vmi-pg-"))
-    data = base / "data"
-    data.mkdir()
-    prefix: list[str] = []
-    if as_root:  # initdb refuses root: run the server as the postgres system user
-        pw = pwd.getpwnam("postgres")
-        for p in (base, data):
-            os.chown(p, pw.pw_uid, pw.pw_gid)
-        base.chmod(0o755)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    subprocess.run(
-        [*prefix, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-    )
-    options = f"-h 127.0.0.1 -p {port} -k {data} -c fsync=off -c full_page_writes=off -c max_connections=200"
-    subprocess.run(
-        [
-            *prefix,
-            str(PG_BIN / "pg_ctl"),
-            "-D",
-            str(data),
-            "-l",
-            str(data / "server.log"),
-            "-o",
-            options,
-            "-w",
-            "start",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    server = PostgresServer("127.0.0.1", port)
-    try:
+    with postgres_server() as (host, port):
+        server = PostgresServer(host, port)
         engine = create_engine(server.url("postgres"), isolation_level="AUTOCOMMIT")
         with engine.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{server.template}"'))
         engine.dispose()
         migrate(server.url(server.template))
         yield server
-    finally:
-        subprocess.run([*prefix, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], check=False)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

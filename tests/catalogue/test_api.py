@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -113,6 +113,8 @@ def test_repository_downloads_are_read_only_and_confined(
     (api.settings.repository_root / "link").symlink_to(secret)  # type: ignore[operator]
     for bad in ("../secret.txt", "%2e%2e/secret.txt", "link", "debian-12", ""):
         assert api.client.get(f"/repo/{bad}").status_code == 404, bad
+    head = api.client.head(f"/repo/{key}")
+    assert head.status_code == 200 and int(head.headers["content-length"]) == len(r.content) and head.content == b""
     assert api.client.put(f"/repo/{key}", content=b"x").status_code == 405
     assert api.client.delete(f"/repo/{key}").status_code == 405
 
@@ -122,6 +124,17 @@ def test_oversized_bodies_and_pages_are_refused(api: Api) -> None:
     r = api.client.post(V, content=big, headers={**api.headers("alice"), "Content-Type": "application/json"})
     assert r.status_code == 413
     assert api.client.get("/api/v1/images?limit=100000").status_code == 422
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit still holds
+        for _ in range(api.settings.max_body_bytes // 65536 + 2):
+            yield b" " * 65536
+
+    r = api.client.post(V, content=chunks(), headers={**api.headers("alice"), "Content-Type": "application/json"})
+    assert r.status_code == 413
+    small = api.client.post(
+        V, content=iter([b"{", b"}"]), headers={**api.headers("alice"), "Content-Type": "application/json"}
+    )
+    assert small.status_code == 422  # a small chunked body reaches the app intact
 
 
 def test_undeclared_routes_are_404_and_openapi_lists_the_api(api: Api) -> None:

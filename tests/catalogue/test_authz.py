@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.catalogue import auth, services
+from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.contract import ImagePayload, VersionPayload
 from pipeline.catalogue.http_client import payload_json
 from pipeline.catalogue.models import Role
@@ -48,10 +48,10 @@ def _version_body(make: Callable[..., ImagePayload], appliance: str) -> Callable
 
 
 def _endorsed(api: Api) -> None:
-    services.endorse(api.uow, "admin", "debian-12", "1.0", VO, _ctx(api))
+    endorsements.endorse(api.uow, "admin", "debian-12", "1.0", VO, _ctx(api))
 
 
-def _ctx(api: Api) -> services.Context:
+def _ctx(api: Api) -> endorsements.Context:
     return api.client.app.state.catalogue.ctx  # type: ignore[no-any-return]
 
 

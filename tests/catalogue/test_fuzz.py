@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalogue import auth, services
+from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.contract import AppliancePayload, VersionPayload
 from pipeline.catalogue.db import make_engine, session_factory
 from pipeline.catalogue.models import Role
@@ -37,7 +37,7 @@ def _seed(server: LiveServer) -> str:
     services.store_audit(uow, "admin", "debian-12", "1.0", PASSING_AUDIT)
     from pipeline.catalogue.client import make_context
 
-    services.endorse(uow, "admin", "debian-12", "1.0", "vo.example.org", make_context(server.settings))
+    endorsements.endorse(uow, "admin", "debian-12", "1.0", "vo.example.org", make_context(server.settings))
     engine.dispose()
     return token
 

@@ -39,3 +39,22 @@ def test_upgrade_from_empty_matches_the_models_and_downgrades(database_url: str)
     assert _tables(database_url) == set()
     migrate(database_url)  # and up again
     assert _tables(database_url) == set(Base.metadata.tables)
+
+
+def _migrate_in_process(url: str) -> None:
+    migrate(url)
+
+
+def test_processes_opening_a_new_database_at_once_migrate_in_turn(database_url: str) -> None:
+    """Parallel publishes on a fresh catalogue: every process migrates or finds it migrated, none fails."""
+    import multiprocessing
+
+    downgrade(database_url, "base")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_migrate_in_process, args=(database_url,)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    assert _tables(database_url) == set(Base.metadata.tables)

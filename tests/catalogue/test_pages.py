@@ -11,7 +11,7 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from pipeline.catalogue import services
+from pipeline.catalogue import endorsements, services
 from pipeline.catalogue.contract import AppliancePayload, PackageInfo, VersionPayload
 from pipeline.catalogue.db import make_engine, session_factory
 from pipeline.catalogue.models import Role
@@ -59,7 +59,7 @@ def _seed(server: LiveServer) -> VersionPayload:
     payload = VersionPayload("debian-12", "2026.11.22", "Monthly rebuild with security updates.", images)
     services.register_version(uow, "alice", payload, server.settings)
     services.store_audit(uow, "alice", "debian-12", "2026.11.22", WAIVED_AUDIT)
-    services.endorse(uow, "alice", "debian-12", "2026.11.22", "vo.example.org", make_context(server.settings))
+    endorsements.endorse(uow, "alice", "debian-12", "2026.11.22", "vo.example.org", make_context(server.settings))
     engine.dispose()
     return payload
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import http.server
 import threading
@@ -66,8 +67,18 @@ def mirror(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         folder = root / "dists" / suite / "main" / "binary-amd64"
         folder.mkdir(parents=True)
         (folder / "Packages.xz").write_bytes(security_packages(versions))
+    with serve_folder(root) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serve_folder(root: Path) -> Iterator[str]:
+    """Serve ``root`` over HTTP on 127.0.0.1 (a mirror, a repository, a catalogue's list URL)."""
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -71,7 +71,7 @@ def _prepend(path: str, text: str) -> Mutation:
     return mutate
 
 
-def _file(path: str, text: str = "x\n") -> Mutation:
+def _file(path: str, text: str | bytes = "x\n") -> Mutation:
     return lambda root: write(root, path, text)
 
 
@@ -182,6 +182,12 @@ def test_each_broken_check_fails_naming_the_file(tmp_path: Path, mirror: str, ca
     assert f"audit FAILED: {check_id}" in report.summary()
 
 
+def test_code_naming_a_pem_header_is_not_a_key(tmp_path: Path, mirror: str) -> None:
+    compiled = b"\x00\x00_SK_START = b'-----BEGIN OPENSSH PRIVATE KEY-----'\x00_SK_END\x00"
+    report = run_audit(tmp_path, mirror, _file("/usr/lib/python3/dist-packages/x/__pycache__/ssh.pyc", compiled))
+    assert report.passed, report.summary()
+
+
 def test_later_drop_in_cannot_reenable_passwords(tmp_path: Path, mirror: str) -> None:
     mutate = _file("/etc/ssh/sshd_config.d/99-late.conf", "PasswordAuthentication yes\nPermitRootLogin yes\n")
     report = run_audit(tmp_path, mirror, mutate)
@@ -263,3 +269,28 @@ def test_guest_symlinks_never_reach_the_host(tmp_path: Path) -> None:
     assert root.read_text("/etc/loop") is None
     assert root.read_text("/../../etc/hostname") == "guest\n"
     shutil.rmtree(top)
+
+
+def test_disk_without_an_ext_root_is_refused(tmp_path: Path) -> None:
+    raw = tmp_path / "fat.raw"
+    with open(raw, "wb") as f:
+        f.truncate(8 * 1024 * 1024)
+    subprocess.run(["sfdisk", "-q", str(raw)], input="label: dos\nstart=2048, type=c\n", text=True, check=True)
+    with pytest.raises(ArtifactError, match="no ext2/3/4 root filesystem"):
+        audit_disk(raw, "raw", scratch=tmp_path / "s", packages=PACKAGES, security=None)
+
+
+def test_implausible_gpt_is_refused(tmp_path: Path) -> None:
+    import struct
+
+    from pipeline.endorse.disk import partitions
+
+    raw = tmp_path / "gpt.raw"
+    with open(raw, "wb") as f:
+        f.truncate(4 * 1024 * 1024)
+    subprocess.run(["sfdisk", "-q", str(raw)], input="label: gpt\nstart=2048, type=L\n", text=True, check=True)
+    with open(raw, "r+b") as f:  # claim a million partition entries
+        f.seek(512 + 80)
+        f.write(struct.pack("<I", 1_000_000))
+    with pytest.raises(ArtifactError, match="implausible GPT"):
+        partitions(raw)

@@ -86,3 +86,25 @@ def test_audit_version_without_a_build(tmp_path: Path, mirror: str) -> None:
 
     with pytest.raises(ArtifactError, match="no built version of debian-12"):
         audit_version(project(tmp_path, mirror), "debian-12")
+
+
+def test_audit_before_publish_is_not_stored_and_an_unreachable_catalogue_only_warns(
+    tmp_path: Path, mirror: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from pipeline.catalogue.client import open_catalogue
+    from pipeline.endorse.audit import store_if_registered
+
+    settings = project(tmp_path, mirror)
+    built_version(settings, good_rootfs(tmp_path / "rootfs"))
+    report = audit_version(settings, "debian-12")
+    catalogue = open_catalogue(settings)
+    try:
+        assert catalogue.get_version("debian-12", "2026.11.22") is None  # not published: nothing stored
+    finally:
+        catalogue.close()
+    offline = project(tmp_path / "other", mirror, catalogue="http://127.0.0.1:9")
+    with caplog.at_level(logging.WARNING, logger="vmi"):
+        assert store_if_registered(offline, report) is False
+    assert "audit not stored in the catalogue" in caplog.text and "unreachable" in caplog.text

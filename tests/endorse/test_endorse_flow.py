@@ -2,26 +2,28 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
+import os
 import shutil
 import subprocess
-import threading
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipeline.appliance import find_appliance
 from pipeline.catalogue.client import open_catalogue
 from pipeline.catalogue.contract import ImagePayload, VersionPayload, appliance_payload
 from pipeline.endorse import endorse_version
+from pipeline.endorse.audit import SecuritySource, audit_disk, audit_version
 from pipeline.endorse.pki import DevCa
 from pipeline.endorse.verify import verify_image_list
 from pipeline.errors import PolicyError, VerificationError
-from pipeline.settings import Settings
-from tests.endorse.disks import good_rootfs, write
+from pipeline.settings import Settings, load_settings
+from tests.endorse.conftest import serve_folder
+from tests.endorse.disks import PACKAGES, good_rootfs, make_disk, write
 from tests.endorse.test_audit_version import built_version, project
 
 VO = "vo.example.org"
@@ -31,11 +33,8 @@ VO = "vo.example.org"
 def served_repository(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     root = tmp_path / "project" / "repository"
     root.mkdir(parents=True)
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve_folder(root) as url:
+        yield root, url
 
 
 @pytest.fixture
@@ -90,6 +89,13 @@ def test_endorse_then_a_site_verifies_and_downloads(
     settings = endorsing
     built_version(settings, good_rootfs(tmp_path / "rootfs"))
     uri = publish(settings, served_repository, "2026.11.22")
+    audit_version(settings, "debian-12", "2026.11.22")  # registered now: the report goes to the catalogue too
+    catalogue = open_catalogue(settings)
+    try:
+        info = catalogue.get_version("debian-12", "2026.11.22")
+        assert info is not None and info.audit_passed is True
+    finally:
+        catalogue.close()
     result = endorse_version(settings, "debian-12", "2026.11.22", VO)
     assert "policy audit passed: 21 checks, 0 waived" in result.summary()
     assert f"endorsed debian-12 2026.11.22 for {VO}" in result.summary()
@@ -148,3 +154,40 @@ def test_waived_failure_can_be_endorsed(
     )
     result = endorse_version(settings, "debian-12", "2026.11.22", VO)
     assert "1 waived" in result.summary() and result.image_list.entries == 1
+
+
+def test_endorse_task_without_a_local_build_uses_the_stored_audit(
+    tmp_path: Path, mirror: str, dev_ca: DevCa, served_repository: tuple[Path, str]
+) -> None:
+    repo_root, url = served_repository
+    env = {
+        "VMI_CATALOGUE": f"sqlite:///{tmp_path / 'catalogue.db'}",
+        "VMI_OUTPUT_DIR": str(tmp_path / "nothing-built-here"),
+        "VMI_WORK_DIR": str(tmp_path / "work"),
+        "VMI_REPOSITORY": repo_root.as_uri(),
+        "VMI_REPOSITORY_PUBLIC_URL": url,
+        "VMI_SIGNING_KEY": str(dev_ca.endorser_key),
+        "VMI_SIGNING_CERT": str(dev_ca.endorser_cert),
+    }
+    root = Path(__file__).resolve().parents[2]
+    settings = load_settings(yaml.safe_load((root / "invoke.yaml").read_text())["vmi"], root, environ=env)
+    disk = make_disk(good_rootfs(tmp_path / "rootfs"), tmp_path / "disk.qcow2")
+    security = SecuritySource(mirror, "bookworm-security", "amd64")
+    report = audit_disk(disk, "qcow2", scratch=tmp_path / "s", packages=PACKAGES, security=security)
+    image = settings.version_dir("debian-12", "2026.11.22") / "build" / "debian-12-2026.11.22.qcow2"
+    image.parent.mkdir(parents=True)
+    shutil.copyfile(disk, image)
+    publish(settings, served_repository, "2026.11.22")
+    shutil.rmtree(settings.output_dir)  # the endorser's machine has no build: the catalogue's audit decides
+    catalogue = open_catalogue(settings)
+    try:
+        catalogue.store_audit("debian-12", "2026.11.22", report.to_dict())
+    finally:
+        catalogue.close()
+    argv = [sys.executable, "-m", "invoke", "endorse", "--appliance", "debian-12", "--version", "2026.11.22"]
+    proc = subprocess.run([*argv, "--vo", VO], cwd=root, env={**os.environ, **env}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert f"endorsed debian-12 2026.11.22 for {VO}" in proc.stdout
+    assert "the catalogue's stored audit decides" in proc.stderr
+    listed = current_list(settings, tmp_path / "image.list")
+    assert verify_image_list(listed, dev_ca.ca_cert, endorser_dn=dev_ca.endorser_dn).images[0].version == "2026.11.22"

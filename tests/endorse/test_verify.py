@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
-import http.server
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +15,7 @@ from pipeline.endorse.imagelist import Endorser, sign_image_list
 from pipeline.endorse.pki import DevCa, Issued, issue_endorser
 from pipeline.endorse.verify import verify_image_list
 from pipeline.errors import VerificationError
+from tests.endorse.conftest import serve_folder
 from tests.endorse.lists import make_entry, make_list
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -238,12 +236,8 @@ def test_download_mismatch_is_quarantined(
 def http_root(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     root = tmp_path / "www"
     root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serve_folder(root) as url:
+        yield root, url
 
 
 def test_over_http_with_download(
@@ -301,3 +295,18 @@ def test_replayed_list_with_the_same_version_but_older_date(
     with pytest.raises(VerificationError) as err:
         verify_image_list(source, dev_ca.ca_cert, state=state)
     assert "seen before: replayed" in problems_of(err)
+
+
+def test_download_refuses_odd_uris_and_identifiers(tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa) -> None:
+    entries = [
+        make_entry(b"x", "/etc/hostname", identifier="local-path"),
+        make_entry(b"y", "file:///dev/null", identifier="../escape"),
+    ]
+    source = write_signed(tmp_path / "l", make_list(endorser_of(endorser_pair), entries), endorser_pair)
+    with pytest.raises(VerificationError) as err:
+        verify_image_list(source, dev_ca.ca_cert, download=tmp_path / "dl")
+    assert err.value.problems == [
+        "image local-path: hv:uri '/etc/hostname' is not an http(s):// or file:// URL",
+        "image '../escape': dc:identifier is not a safe file name; not downloaded",
+    ]
+    assert list((tmp_path / "dl").iterdir()) == []

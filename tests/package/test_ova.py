@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ArtifactError, ConfigError
 from pipeline.manifest import Artifact, BaseRef, BuildManifest, find_version
 from pipeline.package import PackageResult, package_appliance, source_date_epoch
 from pipeline.package.ova import MANIFEST_LINE
@@ -269,3 +270,79 @@ def test_cli_package_and_verify(source_disk: Path, tmp_path: Path) -> None:
     lines = bad.stderr.strip().splitlines()
     assert lines and all(line.startswith(f"{broken}: ") for line in lines)
     assert any("debian-12-3-disk1.vmdk: SHA256 does not match the manifest" in line for line in lines)
+
+
+def test_signing_key_and_certificate_must_match(source_disk: Path, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    key_a, _ = _signer(tmp_path / "a", rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    _, cert_b = _signer(tmp_path / "b", rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    with pytest.raises(ConfigError, match="does not match the key"):
+        package_appliance(
+            settings_for(tmp_path / "o"), "debian-12", version="1", disk=source_disk, out=tmp_path / "out",
+            sign_key=key_a, sign_cert=cert_b,
+        )  # fmt: skip
+    assert not (tmp_path / "out" / "debian-12-1.ova").exists()
+
+
+@pytest.mark.parametrize(
+    ("env", "created", "version", "expected"),
+    [
+        ("1700000000", "2026-11-21T10:00:00Z", "2026.11.22", 1700000000),
+        (None, "2026-11-21T10:00:00Z", "2026.11.22", 1795255200),
+        (None, None, "2026.11.22.3", 1795305600),
+        (None, None, "v1", 0),
+    ],
+)
+def test_member_mtime_never_comes_from_the_clock(
+    monkeypatch: pytest.MonkeyPatch, env: str | None, created: str | None, version: str, expected: int
+) -> None:
+    if env is None:
+        monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    else:
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", env)
+    assert source_date_epoch(created, version) == expected
+
+
+def test_bad_source_date_epoch_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(ConfigError, match="SOURCE_DATE_EPOCH: 'yesterday' is not an integer"):
+        source_date_epoch(None)
+
+
+def test_cli_packages_the_newest_build(tmp_path: Path) -> None:
+    output = tmp_path / "output"
+    _built_version(output, "2026.11.20")
+    version_dir = _built_version(output, "2026.11.21")
+    env = {**os.environ, "VMI_OUTPUT_DIR": str(output)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "invoke", "package", "--appliance", "debian-12", "--raw"],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"recorded in {version_dir / 'manifest.json'}" in proc.stdout
+    roles = {a.role for a in BuildManifest.load(version_dir).artifacts}
+    assert roles == {"build-disk", "ova", "qcow2", "raw", "sha256sums", "sha512sums"}
+    assert not (output / "debian-12" / "2026.11.20" / "debian-12-2026.11.20.ova").exists()
+
+
+def test_a_changed_build_disk_is_refused(tmp_path: Path) -> None:
+    output = tmp_path / "output"
+    version_dir = _built_version(output)
+    disk = version_dir / "build" / "debian-12-2026.11.21.qcow2"
+    with open(disk, "ab") as f:
+        f.write(b"\0" * 512)
+    with pytest.raises(ArtifactError, match="the manifest recorded"):
+        package_appliance(settings_for(output), "debian-12")
+    assert not (version_dir / "debian-12-2026.11.21.ova").exists()
+
+
+def test_ustar_limits_are_enforced_not_overflowed() -> None:
+    from pipeline.package.ova import USTAR_MAX_MEMBER, tar_header
+
+    assert len(tar_header("disk.vmdk", USTAR_MAX_MEMBER, 0)) == 512
+    with pytest.raises(ArtifactError, match="8 GiB"):
+        tar_header("disk.vmdk", USTAR_MAX_MEMBER + 1, 0)
+    for bad in ("../x", "/abs", "a/b", "x" * 101, "ünï"):
+        with pytest.raises(ArtifactError, match="not a safe OVA member name"):
+            tar_header(bad, 1, 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -61,20 +62,33 @@ def mirror(tmp_path: Path) -> Iterator[Mirror]:
         server.server_close()
 
 
-def make_settings(root: Path) -> Settings:
+def make_settings(root: Path, work: Path | None = None) -> Settings:
     """Settings for a project checkout at ``root`` with everything else under ``root``."""
     config = yaml.safe_load((ROOT / "invoke.yaml").read_text())["vmi"]
-    return load_settings(config, root, environ={})
+    return load_settings(config, root, environ={"VMI_WORK_DIR": str(work)} if work else {})
 
 
 @pytest.fixture
-def project(tmp_path: Path) -> Settings:
+def short_work() -> Iterator[Path]:
+    """A scratch folder with a short path: Packer's plugin sockets live there, and a unix socket path
+    longer than 108 bytes makes `packer validate` skip its checks and still exit 0."""
+    base = ROOT / "work" / "t"
+    base.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def project(tmp_path: Path, short_work: Path) -> Settings:
     """A project checkout in tmp_path: the real debian-12 appliance and provisioners."""
     root = tmp_path / "project"
     (root / "packer_templates").mkdir(parents=True)
     shutil.copytree(ROOT / "packer_templates" / "debian-12", root / "packer_templates" / "debian-12")
     shutil.copytree(ROOT / "provisioners", root / "provisioners")
-    return make_settings(root)
+    return make_settings(root, short_work)
 
 
 def manifest(

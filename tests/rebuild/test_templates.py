@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from pipeline.appliance import BaseKind, load_all
+from pipeline.build import validate_appliances
+from pipeline.errors import ConfigError
+from pipeline.rebuild.scaffold import scaffold_appliance
+from pipeline.settings import Settings
 
 from .conftest import ROOT
 
@@ -21,3 +27,27 @@ def test_upstream_image_appliances_load(name: str) -> None:
     # the distribution's own default user and package manager, from the appliance folder
     own = {p.name for p in paths if p.parent == a.directory}
     assert own == ({"cloud-init.sh"} if name == "ubuntu-24.04" else {"upgrade.sh", "cloud-init.sh", "seal.sh"})
+
+
+def test_invoke_validate_passes_for_every_shipped_appliance_and_a_fresh_scaffold(project: Settings) -> None:
+    """`invoke validate` (definitions + `packer validate`) on the repository's appliances plus a new one."""
+    for name in ("ubuntu-24.04", "almalinux-9"):
+        shutil.copytree(ROOT / "packer_templates" / name, project.templates_dir / name)
+    scaffold_appliance(project, "debian-12-science", "debian-12")
+    lines = validate_appliances(project)
+    assert sorted(line.split(":")[0] for line in lines) == [
+        "almalinux-9",
+        "debian-12",
+        "debian-12-science",
+        "ubuntu-24.04",
+    ]
+    assert all(": ok (" in line for line in lines)
+
+
+def test_invoke_validate_catches_a_broken_scaffolded_template(project: Settings) -> None:
+    scaffold_appliance(project, "broken", "debian-12")
+    template = project.templates_dir / "broken" / "broken.pkr.hcl"
+    template.write_text(template.read_text().replace("var.base_image", "var.no_such_variable"))
+    with pytest.raises(ConfigError) as e:
+        validate_appliances(project)
+    assert any(p.startswith(f"{template}: packer validate:") for p in e.value.problems)

@@ -15,12 +15,7 @@ router = APIRouter(prefix="/appliances", tags=["appliances"])
 @router.get("")
 def list_appliances(uow: UowDep, paging: PagingDep) -> Paged[AppliancePublic]:
     page = services.list_appliances(uow, paging.offset, paging.limit)
-    return Paged[AppliancePublic](
-        items=[AppliancePublic.model_validate(a) for a in page.items],
-        total=page.total,
-        offset=page.offset,
-        limit=page.limit,
-    )
+    return Paged[AppliancePublic].of(page)
 
 
 @router.get("/{name}")

@@ -9,7 +9,7 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from pipeline.catalogue import auth, services
+from pipeline.catalogue import auth, endorsements
 from pipeline.catalogue.contract import NotAuthenticated
 from pipeline.catalogue.settings import CatalogueSettings
 from pipeline.catalogue.uow import UnitOfWork
@@ -21,7 +21,7 @@ class AppState:
 
     settings: CatalogueSettings
     sessions: sessionmaker[Session]
-    ctx: services.Context
+    ctx: endorsements.Context
 
 
 def get_state(request: Request) -> AppState:

@@ -14,9 +14,4 @@ router = APIRouter(prefix="/images", tags=["images"])
 @router.get("")
 def list_images(uow: UowDep, paging: PagingDep) -> Paged[ImagePublic]:
     page = services.list_images(uow, paging.offset, paging.limit)
-    return Paged[ImagePublic](
-        items=[ImagePublic.model_validate(i) for i in page.items],
-        total=page.total,
-        offset=page.offset,
-        limit=page.limit,
-    )
+    return Paged[ImagePublic].of(page)

@@ -18,9 +18,7 @@ TokenId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]
 @router.get("/users")
 def list_users(uow: UowDep, actor: ActorDep, paging: PagingDep) -> Paged[UserPublic]:
     page = auth.list_users(uow, actor, paging.offset, paging.limit)
-    return Paged[UserPublic](
-        items=[UserPublic.model_validate(u) for u in page.items], total=page.total, offset=page.offset, limit=page.limit
-    )
+    return Paged[UserPublic].of(page)
 
 
 @router.post("/users", status_code=201)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from pipeline.catalogue import services
+from pipeline.catalogue import endorsements, services
 from pipeline.catalogue.api.deps import ActorDep, PagingDep, StateDep, UowDep
 from pipeline.catalogue.contract import NotFound
 from pipeline.catalogue.schemas import (
@@ -28,12 +28,7 @@ VersionStr = Annotated[str, Path(min_length=1, max_length=20)]
 @router.get("")
 def list_versions(name: Name, uow: UowDep, paging: PagingDep) -> Paged[VersionPublic]:
     page = services.list_versions(uow, name, paging.offset, paging.limit)
-    return Paged[VersionPublic](
-        items=[VersionPublic.model_validate(v) for v in page.items],
-        total=page.total,
-        offset=page.offset,
-        limit=page.limit,
-    )
+    return Paged[VersionPublic].of(page)
 
 
 @router.post("", status_code=201)
@@ -76,7 +71,9 @@ def archive_version(
     name: Name, version: VersionStr, uow: UowDep, actor: ActorDep, state: StateDep
 ) -> list[ImageListPublic]:
     """Archive a version; VOs that endorsed it get a new signed image list without it."""
-    return [ImageListPublic.model_validate(i) for i in services.archive_version(uow, actor, name, version, state.ctx)]
+    return [
+        ImageListPublic.model_validate(i) for i in endorsements.archive_version(uow, actor, name, version, state.ctx)
+    ]
 
 
 @router.post("/{version}/endorsements", tags=["endorsements"])
@@ -84,10 +81,10 @@ def endorse(
     name: Name, version: VersionStr, body: EndorsementCreate, uow: UowDep, actor: ActorDep, state: StateDep
 ) -> ImageListPublic:
     """Endorse for a VO (its managers only; the stored audit must pass): publishes a new signed list."""
-    return ImageListPublic.model_validate(services.endorse(uow, actor, name, version, body.vo, state.ctx))
+    return ImageListPublic.model_validate(endorsements.endorse(uow, actor, name, version, body.vo, state.ctx))
 
 
 @router.delete("/{version}/endorsements/{vo}", tags=["endorsements"])
 def revoke(name: Name, version: VersionStr, vo: Name, uow: UowDep, actor: ActorDep, state: StateDep) -> ImageListPublic:
     """Revoke an endorsement: publishes a new signed list without the version."""
-    return ImageListPublic.model_validate(services.revoke(uow, actor, name, version, vo, state.ctx))
+    return ImageListPublic.model_validate(endorsements.revoke(uow, actor, name, version, vo, state.ctx))

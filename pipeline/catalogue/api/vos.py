@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from pipeline.catalogue import auth, services
+from pipeline.catalogue import auth, endorsements
 from pipeline.catalogue.api.deps import ActorDep, PagingDep, StateDep, UowDep
 from pipeline.catalogue.schemas import ImageListPublic, Name, Paged, VoCreate, VoPublic
 
@@ -14,9 +14,7 @@ router = APIRouter(prefix="/vos", tags=["vos"])
 @router.get("")
 def list_vos(uow: UowDep, paging: PagingDep) -> Paged[VoPublic]:
     page = auth.list_vos(uow, paging.offset, paging.limit)
-    return Paged[VoPublic](
-        items=[VoPublic.model_validate(v) for v in page.items], total=page.total, offset=page.offset, limit=page.limit
-    )
+    return Paged[VoPublic].of(page)
 
 
 @router.post("", status_code=201)
@@ -42,4 +40,4 @@ def remove_manager(vo: Name, user: Name, uow: UowDep, actor: ActorDep) -> VoPubl
 @router.get("/{vo}/image-lists")
 def image_list_history(vo: Name, uow: UowDep, state: StateDep) -> list[ImageListPublic]:
     """Signed list versions of the VO, newest first (the newest is served at /vo/<vo>/image.list)."""
-    return [ImageListPublic.model_validate(info) for info, _ in services.image_list_history(uow, vo, state.ctx)]
+    return [ImageListPublic.model_validate(info) for info, _ in endorsements.image_list_history(uow, vo, state.ctx)]

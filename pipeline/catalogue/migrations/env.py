@@ -7,10 +7,11 @@ import os
 from alembic import context
 from sqlalchemy import Connection
 
-from pipeline.catalogue.db import make_engine
+from pipeline.catalogue.db import WRITE_OPTION, make_engine
 from pipeline.catalogue.models import Base
 
 config = context.config
+MIGRATION_LOCK = 0x766D6963  # "vmic": the advisory lock that serialises migrations on PostgreSQL
 target_metadata = Base.metadata
 
 
@@ -35,7 +36,11 @@ def run_migrations() -> None:
         raise RuntimeError("no database URL: set VMI_CATALOGUE or pass sqlalchemy.url")
     engine = make_engine(url)
     try:
-        with engine.connect() as conn:
+        # Processes that open the catalogue at once (parallel publishes) migrate one after the other:
+        # the lock is taken before Alembic reads the current revision, inside the migration transaction.
+        with engine.connect() as conn, conn.execution_options(**{WRITE_OPTION: True}).begin():
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             _run(conn)
     finally:
         engine.dispose()

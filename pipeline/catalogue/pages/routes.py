@@ -14,7 +14,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
-from pipeline.catalogue import auth, services
+from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.api.deps import StateDep, UowDep
 from pipeline.catalogue.contract import ImageInfo, NotFound
 from pipeline.catalogue.settings import CatalogueSettings
@@ -89,7 +89,7 @@ def vo_index(request: Request, uow: UowDep) -> HTMLResponse:
 def vo(request: Request, vo: Name, uow: UowDep, state: StateDep) -> HTMLResponse:
     found = auth.get_vo(uow, vo)
     try:
-        history = services.image_list_history(uow, vo, state.ctx)
+        history = endorsements.image_list_history(uow, vo, state.ctx)
     except NotFound:
         history = []
     return _render(
@@ -97,6 +97,6 @@ def vo(request: Request, vo: Name, uow: UowDep, state: StateDep) -> HTMLResponse
         "vo.html",
         vo=found,
         history=history,
-        endorsed=services.endorsed_for(uow, vo),
+        endorsed=endorsements.endorsed_for(uow, vo),
         list_url=f"{state.settings.image_list_base}/{vo}/image.list",
     )

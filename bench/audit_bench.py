@@ -1,0 +1,83 @@
+"""Policy audit time: our offline audit against a guest-booting inspection of the same disk.
+
+    .venv/bin/python bench/audit_bench.py [--disk PATH --format qcow2] [--skip-boot]
+
+Default disk: the newest debian-12 reference build (``/work/reference-output``, else
+``$VMI_OUTPUT_DIR``/``output``). Times ``audit_disk`` (qemu-img convert, debugfs rdump, every check,
+the bookworm-security index fetched from the mirror) and ``virt-inspector`` under TCG
+(``LIBGUESTFS_BACKEND=direct``: libguestfs boots its own appliance kernel to read the disk, which is
+what a guest-booting inspection costs here without KVM; it only identifies the OS, no policy checks).
+Prints seconds for each and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.endorse.audit import SecuritySource, audit_disk  # noqa: E402
+from pipeline.manifest import BuildManifest, list_versions  # noqa: E402
+from pipeline.run import run  # noqa: E402
+
+
+def newest_reference() -> tuple[Path, str, BuildManifest | None]:
+    for base in (Path("/work/reference-output"), Path(os.environ.get("VMI_OUTPUT_DIR", ROOT / "output"))):
+        versions = list_versions(base / "debian-12")
+        if versions:
+            version_dir = base / "debian-12" / versions[-1]
+            manifest = BuildManifest.load(version_dir)
+            disk = manifest.artifact("build-disk")
+            return version_dir / disk.name, disk.format, manifest
+    raise SystemExit("no debian-12 build found: pass --disk PATH --format FMT")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--disk", type=Path)
+    parser.add_argument("--format", default="qcow2")
+    parser.add_argument("--skip-boot", action="store_true", help="only time our audit")
+    args = parser.parse_args()
+    if args.disk:
+        disk, fmt, manifest = args.disk, args.format, None
+        beside = args.disk.resolve().parent.parent  # <version_dir>/build/<disk>: use its manifest
+        if (beside / "manifest.json").exists():
+            manifest = BuildManifest.load(beside)
+    else:
+        disk, fmt, manifest = newest_reference()
+    print(f"disk: {disk} ({fmt}, {disk.stat().st_size / 2**20:.0f} MiB)")
+
+    (ROOT / "work").mkdir(exist_ok=True)
+    security = SecuritySource("http://deb.debian.org/debian-security", "bookworm-security", "amd64")
+    with tempfile.TemporaryDirectory(prefix="audit-bench-", dir=ROOT / "work") as scratch:
+        start = time.monotonic()
+        packages = manifest.packages if manifest else None
+        report = audit_disk(disk, fmt, scratch=Path(scratch), packages=packages, security=security)
+        ours = time.monotonic() - start
+    failed = ", ".join(c.id for c in report.failures) or "none"
+    print(f"offline audit (qemu-img + debugfs + {len(report.checks)} checks): {ours:.1f} s  [failed: {failed}]")
+    if args.skip_boot:
+        return
+    # force_tcg: /dev/kvm exists here but does not work, and libguestfs would hang trying it first.
+    # The supermin appliance is cached in work/guestfs-cache, so only the first run pays for building it.
+    cache = ROOT / "work" / "guestfs-cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    cold = not any(cache.iterdir())
+    env = {"LIBGUESTFS_BACKEND": "direct", "LIBGUESTFS_BACKEND_SETTINGS": "force_tcg", "TMPDIR": str(cache)}
+    start = time.monotonic()
+    result = run(["virt-inspector", f"--format={fmt}", "-a", str(disk)], env=env, timeout=3600, check=False)
+    booted = time.monotonic() - start
+    status = "ok" if result.returncode == 0 else f"exit {result.returncode}: {result.stderr.strip()[-200:]}"
+    label = "cold appliance cache" if cold else "warm appliance cache"
+    print(f"guest-booting inspection (virt-inspector, TCG, {label}, inspection only): {booted:.1f} s  [{status}]")
+    print(f"ratio: the booting inspection takes {booted / ours:.1f}x our full audit")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""The no-op `invoke rebuild` decision for 20 appliances (target: under a second).
+
+Sets up a throwaway project under work/bench-rebuild/: the real debian-12 appliance plus 19 layered
+appliances made with `new-appliance` (some layered on layered ones), each with a newest version whose
+manifest has the inputs digest a build would have now and ~this machine's package list at the
+archive's current versions (so nothing needs a rebuild). Then times the decision as `invoke rebuild
+--dry-run` makes it: load definitions, inputs digests (the build's own function), newest manifests,
+package comparison against the live bookworm, bookworm-updates and bookworm-security indexes.
+
+Prints: the cold run (indexes downloaded and parsed), the warm run (the daily case: indexes cached
+and fresh), and the warm run with the tool versions already probed, to show where the time goes.
+Usage: .venv/bin/python bench/rebuild_decision.py
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+
+from pipeline.appliance import build_order, load_all  # noqa: E402
+from pipeline.manifest import Artifact, BaseRef, BuildManifest, InstalledPackage  # noqa: E402
+from pipeline.rebuild.archive import ArchiveIndex, parse_source  # noqa: E402
+from pipeline.rebuild.inputs import current_inputs  # noqa: E402
+from pipeline.rebuild.plan import make_plan, select  # noqa: E402
+from pipeline.rebuild.scaffold import scaffold_appliance  # noqa: E402
+from pipeline.settings import Settings, load_settings  # noqa: E402
+
+APPLIANCES = 20
+VERSION = "2026.11.20"
+SOURCES = (
+    "deb http://deb.debian.org/debian bookworm main",
+    "deb http://deb.debian.org/debian bookworm-updates main",
+    "deb http://deb.debian.org/debian-security bookworm-security main",
+)
+
+
+def project(root: Path) -> Settings:
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "packer_templates").mkdir(parents=True)
+    shutil.copytree(ROOT / "packer_templates" / "debian-12", root / "packer_templates" / "debian-12")
+    shutil.copytree(ROOT / "provisioners", root / "provisioners")
+    config = yaml.safe_load((ROOT / "invoke.yaml").read_text())["vmi"]
+    settings = load_settings(config, root, environ={})
+    names = ["debian-12"]
+    for i in range(1, APPLIANCES):
+        base = names[(i - 1) // 3]  # a tree: some appliances are layered on layered ones
+        name = f"community-{i:02d}"
+        scaffold_appliance(settings, name, base)
+        names.append(name)
+    return settings
+
+
+def current_packages(archive: ArchiveIndex) -> tuple[InstalledPackage, ...]:
+    """This machine's installed packages, at the newest version the archive has (a patched system)."""
+    out = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package}\t${Architecture}\n"], capture_output=True, text=True, check=True
+    ).stdout
+    newest: dict[str, str] = {}
+    for line in SOURCES:
+        src = parse_source(line)
+        assert src is not None
+        for name, version in archive.index(src, src.index_urls("amd64")[0]).versions.items():
+            newest.setdefault(name, version)
+            if newest[name] != version:
+                from debian.debian_support import Version
+
+                if Version(version) > Version(newest[name]):
+                    newest[name] = version
+    pkgs = [
+        InstalledPackage(name, newest[name], arch)
+        for name, arch in (ln.split("\t") for ln in out.splitlines())
+        if name in newest and arch in ("amd64", "all")
+    ]
+    return tuple(pkgs)
+
+
+def write_manifests(settings: Settings, packages: tuple[InstalledPackage, ...]) -> None:
+    apps = load_all(settings.templates_dir, settings.provisioners_dir)
+    inputs_of = current_inputs(settings)
+    for a in build_order(apps.values()):  # a layered appliance's digest reads its base's manifest
+        digest, components = inputs_of(a)
+        if a.base.appliance:
+            base = BaseRef("appliance", f"{a.base.appliance}@{VERSION}", "sha256:" + "1" * 64, SOURCES)
+        else:
+            base = BaseRef("bootstrap", "bookworm http://deb.debian.org/debian", "sha256:" + "0" * 64, SOURCES)
+        disk = Artifact(f"build/{a.name}-{VERSION}.qcow2", "build-disk", "qcow2", 1, "2" * 64, "3" * 128)
+        manifest = BuildManifest(
+            appliance=a.name,
+            version=VERSION,
+            created=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            inputs_digest=digest,
+            inputs=dict(components),
+            git_commit=None,
+            tools={},
+            accel="tcg",
+            os={"family": "linux", "name": "Debian", "version": "12"},
+            arch="x86_64",
+            base=base,
+            packages=packages,
+            artifacts=(disk,),
+            timings={},
+        )
+        folder = settings.version_dir(a.name, VERSION)
+        folder.mkdir(parents=True, exist_ok=True)
+        manifest.save(folder)
+
+
+def decide_once(settings: Settings, fresh_seconds: float, inputs_of=None) -> tuple[float, list[str]]:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    apps = select(settings, None)
+    archive = ArchiveIndex(settings.cache_dir / "archive", fresh_seconds=fresh_seconds)
+    plan = make_plan(settings, apps, inputs_of or current_inputs(settings), archive, datetime.now(UTC))
+    return time.perf_counter() - start, plan.to_rebuild
+
+
+def main() -> None:
+    settings = project(ROOT / "work" / "bench-rebuild")
+    shutil.rmtree(settings.cache_dir / "archive", ignore_errors=True)
+    t = time.perf_counter()
+    packages = current_packages(ArchiveIndex(settings.cache_dir / "archive"))
+    fetch = time.perf_counter() - t
+    write_manifests(settings, packages)
+    print(f"{APPLIANCES} appliances, {len(packages)} packages each, indexes: {', '.join(SOURCES)}")
+    print(f"  indexes downloaded and parsed (first run ever): {fetch:.2f} s")
+
+    # cold for the decision: index files cached but stale -> conditional GETs to the mirror
+    cold, stale = decide_once(settings, fresh_seconds=0)
+    print(f"  decision, indexes revalidated with the mirror: {cold:.3f} s  (rebuild: {stale or 'nothing'})")
+    warm, stale = decide_once(settings, fresh_seconds=600)
+    print(f"  decision, the no-op daily case (indexes fresh): {warm:.3f} s  (rebuild: {stale or 'nothing'})")
+    probed = current_inputs(settings)
+    decide_once(settings, 600, probed)
+    no_probe, stale = decide_once(settings, 600, probed)
+    print(f"  of which without probing tool versions again: {no_probe:.3f} s")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"target: under 1 s for the no-op decision: {'met' if warm < 1 else 'NOT met'} ({warm:.3f} s)")
+    print(f"  (machine load average while measuring: {load}; {os.cpu_count()} cores)")
+
+
+if __name__ == "__main__":
+    main()
