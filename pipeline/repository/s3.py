@@ -351,7 +351,7 @@ class S3Repository:
                     done[number] = old
                     bar.update(len(data))
                     continue
-                if any(f.done() and f.exception() for f in futures):
+                if any(sent.done() and sent.exception() for sent in futures):  # stop reading once a part failed
                     break
                 slots.acquire()
                 fut = pool.submit(self._send_part, key, full, record.upload_id, number, data, part_sha, bar, journal)
@@ -361,10 +361,11 @@ class S3Repository:
                     break
             wait(futures, return_when=FIRST_EXCEPTION)
             for fut in futures:
-                if fut.exception() is not None:
+                error = fut.exception()
+                if error is not None:
                     for other in futures:
                         other.cancel()
-                    raise fut.exception()  # type: ignore[misc]
+                    raise error
                 part = fut.result()
                 done[part.number] = part
         got = Digests(size, sha256.hexdigest(), sha512.hexdigest())
