@@ -12,15 +12,17 @@ from pipeline.catalogue.client import open_catalogue
 from pipeline.fsutil import hash_file
 from pipeline.manifest import BuildManifest
 from pipeline.publish import release_appliance
-from tests.conftest import reference_settings
+from pipeline.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.build]
 
 
-def test_release_ends_in_the_catalogue(reference_build: tuple[Path, BuildManifest], tmp_path: Path) -> None:
+def test_release_ends_in_the_catalogue(
+    reference_settings: Settings, reference_build: tuple[Path, BuildManifest], tmp_path: Path
+) -> None:
     version_dir, built = reference_build
     settings = dataclasses.replace(
-        reference_settings(),
+        reference_settings,
         repository=(tmp_path / "repository").as_uri(),
         catalogue=f"sqlite:///{tmp_path / 'catalogue.db'}",
     )
