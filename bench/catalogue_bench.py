@@ -174,9 +174,8 @@ def main() -> None:
             migrate(url)
             started = time.perf_counter()
             seed(settings, args.versions)
-            print(
-                f"database: {args.database}; seeded {args.versions} versions in {time.perf_counter() - started:.1f} s"
-            )
+            took, load = time.perf_counter() - started, ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(f"database: {args.database}; seeded {args.versions} versions in {took:.1f} s; load average {load}")
             with serve(settings, port, work / "serve.log") as base_url:
                 endpoints = {
                     "version list (50/page)": f"{base_url}/api/v1/appliances/debian-12/versions?limit=50",
