@@ -108,8 +108,8 @@ def serve(settings: CatalogueSettings, port: int, log: Path) -> Iterator[str]:
     try:
         deadline = time.monotonic() + 60
         while True:
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(f"{url}/api/v1/openapi.json", timeout=2).ok:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/api/v1/openapi.json", timeout=10).ok:
                     break
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the catalogue did not start:\n" + log.read_text())
