@@ -117,6 +117,8 @@ rm -f /var/mail/"$BUILD_USER" /var/spool/mail/"$BUILD_USER"
 systemctl stop systemd-random-seed.service 2>/dev/null || true
 rm -f /var/lib/systemd/random-seed /var/lib/systemd/credential.secret
 rm -rf /var/log/journal/* /tmp/* /var/tmp/*
+# stopping gettys (UtmpIdentifier=) and systemd-update-utmp writes wtmp records: stop them first
+systemctl stop 'getty@*.service' 'serial-getty@*.service' systemd-update-utmp.service 2>/dev/null || true
 for f in /var/log/wtmp /var/log/btmp /var/log/lastlog; do [ -f "\$f" ] && : > "\$f"; done
 sync
 # H17: free space reads as zeros (discard=unmap turns trimmed blocks into holes); dd is the fallback

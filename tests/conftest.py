@@ -19,6 +19,7 @@ def project_root() -> Path:
     return ROOT
 
 
+@pytest.fixture(scope="session")
 def reference_settings() -> Settings:
     """The project's settings with the build output in ``$VMI_TEST_OUTPUT`` (default
     ``<repo>/work/test-output``) and the build cache in ``<repo>/.cache/vmi``."""
@@ -33,7 +34,7 @@ def reference_settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def reference_build() -> tuple[Path, BuildManifest]:
+def reference_build(reference_settings: Settings) -> tuple[Path, BuildManifest]:
     """The debian-12 reference appliance, built with the real pipeline (Packer + QEMU).
 
     Returns ``(version_dir, manifest)``. The first run builds (about 5 minutes here); afterwards the
@@ -43,5 +44,5 @@ def reference_build() -> tuple[Path, BuildManifest]:
     from pipeline.log import setup_logging
 
     setup_logging()
-    result = build_appliance(reference_settings(), "debian-12")
+    result = build_appliance(reference_settings, "debian-12")
     return result.version_dir, result.manifest

@@ -22,6 +22,7 @@ from pipeline.errors import BuildError, CommandError
 from pipeline.log import log
 
 COMMA = "%!(PACKER_COMMA)"
+CONSOLE_ONLY = "vmi_console_only"  # log-record flag: shown on the terminal, not repeated in build.log
 
 # Packer's ui "say" lines that start the phases we time (English text of packer 1.6 builder/qemu).
 _PHASES: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -173,7 +174,10 @@ def packer_build(
     argv = [run.find_tool("packer"), "build", "-machine-readable", *_var_args(variables), str(template)]
     state = PackerRun()
     start = time.monotonic()
-    show = on_progress or (lambda text: log.info("    [%4.0fs] %s", time.monotonic() - start, text))
+    # progress goes to the console only: the raw line is in the log already
+    show = on_progress or (
+        lambda text: log.info("    [%4.0fs] %s", time.monotonic() - start, text, extra={CONSOLE_ONLY: True})
+    )
 
     def on_line(line: str) -> None:
         log_file.write(line + "\n")
