@@ -208,7 +208,7 @@ def _upload_all(repository: Repository, plan: PublishPlan) -> list[PutResult]:
 
 
 def catalogue_page(settings: Settings, name: str, version: str) -> str:
-    return f"{settings.catalogue_public_url.rstrip('/')}/appliances/{name}/versions/{version}"
+    return f"{settings.catalogue_public_url.rstrip('/')}/appliances/{name}/{version}"
 
 
 # -- release: build + package + publish ---------------------------------------------------------
