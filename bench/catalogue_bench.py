@@ -108,8 +108,8 @@ def serve(settings: CatalogueSettings, port: int, log: Path) -> Iterator[str]:
     try:
         deadline = time.monotonic() + 60
         while True:
-            with contextlib.suppress(requests.ConnectionError):
-                if requests.get(f"{url}/api/v1/openapi.json", timeout=2).ok:
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{url}/api/v1/openapi.json", timeout=10).ok:
                     break
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the catalogue did not start:\n" + log.read_text())
@@ -174,9 +174,8 @@ def main() -> None:
             migrate(url)
             started = time.perf_counter()
             seed(settings, args.versions)
-            print(
-                f"database: {args.database}; seeded {args.versions} versions in {time.perf_counter() - started:.1f} s"
-            )
+            took, load = time.perf_counter() - started, ", ".join(f"{x:.1f}" for x in os.getloadavg())
+            print(f"database: {args.database}; seeded {args.versions} versions in {took:.1f} s; load average {load}")
             with serve(settings, port, work / "serve.log") as base_url:
                 endpoints = {
                     "version list (50/page)": f"{base_url}/api/v1/appliances/debian-12/versions?limit=50",

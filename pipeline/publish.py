@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline.appliance import Appliance, find_appliance
 from pipeline.catalogue.client import open_catalogue
@@ -43,6 +44,7 @@ PUBLISHED: tuple[tuple[str, bool], ...] = (
     ("sha512sums", True),
 )
 IMAGE_ROLES = ("ova", "qcow2")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -166,16 +168,20 @@ def publish_version(
         try:
             puts = _upload_all(repository, plan)
             with step("register in the catalogue"):
-                catalogue.ensure_appliance(appliance_payload(plan.appliance))
-                try:
-                    registered = catalogue.register_version(plan.payload)
-                except VersionConflict:
-                    # a concurrent publish of the same version may have won the race: registration is
-                    # idempotent, so asking again returns that version if its content is ours
-                    registered = catalogue.register_version(plan.payload)
+                _once_more_on_conflict(lambda: catalogue.ensure_appliance(appliance_payload(plan.appliance)))
+                registered = _once_more_on_conflict(lambda: catalogue.register_version(plan.payload))
         finally:
             catalogue.close()
     return PublishResult(plan, False, tuple(puts), registered, catalogue_page(settings, name, plan.manifest.version))
+
+
+def _once_more_on_conflict(call: Callable[[], T]) -> T:
+    """A concurrent publish of the same version may win a race in the catalogue; both calls are
+    idempotent, so asking again returns what the winner wrote if it is the same (else the conflict)."""
+    try:
+        return call()
+    except VersionConflict:
+        return call()
 
 
 def _upload_all(repository: Repository, plan: PublishPlan) -> list[PutResult]:
@@ -190,16 +196,19 @@ def _upload_all(repository: Repository, plan: PublishPlan) -> list[PutResult]:
             if result.outcome is not PutOutcome.PRESENT:  # PRESENT was verified by put itself
                 problems = repository.verify(upload.key, upload.digests)
                 if problems:
+                    # ours (this run created it) and never registered: remove it so no one downloads it
+                    repository.delete(upload.key)
                     raise UploadError(
-                        f"{repository.url}: what landed at {upload.key} is not what was sent: " + "; ".join(problems),
-                        hint="the object is kept for inspection; delete it and publish again",
+                        f"{repository.url}: what landed at {upload.key} is not what was sent (removed): "
+                        + "; ".join(problems),
+                        hint="the bytes were damaged on the way; publish again",
                     )
         puts.append(result)
     return puts
 
 
 def catalogue_page(settings: Settings, name: str, version: str) -> str:
-    return f"{settings.catalogue_public_url.rstrip('/')}/appliances/{name}/versions/{version}"
+    return f"{settings.catalogue_public_url.rstrip('/')}/appliances/{name}/{version}"
 
 
 # -- release: build + package + publish ---------------------------------------------------------

@@ -162,21 +162,8 @@ def _run_packer(
         work / "seed", meta_data(f"vmi-build-{uuid.uuid4()}", "vmi-build"), build_user_data(BUILD_USER, key.public_text)
     )
     out_dir = work / "packer-out"
-    variables = {
-        "base_image": str(base_disk),
-        "output_directory": str(out_dir),
-        "vm_name": disk_out.name,
-        "accelerator": accel,
-        "cpus": str(min(2, os.cpu_count() or 1)),
-        "memory": str(max(GUEST_MEMORY_MB, appliance.hardware.ram_min_mb)),
-        "seed_dir": str(seed),
-        "ssh_username": BUILD_USER,
-        "ssh_private_key_file": str(key.private),
-        "scripts": json.dumps([str(p) for p in appliance.provisioner_paths(settings.provisioners_dir)]),
-        "package_list": str(work / "packages.tsv"),
-        "serial_log": str(work / "serial.log"),
-        **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in appliance.variables.items()},
-    }
+    variables = template_variables(appliance, settings, work, base_disk, out_dir, disk_out.name, seed, key.private)
+    variables["accelerator"] = accel
     try:
         result = packer.packer_build(appliance.template_path, variables, work / "tmp", log_file)
     finally:
@@ -189,6 +176,34 @@ def _run_packer(
     disk_out.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(produced, disk_out)
     return result
+
+
+def template_variables(
+    appliance: Appliance,
+    settings: Settings,
+    work: Path,
+    base_disk: Path,
+    out_dir: Path,
+    vm_name: str,
+    seed_dir: Path,
+    private_key: Path,
+) -> dict[str, str]:
+    """The variables every appliance template receives from the pipeline (README "Building an image"),
+    then the appliance's own ``variables``, which may override the defaults (cpus, memory...)."""
+    return {
+        "base_image": str(base_disk),
+        "output_directory": str(out_dir),
+        "vm_name": vm_name,
+        "cpus": str(min(2, os.cpu_count() or 1)),
+        "memory": str(max(GUEST_MEMORY_MB, appliance.hardware.ram_min_mb)),
+        "seed_dir": str(seed_dir),
+        "ssh_username": BUILD_USER,
+        "ssh_private_key_file": str(private_key),
+        "scripts": json.dumps([str(p) for p in appliance.provisioner_paths(settings.provisioners_dir)]),
+        "package_list": str(work / "packages.tsv"),
+        "serial_log": str(work / "serial.log"),
+        **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in appliance.variables.items()},
+    }
 
 
 def read_package_list(path: Path) -> tuple[InstalledPackage, ...]:
@@ -307,17 +322,9 @@ def validate_appliances(settings: Settings) -> list[str]:
         placeholder = work / "base.qcow2"
         placeholder.touch()
         for appliance in appliances.values():
-            variables = {
-                "base_image": str(placeholder),
-                "output_directory": str(work / "out"),
-                "vm_name": f"{appliance.name}.qcow2",
-                "seed_dir": str(seed),
-                "ssh_private_key_file": str(key.private),
-                "scripts": json.dumps([str(p) for p in appliance.provisioner_paths(settings.provisioners_dir)]),
-                "package_list": str(work / "packages.tsv"),
-                "serial_log": str(work / "serial.log"),
-                **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in appliance.variables.items()},
-            }
+            variables = template_variables(
+                appliance, settings, work, placeholder, work / "out", f"{appliance.name}.qcow2", seed, key.private
+            )
             found = packer.validate_template(appliance.template_path, variables, work / "tmp")
             problems += found
             if not found:

@@ -19,7 +19,7 @@ from typing import TextIO
 from pipeline import run
 from pipeline.appliance import Arch, Bootstrap
 from pipeline.errors import BuildError, PipelineError
-from pipeline.fsutil import atomic_path, hash_file
+from pipeline.fsutil import atomic_path, hash_file, write_text_atomic
 from pipeline.log import log
 
 MAX_AGE = 24 * 3600.0
@@ -110,7 +110,21 @@ def make_rootfs(
         log.info("rootfs from cache (%.0f min old): %s", age, tarball.name[:16])
     else:
         _run_mmdebstrap(bootstrap, arch, sources, tarball, work_dir, log_file)
-    return Rootfs(tarball, hash_file(tarball).sha256, sources, ref)
+    return Rootfs(tarball, tarball_sha256(tarball), sources, ref)
+
+
+def tarball_sha256(tarball: Path) -> str:
+    """sha256 of the tarball, remembered beside it (hashing half a GiB on every build costs seconds)."""
+    sidecar = tarball.with_name(tarball.name + ".sha256")
+    stat = tarball.stat()
+    stamp = f"{stat.st_size}:{stat.st_mtime_ns}"
+    if sidecar.is_file():
+        recorded_stamp, _, digest = sidecar.read_text().strip().partition(" ")
+        if recorded_stamp == stamp and len(digest) == 64:
+            return digest
+    digest = hash_file(tarball).sha256
+    write_text_atomic(sidecar, f"{stamp} {digest}\n")
+    return digest
 
 
 def _run_mmdebstrap(

@@ -126,9 +126,8 @@ def public_router() -> APIRouter:
     """Stable URLs outside /api/v1: the signed VO image lists and the file repository."""
     router = APIRouter(tags=["image lists"])
 
-    @router.api_route(
+    @router.get(
         "/vo/{vo}/image.list",
-        methods=["GET", "HEAD"],
         response_class=Response,
         responses={
             200: {"content": {"text/plain": {}}, "description": "the S/MIME signed HEPiX list"},
@@ -139,9 +138,8 @@ def public_router() -> APIRouter:
         """The newest signed image list of a VO (re-signed first when it is close to expiry)."""
         return Response(endorsements.current_image_list(uow, vo, state.ctx), media_type="text/plain")
 
-    @router.api_route(
+    @router.get(
         "/repo/{key:path}",
-        methods=["GET", "HEAD"],
         response_class=FileResponse,
         responses={200: {"content": {"application/octet-stream": {}}}, 404: {"model": ErrorPublic}},
         tags=["repository"],
@@ -150,6 +148,9 @@ def public_router() -> APIRouter:
         """Read-only downloads from the file:// repository the pipeline publishes to."""
         return FileResponse(repository_file(state.settings.repository_root, key), media_type="application/octet-stream")
 
+    # HEAD (sites probe sizes) answers like GET without a body; one operation in the OpenAPI description
+    router.add_api_route("/vo/{vo}/image.list", image_list, methods=["HEAD"], include_in_schema=False)
+    router.add_api_route("/repo/{key:path}", repository, methods=["HEAD"], include_in_schema=False)
     return router
 
 

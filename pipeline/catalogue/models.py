@@ -206,6 +206,7 @@ class AuditReport(Base):
     stored_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     passed: Mapped[bool] = mapped_column(Boolean)  # every check passes or is waived
     report: Mapped[dict[str, Any]]
+    stored_by: Mapped[User] = relationship(lazy="joined")
     checks: Mapped[list[AuditCheck]] = relationship(order_by="AuditCheck.id", cascade="all, delete-orphan")
 
 

@@ -456,7 +456,8 @@ def store_audit(
         )
         uow.repo.add(row)
         uow.repo.flush()
-        view = views.audit_view(row, user.name)
+        row.stored_by = user
+        view = views.audit_view(row)
         uow.commit()
         return view
 
@@ -467,8 +468,7 @@ def get_audit(uow: UnitOfWork, appliance: str, version: str) -> views.AuditView 
         row = uow.repo.audit(v)
         if row is None:
             return None
-        stored_by = uow.repo.session.get(m.User, row.stored_by_id)
-        return views.audit_view(row, stored_by.name if stored_by else "?")
+        return views.audit_view(row)
 
 
 def expiring(now: datetime, within: timedelta, versions: Sequence[VersionInfo]) -> list[VersionInfo]:

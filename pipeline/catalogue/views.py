@@ -158,10 +158,10 @@ def version_info(v: m.Version) -> VersionInfo:
     )
 
 
-def audit_view(a: m.AuditReport, stored_by: str) -> AuditView:
+def audit_view(a: m.AuditReport) -> AuditView:
     return AuditView(
         a.stored,
-        stored_by,
+        a.stored_by.name,
         a.passed,
         tuple(AuditCheckView(c.check_id, c.result, c.evidence, c.reason) for c in a.checks),
     )

@@ -157,14 +157,18 @@ def _openssl_verify(raw: bytes, ca: Path, work: Path) -> tuple[bytes | None, lis
     result = run([*argv, "-signer", str(signers), "-out", str(payload)], check=False)
     certs = x509.load_pem_x509_certificates(signers.read_bytes()) if signers.exists() and signers.stat().st_size else []
     if result.returncode != 0:
-        reasons = [
-            line.split("Verify error:", 1)[1].strip() if "Verify error:" in line else line.strip()
-            for line in result.stderr.splitlines()
-            if "error" in line.lower() and line.strip()
-        ]
+        reasons = [_openssl_reason(line) for line in result.stderr.splitlines() if "error" in line.lower()]
         shown = "; ".join(dict.fromkeys(r for r in reasons if r)) or f"openssl exit code {result.returncode}"
         return None, certs, [f"S/MIME signature does not verify against {ca}: {shown}"]
     return payload.read_bytes(), certs, []
+
+
+def _openssl_reason(line: str) -> str:
+    """The human part of an OpenSSL error line (``PID:error:CODE:LIB:FUNC:REASON:FILE:LINE:``)."""
+    if "Verify error:" in line:
+        return line.split("Verify error:", 1)[1].strip()
+    parts = line.split(":")
+    return parts[5].strip() if len(parts) > 5 and parts[1] == "error" else line.strip()
 
 
 def _embedded_certificates(der: bytes) -> list[x509.Certificate]:

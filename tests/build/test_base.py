@@ -132,3 +132,16 @@ def test_failed_build_names_the_step_and_leaves_nothing(scratch_project: Setting
     assert "full log:" in (err.value.hint or "")
     out = settings.output_dir / "debian-12"
     assert [p.name for p in out.iterdir()] == []
+    assert not list(settings.work_dir.glob("build-*"))  # scratch space, build key included, is gone
+
+
+def test_existing_version_is_not_overwritten_without_force(scratch_project: Settings) -> None:
+    from pipeline.errors import ConfigError
+
+    existing = scratch_project.output_dir / "debian-12" / "2026.01.02"
+    existing.mkdir(parents=True)
+    (existing / "keep.txt").write_text("published")
+    with pytest.raises(ConfigError, match="version 2026.01.02 exists already") as err:
+        build_appliance(scratch_project, "debian-12", version="2026.01.02")
+    assert "--force" in (err.value.hint or "")
+    assert (existing / "keep.txt").read_text() == "published"

@@ -117,3 +117,15 @@ def test_find_up_to_date_needs_same_digest_and_intact_disk(tmp_path: Path) -> No
     assert find_up_to_date(tmp_path, "b" * 64) is None
     disk.write_bytes(b"truncated")
     assert find_up_to_date(tmp_path, "a" * 64) is None
+
+
+def test_rootfs_digest_is_remembered_until_the_tarball_changes(tmp_path: Path) -> None:
+    from pipeline.build.bootstrap import tarball_sha256
+
+    tarball = tmp_path / "rootfs.tar"
+    tarball.write_bytes(b"one")
+    assert tarball_sha256(tarball) == hash_file(tarball).sha256
+    sidecar = tmp_path / "rootfs.tar.sha256"
+    assert sidecar.read_text().split()[1] == hash_file(tarball).sha256
+    tarball.write_bytes(b"two, longer")  # new size and mtime: the remembered digest is stale
+    assert tarball_sha256(tarball) == hash_file(tarball).sha256

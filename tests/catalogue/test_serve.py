@@ -42,9 +42,9 @@ def test_invoke_serve_bootstraps_an_admin_token(tmp_path: Path) -> None:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if requests.get(f"{url}/api/v1/openapi.json", timeout=2).ok:
+                if requests.get(f"{url}/api/v1/openapi.json", timeout=10).ok:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)

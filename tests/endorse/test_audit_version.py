@@ -108,3 +108,30 @@ def test_audit_before_publish_is_not_stored_and_an_unreachable_catalogue_only_wa
     with caplog.at_level(logging.WARNING, logger="vmi"):
         assert store_if_registered(offline, report) is False
     assert "audit not stored in the catalogue" in caplog.text and "unreachable" in caplog.text
+
+
+def test_audit_image_task_exit_codes(tmp_path: Path, mirror: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    settings = project(tmp_path, mirror)
+    for name in ("tasks.py", "invoke.yaml"):  # the same CLI, run from the temporary checkout
+        shutil.copyfile(ROOT / name, settings.root / name)
+    built_version(settings, good_rootfs(tmp_path / "good"), "2026.11.22")
+    bad = good_rootfs(tmp_path / "bad")
+    write(bad, "/root/.bash_history", "ls\n")
+    built_version(settings, bad, "2026.11.22.1")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def audit_image(version: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "invoke", "audit-image", "--appliance", "debian-12", "--version", version]
+        return subprocess.run(argv, cwd=settings.root, env=env, capture_output=True, text=True)
+
+    ok = audit_image("2026.11.22")
+    assert ok.returncode == 0, ok.stderr
+    assert "audit passed: 21 checks, 0 waived" in ok.stdout
+    failing = audit_image("2026.11.22.1")
+    assert failing.returncode == 1
+    assert "FAIL   histories" in failing.stdout and "/root/.bash_history exists" in failing.stdout
+    assert json.loads((settings.version_dir("debian-12", "2026.11.22.1") / AUDIT_FILE).read_text())["result"] == "fail"

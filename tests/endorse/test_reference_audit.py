@@ -1,7 +1,7 @@
 """The real debian-12 reference build passes the policy audit with no waivers.
 
-Needs the root ``reference_build`` fixture (the build engineer's real Packer + QEMU build); the
-security check fetches bookworm-security's index from the appliance's mirror, as the build did.
+Uses the root ``reference_build`` fixture (the real Packer + QEMU build); the security check
+fetches bookworm-security's index from the appliance's mirror, as the build did.
 """
 
 from __future__ import annotations
@@ -19,12 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 @pytest.mark.build
-def test_reference_image_passes_without_waivers(request: pytest.FixtureRequest, tmp_path: Path) -> None:
-    try:
-        version_dir, manifest = request.getfixturevalue("reference_build")
-    except pytest.FixtureLookupError:
-        pytest.skip("the root conftest's reference_build fixture (branch build) is not merged here yet")
-    assert isinstance(manifest, BuildManifest)
+def test_reference_image_passes_without_waivers(reference_build: tuple[Path, BuildManifest], tmp_path: Path) -> None:
+    version_dir, manifest = reference_build
     appliance = find_appliance(ROOT / "packer_templates", "debian-12", ROOT / "provisioners")
     disk = manifest.artifact("build-disk")
     report = audit_disk(

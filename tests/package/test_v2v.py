@@ -80,16 +80,13 @@ def test_virt_v2v_checks_our_manifest(v2v_env: dict[str, str], source_disk: Path
 
 
 def _reference_build(request: pytest.FixtureRequest) -> tuple[Path, BuildManifest]:
-    """The real debian-12 build: the root conftest's `reference_build`, else a copy left for us, else skip."""
-    try:
-        found: tuple[Path, BuildManifest] = request.getfixturevalue("reference_build")
-        return found
-    except pytest.FixtureLookupError:
-        pass
+    """The real debian-12 build: a copy the build engineer left on this machine (saves a 5-minute build),
+    else the root conftest's session fixture `reference_build` (what CI uses)."""
     versions = sorted(p.parent for p in REFERENCE_OUTPUT.glob("*/manifest.json"))
-    if not versions:
-        pytest.skip("no real debian-12 build available (reference_build fixture or /work/reference-output)")
-    return versions[-1], BuildManifest.load(versions[-1])
+    if versions:
+        return versions[-1], BuildManifest.load(versions[-1])
+    found: tuple[Path, BuildManifest] = request.getfixturevalue("reference_build")
+    return found
 
 
 @pytest.mark.slow
@@ -105,7 +102,9 @@ def test_virt_v2v_converts_the_real_debian_12_ova(
     assert ova.name in result.summary()
     converted = tmp_path / "converted"
     converted.mkdir()
-    proc = v2v(v2v_env, "-i", "ova", ova, "-o", "local", "-os", converted, "-of", "qcow2", timeout=1800)
+    proc = v2v(
+        v2v_env, "-i", "ova", ova, "-o", "local", "-os", converted, "-of", "qcow2", timeout=3600
+    )  # ~4 min on a quiet machine; 30+ under heavy shared load
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     disks = sorted(converted.glob("*-sda"))
     assert disks, list(converted.iterdir())

@@ -40,7 +40,9 @@ def any_request(method: str, target: str) -> bool:
 @dataclass
 class Rule:
     match: Match
-    action: str  # "fail" (an S3 error reply), "reset" (close without reply), "hold" (before forwarding), "hold-reply"
+    # "fail" (an S3 error reply), "corrupt" (flip a byte of the body), "reset" (close without a reply),
+    # "hold" (before forwarding), "hold-reply" (after the store answered)
+    action: str
     times: int = 1  # how many matching requests it acts on
     status: int = 503  # what "fail" answers with, and its S3 error code
     code: str = "ServiceUnavailable"
@@ -94,6 +96,8 @@ class FaultProxy:
                     self.close_connection = True
                     self.connection.shutdown(2)
                     return
+                if rule is not None and rule.action == "corrupt" and body:
+                    body = bytes([body[0] ^ 0xFF]) + body[1:]  # a flipped byte the store does not notice
                 if rule is not None and rule.action == "hold":
                     rule.reached.set()
                     rule.release.wait(600)
@@ -145,5 +149,6 @@ class FaultProxy:
         self.server.shutdown()
         self.server.server_close()
 
-    def statuses(self, match: Match) -> list[int]:
-        return [status for method, target, status in self.log if match(method, target)]
+    def statuses(self, match: Match, path: str = "") -> list[int]:
+        """Statuses of the logged requests ``match`` accepts (and whose target contains ``path``), in order."""
+        return [status for method, target, status in self.log if match(method, target) and path in target]

@@ -171,6 +171,7 @@ def test_concurrent_publishes_from_two_machines(
     settings_a, packaged = setup(tmp_path / "a", bucket, proxy.url)
     settings_b, _ = setup(tmp_path / "b", bucket, proxy.url)
     catalogue = settings_a.catalogue
+    all_versions(settings_a)  # the catalogue exists before publishers arrive (as a service would)
     holds = [proxy.add(Rule(complete_upload, "hold")), proxy.add(Rule(complete_upload, "hold"))]
     a = spawn(["publish", "--appliance", "debian-12"], env_for(settings_a, proxy.url), tmp_path / "a.log")
     b = spawn(["publish", "--appliance", "debian-12"], env_for(settings_b, proxy.url, catalogue), tmp_path / "b.log")
@@ -179,11 +180,12 @@ def test_concurrent_publishes_from_two_machines(
     # let one complete reach the store first (moto, unlike S3, does not make the If-None-Match check
     # and the write atomic for two requests arriving in the same instant)
     holds[0].release.set()
-    wait_for(lambda: proxy.statuses(complete_upload) == [200])
+    ova = ".ova?uploadId="
+    wait_for(lambda: proxy.statuses(complete_upload, ova) == [200])
     holds[1].release.set()
     assert a.wait(WAIT) == 0, (tmp_path / "a.log").read_text()
     assert b.wait(WAIT) == 0, (tmp_path / "b.log").read_text()
-    assert proxy.statuses(complete_upload)[:2] == [200, 412]  # the OVA: one writer wins, the other is refused
+    assert proxy.statuses(complete_upload, ova) == [200, 412]  # one writer wins, the other is refused
     logs = (tmp_path / "a.log").read_text() + (tmp_path / "b.log").read_text()
     assert logs.count("debian-12-2026.11.22.ova: already there, verified") == 1
     assert_published_once(settings_a, packaged, s3_objects(s3, bucket))
@@ -206,3 +208,18 @@ def test_transient_errors_during_publish(tmp_path: Path, s3: Any, bucket: str, p
     assert proxy.statuses(upload_part).count(503) == 1 and proxy.statuses(upload_part).count(0) == 1
     assert 503 in proxy.statuses(complete_upload) and 0 in proxy.statuses(put_object)
     assert open_uploads(s3, bucket) == []
+
+
+def test_bytes_damaged_on_the_way_are_caught_and_removed(
+    tmp_path: Path, s3: Any, bucket: str, proxy: FaultProxy
+) -> None:
+    """A store that does not check checksums (moto, like some S3-compatible ones) keeps a damaged
+    part; the read-back verification catches it, removes the object, registers nothing; a rerun fixes it."""
+    settings, packaged = setup(tmp_path, bucket, proxy.url)
+    proxy.add(Rule(upload_part, "corrupt", after=1))
+    proc = run_invoke(["publish", "--appliance", "debian-12"], env_for(settings, proxy.url))
+    assert proc.returncode == 2
+    assert "debian-12-2026.11.22.ova is not what was sent (removed)" in proc.stderr
+    assert "sha256 is" in proc.stderr
+    assert s3_objects(s3, bucket) == {} and all_versions(settings) == []
+    rerun_completes(settings, s3, bucket, packaged, proxy.url)

@@ -98,7 +98,7 @@ def test_publish_to_a_folder_registers_once_and_is_idempotent(tmp_path: Path) ->
     first = publish_version(settings, "debian-12", tuning=TUNING)
     assert [p.outcome for p in first.puts] == [PutOutcome.UPLOADED] * 4
     assert "registered in the catalogue" in first.summary()
-    assert first.catalogue_url == "http://127.0.0.1:8080/appliances/debian-12/versions/2026.11.22"
+    assert first.catalogue_url == "http://127.0.0.1:8080/appliances/debian-12/2026.11.22"
     assert_published_once(settings, packaged, folder_contents(tmp_path / "repository"))
     version = registered(settings)
     assert version is not None and version.images[0].integrity == "verified"  # the catalogue hashed the files
@@ -175,7 +175,7 @@ def test_invoke_publish_to_s3(tmp_path: Path, s3: Any, bucket: str, moto_endpoin
     proc = run_invoke(["publish", "--appliance", "debian-12"], s3_env(settings))
     assert proc.returncode == 0, proc.stderr
     assert "debian-12/2026.11.22/debian-12-2026.11.22.ova: uploaded, verified" in proc.stdout
-    assert "catalogue: http://127.0.0.1:8080/appliances/debian-12/versions/2026.11.22" in proc.stdout
+    assert "catalogue: http://127.0.0.1:8080/appliances/debian-12/2026.11.22" in proc.stdout
     assert_published_once(settings, packaged, s3_objects(s3, bucket))
     head = s3.head_object(Bucket=bucket, Key="images/debian-12/2026.11.22/debian-12-2026.11.22.ova")
     assert head["Metadata"]["sha512"] == packaged.manifest.artifact("ova").sha512
@@ -285,3 +285,25 @@ def test_progress_bar_with_rate_and_eta_on_a_terminal(tmp_path: Path) -> None:
 
     quiet = run_invoke(["publish", "--appliance", "debian-12"], settings_env(settings))
     assert "100%|" not in quiet.stderr  # no bar when stderr is not a terminal
+
+
+def test_embedded_defaults_the_printed_url_shows_the_version_and_serves_the_files(tmp_path: Path) -> None:
+    """Folder repository + SQLite catalogue: the URL publish prints is the catalogue's page of the
+    version, and the image URIs it registered download the published bytes from the service."""
+    from fastapi.testclient import TestClient
+
+    from pipeline.catalogue.app import create_app
+    from pipeline.catalogue.settings import catalogue_settings
+
+    settings = make_settings(tmp_path, (tmp_path / "repository").as_uri())
+    packaged = make_packaged_version(settings.output_dir)
+    result = publish_version(settings, "debian-12", tuning=TUNING)
+    assert result.catalogue_url is not None and result.registered is not None
+    with TestClient(create_app(catalogue_settings(settings), refresh_seconds=None)) as client:
+        page = client.get(result.catalogue_url.removeprefix(settings.catalogue_public_url))
+        assert page.status_code == 200 and "2026.11.22" in page.text
+        for image in result.registered.images:
+            assert image.sha512 in page.text
+            download = client.get(image.uri.removeprefix("http://127.0.0.1:8080"))
+            assert download.status_code == 200
+            assert download.content == (packaged.directory / Path(image.uri).name).read_bytes()

@@ -27,7 +27,7 @@ def test_release_ends_in_the_catalogue(reference_build: tuple[Path, BuildManifes
     result = release_appliance(settings, "debian-12")
     version = built.version
     assert result.publish.plan.version_dir == version_dir
-    url = f"http://127.0.0.1:8080/appliances/debian-12/versions/{version}"
+    url = f"http://127.0.0.1:8080/appliances/debian-12/{version}"
     assert result.summary().endswith(f"run `invoke serve`, then open {url}")
 
     manifest = BuildManifest.load(version_dir)  # now with the package artifacts
