@@ -63,7 +63,8 @@ def load_settings(config: Mapping[str, Any], root: Path, environ: Mapping[str, s
         raise ConfigError([f"invoke.yaml: vmi.{k}: is not a known setting" for k in unknown])
     missing = []
     for name in _FIELDS:
-        value = env.get(f"VMI_{name.upper()}", config.get(name))
+        # an empty variable counts as unset (CI systems export unset repository variables as "")
+        value = env.get(f"VMI_{name.upper()}") or config.get(name)
         if value is None and name not in ("s3_endpoint_url", "s3_profile"):
             missing.append(f"invoke.yaml: vmi.{name}: is required")
         values[name] = value

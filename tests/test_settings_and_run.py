@@ -32,6 +32,12 @@ def test_settings_resolve_relative_paths_and_env_overrides(tmp_path: Path) -> No
     assert s.version_dir("debian-12", "2026.01.01") == tmp_path / "output/debian-12/2026.01.01"
 
 
+def test_empty_environment_variable_counts_as_unset(tmp_path: Path) -> None:
+    s = load_settings(BASE, tmp_path, environ={"VMI_REPOSITORY": "", "VMI_ACCEL": ""})
+    assert s.repository == f"file://{tmp_path.resolve()}/repository"
+    assert s.accel == "auto"
+
+
 def test_settings_reject_unknown_and_bad_values(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"vmi.colour: is not a known setting"):
         load_settings(BASE | {"colour": "red"}, tmp_path, environ={})

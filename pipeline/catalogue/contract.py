@@ -70,6 +70,10 @@ class NotEndorsable(CatalogueError):
 # --- payloads (what a caller sends) ---------------------------------------------------------------
 
 
+# Maintainers are told about versions that expire within this many days (pages, rebuild log).
+EXPIRY_WARNING_DAYS = 5
+
+
 @dataclass(frozen=True)
 class PackageInfo:
     name: str

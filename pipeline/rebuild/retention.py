@@ -16,13 +16,13 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from pipeline.appliance import Appliance
-from pipeline.catalogue.contract import NotFound
+from pipeline.catalogue.contract import EXPIRY_WARNING_DAYS, NotFound
 from pipeline.errors import PipelineError
 from pipeline.log import log
 from pipeline.manifest import version_sort_key
 from pipeline.rebuild.plan import format_table
 
-WARN_DAYS = 5
+WARN_DAYS = EXPIRY_WARNING_DAYS
 
 
 # What retention needs of the catalogue and the repository (pipeline.catalogue / pipeline.repository

@@ -16,14 +16,14 @@ from fastapi.templating import Jinja2Templates
 
 from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.api.deps import StateDep, UowDep
-from pipeline.catalogue.contract import ImageInfo, NotFound
+from pipeline.catalogue.contract import EXPIRY_WARNING_DAYS, ImageInfo, NotFound
 from pipeline.catalogue.settings import CatalogueSettings
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 Name = Annotated[str, PathParam(max_length=64)]
 Version = Annotated[str, PathParam(max_length=20)]
-EXPIRY_WARNING = timedelta(days=30)
+EXPIRY_WARNING = timedelta(days=EXPIRY_WARNING_DAYS)
 
 
 def download_url(settings: CatalogueSettings, image: ImageInfo) -> str | None:
