@@ -21,13 +21,11 @@ from pipeline.package.ovf import HardwareProfile
 
 from .helpers import settings_for
 
-REFERENCE_OUTPUT = Path("/work/reference-output/debian-12")
-
 
 @pytest.fixture(scope="session")
 def v2v_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     if shutil.which("virt-v2v") is None:
-        pytest.skip("virt-v2v is not installed (apt-get install virt-v2v nbdkit libnbd-bin)")
+        pytest.fail("virt-v2v is not installed: run ./scripts/setup (apt-get install virt-v2v nbdkit libnbd-bin)")
     base = tmp_path_factory.mktemp("libguestfs")
     (base / "cache").mkdir()
     (base / "tmp").mkdir()
@@ -79,22 +77,12 @@ def test_virt_v2v_checks_our_manifest(v2v_env: dict[str, str], source_disk: Path
     assert "does not match manifest" in proc.stderr
 
 
-def _reference_build(request: pytest.FixtureRequest) -> tuple[Path, BuildManifest]:
-    """The real debian-12 build: a copy the build engineer left on this machine (saves a 5-minute build),
-    else the root conftest's session fixture `reference_build` (what CI uses)."""
-    versions = sorted(p.parent for p in REFERENCE_OUTPUT.glob("*/manifest.json"))
-    if versions:
-        return versions[-1], BuildManifest.load(versions[-1])
-    found: tuple[Path, BuildManifest] = request.getfixturevalue("reference_build")
-    return found
-
-
 @pytest.mark.slow
 @pytest.mark.build
 def test_virt_v2v_converts_the_real_debian_12_ova(
-    request: pytest.FixtureRequest, v2v_env: dict[str, str], tmp_path: Path
+    reference_build: tuple[Path, BuildManifest], v2v_env: dict[str, str], tmp_path: Path
 ) -> None:
-    version_dir, manifest = _reference_build(request)
+    version_dir, manifest = reference_build
     disk = version_dir / manifest.artifact("build-disk").name
     out = tmp_path / "package"
     result = package_appliance(settings_for(tmp_path / "o"), "debian-12", version=manifest.version, disk=disk, out=out)
