@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/audit_bench.py [--disk PATH --format qcow2] [--skip-boot]
 
-Default disk: the newest debian-12 reference build (``/work/reference-output``, else
-``$VMI_OUTPUT_DIR``/``output``). Times ``audit_disk`` (qemu-img convert, debugfs rdump, every check,
+Default disk: the newest debian-12 build in ``$VMI_TEST_OUTPUT`` (the tests' reference build), else
+``$VMI_OUTPUT_DIR``/``output``. Times ``audit_disk`` (qemu-img convert, debugfs rdump, every check,
 the bookworm-security index fetched from the mirror) and ``virt-inspector`` under TCG
 (``LIBGUESTFS_BACKEND=direct``: libguestfs boots its own appliance kernel to read the disk, which is
 what a guest-booting inspection costs here without KVM; it only identifies the OS, no policy checks).
@@ -28,7 +28,11 @@ from pipeline.run import run  # noqa: E402
 
 
 def newest_reference() -> tuple[Path, str, BuildManifest | None]:
-    for base in (Path("/work/reference-output"), Path(os.environ.get("VMI_OUTPUT_DIR", ROOT / "output"))):
+    candidates = (
+        Path(os.environ.get("VMI_TEST_OUTPUT", ROOT / "work" / "test-output")),
+        Path(os.environ.get("VMI_OUTPUT_DIR", ROOT / "output")),
+    )
+    for base in candidates:
         versions = list_versions(base / "debian-12")
         if versions:
             version_dir = base / "debian-12" / versions[-1]
