@@ -149,7 +149,7 @@ def _qcow2_extension_problems(head: bytes, offset: int) -> list[str]:
 
 # Lines allowed in an embedded VMDK descriptor (oslo.utils' whitelist idea): anything else is refused.
 _VMDK_LINE = re.compile(
-    r'^(#.*|\s*|version=\d+|CID=[0-9a-fA-F]{8}|parentCID=ffffffff|encoding="[A-Za-z0-9-]+"|'
+    r'^(#.*|\s*|version=\d+|CID=[0-9a-fA-F]{1,8}|parentCID=ffffffff|encoding="[A-Za-z0-9-]+"|'
     r'createType="[A-Za-z]+"|ddb\.[A-Za-z0-9.]+ = "[^"\n]*")$'
 )
 _VMDK_EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS) (\d+) ([A-Z]+)(?: "([^"]*)")?(?: \d+)?$')
