@@ -1,0 +1,56 @@
+"""Shared bounds for property-based fuzzing of every reader of outside input.
+
+CI runs the ``ci`` profile (a fixed derandomised seed, a fixed number of cases); a longer search
+is ``HYPOTHESIS_PROFILE=long`` (see README "Tests"). Each case must also stay inside a time and a
+memory bound: a parser that is merely correct but takes seconds or hundreds of MiB on a small hostile
+input is a defect (a site verifies what strangers send it).
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from hypothesis import HealthCheck, settings
+
+T = TypeVar("T")
+
+settings.register_profile(
+    "ci",
+    derandomize=True,
+    max_examples=200,
+    deadline=None,  # the explicit bound below is what counts; CI machines are noisy
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+settings.register_profile(
+    "long",
+    max_examples=20_000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    print_blob=True,
+)
+
+
+@contextmanager
+def bounded(seconds: float = 2.0, memory_bytes: int = 64 * 2**20) -> Iterator[None]:
+    """Fail the case if the block takes longer than ``seconds`` or its Python allocations peak above
+    ``memory_bytes`` (tracemalloc: what the parser itself allocates)."""
+    tracemalloc.start()
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        elapsed = time.monotonic() - start
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert elapsed <= seconds, f"case took {elapsed:.2f}s (bound {seconds}s)"
+    assert peak <= memory_bytes, f"case peaked at {peak / 2**20:.1f} MiB (bound {memory_bytes / 2**20:.0f} MiB)"
+
+
+def run_bounded(fn: Callable[[], T], seconds: float = 2.0, memory_bytes: int = 64 * 2**20) -> T:
+    with bounded(seconds, memory_bytes):
+        return fn()
