@@ -49,8 +49,12 @@ class Limits:
 
     cpu_seconds: int | None = None
     address_space_bytes: int | None = None
+    # the largest file the child may write (SIGXFSZ beyond it): a tool copying files out of an image
+    file_size_bytes: int | None = None
 
     def apply(self) -> None:  # runs in the child, before exec
+        if self.file_size_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.file_size_bytes, self.file_size_bytes))
         if self.cpu_seconds is not None:
             resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds))
         if self.address_space_bytes is not None:

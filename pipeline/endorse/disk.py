@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import stat
 import struct
 import tempfile
@@ -21,15 +22,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from pipeline.errors import ArtifactError
+from pipeline.errors import ArtifactError, CommandError
 from pipeline.log import log
-from pipeline.run import Limits, find_tool, run
+from pipeline.run import Limits, Result, find_tool, run
 
 SECTOR = 512
 EXT_MAGIC_OFFSET = 1024 + 0x38
 EXT_MAGIC = b"\x53\xef"
 GPT_PROTECTIVE = 0xEE
 QEMU_IMG_LIMITS = Limits(cpu_seconds=120, address_space_bytes=2 * 1024**3)  # qemu-img on an image we did not write
+# A small image can hold a sparse file of terabytes, and debugfs writes holes out as zeros: cap each
+# copied file, and give the copy time in proportion to the image (plus a floor for small ones).
+MAX_FILE_BYTES = 4 * 1024**3
+MAX_VIRTUAL_BYTES = 2 * 1024**4
+COPY_SECONDS_FLOOR = 300.0
+COPY_SECONDS_PER_GIB = 120.0
 MAX_SYMLINK_HOPS = 40
 TOOL_HINTS = {"debugfs": "install Debian's 'e2fsprogs' package"}
 
@@ -71,9 +78,15 @@ def inspect_format(disk: Path, fmt: str) -> int:
     data_file = (info.get("format-specific") or {}).get("data", {}).get("data-file")
     if data_file:
         problems.append(f"has an external data file {data_file!r}")
+    virtual: object = info.get("virtual-size")
+    if not isinstance(virtual, int) or virtual <= 0:
+        problems.append(f"qemu-img reports no usable virtual size ({virtual!r})")
+    elif virtual > MAX_VIRTUAL_BYTES:
+        problems.append(f"virtual size {virtual} bytes is over the audit's cap of {MAX_VIRTUAL_BYTES} bytes")
     if problems:
         raise ArtifactError(f"{disk}: refusing to inspect: " + "; ".join(problems))
-    return int(info["virtual-size"])
+    assert isinstance(virtual, int)
+    return virtual
 
 
 def _has_ext_magic(f: os.PathLike[str] | str, offset: int) -> bool:
@@ -204,10 +217,13 @@ class RootFs:
 
 
 @contextlib.contextmanager
-def open_root(disk: Path, fmt: str, scratch: Path) -> Iterator[tuple[RootFs, DiskInfo]]:
+def open_root(
+    disk: Path, fmt: str, scratch: Path, max_file_bytes: int = MAX_FILE_BYTES
+) -> Iterator[tuple[RootFs, DiskInfo]]:
     """Copy the root filesystem of ``disk`` (declared ``fmt``) into ``scratch`` and yield it read-only.
 
-    The scratch copy (a raw conversion and the extracted tree) is removed when the block ends.
+    The scratch copy (a raw conversion and the extracted tree) is removed when the block ends. No
+    file of the copy may exceed ``max_file_bytes``, and the copy gets time in proportion to the disk.
     """
     if not disk.is_file():
         raise ArtifactError(f"{disk}: disk image not found")
@@ -227,7 +243,7 @@ def open_root(disk: Path, fmt: str, scratch: Path) -> Iterator[tuple[RootFs, Dis
         top = work / f"root-{uuid.uuid4().hex[:8]}"
         top.mkdir()
         debugfs = find_tool("debugfs", TOOL_HINTS["debugfs"])
-        result = run([debugfs, "-c", "-R", f"rdump / {top}", f"{raw}?offset={part.start}"], timeout=1800)
+        result = _copy_out(debugfs, raw, part, top, disk, max_file_bytes)
         noise = [line for line in result.stderr.splitlines() if line and not line.startswith("debugfs ")]
         if noise:
             log.debug("debugfs: %s", "; ".join(noise[:10]))
@@ -238,6 +254,24 @@ def open_root(disk: Path, fmt: str, scratch: Path) -> Iterator[tuple[RootFs, Dis
         yield RootFs(top, str(disk)), DiskInfo(fmt, virtual_size, part)
     finally:
         _remove_tree(work)
+
+
+def _copy_out(debugfs: str, raw: Path, part: Partition, top: Path, disk: Path, max_file_bytes: int) -> Result:
+    """``debugfs rdump`` of the root filesystem, each file capped, the whole bounded in time."""
+    timeout = COPY_SECONDS_FLOOR + COPY_SECONDS_PER_GIB * part.size / 1024**3
+    argv = [debugfs, "-c", "-R", f"rdump / {top}", f"{raw}?offset={part.start}"]
+    try:
+        result = run(argv, timeout=timeout, limits=Limits(file_size_bytes=max_file_bytes), check=False)
+    except CommandError as e:
+        raise ArtifactError(f"{disk}: copying the root filesystem out took over {timeout:.0f}s (audit bound)") from e
+    if result.returncode == -signal.SIGXFSZ:
+        raise ArtifactError(
+            f"{disk}: a file in the root filesystem is larger than {max_file_bytes} bytes "
+            "(the audit's per-file cap; sparse files count at their full size)"
+        )
+    if result.returncode != 0:
+        raise ArtifactError(f"{disk}: debugfs could not read the root filesystem (exit {result.returncode})")
+    return result
 
 
 def _remove_tree(path: Path) -> None:
