@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import gzip
 import json
-import lzma
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,16 +20,16 @@ from typing import Any
 
 import requests
 import yaml
-from debian.deb822 import Packages
-from debian.debian_support import Version
 
 from pipeline.appliance import Appliance, BaseKind, find_appliance
 from pipeline.endorse.disk import open_root
 from pipeline.endorse.policy import CHECK_IDS, CHECKS, AuditContext
 from pipeline.errors import CatalogueError, ConfigError
+from pipeline.formats import debian_index
 from pipeline.fsutil import write_text_atomic
 from pipeline.log import log, step
 from pipeline.manifest import BuildManifest, InstalledPackage, find_version
+from pipeline.netutil import get_capped
 from pipeline.settings import Settings
 
 AUDIT_FILE = "audit.json"
@@ -40,6 +38,7 @@ FORMAT_VERSION = 1
 DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
 DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 FETCH_TIMEOUT = 60.0
+MAX_COMPRESSED_INDEX_BYTES = 64 * 1024**2
 
 
 class CheckStatus(enum.StrEnum):
@@ -164,24 +163,30 @@ class SecuritySource:
 
 
 def fetch_security_index(source: SecuritySource) -> dict[tuple[str, str], str]:
-    """(package, arch) -> newest version in the suite's ``Packages`` index (xz, else gz)."""
+    """(package, arch) -> newest version in the suite's ``Packages`` index (xz, else gz), bounded in
+    size and time (a mirror is outside input)."""
     index: dict[tuple[str, str], str] = {}
+    session = requests.Session()
     for component in source.components:
         base = f"{source.mirror.rstrip('/')}/dists/{source.suite}/{component}/binary-{source.arch}/Packages"
         text = None
-        for suffix, unpack in ((".xz", lzma.decompress), (".gz", gzip.decompress)):
-            response = requests.get(base + suffix, timeout=FETCH_TIMEOUT)
+        for suffix, compression in ((".xz", "xz"), (".gz", "gz")):
+            response = get_capped(session, base + suffix, timeout=FETCH_TIMEOUT, limit=MAX_COMPRESSED_INDEX_BYTES)
             if response.status_code == 404:
                 continue
-            response.raise_for_status()
-            text = unpack(response.content).decode("utf-8", errors="replace")
+            if response.status_code != 200:
+                raise requests.HTTPError(f"{base}{suffix}: HTTP {response.status_code}")
+            try:
+                text = debian_index.decompress_checked(response.content, compression).decode("utf-8", "replace")
+            except debian_index.BadIndex as e:
+                raise requests.RequestException(f"{base}{suffix}: {e}") from e
             break
         if text is None:
             raise requests.HTTPError(f"{base}.xz and .gz: not found")
-        for para in Packages.iter_paragraphs(text, use_apt_pkg=False):
-            key = (para["Package"], para.get("Architecture", source.arch))
-            if key not in index or Version(para["Version"]) > Version(index[key]):
-                index[key] = para["Version"]
+        for name, arch, version in debian_index.iter_versions(text):
+            key = (name, arch or source.arch)
+            if key not in index or debian_index.newer(version, index[key]):
+                index[key] = version
     return index
 
 
@@ -209,7 +214,7 @@ def audit_disk(
         try:
             with step(f"fetch the {security.suite} package index"):
                 ctx_kwargs["security_index"] = fetch_security_index(security)
-        except (requests.RequestException, lzma.LZMAError, OSError) as e:
+        except (requests.RequestException, OSError) as e:
             ctx_kwargs["security_error"] = f"{security.describe()}: {e}"
     results = []
     with step(f"open {disk.name} read-only ({fmt})"), open_root(disk, fmt, scratch) as (root, info):

@@ -374,7 +374,14 @@ def no_pending_security_updates(ctx: AuditContext) -> Finding:
     pending = []
     for p in packages:
         newer = ctx.security_index.get((p.name, p.arch)) or ctx.security_index.get((p.name, "all"))
-        if newer is not None and Version(newer) > Version(p.version):
+        if newer is None:
+            continue
+        try:
+            behind = Version(newer) > Version(p.version)
+        except ValueError:  # the guest's dpkg status is outside input
+            pending.append(f"{p.name}: installed version {p.version!r} is not a Debian version")
+            continue
+        if behind:
             pending.append(f"{p.name} {p.version} installed, {newer} in {ctx.security_source}")
     return verdict(pending, f"{len(packages)} packages, none older than {ctx.security_source}")
 

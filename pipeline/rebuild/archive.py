@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
-import lzma
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from debian.deb822 import Packages
-from debian.debian_support import Version
 
 from pipeline.errors import PipelineError
+from pipeline.formats import debian_index
 from pipeline.fsutil import write_text_atomic
 from pipeline.log import log
 from pipeline.manifest import InstalledPackage
+from pipeline.netutil import get_capped
 
 # Debian architecture names for the manifest's (and the appliance's) machine names.
 DEBIAN_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
@@ -35,6 +33,8 @@ DEBIAN_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64":
 # An index fetched less than this long ago is used without asking the mirror again.
 DEFAULT_FRESH_SECONDS = 600.0
 TIMEOUT_SECONDS = 60.0
+# a suite's Packages.xz is ~10 MiB; what it inflates to is capped in pipeline.formats.debian_index
+MAX_COMPRESSED_INDEX_BYTES = 64 * 1024**2
 
 
 class ArchiveError(PipelineError):
@@ -172,7 +172,9 @@ class ArchiveIndex:
         if cached is not None and meta.get("etag"):
             headers["If-None-Match"] = str(meta["etag"])
         try:
-            response = self.session.get(url, headers=headers, timeout=TIMEOUT_SECONDS)
+            response = get_capped(
+                self.session, url, headers=headers, timeout=TIMEOUT_SECONDS, limit=MAX_COMPRESSED_INDEX_BYTES
+            )
         except requests.RequestException as e:
             if cached is not None:
                 log.warning("package index %s unreachable (%s); using the copy fetched %s", url, e, meta.get("date"))
@@ -210,27 +212,24 @@ class ArchiveIndex:
 @functools.lru_cache(maxsize=65536)
 def newer(candidate: str, than: str) -> bool:
     """Debian's ordering (epochs, ``~``, ``+bN``); memoised: the same pairs recur across appliances."""
-    return bool(Version(candidate) > Version(than))
+    return debian_index.newer(candidate, than)
 
 
 def parse_packages_xz(data: bytes, source: str) -> dict[str, str]:
-    """Newest version of each package in an xz-compressed Debian ``Packages`` index."""
+    """Newest version of each package in an xz-compressed Debian ``Packages`` index (bounded)."""
     try:
-        text = lzma.decompress(data).decode("utf-8", errors="replace")
-    except lzma.LZMAError as e:
-        raise ArchiveError(f"{source}: not an xz-compressed package index: {e}") from e
-    return parse_packages(io.StringIO(text))
+        text = debian_index.decompress_checked(data, "xz").decode("utf-8", errors="replace")
+    except debian_index.BadIndex as e:
+        raise ArchiveError(f"{source}: not a usable xz-compressed package index ({e})") from e
+    return parse_packages(text)
 
 
-def parse_packages(stream: Iterable[str]) -> dict[str, str]:
+def parse_packages(text: str) -> dict[str, str]:
     """Newest version of each package in a ``Packages`` index (deb822 paragraphs)."""
     newest: dict[str, str] = {}
-    for para in Packages.iter_paragraphs(stream, fields=["Package", "Version"], use_apt_pkg=False):
-        name, version = para.get("Package"), para.get("Version")
-        if not name or not version:
-            continue
+    for name, _arch, version in debian_index.iter_versions(text):
         old = newest.get(name)
-        if old is None or Version(version) > Version(old):
+        if old is None or newer(version, old):
             newest[name] = version
     return newest
 
