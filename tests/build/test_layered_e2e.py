@@ -45,7 +45,7 @@ def test_layered_appliance_builds_on_the_reference(
     shutil.copytree(project_root / "provisioners", root / "provisioners")
     config = yaml.safe_load((project_root / "invoke.yaml").read_text())["vmi"]
     settings: Settings = load_settings(
-        config, root, environ={"VMI_ACCEL": "tcg", "VMI_CACHE_DIR": str(project_root / ".cache" / "vmi")}
+        config, root, environ={"VMI_CACHE_DIR": str(project_root / ".cache" / "vmi")}
     )
     shutil.copytree(base_dir, settings.output_dir / "debian-12" / base_manifest.version)
 

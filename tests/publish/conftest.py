@@ -117,7 +117,7 @@ def make_settings(tmp: Path, repository: str, endpoint: str | None = None, catal
         catalogue_public_url="http://127.0.0.1:8080",
         s3_endpoint_url=endpoint,
         s3_profile=None,
-        accel="tcg",
+        accel="auto",  # what users run: the probe decides
     )
 
 

@@ -48,7 +48,7 @@ def as_built(settings: Settings, name: str, sources: tuple[str, ...], base: str 
 
 
 def test_failure_blocks_dependants_only(project: Settings, mirror: Mirror) -> None:
-    settings = dataclasses.replace(project, accel="tcg")
+    settings = project
     src = mirror.sources()
     as_built(settings, "debian-12", src)
     for name in ("lay-a", "lay-c"):
@@ -87,7 +87,6 @@ def test_cli_exit_codes_and_dry_run(project: Settings, tmp_path: Path) -> None:
         "VMI_WORK_DIR": str(project.work_dir),
         "VMI_CATALOGUE": f"sqlite:///{tmp_path / 'c.db'}",
         "VMI_REPOSITORY": f"file://{tmp_path / 'repo'}",
-        "VMI_ACCEL": "tcg",
         "PATH": "/usr/bin:/bin",
     }
 
