@@ -26,6 +26,8 @@ from pipeline.manifest import BaseRef, find_version
 from pipeline.settings import Settings
 
 DOWNLOAD_TIMEOUT = 60.0
+# an upstream cloud image is a few hundred MiB; a server sending endless bytes must not fill the disk
+MAX_BASE_IMAGE_BYTES = 32 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,11 @@ def fetch_image(url: str, checksum: str, fmt: str, cache_dir: Path) -> Path:
             else:
                 with requests.get(url, stream=True, timeout=DOWNLOAD_TIMEOUT) as response:
                     response.raise_for_status()
+                    received = 0
                     for chunk in response.iter_content(CHUNK):
+                        received += len(chunk)
+                        if received > MAX_BASE_IMAGE_BYTES:
+                            raise ArtifactError(f"{url}: more than {MAX_BASE_IMAGE_BYTES} bytes (base image cap)")
                         writer.write(chunk)
             got = writer.digests()
             if getattr(got, algo) != expected:
