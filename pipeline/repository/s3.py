@@ -180,8 +180,6 @@ class S3Repository:
             except (bce.ClientError, _BodyCut) as e:
                 used += _sent(e)
                 if not is_ours_to_retry(e) or used >= self.tuning.attempts:
-                    if isinstance(e, _BodyCut) and e.__cause__ is not None:
-                        raise e.__cause__ from None
                     raise
                 wait_s = self.tuning.backoff * 2 ** (used - 1) * random.uniform(0.5, 1.0)  # noqa: S311
                 log.warning("%s failed (%s); retry in %.1fs (%d of %d attempts used)", what, e, wait_s, used,
@@ -483,7 +481,7 @@ class S3Repository:
             problems.append(f"{key}: the store's sha256 is {info.checksum_sha256}, expected {whole}")
         try:
             found = self._call(f"GetObject {key}", lambda: self._hash_object(key))
-        except (bce.ClientError, *_NETWORK_EXC) as e:
+        except (bce.ClientError, _BodyCut, *_NETWORK_EXC) as e:
             raise self._failed(f"GetObject {key}", e) from e
         return problems + compare(key, expected, found)
 
@@ -496,7 +494,7 @@ class S3Repository:
                 sha512.update(chunk)
                 size += len(chunk)
         except _NETWORK_EXC as e:  # after botocore returned the response: ours to retry (see _call)
-            raise _BodyCut(f"GetObject {key}: the body broke off after {size} bytes: {e}") from e
+            raise _BodyCut(f"the body broke off after {size} bytes: {e}") from e
         finally:
             body.close()
         return Digests(size, sha256.hexdigest(), sha512.hexdigest())
