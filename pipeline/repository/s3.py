@@ -10,8 +10,7 @@ The upload protocol (security-and-reliability.md §3.3):
 4. verify what landed: size, the store's checksum where it keeps one, and a full read-back hash
    (some stores, moto among them, never validate checksums on upload, so only the client's own
    hash of the stored bytes proves them);
-5. transient failures (5xx, throttling, connection resets) are retried by botocore and again,
-   for the whole request, here, with exponential backoff and jitter.
+5. one retry layer: botocore's own (see ``_call``), with ``VMI_UPLOAD_ATTEMPTS`` attempts per request.
 """
 
 from __future__ import annotations
@@ -54,21 +53,21 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-_TRANSIENT_CODES = {
-    "InternalError",
-    "ServiceUnavailable",
-    "SlowDown",
-    "RequestTimeout",
-    "RequestTimeTooSkewed",
-    "BadDigest",  # the bytes were damaged on the way: send them again
-    "XAmzContentSHA256Mismatch",
-}
-_TRANSIENT_EXC = (
+# What botocore's standard retry mode leaves alone and we retry (see S3Repository._call): the store
+# answering 400 because the bytes it received do not match the checksum sent with them. The request
+# body is in memory, so sending it again is safe, and botocore treats every 400 as final.
+_DAMAGED_CODES = {"BadDigest", "XAmzContentSHA256Mismatch", "InvalidDigest"}
+# Failures that end a request once botocore is done with it (retried or not): mapped to UploadError.
+_NETWORK_EXC = (
     bce.ConnectionError,  # resets, refused, closed, timeouts (EndpointConnectionError, ReadTimeoutError, ...)
     bce.ResponseStreamingError,
     bce.IncompleteReadError,
 )
 _READ_CHUNK = 4 * 1024 * 1024
+
+
+class _BodyCut(Exception):
+    """A response body broke off after botocore had returned the response (outside its retries)."""
 
 
 def _status(e: bce.ClientError) -> int:
@@ -79,12 +78,36 @@ def _code(e: bce.ClientError) -> str:
     return str(e.response.get("Error", {}).get("Code", ""))
 
 
-def is_transient(e: BaseException) -> bool:
-    if isinstance(e, _TRANSIENT_EXC):
-        return True
+def _sent(e: BaseException) -> int:
+    """How many requests botocore sent for the call that raised ``e`` (1 when it does not say)."""
     if isinstance(e, bce.ClientError):
-        return _status(e) >= 500 or _code(e) in _TRANSIENT_CODES
-    return False
+        return 1 + int(e.response.get("ResponseMetadata", {}).get("RetryAttempts", 0))
+    return 1
+
+
+def is_ours_to_retry(e: BaseException) -> bool:
+    """A failure botocore does not retry, but that sending the same request again can cure."""
+    if isinstance(e, _BodyCut):
+        return True
+    return isinstance(e, bce.ClientError) and _code(e) in _DAMAGED_CODES
+
+
+def _log_failed_attempt(
+    event_name: str, context: dict[str, Any], exception: Exception | None, parsed_response: Any, **_: Any
+) -> None:
+    """botocore retries silently: say which attempt of which request failed, and why (a warning)."""
+    retries = context.get("retries", {})
+    attempt, most = retries.get("attempt", 1), retries.get("max", "?")
+    if exception is not None:
+        why = f"{type(exception).__name__}: {exception}"
+    else:
+        meta = (parsed_response or {}).get("ResponseMetadata", {})
+        status = int(meta.get("HTTPStatusCode", 0))
+        code = str((parsed_response or {}).get("Error", {}).get("Code", ""))
+        if status < 500 and status != 429 and code not in ("SlowDown", "RequestTimeout", "Throttling"):
+            return  # success, or an answer that is not transient (404 on a HEAD is normal)
+        why = f"HTTP {status} {code}".rstrip()
+    log.warning("S3 %s failed on attempt %s of %s: %s", event_name.rsplit(".", 1)[-1], attempt, most, why)
 
 
 def b64(digest: bytes) -> str:
@@ -111,7 +134,8 @@ class S3Repository:
             # (XAmzContentSHA256Mismatch); we send an explicit SHA-256 where it matters instead.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            retries={"mode": "standard", "max_attempts": 5},
+            # the one retry layer for what HTTP and S3 report as transient: see _call
+            retries={"mode": "standard", "total_max_attempts": self.tuning.attempts},
             s3={"addressing_style": "path"} if endpoint_url else None,
             connect_timeout=10,
             read_timeout=120,
@@ -122,6 +146,7 @@ class S3Repository:
         except bce.ProfileNotFound as e:
             raise ConfigError(f"invoke.yaml: vmi.s3_profile: profile {profile!r} not found in ~/.aws/config") from e
         self.client: S3Client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        self.client.meta.events.register("response-received.s3", _log_failed_attempt)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -130,18 +155,36 @@ class S3Repository:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
-        """Run one request, retrying transient failures with backoff; errors name the request."""
-        attempt = 1
+        """Run one request; errors name it. One retry layer per failure, never one stacked on another.
+
+        botocore's standard retry mode retries every request itself, with exponential backoff and
+        jitter, up to ``tuning.attempts`` (``VMI_UPLOAD_ATTEMPTS``) attempts in all: connection
+        errors (refused, reset, closed, timed out), HTTP 500/502/503/504, 429 and throttling codes
+        (``SlowDown``), ``RequestTimeout``; its retry quota stops a storm of retries against a store
+        that is down. What it gives up on is final here: we do not wrap its retries in ours.
+
+        What botocore never retries, and we do, up to the same number of attempts in all
+        (botocore's own attempts for the same call count against it), after ``tuning.backoff``
+        seconds doubled each time, with jitter:
+        - the store refusing the bytes it received (``BadDigest``, ``XAmzContentSHA256Mismatch``:
+          HTTP 400, damaged on the way; the body is in memory, sending it again is safe);
+        - a response body that breaks off after botocore returned the response (the read-back of
+          ``verify``: botocore's retries end when the headers arrive).
+        Not retried anywhere: a read-back that completes with the wrong hash. That is the stored
+        object, not the transfer; ``verify`` reports it and publish removes the object.
+        """
+        used = 0
         while True:
             try:
                 return fn()
-            except (bce.ClientError, *_TRANSIENT_EXC) as e:
-                if not is_transient(e) or attempt >= self.tuning.attempts:
+            except (bce.ClientError, _BodyCut) as e:
+                used += _sent(e)
+                if not is_ours_to_retry(e) or used >= self.tuning.attempts:
                     raise
-                wait_s = self.tuning.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.0)  # noqa: S311
-                log.warning("%s failed (%s); retry %d/%d in %.1fs", what, e, attempt, self.tuning.attempts - 1, wait_s)
+                wait_s = self.tuning.backoff * 2 ** (used - 1) * random.uniform(0.5, 1.0)  # noqa: S311
+                log.warning("%s failed (%s); retry in %.1fs (%d of %d attempts used)", what, e, wait_s, used,
+                            self.tuning.attempts)  # fmt: skip
                 time.sleep(wait_s)
-                attempt += 1
             except bce.NoCredentialsError as e:
                 raise UploadError(
                     f"{self.url}: no S3 credentials",
@@ -160,7 +203,7 @@ class S3Repository:
         except bce.ClientError as e:
             hint = "create the bucket, or fix vmi.repository / vmi.s3_endpoint_url"
             raise UploadError(f"{self.url}: bucket {self.bucket!r} is not reachable: {_code(e)}", hint=hint) from e
-        except _TRANSIENT_EXC as e:
+        except _NETWORK_EXC as e:
             raise UploadError(f"{self.url}: cannot reach the S3 endpoint: {e}", hint="check vmi.s3_endpoint_url") from e
 
     # -- the protocol --------------------------------------------------------------------------
@@ -181,7 +224,7 @@ class S3Repository:
                 outcome = self._put_single(key, full, path, expected)
             else:
                 outcome = self._put_multipart(key, full, path, expected, record, present, journal)
-        except (bce.ClientError, *_TRANSIENT_EXC) as e:
+        except (bce.ClientError, *_NETWORK_EXC) as e:
             raise self._failed(f"upload of {key}", e) from e
         return PutResult(key, outcome, expected.size, time.monotonic() - start)
 
@@ -438,17 +481,22 @@ class S3Repository:
             problems.append(f"{key}: the store's sha256 is {info.checksum_sha256}, expected {whole}")
         try:
             found = self._call(f"GetObject {key}", lambda: self._hash_object(key))
-        except bce.ClientError as e:
+        except (bce.ClientError, _BodyCut, *_NETWORK_EXC) as e:
             raise self._failed(f"GetObject {key}", e) from e
         return problems + compare(key, expected, found)
 
     def _hash_object(self, key: str) -> Digests:
         body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
         sha256, sha512, size = hashlib.sha256(), hashlib.sha512(), 0
-        for chunk in body.iter_chunks(_READ_CHUNK):
-            sha256.update(chunk)
-            sha512.update(chunk)
-            size += len(chunk)
+        try:
+            for chunk in body.iter_chunks(_READ_CHUNK):
+                sha256.update(chunk)
+                sha512.update(chunk)
+                size += len(chunk)
+        except _NETWORK_EXC as e:  # after botocore returned the response: ours to retry (see _call)
+            raise _BodyCut(f"the body broke off after {size} bytes: {e}") from e
+        finally:
+            body.close()
         return Digests(size, sha256.hexdigest(), sha512.hexdigest())
 
     def delete(self, key: str) -> None:

@@ -14,7 +14,7 @@ from pipeline.package.ova import manifest_text
 from pipeline.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-SAMPLES = ROOT.parent / "shared" / "ovf" / "samples"
+SAMPLES = Path(__file__).resolve().parent / "data" / "ovf-samples"  # other tools' OVFs, origins in its README
 VERSION = "2026.11.22"
 MIB = 1024 * 1024
 

@@ -41,7 +41,7 @@ def any_request(method: str, target: str) -> bool:
 class Rule:
     match: Match
     # "fail" (an S3 error reply), "corrupt" (flip a byte of the body), "reset" (close without a reply),
-    # "hold" (before forwarding), "hold-reply" (after the store answered)
+    # "hold" (before forwarding), "hold-reply" (after the store answered), "cut-reply" (half the reply's body)
     action: str
     times: int = 1  # how many matching requests it acts on
     status: int = 503  # what "fail" answers with, and its S3 error code
@@ -117,7 +117,11 @@ class FaultProxy:
                 length_out = reply.getheader("Content-Length", "0") if self.command == "HEAD" else str(len(data))
                 self.send_header("Content-Length", length_out)
                 self.end_headers()
-                if self.command != "HEAD":
+                if rule is not None and rule.action == "cut-reply" and data:
+                    self.wfile.write(data[: len(data) // 2])  # headers promised all of it: the body breaks off
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                elif self.command != "HEAD":
                     self.wfile.write(data)
                 conn.close()
 

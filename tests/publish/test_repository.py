@@ -208,12 +208,64 @@ def test_s3_transient_faults_are_retried(tmp_path: Path, s3: Any, bucket: str, p
 
 def test_s3_gives_up_after_the_attempts_with_a_clear_error(tmp_path: Path, bucket: str, proxy: FaultProxy) -> None:
     proxy.add(Rule(put_object, "fail", times=1000))
-    repo = s3_repo(tmp_path, bucket, proxy.url, UploadTuning(attempts=2, backoff=0.01, progress=False))
+    repo = s3_repo(tmp_path, bucket, proxy.url, UploadTuning(attempts=3, backoff=0.01, progress=False))
     small, digests = a_file(tmp_path, "SHA256SUMS", 300)
     with pytest.raises(UploadError, match=r"upload of app/1.0/SHA256SUMS failed: .*503"):
         repo.put("app/1.0/SHA256SUMS", small, digests)
-    # botocore retries 5 times (6 attempts), and we repeat that twice
-    assert proxy.statuses(put_object) == [503] * 12
+    # one retry layer (botocore's): VMI_UPLOAD_ATTEMPTS requests in all, no loop of ours around them
+    assert proxy.statuses(put_object) == [503] * 3
+
+
+def test_s3_damaged_bytes_are_sent_again_within_the_same_attempts(
+    tmp_path: Path, s3: Any, bucket: str, proxy: FaultProxy
+) -> None:
+    """The store refusing the bytes it got (HTTP 400 BadDigest) is final for botocore, not for us."""
+    proxy.add(Rule(put_object, "fail", times=2, status=400, code="BadDigest"))
+    proxy.add(Rule(upload_part, "fail", times=1, status=400, code="XAmzContentSHA256Mismatch"))
+    repo = s3_repo(tmp_path, bucket, proxy.url, UploadTuning(attempts=3, backoff=0.01, progress=False))
+    small, small_digests = a_file(tmp_path, "SHA256SUMS", 300)
+    assert repo.put("app/1.0/SHA256SUMS", small, small_digests).outcome is PutOutcome.UPLOADED
+    assert proxy.statuses(put_object) == [400, 400, 200]
+    big, big_digests = a_file(tmp_path, "a.ova", 6 * MiB)
+    repo_mp = s3_repo(tmp_path, bucket, proxy.url, TUNING)
+    assert repo_mp.put("app/1.0/a.ova", big, big_digests).outcome is PutOutcome.UPLOADED
+    assert proxy.statuses(upload_part) == [400, 200, 200]
+    assert repo.verify("app/1.0/SHA256SUMS", small_digests) == []
+    assert repo_mp.verify("app/1.0/a.ova", big_digests) == []
+
+
+def test_s3_damaged_bytes_share_the_attempts_with_botocore(tmp_path: Path, bucket: str, proxy: FaultProxy) -> None:
+    """A 503 (botocore's retry) then damaged bytes twice (ours): 3 attempts in all, then a clear error."""
+    proxy.add(Rule(put_object, "fail", times=1))
+    proxy.add(Rule(put_object, "fail", times=1000, status=400, code="BadDigest"))
+    repo = s3_repo(tmp_path, bucket, proxy.url, UploadTuning(attempts=3, backoff=0.01, progress=False))
+    small, digests = a_file(tmp_path, "SHA256SUMS", 300)
+    with pytest.raises(UploadError, match=r"upload of app/1.0/SHA256SUMS failed: BadDigest \(HTTP 400\)"):
+        repo.put("app/1.0/SHA256SUMS", small, digests)
+    assert proxy.statuses(put_object) == [503, 400, 400]
+
+
+def test_s3_other_client_errors_are_not_retried(tmp_path: Path, bucket: str, proxy: FaultProxy) -> None:
+    proxy.add(Rule(put_object, "fail", times=1000, status=403, code="AccessDenied"))
+    repo = s3_repo(tmp_path, bucket, proxy.url, UploadTuning(attempts=5, backoff=0.01, progress=False))
+    small, digests = a_file(tmp_path, "SHA256SUMS", 300)
+    with pytest.raises(UploadError, match=r"upload of app/1.0/SHA256SUMS failed: AccessDenied \(HTTP 403\)"):
+        repo.put("app/1.0/SHA256SUMS", small, digests)
+    assert proxy.statuses(put_object) == [403]
+
+
+def test_s3_a_read_back_cut_short_is_read_again(tmp_path: Path, s3: Any, bucket: str, proxy: FaultProxy) -> None:
+    """The body of GetObject breaks off after botocore returned the response: outside its retries, in ours."""
+    repo = s3_repo(tmp_path, bucket, proxy.url, UploadTuning(attempts=3, backoff=0.01, progress=False))
+    small, digests = a_file(tmp_path, "SHA256SUMS", 3000)
+    repo.put("app/1.0/SHA256SUMS", small, digests)
+    proxy.add(Rule(get_object, "cut-reply", times=2))
+    assert repo.verify("app/1.0/SHA256SUMS", digests) == []
+    assert len(proxy.statuses(get_object)) == 3
+    proxy.add(Rule(get_object, "cut-reply", times=3))
+    with pytest.raises(UploadError, match=r"GetObject app/1.0/SHA256SUMS failed: the body broke off after 1500 bytes"):
+        repo.verify("app/1.0/SHA256SUMS", digests)
+    assert len(proxy.statuses(get_object)) == 6
 
 
 def test_s3_resumes_from_the_journal(tmp_path: Path, s3: Any, bucket: str, proxy: FaultProxy) -> None:
