@@ -76,7 +76,7 @@ class UploadTuning:
     part_size: int = 16 * 1024 * 1024  # S3 needs >= 5 MiB (except the last part) and <= 10,000 parts
     multipart_threshold: int = 64 * 1024 * 1024  # smaller files go in one conditional PUT
     concurrency: int = 4  # parts in flight (memory use is concurrency x part_size)
-    attempts: int = 6  # per request, in all (botocore retries transient failures; see s3.S3Repository._call)
+    attempts: int = 10  # per request, in all: ~25 s of backoff (botocore retries transient failures; s3._call)
     backoff: float = 0.5  # first wait in seconds; doubles each attempt, with jitter
     progress: bool = True  # tqdm bar on stderr when it is a terminal
 
