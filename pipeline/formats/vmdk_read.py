@@ -213,6 +213,8 @@ def check_extent(
                 problem("compressed grains without markers are not supported (not streamOptimized)")
                 return report
             _walk_stream(reader, header, walk, report, problem, pool, workers)
+            if report.problems:
+                return report
             header = _effective_header(header, walk, size, problem)
         elif header.gd_offset == GD_AT_END:
             problem("grain directory at the end without compressed grains")
@@ -456,7 +458,9 @@ def _match_grains(
                 continue
             if h.compressed:
                 if walked:
-                    if entry != sectors[j]:
+                    if entry <= zero_grain:
+                        problem(f"grain at sector {sectors[j]} (LBA {g * h.grain_size}) is in no grain table")
+                    elif entry != sectors[j]:
                         problem(f"grain table {i} entry {k} says sector {entry}, the grain for LBA "
                                 f"{g * h.grain_size} is at sector {sectors[j]}")  # fmt: skip
                     j += 1
