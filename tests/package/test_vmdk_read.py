@@ -155,9 +155,10 @@ def test_grains_out_of_order_are_refused(qemu_vmdk: bytes) -> None:
 
 def test_a_compressed_size_past_the_end_is_refused(qemu_vmdk: bytes) -> None:
     pos, lba, _ = grains_of(qemu_vmdk)[-1]
-    data = put(qemu_vmdk, pos + 8, struct.pack("<I", 2 * GRAIN_BYTES - 12))
+    size = 2 * GRAIN_BYTES - 12
+    data = put(qemu_vmdk, pos + 8, struct.pack("<I", size))
     assert check(data).problems == [
-        f"grain at byte {pos} (LBA {lba}): compressed size {2 * GRAIN_BYTES - 12} is beyond the grain bound or the extent"
+        f"grain at byte {pos} (LBA {lba}): compressed size {size} is beyond the grain bound or the extent"
     ]
 
 
@@ -251,10 +252,12 @@ def test_a_marker_claiming_more_sectors_than_the_file_is_refused() -> None:
         (12, struct.pack("<Q", 0), "header: capacity is 0 sectors"),
         (77, struct.pack("<H", 2), "header: compression algorithm 2 is not deflate (1)"),
         (73, b"\r\n\n\n", "header: end-of-line check characters b'\\r\\n\\n\\n' (a text-mode transfer?)"),
-        (64, struct.pack("<Q", 2**50), f"header: overHead {2**50} sectors is beyond the extent or inside the descriptor"),
+        (64, struct.pack("<Q", 2**50),
+         f"header: overHead {2**50} sectors is beyond the extent or inside the descriptor"),
         (4, struct.pack("<I", 7), "header: version 7 is not 1, 2 or 3"),
     ],
-    ids=["grain-3", "grain-huge", "gtes", "capacity-cap", "capacity-0", "compression", "newline", "overhead", "version"],
+    ids=["grain-3", "grain-huge", "gtes", "capacity-cap", "capacity-0", "compression", "newline", "overhead",
+         "version"],
 )  # fmt: skip
 def test_hostile_header_fields_are_refused(qemu_vmdk: bytes, field: int, value: bytes, reason: str) -> None:
     assert check(put(qemu_vmdk, field, value)).problems == [reason]
