@@ -122,7 +122,9 @@ def verify_ova(
     except OSError as e:
         raise VerificationError(str(path), [f"cannot open: {e.strerror}"]) from e
     with f, ThreadPoolExecutor(max_workers=INFLATE_WORKERS, thread_name_prefix="inflate") as pool:
-        members = read_members(f, problems, max_members)
+        members, complete = read_archive(f, problems, max_members)
+        if not complete:  # the archive cannot be read past this point: the rest would only be noise
+            raise VerificationError(str(path), problems)
         report, walk_targets = _check_contents(path, f, members, problems, max_capacity)
         walker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grains")
         with walker:
@@ -160,7 +162,12 @@ def _walk_disks(
 
 
 def read_members(f: BinaryIO, problems: list[str], max_members: int = MAX_MEMBERS) -> list[TarMember]:
-    """Decode every tar header; anything but a flat USTAR regular file is a problem.
+    """Decode every tar header; anything but a flat USTAR regular file is a problem."""
+    return read_archive(f, problems, max_members)[0]
+
+
+def read_archive(f: BinaryIO, problems: list[str], max_members: int = MAX_MEMBERS) -> tuple[list[TarMember], bool]:
+    """The members, and whether the walk reached the end-of-archive marker (False: a fatal problem).
 
     Every header is decoded here, field by field (never ``tarfile``): a size that is negative, not
     octal, or beyond the archive ends the walk, so each header moves strictly forward and the walk
@@ -174,22 +181,22 @@ def read_members(f: BinaryIO, problems: list[str], max_members: int = MAX_MEMBER
         block = f.read(BLOCK)
         if len(block) < BLOCK:
             problems.append(f"tar: truncated header at byte {offset}" if block else "tar: no end-of-archive marker")
-            return members
+            return members, False
         if block == ZERO_BLOCK:
             _check_trailer(f, offset, size, problems)
-            return members
+            return members, True
         try:
             header = parse_tar_header(block)
         except TarHeaderError as e:
             problems.append(f"tar: invalid header at byte {offset}: {e}")
-            return members
+            return members, False
         name = header.name
         end = offset + BLOCK + header.size + (-header.size % BLOCK)
         if end > size:
             problems.append(
                 f"tar: {name!r}: truncated (its {header.size} bytes run past the archive's end at byte {size})"
             )
-            return members
+            return members, False
         if header.magic not in USTAR_MAGICS:
             problems.append(f"tar: {name}: not a USTAR header (magic {header.magic!r})")
         if header.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE):
@@ -208,7 +215,7 @@ def read_members(f: BinaryIO, problems: list[str], max_members: int = MAX_MEMBER
             members.append(TarMember(name, offset + BLOCK, header.size))
         offset = end
     problems.append(f"tar: more than {max_members} entries (raise --max-members if this OVA is genuine)")
-    return members
+    return members, False
 
 
 class TarHeaderError(ValueError):
