@@ -129,13 +129,21 @@ def package(
     print(result.summary())
 
 
-@task(name="verify-ova", positional=["path"], help={"path": "the .ova to check"})
+@task(
+    name="verify-ova",
+    positional=["path"],
+    help={
+        "path": "the .ova to check",
+        "max_capacity_gib": "refuse disks whose declared capacity is larger (default 16384 GiB = 16 TiB)",
+        "max_members": "refuse archives with more tar entries (default 100)",
+    },
+)
 @_edge
-def verify_ova(c: Context, path: str) -> None:
-    """Check any OVA strictly (layout, manifest, descriptor, disks); exit 0 only if it is sound."""
+def verify_ova(c: Context, path: str, max_capacity_gib: int = 16384, max_members: int = 100) -> None:
+    """Check any OVA strictly (layout, manifest, descriptor, every disk grain); exit 0 only if it is sound."""
     from pipeline.package.verify import verify_ova as check
 
-    report = check(Path(path))
+    report = check(Path(path), max_capacity_gib=max_capacity_gib, max_members=max_members)
     print(report.summary())
 
 

@@ -10,19 +10,22 @@ from __future__ import annotations
 import hashlib
 import re
 import tarfile
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO
 
 from lxml import etree
 
 from pipeline.errors import VerificationError
+from pipeline.formats.vmdk_read import check_extent
 from pipeline.fsutil import CHUNK
 from pipeline.package.formats import qemu_img
-from pipeline.package.images import DiskFormat, inspect_disk
+from pipeline.package.images import DiskFormat, DiskInspection, inspect_disk
 from pipeline.package.ova import BLOCK, SAFE_NAME, certificate_problems, parse_manifest
 from pipeline.package.ovf import (
     CONTROLLER_TYPES,
+    MAX_DESCRIPTOR_BYTES,
     OVF_NS,
     RASD_NS,
     STREAM_VMDK_URI,
@@ -35,6 +38,8 @@ from pipeline.run import Limits, run
 
 MAX_MEMBERS = 100  # EGI cloudkeeper's bound; a real OVA has three or four
 MAX_SCHEMA_LINES = 10
+INFLATE_WORKERS = 2  # grains are independent zlib streams; CPython's zlib releases the GIL
+ZERO_BLOCK = bytes(BLOCK)
 USTAR_MAGICS = (b"ustar\x0000", b"ustar  \x00")  # POSIX USTAR; GNU tar's spelling of the same header
 QEMU_CHECK_LIMITS = Limits(cpu_seconds=60, address_space_bytes=1024**3)
 
@@ -43,7 +48,12 @@ DISK_FORMATS: dict[str, tuple[DiskFormat, str]] = {
     STREAM_VMDK_URI: (DiskFormat.VMDK, "streamOptimized"),
     "http://www.vmware.com/interfaces/specifications/vmdk.html#sparse": (DiskFormat.VMDK, "monolithicSparse"),
 }
-_UNITS = re.compile(r"^byte(?:\s*\*\s*(\d+)\s*\^\s*(\d+))?$")
+# Capacity units (DSP0004 programmatic units): "byte" or "byte * 2^N" / "byte * 10^N", ASCII digits only.
+_UNITS = re.compile(r"byte(?:[ ]*\*[ ]*(2|10)[ ]*\^[ ]*([0-9]{1,2}))?", re.ASCII)
+_MAX_EXPONENT = {"2": 60, "10": 18}
+_DECIMAL = re.compile(r"[0-9]{1,20}", re.ASCII)  # what xs:unsignedLong allows, no '²' or other digits
+DEFAULT_MAX_CAPACITY_GIB = 16 * 1024  # 16 TiB: VMware's own limit for a VMDK is 62 TiB, a real image is GiBs
+MAX_PROBLEMS = 100
 MEMORY_UNITS = {"MegaBytes", "MB", "byte * 2^20", "GigaBytes", "GB", "byte * 2^30"}
 
 
@@ -61,6 +71,7 @@ class DiskFacts:
     format: DiskFormat
     subformat: str
     capacity: int | None
+    too_big: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,7 @@ class OvaReport:
     disks: tuple[DiskFacts, ...]
     manifest_algorithms: tuple[str, ...]
     signed: bool
+    referenced: tuple[str, ...] = ()  # hrefs of the descriptor's References
 
     def summary(self) -> str:
         disks = ", ".join(f"{d.href} ({d.subformat} {d.format.value}, {d.capacity} bytes)" for d in self.disks)
@@ -90,70 +102,175 @@ class OvaReport:
         )
 
 
-def verify_ova(path: Path, qemu_check: bool = True) -> OvaReport:
-    """Check ``path`` strictly; ``VerificationError`` lists every problem, one per line."""
+def verify_ova(
+    path: Path,
+    qemu_check: bool = True,
+    *,
+    max_capacity_gib: int = DEFAULT_MAX_CAPACITY_GIB,
+    max_members: int = MAX_MEMBERS,
+) -> OvaReport:
+    """Check ``path`` strictly; ``VerificationError`` lists every problem, one per line.
+
+    The time and memory it takes are bounded by the OVA's size: headers and the descriptor are
+    capped, each disk file is checked once (every grain inflated, one grain's output at a time per
+    worker), and the digests are computed while the grains are inflated.
+    """
     problems: list[str] = []
+    max_capacity = max_capacity_gib * 2**30
     try:
         f = open(path, "rb")
     except OSError as e:
         raise VerificationError(str(path), [f"cannot open: {e.strerror}"]) from e
-    with f:
-        members = read_members(f, problems)
-        report = _check_contents(path, f, members, problems)
+    with f, ThreadPoolExecutor(max_workers=INFLATE_WORKERS, thread_name_prefix="inflate") as pool:
+        members, complete = read_archive(f, problems, max_members)
+        if not complete:  # the archive cannot be read past this point: the rest would only be noise
+            raise VerificationError(str(path), problems)
+        report, walk_targets = _check_contents(path, f, members, problems, max_capacity)
+        walker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grains")
+        with walker:
+            walks = walker.submit(_walk_disks, path, walk_targets, max_capacity, pool)
+            report = _check_signature(f, members, report, problems)
+            walk_problems = walks.result()
+        problems.extend(walk_problems)
     if problems:
-        raise VerificationError(str(path), problems)
+        raise VerificationError(str(path), _capped(problems))
     if qemu_check:
-        for disk in report.disks:
-            member = next(m for m in members if m.name == disk.href)
-            problems.extend(qemu_img_check(path, member, disk.format))
+        for member, fmt in walk_targets:
+            problems.extend(qemu_img_check(path, member, fmt))
     if problems:
-        raise VerificationError(str(path), problems)
+        raise VerificationError(str(path), _capped(problems))
     return report
 
 
-def read_members(f: BinaryIO, problems: list[str]) -> list[TarMember]:
+def _capped(problems: list[str]) -> list[str]:
+    if len(problems) <= MAX_PROBLEMS:
+        return problems
+    return [*problems[:MAX_PROBLEMS], f"... and {len(problems) - MAX_PROBLEMS} more problems"]
+
+
+def _walk_disks(
+    path: Path, targets: list[tuple[TarMember, DiskFormat]], max_capacity: int, pool: ThreadPoolExecutor
+) -> list[str]:
+    """Every grain of every disk file, once each (the authority on whether a disk can be read)."""
+    problems: list[str] = []
+    with open(path, "rb") as f:
+        for member, _fmt in targets:
+            extent = check_extent(f, member.offset, member.size, max_capacity=max_capacity, pool=pool,
+                                  workers=INFLATE_WORKERS)  # fmt: skip
+            problems.extend(f"{member.name}: vmdk: {p}" for p in extent.problems)
+    return problems
+
+
+def read_members(f: BinaryIO, problems: list[str], max_members: int = MAX_MEMBERS) -> list[TarMember]:
     """Decode every tar header; anything but a flat USTAR regular file is a problem."""
+    return read_archive(f, problems, max_members)[0]
+
+
+def read_archive(f: BinaryIO, problems: list[str], max_members: int = MAX_MEMBERS) -> tuple[list[TarMember], bool]:
+    """The members, and whether the walk reached the end-of-archive marker (False: a fatal problem).
+
+    Every header is decoded here, field by field (never ``tarfile``): a size that is negative, not
+    octal, or beyond the archive ends the walk, so each header moves strictly forward and the walk
+    is bounded by the file's size and by ``max_members`` entries.
+    """
     members: list[TarMember] = []
     size = f.seek(0, 2)
     offset = 0
-    while True:
+    for _ in range(max_members + 1):
         f.seek(offset)
         block = f.read(BLOCK)
         if len(block) < BLOCK:
             problems.append(f"tar: truncated header at byte {offset}" if block else "tar: no end-of-archive marker")
-            return members
-        if block == b"\0" * BLOCK:
+            return members, False
+        if block == ZERO_BLOCK:
             _check_trailer(f, offset, size, problems)
-            return members
+            return members, True
         try:
-            info = tarfile.TarInfo.frombuf(block, "ascii", "strict")
-        except (tarfile.HeaderError, UnicodeDecodeError) as e:
+            header = parse_tar_header(block)
+        except TarHeaderError as e:
             problems.append(f"tar: invalid header at byte {offset}: {e}")
-            return members
-        name = info.name
-        if block[257:265] not in USTAR_MAGICS:
-            problems.append(f"tar: {name}: not a USTAR header (magic {block[257:265]!r})")
-        if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE):
+            return members, False
+        name = header.name
+        end = offset + BLOCK + header.size + (-header.size % BLOCK)
+        if end > size:
+            problems.append(
+                f"tar: {name!r}: truncated (its {header.size} bytes run past the archive's end at byte {size})"
+            )
+            return members, False
+        if header.magic not in USTAR_MAGICS:
+            problems.append(f"tar: {name}: not a USTAR header (magic {header.magic!r})")
+        if header.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE):
             problems.append(f"tar: {name}: PAX extended header (importers then miss the descriptor)")
-        elif info.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
+        elif header.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
             problems.append(f"tar: {name}: GNU long name/link header")
-        elif info.type in (tarfile.SYMTYPE, tarfile.LNKTYPE):
-            problems.append(f"tar: {name}: is a link (to {info.linkname!r}); only regular files are allowed")
-        elif info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
-            problems.append(f"tar: {name}: is not a regular file (type {info.type!r})")
+        elif header.type in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+            problems.append(f"tar: {name}: is a link (to {header.linkname!r}); only regular files are allowed")
+        elif header.type not in (tarfile.REGTYPE, tarfile.AREGTYPE):
+            problems.append(f"tar: {name}: is not a regular file (type {header.type!r})")
         elif not SAFE_NAME.match(name) or name in (".", ".."):
             problems.append(f"tar: {name!r}: unsafe member name (absolute, '..', a folder or odd characters)")
         elif any(m.name == name for m in members):
             problems.append(f"tar: {name}: duplicate member")
         else:
-            members.append(TarMember(name, offset + BLOCK, info.size))
-        if len(members) > MAX_MEMBERS:
-            problems.append(f"tar: more than {MAX_MEMBERS} members")
-            return members
-        offset += BLOCK + info.size + (-info.size % BLOCK)
-        if offset > size:
-            problems.append(f"tar: {name}: truncated (archive ends inside the member)")
-            return members
+            members.append(TarMember(name, offset + BLOCK, header.size))
+        offset = end
+    problems.append(f"tar: more than {max_members} entries (raise --max-members if this OVA is genuine)")
+    return members, False
+
+
+class TarHeaderError(ValueError):
+    """A tar header field that no honest archiver writes (one line: which field and why)."""
+
+
+@dataclass(frozen=True)
+class TarHeader:
+    name: str
+    size: int
+    type: bytes
+    linkname: str
+    magic: bytes
+
+
+# (field, offset, length) of every numeric USTAR field.
+_NUMERIC_FIELDS = (("mode", 100, 8), ("uid", 108, 8), ("gid", 116, 8), ("size", 124, 12), ("mtime", 136, 12),
+                   ("devmajor", 329, 8), ("devminor", 337, 8))  # fmt: skip
+_OCTAL = re.compile(rb"[ ]*([0-7]*)[ \0]*")
+
+
+def parse_tar_header(block: bytes) -> TarHeader:
+    """One 512-byte header: checksum first, then every numeric field (octal or base-256, never
+    negative, within its width), then ASCII names. ``TarHeaderError`` names the first bad field."""
+    stored = _tar_number(block, "chksum", 148, 8)
+    unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
+    signed = unsigned - 2 * sum(b for b in block[:148] + block[156:] if b & 0x80)
+    if stored not in (unsigned, signed):
+        raise TarHeaderError(f"bad checksum (stored {stored}, computed {unsigned})")
+    numbers = {name: _tar_number(block, name, off, length) for name, off, length in _NUMERIC_FIELDS}
+    magic = block[257:265]
+    try:
+        name = block[0:100].split(b"\0", 1)[0].decode("ascii")
+        prefix = block[345:500].split(b"\0", 1)[0].decode("ascii") if magic[:5] == b"ustar" else ""
+        linkname = block[157:257].split(b"\0", 1)[0].decode("ascii")
+    except UnicodeDecodeError as e:
+        raise TarHeaderError(f"a name is not ASCII (byte {e.start})") from e
+    if prefix:
+        name = f"{prefix}/{name}"
+    return TarHeader(name, numbers["size"], block[156:157] or b"\0", linkname, magic)
+
+
+def _tar_number(block: bytes, name: str, offset: int, length: int) -> int:
+    raw = block[offset : offset + length]
+    if raw[0] in (0x80, 0xFF):  # GNU base-256: big-endian two's complement, first byte is the sign
+        value = int.from_bytes(raw[1:], "big", signed=False)
+        if raw[0] == 0xFF:
+            value -= 1 << (8 * (length - 1))
+        if value < 0:
+            raise TarHeaderError(f"{name} field is negative ({value}, base-256)")
+        return value
+    match = _OCTAL.fullmatch(raw)
+    if match is None:
+        raise TarHeaderError(f"{name} field {raw!r} is not octal")
+    return int(match.group(1) or b"0", 8)
 
 
 def _check_trailer(f: BinaryIO, offset: int, size: int, problems: list[str]) -> None:
@@ -167,17 +284,20 @@ def _check_trailer(f: BinaryIO, offset: int, size: int, problems: list[str]) -> 
         problems.append("tar: data after the end-of-archive marker")
 
 
-def _check_contents(path: Path, f: BinaryIO, members: list[TarMember], problems: list[str]) -> OvaReport:
+def _check_contents(
+    path: Path, f: BinaryIO, members: list[TarMember], problems: list[str], max_capacity: int
+) -> tuple[OvaReport, list[tuple[TarMember, DiskFormat]]]:
+    """Everything but the signature; also which disk files deserve the (costly) grain walk."""
     names = [m.name for m in members]
     by_name = {m.name: m for m in members}
     if not names or not names[0].endswith(".ovf"):
         problems.append(f"order: the first member must be the .ovf descriptor (found {names[:1] or 'none'})")
-        return OvaReport(path, tuple(members), (), (), False)
+        return OvaReport(path, tuple(members), (), (), False), []
     ovf = members[0]
     extra_ovf = [n for n in names[1:] if n.endswith(".ovf")]
     if extra_ovf:
         problems.append(f"order: more than one descriptor ({', '.join(extra_ovf)})")
-    facts = _descriptor(f, ovf, problems)
+    facts = _descriptor(f, ovf, problems, max_capacity)
     mf_name, cert_name = ovf.name[:-4] + ".mf", ovf.name[:-4] + ".cert"
     _check_order(names, mf_name, cert_name, facts, problems)
     for name in names[1:]:
@@ -189,19 +309,29 @@ def _check_contents(path: Path, f: BinaryIO, members: list[TarMember], problems:
             problems.append(f"{href}: referenced by the descriptor but not in the OVA")
         elif declared is not None and declared != member.size:
             problems.append(f"{href}: ovf:size says {declared} bytes, the member has {member.size}")
-    disks = _check_disks(f, facts, by_name, problems)
-    algorithms: tuple[str, ...] = ()
-    signed = cert_name in by_name
+    disks, targets = _check_disks(f, facts, by_name, problems)
     if mf_name not in by_name:
         problems.append(f"manifest: {mf_name} is missing (an unverifiable OVA is refused)")
-    else:
-        algorithms = _check_manifest(f, by_name, ovf.name, mf_name, facts, problems)
-        if signed:
-            cert_data = _read_small(f, by_name[cert_name], 1024 * 1024, problems)
-            mf_data = _read_small(f, by_name[mf_name], 1024 * 1024, problems)
-            if cert_data is not None and mf_data is not None:
-                problems.extend(certificate_problems(cert_data, mf_data, mf_name))
-    return OvaReport(path, tuple(members), tuple(disks), algorithms, signed)
+    report = OvaReport(path, tuple(members), tuple(disks), (), cert_name in by_name, tuple(facts.files))
+    return report, targets
+
+
+def _check_signature(f: BinaryIO, members: list[TarMember], report: OvaReport, problems: list[str]) -> OvaReport:
+    """The manifest's digests (read while the grains are inflated) and the certificate's signature."""
+    by_name = {m.name: m for m in members}
+    if not members or not members[0].name.endswith(".ovf"):
+        return report
+    ovf = members[0]
+    mf_name, cert_name = ovf.name[:-4] + ".mf", ovf.name[:-4] + ".cert"
+    if mf_name not in by_name:
+        return report
+    algorithms = _check_manifest(f, by_name, ovf.name, mf_name, report.referenced, problems)
+    if report.signed:
+        cert_data = _read_small(f, by_name[cert_name], 1024 * 1024, problems)
+        mf_data = _read_small(f, by_name[mf_name], 1024 * 1024, problems)
+        if cert_data is not None and mf_data is not None:
+            problems.extend(certificate_problems(cert_data, mf_data, mf_name))
+    return replace(report, manifest_algorithms=algorithms)
 
 
 def _check_order(names: list[str], mf: str, cert: str, facts: DescriptorFacts, problems: list[str]) -> None:
@@ -223,8 +353,8 @@ def _read_small(f: BinaryIO, member: TarMember, limit: int, problems: list[str])
     return f.read(member.size)
 
 
-def _descriptor(f: BinaryIO, ovf: TarMember, problems: list[str]) -> DescriptorFacts:
-    data = _read_small(f, ovf, 1024 * 1024, problems)
+def _descriptor(f: BinaryIO, ovf: TarMember, problems: list[str], max_capacity: int) -> DescriptorFacts:
+    data = _read_small(f, ovf, MAX_DESCRIPTOR_BYTES, problems)
     if data is None:
         return DescriptorFacts({}, [])
     try:
@@ -232,12 +362,12 @@ def _descriptor(f: BinaryIO, ovf: TarMember, problems: list[str]) -> DescriptorF
     except UnsafeXml as e:
         problems.append(f"{ovf.name}: {e}")
         return DescriptorFacts({}, [])
-    facts = descriptor_facts(tree)
+    facts = descriptor_facts(tree, max_capacity)
     problems.extend(f"{ovf.name}: {p}" for p in facts.problems)
     return facts
 
 
-def descriptor_facts(tree: etree._ElementTree) -> DescriptorFacts:
+def descriptor_facts(tree: etree._ElementTree, max_capacity: int = DEFAULT_MAX_CAPACITY_GIB * 2**30) -> DescriptorFacts:
     """Files, disks and every problem of a parsed descriptor (schema and cross-references)."""
     root = tree.getroot()
     if root.tag != f"{{{OVF_NS}}}Envelope":
@@ -264,14 +394,23 @@ def descriptor_facts(tree: etree._ElementTree) -> DescriptorFacts:
             problems.append(f"File {fid}: duplicate id or href {href!r}")
         if attr(el, "compression") or attr(el, "chunkSize"):
             problems.append(f"File {href}: compressed or chunked files are not supported")
-        files[href] = int(size) if size is not None and size.isdigit() else None
+        declared = _decimal(size)
+        if size is not None and declared is None:
+            problems.append(f"File {fid}: ovf:size {size[:40]!r} is not a number of bytes")
+        files[href] = declared
         file_ids[fid] = href
     disks: list[DiskFacts] = []
     for el in tree.iterfind("ovf:DiskSection/ovf:Disk", ns):
         disk_id, ref, fmt_uri = attr(el, "diskId") or "", attr(el, "fileRef"), attr(el, "format") or ""
-        capacity = _capacity(attr(el, "capacity"), attr(el, "capacityAllocationUnits") or "byte")
-        if capacity is None:
-            problems.append(f"Disk {disk_id}: capacity {attr(el, 'capacity')!r} is not a number of bytes")
+        capacity, reason = _capacity(attr(el, "capacity"), attr(el, "capacityAllocationUnits") or "byte")
+        if reason:
+            problems.append(f"Disk {disk_id[:40]}: {reason}")
+        too_big = capacity is not None and capacity > max_capacity
+        if too_big:
+            problems.append(
+                f"Disk {disk_id[:40]}: capacity {capacity} bytes is more than the {max_capacity // 2**30} GiB "
+                "allowed (raise it with --max-capacity-gib)"
+            )
         if ref is None:
             continue  # a blank disk to be created by the importer
         if ref not in file_ids:
@@ -281,18 +420,31 @@ def descriptor_facts(tree: etree._ElementTree) -> DescriptorFacts:
         if known is None:
             problems.append(f"Disk {disk_id}: unsupported disk format {fmt_uri!r}")
             continue
-        disks.append(DiskFacts(disk_id, file_ids[ref], known[0], known[1], capacity))
+        disks.append(DiskFacts(disk_id, file_ids[ref], known[0], known[1], capacity, too_big))
     disk_ids = {attr(el, "diskId") or "" for el in tree.iterfind("ovf:DiskSection/ovf:Disk", ns)}
     problems.extend(_hardware_problems(tree, disk_ids, ns))
     return DescriptorFacts(files, disks, problems)
 
 
-def _capacity(value: str | None, units: str) -> int | None:
-    match = _UNITS.match(units.strip())
-    if value is None or not value.isdigit() or match is None:
-        return None
+def _decimal(text: str | None) -> int | None:
+    """A plain decimal number (ASCII digits, at most 20 of them), else None."""
+    return int(text) if text is not None and _DECIMAL.fullmatch(text) else None
+
+
+def _capacity(value: str | None, units: str) -> tuple[int | None, str]:
+    """Bytes from ``ovf:capacity`` and its units, or None and the reason (strict grammar, small exponents)."""
+    count = _decimal(value)
+    if count is None:
+        return None, f"capacity {(value or '')[:40]!r} is not a number"
+    match = _UNITS.fullmatch(units.strip(" "))
+    if match is None:
+        return None, f"capacityAllocationUnits {units[:40]!r} is not 'byte' or 'byte * 2^N'"
     base, exponent = match.groups()
-    return int(value) * (int(base) ** int(exponent) if base else 1)
+    if base is None:
+        return count, ""
+    if int(exponent) > _MAX_EXPONENT[base]:
+        return None, f"capacityAllocationUnits {units[:40]!r}: exponent above {_MAX_EXPONENT[base]}"
+    return count * int(base) ** int(exponent), ""
 
 
 def _hardware_problems(tree: etree._ElementTree, disk_ids: set[str], ns: dict[str, str]) -> list[str]:
@@ -309,7 +461,7 @@ def _hardware_problems(tree: etree._ElementTree, disk_ids: set[str], ns: dict[st
             if key in seen:
                 problems.append(f"Item {iid}: duplicate InstanceID")
             seen.add(key)
-            by_id[iid] = int(rtype) if rtype.isdigit() else None
+            by_id[iid] = _decimal(rtype)
         for item in items:
             iid = item.findtext("rasd:InstanceID", "", ns)
             kind = by_id.get(iid)
@@ -331,28 +483,43 @@ def _hardware_problems(tree: etree._ElementTree, disk_ids: set[str], ns: dict[st
 
 def _check_disks(
     f: BinaryIO, facts: DescriptorFacts, by_name: dict[str, TarMember], problems: list[str]
-) -> list[DiskFacts]:
+) -> tuple[list[DiskFacts], list[tuple[TarMember, DiskFormat]]]:
+    """Each disk file's header is inspected once, however many Disk entries name it; the files whose
+    headers pass (and whose every Disk is within the capacity cap) are walked grain by grain later."""
     checked: list[DiskFacts] = []
+    inspections: dict[str, DiskInspection] = {}
+    refused: set[str] = set()
     for disk in facts.disks:
         member = by_name.get(disk.href)
         if member is None:
             continue
-        f.seek(member.offset)
-        inspection = inspect_disk(_Slice(f, member.size), disk.format, member.size)
-        problems.extend(f"{disk.href}: {p}" for p in inspection.problems)
+        inspection = inspections.get(disk.href)
+        if inspection is None:
+            f.seek(member.offset)
+            inspection = inspect_disk(_Slice(f, member.size), disk.format, member.size)
+            inspections[disk.href] = inspection
+            problems.extend(f"{disk.href}: {p}" for p in inspection.problems)
+        if disk.too_big or not inspection.safe:
+            refused.add(disk.href)
         if inspection.subformat and inspection.subformat != disk.subformat:
             problems.append(f"{disk.href}: descriptor says {disk.subformat}, the header says {inspection.subformat}")
+            refused.add(disk.href)
         if (
             disk.capacity is not None
             and inspection.virtual_size is not None
             and disk.capacity != inspection.virtual_size
         ):
             problems.append(
-                f"{disk.href}: Disk {disk.disk_id} capacity {disk.capacity} differs from the image's "
+                f"{disk.href}: Disk {disk.disk_id[:40]} capacity {disk.capacity} differs from the image's "
                 f"virtual size {inspection.virtual_size}"
             )
         checked.append(disk)
-    return checked
+    targets = [
+        (by_name[href], next(d.format for d in facts.disks if d.href == href))
+        for href in inspections
+        if href not in refused
+    ]
+    return checked, targets
 
 
 class _Slice:
@@ -373,7 +540,7 @@ def _check_manifest(
     by_name: dict[str, TarMember],
     ovf_name: str,
     mf_name: str,
-    facts: DescriptorFacts,
+    referenced: tuple[str, ...],
     problems: list[str],
 ) -> tuple[str, ...]:
     data = _read_small(f, by_name[mf_name], 64 * 1024, problems)
@@ -381,7 +548,7 @@ def _check_manifest(
         return ()
     entries, line_problems = parse_manifest(data)
     problems.extend(f"{mf_name}: {p}" for p in line_problems)
-    covered = [ovf_name, *facts.files]
+    covered = [ovf_name, *referenced]
     for name in entries:
         if name not in covered:
             problems.append(f"{mf_name}: lists {name}, which is neither the descriptor nor a referenced file")
