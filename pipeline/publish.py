@@ -10,6 +10,7 @@ registration is idempotent. So the catalogue never lists an image that is not in
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from pipeline.catalogue.contract import (
     version_payload_from_build,
 )
 from pipeline.errors import ArtifactError, UploadError
+from pipeline.formats.sbom import sbom_file_name, sbom_json, write_sbom
 from pipeline.fsutil import Digests
 from pipeline.log import log, step
 from pipeline.manifest import Artifact, BuildManifest, find_version
@@ -139,6 +141,10 @@ def plan_publish(settings: Settings, name: str, version: str | None, repository:
                 problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {artifact.size}")
             key = f"{name}/{manifest.version}/{Path(artifact.name).name}"
             uploads.append(PlannedUpload(artifact, key, repository.public_url(key)))
+    sbom = sbom_artifact(manifest)
+    if sbom.role == "sbom" or (version_dir / sbom.name).is_file():  # packaged with its SBOM: it goes along
+        sbom_key = f"{name}/{manifest.version}/{sbom.name}"
+        uploads.append(PlannedUpload(sbom, sbom_key, repository.public_url(sbom_key)))
     if problems:
         raise ArtifactError(
             f"{name} {manifest.version} is not ready to publish:\n  " + "\n  ".join(problems),
@@ -147,6 +153,28 @@ def plan_publish(settings: Settings, name: str, version: str | None, repository:
     uris = {u.artifact.name: u.url for u in uploads if u.artifact.role in IMAGE_ROLES}
     payload = version_payload_from_build(appliance, manifest, uris)
     return PublishPlan(appliance, manifest, version_dir, repository.url, tuple(uploads), payload)
+
+
+def sbom_artifact(manifest: BuildManifest) -> Artifact:
+    """The SBOM as packaging recorded it (role ``sbom``), else the one ``write_sbom`` makes from the
+    manifest (role ``sbom-derived``): it is deterministic, so the file packaging wrote next to the
+    images has these bytes, and a version packaged before SBOMs existed gets them too."""
+    for a in manifest.artifacts:
+        if a.role == "sbom":
+            return a
+    data = sbom_json(manifest)
+    d = hash_bytes(data)
+    return Artifact(sbom_file_name(manifest), "sbom-derived", "json", d.size, d.sha256, d.sha512)
+
+
+def hash_bytes(data: bytes) -> Digests:
+    return Digests(len(data), hashlib.sha256(data).hexdigest(), hashlib.sha512(data).hexdigest())
+
+
+def ensure_sbom(plan: PublishPlan) -> None:
+    """Write the SBOM next to the images if packaging did not (an older package)."""
+    if not (plan.version_dir / sbom_file_name(plan.manifest)).is_file():
+        write_sbom(plan.manifest, plan.version_dir)
 
 
 def publish_version(
