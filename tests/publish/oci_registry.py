@@ -7,6 +7,7 @@ python-bcrypt nor apache2-utils' ``htpasswd`` is needed; the registry (Go's bcry
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import datetime as dt
 import ipaddress
@@ -14,14 +15,19 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from .conftest import free_port, wait_for_port
@@ -132,8 +138,12 @@ class Registry:
         assert got.returncode == 0, got.stderr
 
 
-def start_registry(directory: Path, tls_and_auth: bool = True) -> Iterator[Registry]:
-    """``docker-registry serve`` on a free loopback port; stopped when the generator is closed."""
+def start_registry(
+    directory: Path, tls_and_auth: bool = True, auth: dict[str, object] | None = None
+) -> Iterator[Registry]:
+    """``docker-registry serve`` on a free loopback port; stopped when the generator is closed.
+
+    ``tls_and_auth``: TLS from a test CA and htpasswd users (or the ``auth`` section given)."""
     port = free_port()
     root = directory / "storage"
     root.mkdir(parents=True)
@@ -153,7 +163,7 @@ def start_registry(directory: Path, tls_and_auth: bool = True) -> Iterator[Regis
         http["tls"] = {"certificate": str(cert), "key": str(key)}
         htpasswd = directory / "htpasswd"
         htpasswd.write_text(f"{USER}:{bcrypt_hash(PASSWORD)}\n")
-        config["auth"] = {"htpasswd": {"realm": "vmi-test", "path": str(htpasswd)}}
+        config["auth"] = auth or {"htpasswd": {"realm": "vmi-test", "path": str(htpasswd)}}
     config_path = directory / "config.yml"
     config_path.write_text(json.dumps(config))  # JSON is YAML
     log = directory / "registry.log"
@@ -168,3 +178,110 @@ def start_registry(directory: Path, tls_and_auth: bool = True) -> Iterator[Regis
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# -- a registry with token (Bearer) auth: the Harbor/Docker Hub flow ----------------------------------
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass
+class TokenServer:
+    """A minimal Docker token service: checks basic credentials, signs an ES256 JWT granting the scope."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert_der: bytes
+    service: str = "vmi-test-registry"
+    issuer: str = "vmi-test-issuer"
+    scopes: list[str] = field(default_factory=list)  # every scope asked for, in order
+    url: str = ""
+
+    def token(self, scopes: list[str]) -> str:
+        access = []
+        for scope in scopes:
+            kind, name, actions = scope.split(":")
+            access.append({"type": kind, "name": name, "actions": actions.split(",")})
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer,
+            "sub": USER,
+            "aud": self.service,
+            "exp": now + 300,
+            "nbf": now - 60,
+            "iat": now,
+            "jti": uuid.uuid4().hex,
+            "access": access,
+        }
+        header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(self.cert_der).decode()]}
+        signing_input = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        r, s = decode_dss_signature(self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+        return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+    def serve(self) -> ThreadingHTTPServer:
+        server_self = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                query = parse_qs(urlsplit(self.path).query)
+                expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+                if self.headers.get("Authorization") != expected or query.get("service") != [server_self.service]:
+                    self.send_response(401)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                scopes = query.get("scope", [])
+                server_self.scopes.extend(scopes)
+                body = json.dumps({"token": server_self.token(scopes), "expires_in": 300}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{server.server_address[1]}/token"
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server
+
+
+def start_token_registry(directory: Path) -> Iterator[tuple[Registry, TokenServer]]:
+    """docker-registry with TLS and ``auth.token``: every request is answered with a Bearer challenge."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vmi test token signer")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    bundle = directory / "token-signer.pem"
+    bundle.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    tokens = TokenServer(key, cert.public_bytes(serialization.Encoding.DER))
+    server = tokens.serve()
+    auth = {
+        "token": {
+            "realm": tokens.url,
+            "service": tokens.service,
+            "issuer": tokens.issuer,
+            "rootcertbundle": str(bundle),
+        }
+    }
+    try:
+        for registry in start_registry(directory, auth=auth):
+            yield registry, tokens
+    finally:
+        server.shutdown()
+        server.server_close()

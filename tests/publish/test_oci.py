@@ -26,7 +26,7 @@ from pipeline.repository.oci import (
 from pipeline.settings import Settings
 
 from .conftest import MiB, PackagedVersion, make_packaged_version, make_settings
-from .oci_registry import PASSWORD, USER, Registry, start_registry
+from .oci_registry import PASSWORD, USER, Registry, TokenServer, start_registry, start_token_registry
 
 
 @pytest.fixture(scope="session")
@@ -254,3 +254,29 @@ def test_credentials_are_both_or_neither(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"auth.json: auths.h:5000.auth: not base64 of user:password"):
         load_credentials("h:5000", {"REGISTRY_AUTH_FILE": str(bad), "HOME": str(tmp_path)})
     assert load_credentials("other", {"REGISTRY_AUTH_FILE": str(bad), "HOME": str(tmp_path)}) is None
+
+
+@pytest.fixture(scope="module")
+def token_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Registry, TokenServer]]:
+    yield from start_token_registry(tmp_path_factory.mktemp("registry-token"))
+
+
+def test_bearer_token_challenges_are_answered(
+    tmp_path: Path,
+    token_registry: tuple[Registry, TokenServer],
+    project: str,
+    oci_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Harbor and Docker Hub answer with ``Bearer realm=...,service=...,scope=...``: the token service
+    gets the basic credentials, the registry gets the token for the repository's pull,push scope."""
+    registry, tokens = token_registry
+    monkeypatch.setenv("VMI_OCI_CA", str(registry.ca))
+    settings, _ = setup(tmp_path, registry, project)
+    result = publish_version(settings, "debian-12")
+    assert f"repository:{project}/debian-12:pull,push" in tokens.scopes
+    raw = registry.inspect_raw(f"{project}/debian-12:{ROLLING}")  # skopeo does the token dance itself
+    assert result.pushes[0].reference.endswith("@sha256:" + hashlib.sha256(raw).hexdigest())
+    monkeypatch.setenv("VMI_OCI_PASSWORD", "wrong")
+    with pytest.raises(UploadError, match=r"GET /v2/: HTTP 401: the credentials were refused"):
+        publish_version(settings, "debian-12")
