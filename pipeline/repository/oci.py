@@ -691,10 +691,28 @@ class OciRepository:
         return compare(key, expected, self.client.blob_digests(repo, layers[0]["digest"], expected.size))
 
     def delete(self, key: str) -> None:
+        """Retention: delete a version's image manifest (so its tags) and its referrers (SBOM, fallback
+        index). Refused while the rolling tag still points at it: that would unpublish the current image."""
         repo, tag = self._split(key)
         found = self.client.get_manifest(repo, tag)
-        if found is not None:
-            self.client.delete_manifest(repo, found[1])
+        if found is None:
+            return
+        digest = found[1]
+        rolling = tag.split("-", 1)[0]
+        if rolling != tag:
+            current = self.client.get_manifest(repo, rolling)
+            if current is not None and current[1] == digest:
+                raise UploadError(
+                    f"{self.location.host}/{repo}:{tag}: the rolling tag {rolling} still points at it; not deleted",
+                    hint="publish a newer version first",
+                )
+        index = self.client.get_manifest(repo, fallback_tag(digest))
+        if index is not None:
+            for referrer in json.loads(index[0]).get("manifests", []):
+                self.client.delete_manifest(repo, str(referrer["digest"]))
+            self.client.delete_manifest(repo, index[1])
+        self.client.delete_manifest(repo, digest)
+        log.info("deleted %s/%s:%s (%s) and its referrers", self.location.host, repo, tag, digest)
 
     def iter_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         return iter(())  # a registry lists repositories only through its own (Harbor) API

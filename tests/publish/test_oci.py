@@ -14,7 +14,8 @@ import pytest
 
 from pipeline.errors import ConfigError, UploadError
 from pipeline.formats.sbom import sbom_json
-from pipeline.publish import publish_version
+from pipeline.publish import audit_repository, publish_version
+from pipeline.repository import open_repository
 from pipeline.repository.oci import (
     EMPTY_DESCRIPTOR,
     INDEX_TYPE,
@@ -280,3 +281,32 @@ def test_bearer_token_challenges_are_answered(
     monkeypatch.setenv("VMI_OCI_PASSWORD", "wrong")
     with pytest.raises(UploadError, match=r"GET /v2/: HTTP 401: the credentials were refused"):
         publish_version(settings, "debian-12")
+
+
+def test_audit_reads_back_registered_images_and_retention_deletes_old_tags_with_referrers(
+    tmp_path: Path, registry: Registry, project: str, oci_env: None
+) -> None:
+    settings, _ = setup(tmp_path, registry, project)
+    make_packaged_version(settings.output_dir, version="2026.11.23", qcow2_size=MiB + 1, seed="newer")
+    old = publish_version(settings, "debian-12", version="2026.11.22")
+    new = publish_version(settings, "debian-12", version="2026.11.23")
+    repo = f"{project}/debian-12"
+    report = audit_repository(settings)
+    assert (report.ok, report.checked) == (True, 2), report.summary()
+
+    repository = open_repository(settings)
+    with pytest.raises(UploadError, match=r":12-2026.11.23: the rolling tag 12 still points at it; not deleted\n"):
+        repository.delete("debian-12:12-2026.11.23")
+    old_key = repository.key_for_url(f"oci://{old.pushes[0].reference}")
+    assert old_key == "debian-12:12-2026.11.22"
+    repository.delete(old_key)
+    assert registry.tags(repo) == sorted(["12", "12-2026.11.23", new.plan.oci.fallback_tag])  # type: ignore[union-attr]
+    old_sbom = old.plan.oci.referrer  # type: ignore[union-attr]
+    gone = registry.skopeo(
+        "inspect", "--raw", f"docker://{registry.host}/{repo}@sha256:{hashlib.sha256(old_sbom).hexdigest()}"
+    )
+    assert gone.returncode != 0 and "manifest unknown" in gone.stderr
+    report = audit_repository(settings)
+    assert report.drift == (
+        f"debian-12 2026.11.22: debian-12:12-2026.11.22: no such tag in oci://{registry.host}/{project}",
+    )
