@@ -231,12 +231,30 @@ def fallback_tag(digest: str) -> str:
     return digest.replace(":", "-")
 
 
-def referrers_index(existing: bytes | None, referrer: bytes) -> bytes:
+def parse_json_object(data: bytes, what: str, list_field: str | None = None) -> dict[str, Any]:
+    """A manifest or index from a registry: a JSON object (whose ``list_field``, if named, is a list of
+    objects), else one clear ``RegistryError`` naming ``what``."""
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise RegistryError(f"{what}: not valid JSON ({e})") from e
+    if not isinstance(doc, dict):
+        raise RegistryError(f"{what}: not a JSON object")
+    if list_field is not None:
+        items = doc.get(list_field, [])
+        if not isinstance(items, list) or not all(
+            isinstance(x, dict) and isinstance(x.get("digest"), str) for x in items
+        ):
+            raise RegistryError(f"{what}: {list_field}: must be a list of descriptors")
+    return doc
+
+
+def referrers_index(existing: bytes | None, referrer: bytes, what: str = "referrers index") -> bytes:
     """The fallback index with ``referrer`` listed (once), keeping whatever else it listed."""
     doc: dict[str, Any] = {"schemaVersion": 2, "mediaType": INDEX_TYPE, "manifests": []}
     if existing is not None:
-        doc = json.loads(existing)
-    parsed = json.loads(referrer)
+        doc = parse_json_object(existing, what, "manifests")
+    parsed = parse_json_object(referrer, "referrer")
     entry = descriptor(
         MANIFEST_TYPE,
         sha256_digest(referrer),
@@ -289,20 +307,39 @@ def load_credentials(host: str, environ: Mapping[str, str]) -> tuple[str, str] |
     for path in auth_files(environ):
         if not path.is_file():
             continue
+        entry = _auth_entry(path, host)
+        if entry is None:
+            continue
         try:
-            if path.stat().st_size > MAX_SMALL_REPLY:
-                raise ConfigError(f"{path}: larger than 1 MiB, not an auth file")
-            auths = json.loads(path.read_text()).get("auths", {})
-            entry = next((v for k, v in auths.items() if k.removeprefix("https://").rstrip("/") == host), None)
-            if entry is None:
-                continue
             raw = base64.b64decode(entry["auth"], validate=True).decode()
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (ValueError, KeyError, TypeError) as e:
             raise ConfigError(f"{path}: auths.{host}.auth: not base64 of user:password ({e})") from e
         user, sep, password = raw.partition(":")
         if not sep:
             raise ConfigError(f"{path}: auths.{host}.auth: not base64 of user:password")
         return user, password
+    return None
+
+
+def _auth_entry(path: Path, host: str) -> dict[str, Any] | None:
+    """The ``auths`` entry for ``host`` in a podman/docker auth file (bounded; credential helpers are not run)."""
+    if path.stat().st_size > MAX_SMALL_REPLY:
+        raise ConfigError(f"{path}: larger than 1 MiB, not an auth file")
+    try:
+        doc = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from e
+    auths = doc.get("auths", {}) if isinstance(doc, dict) else None
+    if not isinstance(auths, dict):
+        raise ConfigError(f"{path}: auths: must be a mapping of registry to credentials")
+    for key, entry in auths.items():
+        if key.removeprefix("https://").rstrip("/") == host:
+            if not isinstance(entry, dict):
+                raise ConfigError(f"{path}: auths.{host}: must be a mapping with an auth field")
+            return entry
+    helpers = doc.get("credHelpers", {})
+    if (isinstance(helpers, dict) and host in helpers) or doc.get("credsStore"):
+        log.warning("%s: credential helpers are not used; set VMI_OCI_USERNAME/VMI_OCI_PASSWORD", path)
     return None
 
 
@@ -673,8 +710,8 @@ class OciRepository:
         found = self.client.get_manifest(repo, tag)
         if found is None:
             return None
-        layers = json.loads(found[0]).get("layers", [])
-        size = int(layers[0]["size"]) if layers else 0
+        layers = parse_json_object(found[0], f"{self.url}: {key}", "layers").get("layers", [])
+        size = int(layers[0].get("size", 0)) if layers else 0
         return ObjectInfo(key, size, {"manifest": found[1]})
 
     def exists(self, key: str) -> bool:
@@ -685,7 +722,7 @@ class OciRepository:
         found = self.client.get_manifest(repo, tag)
         if found is None:
             return [f"{key}: no such tag in {self.url}"]
-        layers = json.loads(found[0]).get("layers", [])
+        layers = parse_json_object(found[0], f"{self.url}: {key}", "layers").get("layers", [])
         if len(layers) != 1:
             return [f"{key}: {len(layers)} layers, expected one"]
         return compare(key, expected, self.client.blob_digests(repo, layers[0]["digest"], expected.size))
@@ -708,7 +745,8 @@ class OciRepository:
                 )
         index = self.client.get_manifest(repo, fallback_tag(digest))
         if index is not None:
-            for referrer in json.loads(index[0]).get("manifests", []):
+            listed = parse_json_object(index[0], f"{self.url}: {repo}:{fallback_tag(digest)}", "manifests")
+            for referrer in listed.get("manifests", []):
                 self.client.delete_manifest(repo, str(referrer["digest"]))
             self.client.delete_manifest(repo, index[1])
         self.client.delete_manifest(repo, digest)
@@ -777,7 +815,7 @@ class OciRepository:
         reply = self._put_proved(repo, sha256_digest(plan.referrer), plan.referrer, MANIFEST_TYPE)
         if "OCI-Subject" not in reply.headers:  # no referrers API: keep the tag-schema index up to date
             current = client.get_manifest(repo, plan.fallback_tag)
-            index = referrers_index(current[0] if current else None, plan.referrer)
+            index = referrers_index(current[0] if current else None, plan.referrer, f"{repo}:{plan.fallback_tag}")
             if current is None or current[0] != index:
                 self._put_proved(repo, plan.fallback_tag, index, INDEX_TYPE)
         self._put_proved(repo, long_tag, plan.image, MANIFEST_TYPE)
