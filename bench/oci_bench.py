@@ -1,0 +1,141 @@
+"""OCI push throughput: vmi-pipeline's registry client against `skopeo copy`, same file, same registry.
+
+    .venv/bin/python bench/oci_bench.py [--size-mib 512] [--runs 1] [--smoke]
+
+Starts Debian's docker-registry on a free loopback port (TLS from a throwaway CA, htpasswd auth: the
+test fixture), writes one incompressible file, then times, each into a fresh repository so nothing is
+skipped: our chunked blob push (hash while reading, PATCH chunks of VMI_UPLOAD_PART_MIB, default 16),
+the same plus the read-back publish does (download + sha256/sha512), and `skopeo copy --preserve-digests`
+from an OCI layout holding the same file as the single layer of the same kind of manifest. Prints MiB/s
+for each. The registry writes to the same disk on loopback; the figures compare clients, not stores.
+``--smoke``: 8 MiB, one run (CI checks the bench still runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.fsutil import hash_file  # noqa: E402
+from pipeline.repository import UploadTuning  # noqa: E402
+from pipeline.repository.oci import (  # noqa: E402
+    EMPTY_BLOB,
+    EMPTY_DESCRIPTOR,
+    MANIFEST_TYPE,
+    OciRepository,
+    canonical,
+)
+from tests.publish.oci_registry import PASSWORD, USER, Registry, start_registry  # noqa: E402
+
+MiB = 1024 * 1024
+
+
+def write_file(path: Path, size: int) -> None:
+    block = hashlib.sha512(b"oci bench").digest() * (MiB // 64)
+    with open(path, "wb") as f:
+        for i in range(size // MiB):
+            f.write(hashlib.sha256(i.to_bytes(8, "big")).digest() + block[32:])
+
+
+def oci_layout(directory: Path, disk: Path, sha256: str, size: int) -> None:
+    """An OCI image layout with the disk as the single layer (what skopeo copies)."""
+    blobs = directory / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    (blobs / sha256).symlink_to(disk)
+    (blobs / str(EMPTY_DESCRIPTOR["digest"]).split(":")[1]).write_bytes(EMPTY_BLOB)
+    manifest = canonical(
+        {
+            "schemaVersion": 2,
+            "mediaType": MANIFEST_TYPE,
+            "config": EMPTY_DESCRIPTOR,
+            "layers": [{"mediaType": "application/x-qemu-disk", "digest": f"sha256:{sha256}", "size": size}],
+        }
+    )
+    digest = hashlib.sha256(manifest).hexdigest()
+    (blobs / digest).write_bytes(manifest)
+    (directory / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": MANIFEST_TYPE,
+                "digest": f"sha256:{digest}",
+                "size": len(manifest),
+                "annotations": {"org.opencontainers.image.ref.name": "bench"},
+            }
+        ],
+    }
+    (directory / "index.json").write_text(json.dumps(index))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=512)
+    parser.add_argument("--runs", type=int, default=1)
+    parser.add_argument("--smoke", action="store_true", help="8 MiB, one run")
+    args = parser.parse_args()
+    size_mib, runs = (8, 1) if args.smoke else (args.size_mib, args.runs)
+    with tempfile.TemporaryDirectory(prefix="oci-bench.", dir=ROOT / "work" if (ROOT / "work").is_dir() else None) as t:
+        tmp = Path(t)
+        registries = start_registry(tmp / "registry")
+        registry: Registry = next(registries)
+        try:
+            disk = tmp / "disk.qcow2"
+            write_file(disk, size_mib * MiB)
+            digests = hash_file(disk)
+            env = {"VMI_OCI_USERNAME": USER, "VMI_OCI_PASSWORD": PASSWORD, "VMI_OCI_CA": str(registry.ca)}
+            tuning = UploadTuning.from_environ(os.environ)
+            repository = OciRepository(f"oci://{registry.host}/bench", tuning, environ=env)
+            layout = tmp / "layout"
+            oci_layout(layout, disk, digests.sha256, digests.size)
+            results: dict[str, list[float]] = {"vmi push": [], "vmi push + read-back": [], "skopeo copy": []}
+            for _ in range(runs):
+                repo = f"bench/r{uuid.uuid4().hex[:8]}"
+                start = time.monotonic()
+                repository.client.push_file(repo, disk, digests, tuning.part_size)
+                pushed = time.monotonic() - start
+                read = repository.client.blob_digests(repo, f"sha256:{digests.sha256}", digests.size)
+                assert read == digests, "read-back differs"
+                results["vmi push"].append(pushed)
+                results["vmi push + read-back"].append(time.monotonic() - start)
+                target = f"docker://{registry.host}/bench/s{uuid.uuid4().hex[:8]}:bench"
+                start = time.monotonic()
+                copied = subprocess.run(
+                    [
+                        "skopeo",
+                        "copy",
+                        "--quiet",
+                        "--preserve-digests",
+                        f"--dest-cert-dir={registry.cert_dir}",
+                        f"--dest-creds={USER}:{PASSWORD}",
+                        f"oci:{layout}:bench",
+                        target,
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=3600,
+                )
+                if copied.returncode != 0:
+                    raise SystemExit(f"skopeo copy failed: {copied.stderr.strip()}")
+                results["skopeo copy"].append(time.monotonic() - start)
+            print(f"{size_mib} MiB to docker-registry on loopback (TLS, basic auth), {runs} run(s), best of each:")
+            for label, seconds in results.items():
+                best = min(seconds)
+                print(f"  {label:<22} {size_mib / best:8.1f} MiB/s  ({best:.2f} s)")
+        finally:
+            registries.close()
+
+
+if __name__ == "__main__":
+    main()
