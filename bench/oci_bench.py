@@ -4,10 +4,12 @@
 
 Starts Debian's docker-registry on a free loopback port (TLS from a throwaway CA, htpasswd auth: the
 test fixture), writes one incompressible file, then times, each into a fresh repository so nothing is
-skipped: our chunked blob push (hash while reading, PATCH chunks of VMI_UPLOAD_PART_MIB, default 16),
+skipped: our blob push (one PATCH streamed from disk, sha256 while reading),
 the same plus the read-back publish does (download + sha256/sha512), and `skopeo copy --preserve-digests`
 from an OCI layout holding the same file as the single layer of the same kind of manifest. Prints MiB/s
 for each. The registry writes to the same disk on loopback; the figures compare clients, not stores.
+skopeo runs with a fresh HOME each time (its blob-info cache would otherwise turn the upload into a
+cross-repository mount of the blob it pushed before, and time nothing).
 ``--smoke``: 8 MiB, one run (CI checks the bench still runs).
 """
 
@@ -95,7 +97,7 @@ def main() -> None:
             write_file(disk, size_mib * MiB)
             digests = hash_file(disk)
             env = {"VMI_OCI_USERNAME": USER, "VMI_OCI_PASSWORD": PASSWORD, "VMI_OCI_CA": str(registry.ca)}
-            tuning = UploadTuning.from_environ(os.environ)
+            tuning = UploadTuning()
             repository = OciRepository(f"oci://{registry.host}/bench", tuning, environ=env)
             layout = tmp / "layout"
             oci_layout(layout, disk, digests.sha256, digests.size)
@@ -103,7 +105,7 @@ def main() -> None:
             for _ in range(runs):
                 repo = f"bench/r{uuid.uuid4().hex[:8]}"
                 start = time.monotonic()
-                repository.client.push_file(repo, disk, digests, tuning.part_size)
+                repository.client.push_file(repo, disk, digests)
                 pushed = time.monotonic() - start
                 read = repository.client.blob_digests(repo, f"sha256:{digests.sha256}", digests.size)
                 assert read == digests, "read-back differs"
@@ -125,6 +127,8 @@ def main() -> None:
                     capture_output=True,
                     text=True,
                     timeout=3600,
+                    # a fresh HOME: no blob-info cache, so skopeo cannot mount the blob from an earlier run
+                    env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tempfile.mkdtemp(dir=tmp)},
                 )
                 if copied.returncode != 0:
                     raise SystemExit(f"skopeo copy failed: {copied.stderr.strip()}")

@@ -30,7 +30,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import requests
@@ -382,14 +382,19 @@ class RegistryClient:
             **kwargs,
         )
 
-    def request(self, method: str, path: str, scope: str = "", retry: bool = True, **kwargs: Any) -> requests.Response:
-        """One call; on 401 it answers the challenge and asks again; 5xx and dropped connections are
-        retried with backoff when ``retry`` (only for calls whose body can be sent again)."""
+    def request(
+        self, method: str, path: str, scope: str = "", retry: bool = True, replay: bool = True, **kwargs: Any
+    ) -> requests.Response:
+        """One call; on 401 it answers the challenge and asks again (``replay``: the body can be sent
+        again; else the 401 is returned, the caller resumes); 5xx and dropped connections are retried
+        with backoff when ``retry``."""
         url = path if path.startswith(("http://", "https://")) else self.base + path
         for attempt in range(1, self.attempts + 1):
             try:
                 reply = self._send(method, url, scope, **kwargs)
                 if reply.status_code == 401 and self._answer(reply, scope):
+                    if not replay:
+                        return reply
                     reply = self._send(method, url, scope, **kwargs)
             except requests.exceptions.SSLError as e:
                 raise RegistryError(
@@ -523,60 +528,64 @@ class RegistryClient:
             self.finish_upload(repo, self.start_upload(repo), digest, data)
         return digest
 
-    def push_file(self, repo: str, path: Path, expected: Digests, chunk_size: int) -> tuple[bool, Digests]:
-        """Upload ``path`` as a blob in PATCH chunks, hashing as it reads; (uploaded?, digests read)."""
+    def push_file(self, repo: str, path: Path, expected: Digests, read_size: int = 1024 * 1024) -> bool:
+        """Upload ``path`` as a blob unless the registry has it; True if this call uploaded it.
+
+        One PATCH streams the file from disk (``read_size`` at a time, never the whole file in memory)
+        and hashes what it reads. After a 5xx or a dropped connection it asks the registry how many
+        bytes it kept, re-hashes that prefix locally and streams the rest. The registry makes a blob
+        only on the final PUT, which names the sha256 computed while reading: a file that changed
+        since packaging is refused here, and a damaged upload by the registry.
+        """
         digest = "sha256:" + expected.sha256
         if self.blob_size(repo, digest) == expected.size:
-            return False, expected
+            return False
         location = self.start_upload(repo)
-        sha256, sha512, offset = hashlib.sha256(), hashlib.sha512(), 0
+        offset = 0
         with open(path, "rb") as f:
-            while chunk := f.read(chunk_size):
-                sha256.update(chunk)
-                sha512.update(chunk)
-                location = self._patch(repo, location, chunk, offset)
-                offset += len(chunk)
-        read = Digests(offset, sha256.hexdigest(), sha512.hexdigest())
-        problems = compare(str(path), expected, read)
-        if problems:  # the session is left unfinished: the registry never makes a blob of it
-            self.request("DELETE", location, repo, retry=False)
-            raise UploadError(f"{path} changed since it was packaged: " + "; ".join(problems))
+            for attempt in range(1, self.attempts + 1):
+                sha256 = _prefix_sha256(f, offset, read_size)
+                body = _HashingBody(f, offset, expected.size, sha256, read_size)
+                headers = {"Content-Type": "application/octet-stream"}
+                if body.remaining:  # the registry refuses (416) a start that is not what it holds
+                    headers["Content-Range"] = f"{offset}-{expected.size - 1}"
+                try:
+                    reply = self.request("PATCH", location, repo, retry=False, replay=False, data=body, headers=headers)
+                    if reply.status_code == 202 and body.remaining == 0:
+                        location = urljoin(self.base + "/", reply.headers["Location"])
+                        break
+                    if reply.status_code < 500 and reply.status_code != 401:
+                        self.check(reply, "upload a blob", (202,))
+                    why = f"HTTP {reply.status_code}"
+                except RegistryError as e:
+                    if e.status is not None or attempt == self.attempts:
+                        raise
+                    why = e.message
+                if attempt == self.attempts:
+                    raise self.error(f"upload of {path.name} failed {attempt} times, last: {why}")
+                self._wait(attempt, f"PATCH {path.name}: {why}")
+                offset, location = self._upload_status(repo, location)
+                if offset <= 1:  # "0-0" means 0 or 1 byte kept: start a clean session instead of guessing
+                    self.request("DELETE", location, repo, retry=False)
+                    offset, location = 0, self.start_upload(repo)
+        read = Digests(expected.size - body.remaining, sha256.hexdigest(), expected.sha512)
+        if (read.size, read.sha256) != (expected.size, expected.sha256):
+            self.request("DELETE", location, repo, retry=False)  # the registry never makes a blob of it
+            raise UploadError(
+                f"{path} changed since it was packaged: " + "; ".join(compare(str(path), expected, read)),
+                hint="package the version again, then publish",
+            )
         self.finish_upload(repo, location, digest)
-        return True, read
+        return True
 
-    def _patch(self, repo: str, location: str, chunk: bytes, offset: int) -> str:
-        """Send one chunk; after a 5xx or a dropped connection ask the registry how far it got and resend."""
-        end = offset + len(chunk) - 1
-        for attempt in range(1, self.attempts + 1):
-            try:
-                reply = self.request(
-                    "PATCH",
-                    location,
-                    repo,
-                    retry=False,
-                    data=chunk,
-                    headers={"Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{end}"},
-                )
-                if reply.status_code == 202:
-                    return urljoin(self.base + "/", reply.headers["Location"])
-                if reply.status_code < 500:
-                    self.check(reply, "upload a blob chunk", (202,))
-            except RegistryError as e:
-                if e.status is not None or attempt == self.attempts:
-                    raise
-            if attempt == self.attempts:
-                self.check(reply, "upload a blob chunk", (202,))
-            self._wait(attempt, f"PATCH chunk at {offset}")
-            status = self.request("GET", location, repo)
-            if status.status_code != 204:
-                raise self.error(f"the upload session was lost at byte {offset}", status.status_code)
-            received = int(status.headers.get("Range", "0-0").split("-")[1]) + 1 if status.headers.get("Range") else 0
-            location = urljoin(self.base + "/", status.headers.get("Location", location))
-            if received == end + 1:
-                return location
-            if received != offset:
-                raise self.error(f"the upload resumed at byte {received}, expected {offset}")
-        raise AssertionError("unreachable")
+    def _upload_status(self, repo: str, location: str) -> tuple[int, str]:
+        """How many bytes the registry kept of an upload session, and the session's next location."""
+        status = self.request("GET", location, repo)
+        if status.status_code != 204:
+            raise self.error("the upload session was lost; publish again to start over", status.status_code)
+        kept = status.headers.get("Range", "")
+        offset = int(kept.split("-")[1]) + 1 if re.match(r"^0-[0-9]+$", kept) else 0
+        return offset, urljoin(self.base + "/", status.headers.get("Location", location))
 
     def get_manifest(self, repo: str, reference: str) -> tuple[bytes, str] | None:
         """(bytes, digest) of a manifest, or None; the digest is recomputed, never taken on trust."""
@@ -800,7 +809,7 @@ class OciRepository:
                 hint="a published tag is immutable: build and publish a new version",
             )
         client.push_bytes(repo, EMPTY_BLOB)
-        uploaded, _ = client.push_file(repo, disk_path, expected, self.tuning.part_size)
+        uploaded = client.push_file(repo, disk_path, expected)
         sbom_digest = client.push_bytes(repo, plan.sbom)
         # every blob read back by digest before any manifest names it
         for what, blob_digest, want in (
@@ -834,3 +843,45 @@ class OciRepository:
 
 def _digests(data: bytes) -> Digests:
     return Digests(len(data), hashlib.sha256(data).hexdigest(), hashlib.sha512(data).hexdigest())
+
+
+def _prefix_sha256(f: BinaryIO, end: int, read_size: int) -> Any:
+    """sha256 of the first ``end`` bytes of ``f`` (what the registry already holds of a resumed upload)."""
+    sha256 = hashlib.sha256()
+    f.seek(0)
+    left = end
+    while left > 0:
+        chunk = f.read(min(read_size, left))
+        if not chunk:
+            break
+        sha256.update(chunk)
+        left -= len(chunk)
+    return sha256
+
+
+class _HashingBody:
+    """A request body streaming ``f`` from ``start`` to ``end`` and hashing what it hands out.
+
+    ``__len__`` gives requests a Content-Length, so the file is sent as it is read, never buffered.
+    """
+
+    def __init__(self, f: BinaryIO, start: int, end: int, sha256: Any, read_size: int) -> None:
+        f.seek(start)
+        self._f = f
+        self._sha256 = sha256
+        self._read_size = read_size
+        self.remaining = end - start
+
+    def __len__(self) -> int:
+        return self.remaining
+
+    def __iter__(self) -> Iterator[bytes]:
+        """``read_size`` blocks: urllib3 sends each with one ``sendall`` (a ``read()`` body would go in
+        http.client's 16 KiB blocks, several times slower through TLS)."""
+        while self.remaining > 0:
+            data = self._f.read(min(self._read_size, self.remaining))
+            if not data:  # the registry would wait for bytes that will never come
+                raise UploadError(f"{getattr(self._f, 'name', 'the file')}: shorter than packaged; package it again")
+            self._sha256.update(data)
+            self.remaining -= len(data)
+            yield data

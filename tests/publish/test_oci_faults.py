@@ -53,15 +53,14 @@ def put_manifest(reference: str = "") -> Callable[[str, str], bool]:
 def env_for(tmp_path: Path, proxy: FaultProxy) -> tuple[dict[str, str], str]:
     project = f"vmi{uuid.uuid4().hex[:10]}"
     settings = make_settings(tmp_path, f"oci://{proxy.url.removeprefix('http://')}/{project}")
-    # 11 MiB in 5 MiB chunks: three PATCHes
     make_packaged_version(settings.output_dir, qcow2_size=11 * MiB)
-    env = {**settings_env(settings), "VMI_UPLOAD_PART_MIB": "5", "HOME": str(tmp_path / "home")}
+    env = {**settings_env(settings), "HOME": str(tmp_path / "home")}
     for var in ("VMI_OCI_USERNAME", "VMI_OCI_PASSWORD", "VMI_OCI_CA", "REGISTRY_AUTH_FILE", "DOCKER_CONFIG"):
         env.pop(var, None)
     return env, f"{project}/debian-12"
 
 
-TUNING = UploadTuning(part_size=5 * MiB, backoff=0.05)
+TUNING = UploadTuning(backoff=0.05)
 PUBLISH = ["publish", "--appliance", "debian-12", "--insecure"]
 
 
@@ -72,7 +71,7 @@ def rolling_tag(method: str, target: str) -> bool:
 @pytest.mark.parametrize(
     ("point", "match", "after", "long_tag_left"),
     [
-        ("during the second blob chunk", patch_chunk, 1, False),
+        ("during the blob upload", patch_chunk, 0, False),
         ("after the blobs, before any manifest", put_manifest(), 0, False),
         ("before the rolling tag", rolling_tag, 0, True),
     ],
@@ -111,14 +110,15 @@ def test_a_killed_push_leaves_no_tag_on_a_partial_artifact_and_a_rerun_finishes(
     assert plain_registry.inspect_raw(f"{repo}:{LONG}") == plain_registry.inspect_raw(f"{repo}:{ROLLING}")
 
 
-def test_a_5xx_on_a_chunk_is_retried_from_where_the_registry_got(
+def test_a_5xx_on_the_blob_upload_is_retried_from_where_the_registry_got(
     tmp_path: Path, plain_registry: Registry, oci_proxy: FaultProxy
 ) -> None:
     env, repo = env_for(tmp_path, oci_proxy)
-    failed = oci_proxy.add(Rule(patch_chunk, "fail", after=1, status=503))
+    failed = oci_proxy.add(Rule(patch_chunk, "fail", status=503))
     result = publish_version(load_settings({}, ROOT, env), "debian-12", tuning=TUNING, insecure=True)
     assert failed.acted == 1
-    assert oci_proxy.statuses(lambda m, t: m == "PATCH") == [202, 503, 202, 202]
+    assert oci_proxy.statuses(lambda m, t: m == "PATCH") == [503, 202]
+    assert oci_proxy.statuses(lambda m, t: m == "GET" and "/blobs/uploads/" in t) == [204]  # asked how far it got
     assert result.pushes and LONG in plain_registry.tags(repo)
 
 
