@@ -9,7 +9,8 @@ registry has no referrers API (CNCF distribution has none).
 
 The order is the guarantee: blobs (streamed from disk in chunks, hashed while read, skipped when a
 HEAD finds them) -> every blob read back and hashed -> the manifest put by digest and read back ->
-the long tag -> re-read by tag -> the rolling tag. A killed push leaves at most untagged blobs or
+the SBOM referrer (and its fallback index) -> the long tag -> re-read by tag -> the rolling tag
+(never moved back to an older version). A killed push leaves at most untagged blobs or
 an untagged manifest, never a tag on a partial artifact; running it again finishes it.
 
 Plain ``requests`` against the distribution API (no oras-py: it reads whole files into memory on
@@ -40,7 +41,7 @@ from pipeline.appliance import Appliance
 from pipeline.errors import ConfigError, UploadError
 from pipeline.fsutil import Digests
 from pipeline.log import log
-from pipeline.manifest import Artifact, BuildManifest
+from pipeline.manifest import Artifact, BuildManifest, version_sort_key
 from pipeline.repository import ObjectInfo, PutOutcome, PutResult, UploadJournal, UploadTuning, compare
 
 MANIFEST_TYPE = "application/vnd.oci.image.manifest.v1+json"
@@ -828,9 +829,23 @@ class OciRepository:
             if current is None or current[0] != index:
                 self._put_proved(repo, plan.fallback_tag, index, INDEX_TYPE)
         self._put_proved(repo, long_tag, plan.image, MANIFEST_TYPE)
-        self._put_proved(repo, rolling, plan.image, MANIFEST_TYPE)  # moved only once the long tag is proved
+        if self._rolling_may_move(repo, rolling, plan):  # moved only once the long tag is proved
+            self._put_proved(repo, rolling, plan.image, MANIFEST_TYPE)
         outcome = PutOutcome.UPLOADED if uploaded else PutOutcome.PRESENT
         return OciPush(plan.reference, outcome, disk.size, time.monotonic() - start)
+
+    def _rolling_may_move(self, repo: str, rolling: str, plan: OciImagePlan) -> bool:
+        """Not backwards: a rerun of an older version's publish leaves the rolling tag on the newer one."""
+        current = self.client.get_manifest(repo, rolling)
+        if current is None:
+            return True
+        theirs = parse_json_object(current[0], f"{repo}:{rolling}").get("annotations") or {}
+        ours = json.loads(plan.image)["annotations"]["org.opencontainers.image.version"]
+        newer = theirs.get("org.opencontainers.image.version") if isinstance(theirs, dict) else None
+        if isinstance(newer, str) and version_sort_key(newer) > version_sort_key(ours):
+            log.info("%s:%s stays on %s, newer than %s", repo, rolling, newer, ours)
+            return False
+        return True
 
     def _put_proved(self, repo: str, reference: str, data: bytes, media_type: str) -> requests.Response:
         """PUT a manifest, then read it back (by digest, or by tag) and compare the bytes."""

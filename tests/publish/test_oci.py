@@ -26,7 +26,7 @@ from pipeline.repository.oci import (
 )
 from pipeline.settings import Settings
 
-from .conftest import MiB, PackagedVersion, make_packaged_version, make_settings
+from .conftest import MiB, PackagedVersion, make_packaged_version, make_settings, run_invoke, settings_env
 from .oci_registry import PASSWORD, USER, Registry, TokenServer, start_registry, start_token_registry
 
 
@@ -293,6 +293,8 @@ def test_audit_reads_back_registered_images_and_retention_deletes_old_tags_with_
     repo = f"{project}/debian-12"
     report = audit_repository(settings)
     assert (report.ok, report.checked) == (True, 2), report.summary()
+    publish_version(settings, "debian-12", version="2026.11.22")  # a rerun of the older publish
+    assert registry.inspect_raw(f"{repo}:12") == registry.inspect_raw(f"{repo}:12-2026.11.23")  # not rolled back
 
     repository = open_repository(settings)
     with pytest.raises(UploadError, match=r":12-2026.11.23: the rolling tag 12 still points at it; not deleted\n"):
@@ -310,3 +312,23 @@ def test_audit_reads_back_registered_images_and_retention_deletes_old_tags_with_
     assert report.drift == (
         f"debian-12 2026.11.22: debian-12:12-2026.11.22: no such tag in oci://{registry.host}/{project}",
     )
+
+
+def test_invoke_publish_dry_run_and_a_refused_insecure(tmp_path: Path, registry: Registry, project: str) -> None:
+    settings, _ = setup(tmp_path, registry, project)
+    env = {
+        **settings_env(settings),
+        "VMI_OCI_USERNAME": USER,
+        "VMI_OCI_PASSWORD": PASSWORD,
+        "VMI_OCI_CA": str(registry.ca),
+        "HOME": str(tmp_path / "home"),
+    }
+    got = run_invoke(["publish", "--appliance", "debian-12", "--dry-run"], env)
+    assert got.returncode == 0, got.stderr
+    assert f"  tag   {registry.host}/{project}/debian-12:{LONG}\n" in got.stdout
+    assert '"org.openstack.glance.os_admin_user": "debian"' in got.stdout
+    assert registry.tags(f"{project}/debian-12") == []
+    env["VMI_REPOSITORY"] = f"oci://registry.example.org/{project}"
+    got = run_invoke(["publish", "--appliance", "debian-12", "--insecure"], env)
+    assert got.returncode != 0
+    assert "--insecure: registry.example.org is not a loopback address" in got.stderr
