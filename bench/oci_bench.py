@@ -29,15 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from pipeline.formats.oci import EMPTY_BLOB, EMPTY_DESCRIPTOR, MANIFEST_TYPE, canonical  # noqa: E402
 from pipeline.fsutil import hash_file  # noqa: E402
 from pipeline.repository import UploadTuning  # noqa: E402
-from pipeline.repository.oci import (  # noqa: E402
-    EMPTY_BLOB,
-    EMPTY_DESCRIPTOR,
-    MANIFEST_TYPE,
-    OciRepository,
-    canonical,
-)
+from pipeline.repository.oci import OciRepository  # noqa: E402
 from tests.publish.oci_registry import PASSWORD, USER, Registry, start_registry  # noqa: E402
 
 MiB = 1024 * 1024

@@ -13,17 +13,12 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import ConfigError, UploadError
+from pipeline.formats.oci import EMPTY_DESCRIPTOR, INDEX_TYPE, MANIFEST_TYPE
 from pipeline.formats.sbom import sbom_json
 from pipeline.publish import audit_repository, publish_version
 from pipeline.repository import open_repository
-from pipeline.repository.oci import (
-    EMPTY_DESCRIPTOR,
-    INDEX_TYPE,
-    MANIFEST_TYPE,
-    load_credentials,
-    parse_oci_url,
-    tls_verify,
-)
+from pipeline.repository.oci import parse_oci_url
+from pipeline.repository.oci_client import load_credentials, tls_verify
 from pipeline.settings import Settings
 
 from .conftest import MiB, PackagedVersion, make_packaged_version, make_settings, run_invoke, settings_env

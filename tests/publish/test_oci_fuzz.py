@@ -10,8 +10,9 @@ from pathlib import Path
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.errors import ConfigError
-from pipeline.repository.oci import RegistryError, load_credentials, parse_json_object, referrers_index
+from pipeline.errors import ArtifactError, ConfigError
+from pipeline.formats.oci import parse_json_object, referrers_index
+from pipeline.repository.oci_client import load_credentials
 from tests.fuzzing import bounded
 
 JSON = st.recursive(
@@ -27,7 +28,7 @@ def test_a_registry_index_or_manifest_parses_or_is_refused_clearly(data: bytes) 
     with bounded(seconds=2, memory_bytes=16 * 2**20):
         try:
             doc = referrers_index(data, REFERRER, "p/a:sha256-x")
-        except RegistryError as e:
+        except ArtifactError as e:
             assert str(e).startswith("p/a:sha256-x: ")
             return
         entries = json.loads(doc)["manifests"]
@@ -39,7 +40,7 @@ def test_manifest_layers_are_a_list_of_descriptors_or_refused(data: bytes) -> No
     with bounded(seconds=2, memory_bytes=16 * 2**20):
         try:
             doc = parse_json_object(data, "x", "layers")
-        except RegistryError as e:
+        except ArtifactError as e:
             assert str(e).startswith("x: ")
             return
         assert all(isinstance(layer["digest"], str) for layer in doc.get("layers", []))
