@@ -300,7 +300,8 @@ class RegistryClient:
 
         One PATCH streams the file from disk (``read_size`` at a time, never the whole file in memory)
         and hashes what it reads. After a 5xx or a dropped connection it asks the registry how many
-        bytes it kept, re-hashes that prefix locally and streams the rest. The registry makes a blob
+        bytes it kept, re-hashes that prefix locally and streams the rest (or starts a new session
+        when the registry dropped the old one). The registry makes a blob
         only on the final PUT, which names the sha256 computed while reading: a file that changed
         since packaging is refused here, and a damaged upload by the registry.
         """
@@ -332,9 +333,6 @@ class RegistryClient:
                     raise self.error(f"upload of {path.name} failed {attempt} times, last: {why}")
                 self._wait(attempt, f"PATCH {path.name}: {why}")
                 offset, location = self._upload_status(repo, location)
-                if offset <= 1:  # "0-0" means 0 or 1 byte kept: start a clean session instead of guessing
-                    self.request("DELETE", location, repo, retry=False)
-                    offset, location = 0, self.start_upload(repo)
         read = Digests(expected.size - body.remaining, sha256.hexdigest(), expected.sha512)
         if (read.size, read.sha256) != (expected.size, expected.sha256):
             self.request("DELETE", location, repo, retry=False)  # the registry never makes a blob of it
@@ -346,13 +344,19 @@ class RegistryClient:
         return True
 
     def _upload_status(self, repo: str, location: str) -> tuple[int, str]:
-        """How many bytes the registry kept of an upload session, and the session's next location."""
+        """How many bytes the registry kept of an upload session and where it goes on; (0, a new session)
+        when the session is gone (CNCF distribution drops it when a PATCH breaks off) or the answer is
+        ambiguous ("0-0" is both 0 and 1 byte)."""
         status = self.request("GET", location, repo)
-        if status.status_code != 204:
-            raise self.error("the upload session was lost; publish again to start over", status.status_code)
         kept = status.headers.get("Range", "")
-        offset = int(kept.split("-")[1]) + 1 if re.match(r"^0-[0-9]+$", kept) else 0
-        return offset, urljoin(self.base + "/", status.headers.get("Location", location))
+        if status.status_code == 204 and re.match(r"^0-[0-9]+$", kept) and int(kept.split("-")[1]) > 0:
+            return int(kept.split("-")[1]) + 1, urljoin(self.base + "/", status.headers.get("Location", location))
+        if status.status_code == 204:
+            self.request("DELETE", location, repo, retry=False)
+        elif status.status_code != 404:
+            self.check(status, "ask how much of an upload arrived", (204, 404))
+        log.info("%s: the upload session is gone or empty; starting the blob again", self.host)
+        return 0, self.start_upload(repo)
 
     def get_manifest(self, repo: str, reference: str) -> tuple[bytes, str] | None:
         """(bytes, digest) of a manifest, or None; the digest is recomputed, never taken on trust."""
