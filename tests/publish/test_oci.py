@@ -327,3 +327,30 @@ def test_invoke_publish_dry_run_and_a_refused_insecure(tmp_path: Path, registry:
     got = run_invoke(["publish", "--appliance", "debian-12", "--insecure"], env)
     assert got.returncode != 0
     assert "--insecure: registry.example.org is not a loopback address" in got.stderr
+
+
+def test_rebuild_retention_keeps_n_and_deletes_older_tags_with_their_referrers(
+    tmp_path: Path, registry: Registry, project: str, oci_env: None
+) -> None:
+    import dataclasses
+    import datetime as dt
+
+    from pipeline.appliance import find_appliance
+    from pipeline.catalogue.client import open_catalogue
+    from pipeline.rebuild.retention import apply_retention
+
+    settings, _ = setup(tmp_path, registry, project)
+    make_packaged_version(settings.output_dir, version="2026.11.23", qcow2_size=MiB + 1, seed="newer")
+    publish_version(settings, "debian-12", version="2026.11.22")
+    new = publish_version(settings, "debian-12", version="2026.11.23")
+    appliance = find_appliance(settings.templates_dir, "debian-12")
+    keep_one = dataclasses.replace(appliance, rebuild=dataclasses.replace(appliance.rebuild, keep_versions=1))
+    catalogue = open_catalogue(settings)
+    try:
+        report = apply_retention({"debian-12": keep_one}, catalogue, open_repository(settings), dt.datetime.now(dt.UTC))
+    finally:
+        catalogue.close()
+    assert report.errors == []
+    assert report.deleted == {"debian-12 2026.11.22": ["debian-12:12-2026.11.22"]}
+    repo = f"{project}/debian-12"
+    assert registry.tags(repo) == sorted(["12", "12-2026.11.23", new.plan.oci.fallback_tag])  # type: ignore[union-attr]
