@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
+from hypothesis import given
+from hypothesis import strategies as st
 
-from pipeline.formats.sbom import MEDIA_TYPE, sbom_json, write_sbom
+from pipeline.formats.sbom import MEDIA_TYPE, debian_licenses, sbom_json, spdx_from_debian, write_sbom
 from pipeline.manifest import BuildManifest, InstalledPackage, list_versions
+from tests.fuzzing import bounded
 from tests.publish.conftest import make_packaged_version
 
 PACKAGES = (
@@ -112,3 +115,87 @@ def test_a_packaged_sbom_is_published_with_the_images(tmp_path: Path) -> None:
     assert stored.read_bytes() == written.read_bytes()
     assert f"debian-12/2026.11.22/{written.name}: uploaded, verified" in result.summary()
     validate(stored.read_bytes())
+
+
+DEP5 = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: example
+
+Files: *
+Copyright: 2020 Someone
+License: GPL-2+
+ This program is free software...
+
+Files: lib/*
+License: Expat
+
+Files: extra/*
+License: GPL-1+ or Artistic
+
+Files: odd/*
+License: LGPL-2.1+ or Artistic, and BSD-3-clause
+
+Files: pd/*
+License: public-domain
+"""
+
+
+def test_licences_from_a_machine_readable_copyright_file() -> None:
+    assert debian_licenses(DEP5) == (
+        "GPL-1.0-or-later OR Artistic-1.0",
+        "GPL-2.0-or-later",
+        "LGPL-2.1+ or Artistic, and BSD-3-clause",
+        "MIT",
+        "public-domain",
+    )
+    assert debian_licenses("This is the Debian prepackaged version of bash.\nCopyright (C) ...\n") == ()
+    assert spdx_from_debian("LGPL-3") == "LGPL-3.0-only" and spdx_from_debian("GPLv3+") == "GPL-3.0-or-later"
+    assert spdx_from_debian("BSD-4-clause-UC") is None
+
+
+def test_licences_found_in_copyright_files_are_schema_valid_in_the_sbom(manifest: BuildManifest) -> None:
+    data = sbom_json(manifest, {"bash": debian_licenses(DEP5)})
+    validate(data)
+    bash = next(c for c in json.loads(data)["components"] if c["name"] == "bash")
+    assert {"license": {"name": "GPL-1.0-or-later OR Artistic-1.0"}} in bash["licenses"]  # no mixing allowed
+    assert {"license": {"name": "public-domain"}} in bash["licenses"]
+    assert {"license": {"id": "GPL-2.0-or-later"}} in bash["licenses"]
+    alone = sbom_json(manifest, {"bash": ["GPL-1.0-or-later OR Artistic-1.0"]})
+    validate(alone)
+    bash = next(c for c in json.loads(alone)["components"] if c["name"] == "bash")
+    assert bash["licenses"] == [{"expression": "GPL-1.0-or-later OR Artistic-1.0"}]
+
+
+@given(st.text(max_size=3000))
+def test_any_copyright_text_gives_a_bounded_answer(text: str) -> None:
+    with bounded(seconds=2, memory_bytes=16 * 2**20):
+        found = debian_licenses("Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n" + text)
+    assert len(found) <= 64 and all(0 < len(x) <= 200 for x in found)
+
+
+@given(st.lists(st.text(min_size=1, max_size=40), max_size=4))
+def test_any_licence_strings_give_a_schema_valid_sbom(values: list[str]) -> None:
+    manifest = BuildManifest.from_dict(json.loads(FIXTURE_MANIFEST))
+    with bounded(seconds=5, memory_bytes=64 * 2**20):
+        data = sbom_json(manifest, {"bash": values})
+    validate(data)
+
+
+FIXTURE_MANIFEST = json.dumps(
+    {
+        "format_version": 1,
+        "appliance": "debian-12",
+        "version": "2026.11.22",
+        "created": "2026-11-22T01:02:03Z",
+        "inputs_digest": "a" * 64,
+        "inputs": {},
+        "git_commit": None,
+        "tools": {},
+        "accel": "tcg",
+        "os": {"family": "linux", "name": "Debian", "version": "12"},
+        "arch": "x86_64",
+        "base": {"kind": "bootstrap", "ref": "bookworm", "digest": "c" * 64},
+        "packages": [{"name": "bash", "version": "5.2.15-2+b7", "arch": "amd64", "source": "bash"}],
+        "artifacts": [],
+        "timings": {},
+    }
+)

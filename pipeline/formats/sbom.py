@@ -9,6 +9,7 @@ build's, so the same manifest gives the same bytes (and the same digest in SHA25
 from __future__ import annotations
 
 import datetime as dt
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from cyclonedx.contrib.license.factories import LicenseFactory
 from cyclonedx.model import HashAlgorithm, HashType, Property
 from cyclonedx.model.bom import Bom, BomMetaData
 from cyclonedx.model.component import Component, ComponentType
+from cyclonedx.model.license import DisjunctiveLicense, LicenseExpression
 from cyclonedx.output.json import JsonV1Dot6
 from packageurl import PackageURL
 
@@ -50,6 +52,60 @@ def package_purl(manifest: BuildManifest, name: str, version: str, arch: str) ->
     )
 
 
+_DEB_TO_SPDX = {
+    "expat": "MIT",
+    "mit": "MIT",
+    "apache-2.0": "Apache-2.0",
+    "isc": "ISC",
+    "zlib": "Zlib",
+    "bsl-1.0": "BSL-1.0",
+    "curl": "curl",
+    "bsd-2-clause": "BSD-2-Clause",
+    "bsd-3-clause": "BSD-3-Clause",
+    "artistic": "Artistic-1.0",
+    "mpl-2.0": "MPL-2.0",
+    "openssl": "OpenSSL",
+}
+_GNU = re.compile(r"^(A?GPL|LGPL|GFDL)-?v?([0-9](?:\.[0-9])?)(\+?)$", re.IGNORECASE)
+
+
+def spdx_from_debian(name: str) -> str | None:
+    """The SPDX id of a Debian copyright-format short name (``GPL-2+`` -> ``GPL-2.0-or-later``), if known."""
+    gnu = _GNU.match(name.strip())
+    if gnu:
+        family, number, plus = gnu.group(1).upper(), gnu.group(2), gnu.group(3)
+        number = number if "." in number else f"{number}.0"
+        return f"{family}-{number}-{'or-later' if plus else 'only'}"
+    return _DEB_TO_SPDX.get(name.strip().lower())
+
+
+def debian_licenses(copyright_text: str, limit: int = 64) -> tuple[str, ...]:
+    """The licences a machine-readable (DEP-5) ``/usr/share/doc/<pkg>/copyright`` declares, as SPDX ids
+    or expressions where every part is known, else the Debian name; () for a free-form file.
+
+    Reads ``License:`` fields only (the first line of each); at most ``limit`` distinct results."""
+    lines = copyright_text.splitlines()
+    if not lines or not lines[0].lower().startswith("format:") or "copyright-format" not in lines[0]:
+        return ()
+    found: dict[str, None] = {}
+    for line in lines:
+        if not line.lower().startswith("license:"):
+            continue
+        value = " ".join(line.split(":", 1)[1].split())
+        if not value:
+            continue
+        parts = re.split(r"\s+(or|and)\s+", value, flags=re.IGNORECASE)
+        names, ops = parts[0::2], [p.upper() for p in parts[1::2]]
+        spdx = [spdx_from_debian(n) for n in names]
+        if all(spdx) and "," not in value:  # a comma regroups ("A or B, and C"): kept as Debian wrote it
+            ids = [str(x) for x in spdx]
+            value = ids[0] + "".join(f" {op} {i}" for op, i in zip(ops, ids[1:], strict=True))
+        found.setdefault(value[:200])
+        if len(found) >= limit:
+            break
+    return tuple(sorted(found))
+
+
 def build_sbom(manifest: BuildManifest, licenses: Mapping[str, Sequence[str]] | None = None) -> Bom:
     """The BOM object; ``licenses`` maps a package name to what its copyright file declares (SPDX ids
     or free names), where that is known. The manifest records no licences today."""
@@ -65,7 +121,7 @@ def build_sbom(manifest: BuildManifest, licenses: Mapping[str, Sequence[str]] | 
                 version=p.version,
                 purl=purl,
                 bom_ref=purl.to_string(),
-                licenses=[factory.make_from_string(x) for x in licenses.get(p.name, ())],
+                licenses=_licenses(factory, licenses.get(p.name, ())),
                 properties=[Property(name=SOURCE_PROPERTY, value=p.source)] if p.source else None,
             )
         )
@@ -92,6 +148,15 @@ def build_sbom(manifest: BuildManifest, licenses: Mapping[str, Sequence[str]] | 
     for c in components:
         bom.register_dependency(top, [c])
     return bom
+
+
+def _licenses(factory: LicenseFactory, values: Sequence[str]) -> list[LicenseExpression | DisjunctiveLicense]:
+    """One SPDX expression alone, or a list of ids and names (CycloneDX allows no mix): with several
+    licences an expression is kept as a named licence, its text unchanged."""
+    made = [factory.make_from_string(v) for v in values]
+    if len(made) <= 1:
+        return made
+    return [DisjunctiveLicense(name=m.value) if isinstance(m, LicenseExpression) else m for m in made]
 
 
 def _hashes(a: Artifact) -> list[HashType]:
