@@ -112,6 +112,11 @@ class PublishResult:
         for push in self.pushes:
             blob = "uploaded" if push.blob is PutOutcome.UPLOADED else "already there"
             lines.append(f"  {push.reference}: disk {blob}; blobs, manifests and tags read back and verified")
+            lines.append(
+                f"  rolling tag {push.rolling}: now this image"
+                if push.rolling
+                else "  rolling tag: left on a newer version"
+            )
         if self.registered is not None:
             images = ", ".join(i.uri for i in self.registered.images)
             lines.append(f"registered in the catalogue: {images}")

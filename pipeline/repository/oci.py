@@ -173,6 +173,7 @@ class OciPush:
     blob: PutOutcome  # the disk blob: UPLOADED, or PRESENT (already in the registry, read back and proved)
     size: int
     seconds: float
+    rolling: str | None  # the rolling tag, if it now names this image (never moved back to an older one)
 
 
 class OciRepository:
@@ -326,10 +327,11 @@ class OciRepository:
             if current is None or current[0] != index:
                 self._put_proved(repo, plan.fallback_tag, index, INDEX_TYPE)
         self._put_proved(repo, long_tag, plan.image, MANIFEST_TYPE)
-        if self._rolling_may_move(repo, rolling, plan):  # moved only once the long tag is proved
+        moved = self._rolling_may_move(repo, rolling, plan)
+        if moved:  # only once the long tag is proved
             self._put_proved(repo, rolling, plan.image, MANIFEST_TYPE)
         outcome = PutOutcome.UPLOADED if uploaded else PutOutcome.PRESENT
-        return OciPush(plan.reference, outcome, disk.size, time.monotonic() - start)
+        return OciPush(plan.reference, outcome, disk.size, time.monotonic() - start, rolling if moved else None)
 
     def _rolling_may_move(self, repo: str, rolling: str, plan: OciImagePlan) -> bool:
         """Not backwards: a rerun of an older version's publish leaves the rolling tag on the newer one."""

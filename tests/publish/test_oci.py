@@ -288,7 +288,9 @@ def test_audit_reads_back_registered_images_and_retention_deletes_old_tags_with_
     repo = f"{project}/debian-12"
     report = audit_repository(settings)
     assert (report.ok, report.checked) == (True, 2), report.summary()
-    publish_version(settings, "debian-12", version="2026.11.22")  # a rerun of the older publish
+    rerun = publish_version(settings, "debian-12", version="2026.11.22")  # a rerun of the older publish
+    assert "  rolling tag: left on a newer version" in rerun.summary()
+    assert "  rolling tag 12: now this image" in new.summary()
     assert registry.inspect_raw(f"{repo}:12") == registry.inspect_raw(f"{repo}:12-2026.11.23")  # not rolled back
 
     repository = open_repository(settings)
