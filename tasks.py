@@ -153,14 +153,17 @@ def verify_ova(c: Context, path: str, max_capacity_gib: int = 16384, max_members
         "appliance": "appliance to publish",
         "version": "packaged version (default: the newest)",
         "dry_run": "show the repository keys and the catalogue payload; write nothing",
+        "insecure": "plain HTTP to an oci:// registry on a loopback address (tests only)",
     },
 )
 @_edge
-def publish(c: Context, appliance: str, version: str | None = None, dry_run: bool = False) -> None:
+def publish(
+    c: Context, appliance: str, version: str | None = None, dry_run: bool = False, insecure: bool = False
+) -> None:
     """Upload the packaged artifacts to the repository and register the version in the catalogue."""
     from pipeline.publish import publish_version
 
-    print(publish_version(_settings(c), appliance, version=version, dry_run=dry_run).summary())
+    print(publish_version(_settings(c), appliance, version=version, dry_run=dry_run, insecure=insecure).summary())
 
 
 @task(positional=[], help={"appliance": "appliance to release"})

@@ -48,7 +48,7 @@ HEX = {"sha512": re.compile(r"^[0-9a-f]{128}$"), "sha256": re.compile(r"^[0-9a-f
 FORMATS = ("ova", "qcow2", "raw", "vmdk", "vdi", "vhd", "iso")
 HYPERVISORS = ("KVM", "QEMU", "QEMU-KVM", "Xen", "VirtualBox", "Hyper-V", "VMWare")
 ARCHES = ("x86_64", "aarch64", "i686", "ppc64le", "s390x")
-URI_SCHEMES = ("https://", "http://", "s3://", "file://")
+URI_SCHEMES = ("https://", "http://", "s3://", "file://", "oci://")  # oci: host/project/name:tag@digest
 AUDIT_RESULTS = ("pass", "fail", "waived")
 
 
