@@ -72,6 +72,8 @@ class BuildManifest:
     artifacts: tuple[Artifact, ...]
     timings: dict[str, float]
     format_version: int = field(default=FORMAT_VERSION)
+    # why the build ran under ``accel`` (the probe's finding, or "kvm failed (...); using tcg")
+    accel_note: str | None = None
 
     def artifact(self, role: str) -> Artifact:
         """The (first) artifact with ``role``; ``ArtifactError`` if there is none."""

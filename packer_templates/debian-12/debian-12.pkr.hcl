@@ -23,6 +23,24 @@ variable "accelerator" {
   default = "tcg"
 }
 
+variable "machine_type" {
+  type        = string
+  default     = "pc"
+  description = "QEMU machine type; the pipeline's accelerator probe boots the same machine"
+}
+
+variable "cpu_model" {
+  type        = string
+  default     = "max"
+  description = "QEMU -cpu model (host under KVM, max under TCG), the one the probe proved"
+}
+
+variable "ssh_timeout" {
+  type        = string
+  default     = "30m"
+  description = "how long to wait for the guest's SSH (short under KVM: the build then retries under TCG)"
+}
+
 variable "cpus" {
   type    = number
   default = 2
@@ -73,6 +91,7 @@ source "qemu" "appliance" {
   disk_discard     = "unmap"
   disk_detect_zeroes = "unmap"
   accelerator      = var.accelerator
+  machine_type     = var.machine_type
   cpus             = var.cpus
   memory           = var.memory
   headless         = true
@@ -82,7 +101,7 @@ source "qemu" "appliance" {
   cd_files         = ["${var.seed_dir}/meta-data", "${var.seed_dir}/user-data"]
   cd_label         = "cidata"
   qemuargs = [
-    ["-cpu", "max"],
+    ["-cpu", var.cpu_model],
     # Packer's own port forward listens on every interface: keep the build's SSH on loopback
     ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22"],
     ["-serial", "file:${var.serial_log}"],
@@ -90,7 +109,7 @@ source "qemu" "appliance" {
   communicator           = "ssh"
   ssh_username           = var.ssh_username
   ssh_private_key_file   = var.ssh_private_key_file
-  ssh_timeout            = "30m"
+  ssh_timeout            = var.ssh_timeout
   ssh_handshake_attempts = 400
   shutdown_command       = "sudo -n /bin/sh /run/vmi-finish.sh"
   shutdown_timeout       = "10m"

@@ -9,10 +9,12 @@ anything at a final output name.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -25,7 +27,7 @@ from typing import TextIO
 from pipeline import run
 from pipeline.appliance import Appliance, BaseKind, find_appliance, load_all
 from pipeline.build import packer
-from pipeline.build.accel import choose_accel
+from pipeline.build.accel import Accel, QemuMachine, choose_accel, qemu_machine
 from pipeline.build.base import base_component, prepare_base
 from pipeline.build.cache import compute_inputs, find_up_to_date, inputs_digest, next_version
 from pipeline.build.seed import build_user_data, generate_ssh_key, meta_data, write_seed_dir
@@ -114,18 +116,20 @@ def build_appliance(settings: Settings, name: str, version: str | None = None, f
     final = out / version
     if final.exists() and not force:
         raise ConfigError(f"{final}: version {version} exists already", hint="use --force to replace it")
-    accel = choose_accel(settings.accel)
+    machine = build_machine(appliance, settings)
     timings: dict[str, float] = {}
     disk_name = f"build/{name}-{version}.qcow2"
     with step(f"build {name} {version}"), _staging(out, version) as stage, _scratch(settings, name) as work:
         log_path = stage / LOG_NAME
         log_path.parent.mkdir(parents=True)
         with open(log_path, "w") as log_file, _log_to(log_file), _failures_named(settings, log_path, name, version):
-            log.info("inputs digest %s, accelerator %s, tools: %s", digest, accel, json.dumps(tools))
+            log.info("inputs digest %s, accelerator %s, tools: %s", digest, machine.accel, json.dumps(tools))
             with step("base", timings):
                 base = prepare_base(settings, appliance, work / "base", log_file)
             with step("packer", timings):
-                packer_run = _run_packer(appliance, settings, base.disk, stage / disk_name, accel, work, log_file)
+                packer_run, machine, accel_note = run_packer_with_fallback(
+                    appliance, settings, base.disk, stage / disk_name, machine, work, log_file
+                )
             timings.update({f"packer.{k}": v for k, v in packer_run.phase_durations().items()})
             with step("manifest", timings):
                 packages = read_package_list(work / "packages.tsv")
@@ -138,7 +142,8 @@ def build_appliance(settings: Settings, name: str, version: str | None = None, f
             inputs=inputs,
             git_commit=git_commit(settings.root),
             tools=tools,
-            accel=accel.value,
+            accel=machine.accel.value,
+            accel_note=accel_note,
             os={"family": appliance.os.family.value, "name": appliance.os.name, "version": appliance.os.version},
             arch=appliance.arch.value,
             base=base.ref,
@@ -153,17 +158,66 @@ def build_appliance(settings: Settings, name: str, version: str | None = None, f
     return BuildResult(name, version, final, BuildManifest.load(final), False, time.monotonic() - start)
 
 
+def build_machine(appliance: Appliance, settings: Settings) -> QemuMachine:
+    """The QEMU machine the build runs (and the accelerator probe boots): vCPUs and memory from the
+    pipeline's defaults or the appliance's ``variables``, the accelerator from ``vmi.accel``."""
+    cpus = int(appliance.variables.get("cpus", min(2, os.cpu_count() or 1)))
+    memory = int(appliance.variables.get("memory", max(GUEST_MEMORY_MB, appliance.hardware.ram_min_mb)))
+    choice = choose_accel(settings.accel, cpus, memory)
+    machine = qemu_machine(choice.accel, cpus, memory)
+    return dataclasses.replace(machine, note=choice.reason)
+
+
+# Packer errors that mean the accelerator, not the appliance, failed: QEMU did not start, or the guest
+# never answered SSH (a KVM guest that makes no progress). A failing provisioner is not retried.
+_ACCEL_FAILURES = re.compile(r"Qemu failed to start|Error launching VM|Timeout waiting for SSH", re.IGNORECASE)
+
+
+def run_packer_with_fallback(
+    appliance: Appliance,
+    settings: Settings,
+    base_disk: Path,
+    disk_out: Path,
+    machine: QemuMachine,
+    work: Path,
+    log_file: TextIO,
+) -> tuple[packer.PackerRun, QemuMachine, str]:
+    """Run Packer on ``machine``; if KVM fails to start QEMU or to reach SSH, say so in one line and
+    retry once under TCG. Returns the run, the machine that produced the disk, and the note for the
+    manifest."""
+    try:
+        return _run_packer(appliance, settings, base_disk, disk_out, machine, work, log_file), machine, machine.note
+    except BuildError as e:
+        said = [ln.strip() for ln in (e.message + "\n" + e.log_tail).splitlines() if _ACCEL_FAILURES.search(ln)]
+        if machine.accel is not Accel.KVM or not said:
+            raise
+        reason = re.sub(r"^.*?failed: |\s*Please run with PACKER_LOG.*$", "", said[0].removeprefix("==> "))
+    note = f"kvm failed ({reason}); using tcg"
+    log.warning("accelerator: %s", note)
+    tcg = dataclasses.replace(qemu_machine(Accel.TCG, machine.cpus, machine.memory_mb), note=note)
+    shutil.rmtree(work / "packer-out", ignore_errors=True)
+    return _run_packer(appliance, settings, base_disk, disk_out, tcg, work, log_file), tcg, note
+
+
 def _run_packer(
-    appliance: Appliance, settings: Settings, base_disk: Path, disk_out: Path, accel: str, work: Path, log_file: TextIO
+    appliance: Appliance,
+    settings: Settings,
+    base_disk: Path,
+    disk_out: Path,
+    machine: QemuMachine,
+    work: Path,
+    log_file: TextIO,
 ) -> packer.PackerRun:
     """Seed + key, then ``packer build``; the disk lands at ``disk_out``. The key dies with ``work``."""
-    key = generate_ssh_key(work / "key")
+    key = generate_ssh_key(work / f"key-{machine.accel}")
     seed = write_seed_dir(
-        work / "seed", meta_data(f"vmi-build-{uuid.uuid4()}", "vmi-build"), build_user_data(BUILD_USER, key.public_text)
+        work / f"seed-{machine.accel}",
+        meta_data(f"vmi-build-{uuid.uuid4()}", "vmi-build"),
+        build_user_data(BUILD_USER, key.public_text),
     )
     out_dir = work / "packer-out"
     variables = template_variables(appliance, settings, work, base_disk, out_dir, disk_out.name, seed, key.private)
-    variables["accelerator"] = accel
+    variables.update(machine.template_variables())
     try:
         result = packer.packer_build(appliance.template_path, variables, work / "tmp", log_file)
     finally:
@@ -189,11 +243,16 @@ def template_variables(
     private_key: Path,
 ) -> dict[str, str]:
     """The variables every appliance template receives from the pipeline (README "Building an image"),
-    then the appliance's own ``variables``, which may override the defaults (cpus, memory...)."""
+    then the appliance's own ``variables``, which may override the defaults (cpus, memory...). The
+    machine's own (accelerator, machine_type, cpu_model, cpus, memory) come from ``QemuMachine``."""
     return {
         "base_image": str(base_disk),
         "output_directory": str(out_dir),
         "vm_name": vm_name,
+        "accelerator": Accel.TCG.value,
+        "machine_type": "pc",
+        "cpu_model": "max",
+        "ssh_timeout": "30m",
         "cpus": str(min(2, os.cpu_count() or 1)),
         "memory": str(max(GUEST_MEMORY_MB, appliance.hardware.ram_min_mb)),
         "seed_dir": str(seed_dir),

@@ -1,8 +1,14 @@
-"""Which QEMU accelerator a build uses: KVM only where a probe proves it runs guest code, TCG otherwise.
+"""Which QEMU accelerator a build uses: KVM only where a probe proves it runs the build's own guest
+well, TCG otherwise.
 
-``/dev/kvm`` can exist and open fine yet hang or crawl when a vCPU runs (nested virtualisation on a
-busy host, as on this project's machines), so the probe boots a 7-byte boot sector that writes to
-QEMU's isa-debug-exit port and must make QEMU exit within a few seconds.
+``/dev/kvm`` can open fine and still fail in ways a trivial probe never sees (seen on this project's
+machines): QEMU aborts at start with the build's CPU model (``failed to set MSR 0x10a``), or a real
+kernel makes no progress at all under KVM while a 7-byte boot sector exits in 3 s. So the probe runs
+the same QEMU machine the build runs (``qemu_machine()`` builds both: machine type, CPU model,
+accelerator, memory, vCPUs) and a guest that does real work: the host's Linux kernel boots until it
+panics for want of a root filesystem (it initialises every CPU feature, timer and device on the way)
+and must print that marker within a bound. KVM is chosen only if it reaches the marker clearly faster
+than TCG does. The build still retries once under TCG if KVM fails later (``pipeline.build``).
 """
 
 from __future__ import annotations
@@ -10,17 +16,23 @@ from __future__ import annotations
 import enum
 import functools
 import os
+import re
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import run
 from pipeline.errors import CommandError, ConfigError
 from pipeline.log import log
 
-PROBE_TIMEOUT = 5.0
-# mov al,1 ; out 0xf4,al ; hlt ; jmp $-1  -> QEMU exits with status (1 << 1) | 1 = 3
-_BOOT_CODE = bytes([0xB0, 0x01, 0xE6, 0xF4, 0xF4, 0xEB, 0xFD])
-_EXPECTED_EXIT = 3
+MACHINE_TYPE = "pc"
+# KVM must reach the marker within this bound and in less than this share of TCG's time.
+KVM_PROBE_TIMEOUT = 20.0
+TCG_PROBE_TIMEOUT = 120.0
+KVM_MAX_SHARE_OF_TCG = 0.5
+# Printed at KERN_EMERG (so even with `quiet`) once the kernel has come all the way to mounting root.
+PROBE_MARKER = b"VFS: Unable to mount root fs"
 
 
 class Accel(enum.StrEnum):
@@ -28,59 +40,134 @@ class Accel(enum.StrEnum):
     TCG = "tcg"
 
 
-def probe_boot_sector() -> bytes:
-    """A bootable 512-byte sector that makes QEMU exit at once through isa-debug-exit."""
-    return _BOOT_CODE + bytes(510 - len(_BOOT_CODE)) + b"\x55\xaa"
+@dataclass(frozen=True)
+class QemuMachine:
+    """The QEMU machine a build runs: Packer gets these as template variables, the probe as argv."""
+
+    accel: Accel
+    cpu_model: str
+    machine_type: str = MACHINE_TYPE
+    cpus: int = 2
+    memory_mb: int = 1024
+    note: str = ""  # why this accelerator (recorded in the build log and the manifest)
+
+    def argv(self) -> list[str]:
+        """The machine part of a QEMU command line, as Packer's QEMU builder writes it."""
+        return [
+            "-machine", f"type={self.machine_type},accel={self.accel.value}",
+            "-cpu", self.cpu_model,
+            "-m", f"{self.memory_mb}M",
+            "-smp", str(self.cpus),
+        ]  # fmt: skip
+
+    def template_variables(self) -> dict[str, str]:
+        return {
+            "accelerator": self.accel.value,
+            "machine_type": self.machine_type,
+            "cpu_model": self.cpu_model,
+            "cpus": str(self.cpus),
+            "memory": str(self.memory_mb),
+            # a KVM guest answers SSH within a minute; if it never does, the build falls back to TCG
+            "ssh_timeout": "5m" if self.accel is Accel.KVM else "30m",
+        }
 
 
-def accel_runs_guest(accel: Accel, timeout: float = PROBE_TIMEOUT) -> bool:
-    """True if QEMU with ``accel`` boots the probe sector and exits as it asks, within ``timeout``."""
+def qemu_machine(accel: Accel, cpus: int = 2, memory_mb: int = 1024) -> QemuMachine:
+    """KVM passes the host CPU through; TCG emulates every feature it can (``max``)."""
+    return QemuMachine(accel, "host" if accel is Accel.KVM else "max", cpus=cpus, memory_mb=memory_mb)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    accel: Accel
+    ok: bool
+    seconds: float
+    reason: str  # why it failed, or what it reached
+
+
+@dataclass(frozen=True)
+class AccelChoice:
+    accel: Accel
+    reason: str  # one line: why this accelerator (recorded in the build log and manifest)
+
+
+def probe_kernel() -> Path | None:
+    """The newest host kernel image (Debian's linux-image-amd64, installed by scripts/setup)."""
+    kernels = sorted(Path("/boot").glob("vmlinuz-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return next((k for k in kernels if os.access(k, os.R_OK)), None)
+
+
+def probe(machine: QemuMachine, kernel: Path, timeout: float) -> ProbeResult:
+    """Boot ``kernel`` on ``machine`` until it panics for want of a root filesystem (``panic=-1`` with
+    ``-no-reboot`` makes QEMU exit there); ok if the marker is on the serial console within ``timeout``."""
     qemu = run.find_tool("qemu-system-x86_64")
     with tempfile.TemporaryDirectory(prefix="vmi-accel-") as tmp:
-        image = Path(tmp) / "probe.img"
-        image.write_bytes(probe_boot_sector())
+        serial = Path(tmp) / "serial.log"
         argv = [
-            qemu,
-            "-machine",
-            f"pc,accel={accel.value}",
-            "-display",
-            "none",
-            "-nodefaults",
-            "-no-reboot",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=0x04",
-            "-drive",
-            f"format=raw,file={image},if=ide",
-        ]
+            qemu, *machine.argv(),
+            "-nodefaults", "-display", "none", "-no-reboot",
+            "-kernel", str(kernel),
+            "-append", "console=ttyS0 panic=-1 quiet",
+            "-serial", f"file:{serial}",
+        ]  # fmt: skip
+        start = time.monotonic()
         try:
             res = run.run(argv, check=False, timeout=timeout)
-        except CommandError:  # timed out: the accelerator hangs or crawls
-            log.debug("accel probe: %s did not finish within %.0fs", accel, timeout)
-            return False
-    log.debug("accel probe: %s exit code %d", accel, res.returncode)
-    return res.returncode == _EXPECTED_EXIT
+        except CommandError:
+            return ProbeResult(machine.accel, False, timeout, f"the guest kernel made no progress in {timeout:.0f}s")
+        seconds = time.monotonic() - start
+        console = serial.read_bytes() if serial.is_file() else b""
+    if PROBE_MARKER in console:
+        return ProbeResult(machine.accel, True, seconds, f"kernel booted in {seconds:.1f}s")
+    if res.returncode != 0:
+        lines = [ln.strip() for ln in res.stderr.splitlines() if ln.strip() and "warning:" not in ln]
+        detail = lines[0] if lines else f"exit code {res.returncode}"
+        detail = re.sub(r"^\S*qemu-system-x86_64: ", "", detail)
+        return ProbeResult(machine.accel, False, seconds, f"QEMU failed to start: {detail}")
+    return ProbeResult(machine.accel, False, seconds, "the guest kernel stopped before mounting root")
+
+
+def _kvm_usable() -> bool:
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
 @functools.cache
-def _kvm_works() -> bool:
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return False
-    return accel_runs_guest(Accel.KVM)
+def _auto_choice(cpus: int, memory_mb: int) -> AccelChoice:
+    """Probe once per process: KVM first (a broken KVM fails fast or hits its bound), then TCG for
+    the comparison only if KVM worked."""
+    if not _kvm_usable():
+        return AccelChoice(Accel.TCG, "tcg (/dev/kvm is not usable)")
+    kernel = probe_kernel()
+    if kernel is None:
+        return AccelChoice(Accel.TCG, "tcg (no kernel in /boot to probe KVM with: scripts/setup installs one)")
+    kvm = probe(qemu_machine(Accel.KVM, cpus, memory_mb), kernel, KVM_PROBE_TIMEOUT)
+    log.debug("accel probe: %s", kvm)
+    if not kvm.ok:
+        return AccelChoice(Accel.TCG, f"tcg (kvm: {kvm.reason})")
+    tcg = probe(qemu_machine(Accel.TCG, cpus, memory_mb), kernel, TCG_PROBE_TIMEOUT)
+    log.debug("accel probe: %s", tcg)
+    if tcg.ok and kvm.seconds > tcg.seconds * KVM_MAX_SHARE_OF_TCG:
+        return AccelChoice(
+            Accel.TCG, f"tcg (kvm is not clearly faster: kernel booted in {kvm.seconds:.1f}s vs {tcg.seconds:.1f}s)"
+        )
+    versus = f"{tcg.seconds:.1f}s under tcg" if tcg.ok else f"tcg: {tcg.reason}"
+    return AccelChoice(Accel.KVM, f"kvm (kernel booted in {kvm.seconds:.1f}s vs {versus})")
 
 
-def choose_accel(setting: str) -> Accel:
-    """``auto`` -> KVM if the probe proves it works, else TCG; ``kvm``/``tcg`` are taken as asked."""
+def choose_accel(setting: str, cpus: int = 2, memory_mb: int = 1024) -> AccelChoice:
+    """``auto`` -> KVM if the probe proves it clearly faster on the build's machine, else TCG;
+    ``kvm``/``tcg`` are taken as asked."""
     if setting == "tcg":
-        return Accel.TCG
+        return AccelChoice(Accel.TCG, "tcg (as configured)")
     if setting == "kvm":
-        if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        if not _kvm_usable():
             raise ConfigError(
                 "vmi.accel: kvm was asked for but /dev/kvm is not usable",
                 hint="set vmi.accel (or VMI_ACCEL) to auto or tcg",
             )
-        return Accel.KVM
+        return AccelChoice(Accel.KVM, "kvm (as configured)")
     if setting != "auto":
         raise ConfigError(f"vmi.accel: {setting!r} is not one of auto, kvm, tcg")
-    chosen = Accel.KVM if _kvm_works() else Accel.TCG
-    log.info("accelerator: %s%s", chosen, "" if chosen is Accel.KVM else " (KVM not usable here)")
-    return chosen
+    choice = _auto_choice(cpus, memory_mb)
+    log.info("accelerator: %s", choice.reason)
+    return choice

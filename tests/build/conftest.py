@@ -22,7 +22,7 @@ def scratch_project(tmp_path: Path, project_root: Path) -> Settings:
     shutil.copytree(project_root / "packer_templates", root / "packer_templates")
     shutil.copytree(project_root / "provisioners", root / "provisioners")
     config = yaml.safe_load((project_root / "invoke.yaml").read_text())["vmi"]
-    return load_settings(config, root, environ={"VMI_ACCEL": "tcg"})
+    return load_settings(config, root, environ={})
 
 
 @pytest.fixture()

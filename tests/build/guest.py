@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.build.accel import choose_accel, qemu_machine
 from pipeline.run import spawn
 
 SSH_OPTIONS = [
@@ -62,12 +63,11 @@ def boot(disk: Path, seed_iso: Path, key: Path, workdir: Path, memory_mb: int = 
     )
     port = free_port()
     serial = workdir / "serial.log"
+    # the machine the build itself runs on this host (auto: KVM only where the probe proves it)
+    machine = qemu_machine(choose_accel("auto", 2, memory_mb).accel, 2, memory_mb)
     argv = [
         "qemu-system-x86_64",
-        "-machine", "pc,accel=tcg",
-        "-cpu", "max",
-        "-smp", "2",
-        "-m", str(memory_mb),
+        *machine.argv(),
         "-display", "none",
         "-nodefaults",
         "-serial", f"file:{serial}",
