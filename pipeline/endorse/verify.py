@@ -160,11 +160,12 @@ def _raw(response: requests.Response) -> BinaryIO:
 
 
 def address_problem(address: str) -> str | None:
-    """Why a site must not fetch images from ``address`` (an IP literal), or None for a public address."""
+    """Why a site must not fetch images from ``address`` (an IP literal), or None for a public address:
+    ``"127.0.0.1, a loopback address"`` (IPv4-mapped IPv6 addresses are judged as the IPv4 they map)."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return f"{address!r} is not an IP address"
+        return f"{address!r}, not an IP address"
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     for kind, hit in (
@@ -177,7 +178,7 @@ def address_problem(address: str) -> str | None:
         ("non-public", not ip.is_global),
     ):
         if hit:
-            return f"{ip} is a {kind} address"
+            return f"{ip}, a {kind} address"
     return None
 
 
@@ -196,7 +197,7 @@ class _Guard:
         problem = address_problem(str(sock.getpeername()[0]))
         if problem:
             sock.close()
-            raise _PrivateAddress(self, f"connected to {problem}")
+            raise _PrivateAddress(self, f"{getattr(self, 'host', 'the host')} connected to {problem}")
         return sock
 
 
