@@ -288,7 +288,7 @@ class _Fetcher:
         raise _Rejected(f"more than {MAX_REDIRECTS} redirects")
 
 
-def _split_smime(raw: bytes) -> tuple[bytes | None, list[str]]:
+def split_smime(raw: bytes) -> tuple[bytes | None, list[str]]:
     """The DER signature of a multipart/signed message, or the problems that make it unsigned."""
     try:
         message = email.message_from_bytes(raw, policy=email.policy.compat32)
@@ -401,6 +401,18 @@ def _signer_problems(certs: list[x509.Certificate], now: dt.datetime) -> list[st
         } & set(ext.value):
             problems.append("signer certificate's extendedKeyUsage does not include emailProtection (S/MIME)")
     return problems
+
+
+def read_list_payload(
+    payload: bytes, now: dt.datetime
+) -> tuple[dict[str, Any] | None, list[ImageListEntry], list[str]]:
+    """The verified payload as (``hv:imagelist`` body, images, problems); the body is None when the
+    list-level fields are unfit (then every later check would be guessing). Never raises on any input."""
+    body, problems = _payload_json(payload)
+    if body is None or problems:
+        return None, [], problems
+    entries, image_problems = _images(body)
+    return body, entries, _date_problems(body, now) + image_problems
 
 
 def _payload_json(payload: bytes) -> tuple[dict[str, Any] | None, list[str]]:
@@ -546,8 +558,8 @@ def _fetch_image(entry: ImageListEntry, folder: Path, fetcher: _Fetcher) -> tupl
                 size, digest = _copy_hashing(_raw(response), out, entry.size)
             problem = None
             if size != entry.size:
-                more = "more than" if size > entry.size else "only"
-                problem = f"image {entry.identifier}: size mismatch: hv:size is {entry.size}, got {more} {size} bytes"
+                got = f"more than {entry.size}" if size > entry.size else f"only {size}"
+                problem = f"image {entry.identifier}: size mismatch: hv:size is {entry.size}, got {got} bytes"
             elif digest != entry.sha512:
                 problem = f"image {entry.identifier}: sha512 mismatch: expected {entry.sha512}, got {digest}"
             if problem is not None:
@@ -557,7 +569,7 @@ def _fetch_image(entry: ImageListEntry, folder: Path, fetcher: _Fetcher) -> tupl
     except _Rejected as e:
         return None, f"{e} (quarantined in {quarantine})"
     except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
-        return None, f"image {entry.identifier}: download failed: {type(e).__name__} ({entry.uri})"
+        return None, f"image {entry.identifier}: download failed: {_printable(str(e))} ({entry.uri})"
     finally:
         response.close()
     return Download(entry.identifier, final, size, fresh=True), None
@@ -601,7 +613,7 @@ def verify_image_list(
         raise ConfigError(f"{ca}: CA certificate file (or directory) not found", hint="pass the CA that sites trust")
     now = dt.datetime.now(dt.UTC)
     raw = read_source(source)
-    der, problems = _split_smime(raw)
+    der, problems = split_smime(raw)
     if der is None:
         raise VerificationError(source, problems)
     with tempfile.TemporaryDirectory(prefix="vmi-verify-") as work:
@@ -613,10 +625,9 @@ def verify_image_list(
         problems += sig_problems + _signer_problems(certs, now)
     if payload is None:
         raise VerificationError(source, problems)
-    body, doc_problems = _payload_json(payload)
-    problems += doc_problems
-    if body is None or doc_problems:
-        raise VerificationError(source, problems)
+    body, entries, payload_problems = read_list_payload(payload, now)
+    if body is None:
+        raise VerificationError(source, problems + payload_problems)
     signer_dn = openssl_dn(certs[0].subject) if len(certs) == 1 else ""
     signer_ca = openssl_dn(certs[0].issuer) if len(certs) == 1 else ""
     listed = body["hv:endorser"]["hv:x509"]
@@ -626,12 +637,10 @@ def verify_image_list(
         problems.append(f"signer's CA {signer_ca or '(none)'} is not the list's endorser hv:ca {listed['hv:ca']}")
     if endorser_dn is not None and signer_dn != endorser_dn:
         problems.append(f"signed by {signer_dn or 'nobody'}, expected endorser {endorser_dn}")
-    problems += _date_problems(body, now)
-    problems += _binding_problems(body, source, vo)
-    seen = _load_state(state)
-    problems += _history_problems(body, source, seen, identifier)
-    entries, image_problems = _images(body)
-    problems += image_problems
+    binding = _binding_problems(body, source, vo)
+    seen = _load_state(state)  # another list than the one asked for (binding) has no history here to compare:
+    problems += binding or _history_problems(body, source, seen, identifier)  # one line says why
+    problems += payload_problems
     warnings = []
     if urlsplit(source).scheme not in ("http", "https"):
         warnings.append(f"read from a file: not checked that it is served at its hv:uri {body['hv:uri']}")
