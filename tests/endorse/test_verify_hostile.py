@@ -420,7 +420,8 @@ NOT_A_DATE = "is not a %Y-%m-%dT%H:%M:%SZ date"
         ("hv:uri", "https:///x", f"{AT}.hv:uri: 'https:///x' names no host"),
         ("hv:uri", "https://m.example.org/a b", f"{AT}.hv:uri: 'https://m.example.org/a b' contains white space"),
         ("dc:date:expires", "2026-13-01T00:00:00Z", f"{AT}.dc:date:expires: '2026-13-01T00:00:00Z' {NOT_A_DATE}"),
-        ("dc:date:expires", "\uff12026-01-01T00:00:00Z", f"{AT}.dc:date:expires: '\\uff12026-01-01T00:00:00Z' {NOT_A_DATE}"),
+        ("dc:date:expires", "\uff12026-01-01T00:00:00Z",
+         f"{AT}.dc:date:expires: '\\uff12026-01-01T00:00:00Z' {NOT_A_DATE}"),
     ],
 )  # fmt: skip
 def test_strict_image_fields(
