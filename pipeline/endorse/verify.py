@@ -24,6 +24,7 @@ import re
 import shutil
 import socket
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -43,6 +44,7 @@ from pipeline.endorse.imagelist import (
     load_list_json,
     openssl_dn,
     parse_date,
+    text_problem,
     url_problem,
 )
 from pipeline.errors import CommandError, ConfigError, PipelineError, VerificationError
@@ -56,6 +58,8 @@ CLOCK_SKEW = dt.timedelta(minutes=5)  # tolerated difference between the signer'
 TIMEOUT = 60.0  # seconds without progress on one connection
 OPENSSL_TIMEOUT = 60.0
 MAX_REDIRECTS = 5
+MIN_RATE = 64 * 1024  # bytes/s on average, after GRACE seconds: a server trickling slower is cut off
+GRACE = 10.0
 QUARANTINE = "quarantine"
 _SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature")
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -108,8 +112,18 @@ def read_source(source: str, limit: int = MAX_LIST_BYTES) -> bytes:
     The list's own location is the operator's choice (a local catalogue is fine); the image URLs
     inside it are not, see ``_Fetcher``.
     """
+    deadline, parts, size = _deadline(limit), [], 0
     with _Source(source) as stream:
-        data = stream.read(limit + 1)
+        read = getattr(stream, "read1", stream.read)
+        try:
+            while size <= limit and (chunk := read(min(CHUNK, limit + 1 - size))):
+                parts.append(chunk)
+                size += len(chunk)
+                if time.monotonic() > deadline:
+                    raise VerificationError(source, [f"too slow: less than {MIN_RATE} bytes/s; gave up"])
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError) as e:
+            raise VerificationError(source, [f"cannot read: {_printable(str(e))}"]) from e
+    data = b"".join(parts)
     if len(data) > limit:
         raise VerificationError(source, [f"larger than {limit} bytes: refusing to read it"])
     return data
@@ -524,9 +538,9 @@ def _images(body: dict[str, Any]) -> tuple[list[ImageListEntry], list[str]]:
         except ConfigError as e:
             problems += e.problems
             continue
-        if entry.identifier in ids:
+        if entry.identifier.lower() in ids:  # one file name per image, on case-insensitive disks too
             problems.append(f"hv:imagelist.hv:images[{n}]: dc:identifier {entry.identifier} appears twice")
-        ids.add(entry.identifier)
+        ids.add(entry.identifier.lower())
         entries.append(entry)
     return entries, problems
 
@@ -540,6 +554,8 @@ def _fetch_image(entry: ImageListEntry, folder: Path, fetcher: _Fetcher) -> tupl
         return None, f"image {entry.identifier!r}: dc:identifier is not a safe file name; not downloaded"
     final = folder / entry.identifier
     quarantine = folder / QUARANTINE
+    if entry.identifier.lower() == QUARANTINE or final.is_dir():
+        return None, f"image {entry.identifier}: dc:identifier names a folder in {folder}; not downloaded"
     if final.exists():
         with open(final, "rb") as f:
             size, digest = _copy_hashing(f, None, entry.size)
@@ -555,7 +571,7 @@ def _fetch_image(entry: ImageListEntry, folder: Path, fetcher: _Fetcher) -> tupl
     try:
         with atomic_path(final) as tmp:
             with open(tmp, "wb") as out:
-                size, digest = _copy_hashing(_raw(response), out, entry.size)
+                size, digest = _copy_hashing(_raw(response), out, entry.size, deadline=_deadline(entry.size))
             problem = None
             if size != entry.size:
                 got = f"more than {entry.size}" if size > entry.size else f"only {size}"
@@ -566,6 +582,8 @@ def _fetch_image(entry: ImageListEntry, folder: Path, fetcher: _Fetcher) -> tupl
                 quarantine.mkdir(parents=True, exist_ok=True)
                 shutil.move(tmp, quarantine / entry.identifier)
                 raise _Rejected(problem)
+    except _TooSlow as e:  # nothing kept: the partial file is gone with its temporary name
+        return None, f"image {entry.identifier}: {e} ({entry.uri})"
     except _Rejected as e:
         return None, f"{e} (quarantined in {quarantine})"
     except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
@@ -579,14 +597,31 @@ class _Rejected(PipelineError):
     pass
 
 
-def _copy_hashing(stream: BinaryIO, out: BinaryIO | None, expected_size: int) -> tuple[int, str]:
-    """Copy and sha512-hash; read at most one byte past ``expected_size`` (never fill the disk for a liar)."""
+class _TooSlow(_Rejected):
+    pass
+
+
+def _deadline(size: int) -> float:
+    return time.monotonic() + GRACE + size / MIN_RATE
+
+
+def _copy_hashing(
+    stream: BinaryIO, out: BinaryIO | None, expected_size: int, deadline: float | None = None
+) -> tuple[int, str]:
+    """Copy and sha512-hash; read at most one byte past ``expected_size`` (never fill the disk for a liar),
+    and (with ``deadline``) give up on a server slower than ``MIN_RATE`` on average."""
     sha512, size = hashlib.sha512(), 0
-    while size <= expected_size and (chunk := stream.read(min(CHUNK, expected_size + 1 - size))):
+    read = getattr(stream, "read1", stream.read)  # what has arrived, not a full chunk: the deadline holds
+    while size <= expected_size and (chunk := read(min(CHUNK, expected_size + 1 - size))):
         sha512.update(chunk)
         size += len(chunk)
         if out is not None:
             out.write(chunk)
+        if deadline is not None and time.monotonic() > deadline:
+            raise _TooSlow(
+                f"too slow: {size} of {expected_size} bytes in {GRACE + expected_size / MIN_RATE:.0f} s "
+                f"(less than {MIN_RATE} bytes/s)"
+            )
     return size, sha512.hexdigest()
 
 
@@ -630,6 +665,10 @@ def verify_image_list(
         raise VerificationError(source, problems + payload_problems)
     signer_dn = openssl_dn(certs[0].subject) if len(certs) == 1 else ""
     signer_ca = openssl_dn(certs[0].issuer) if len(certs) == 1 else ""
+    for what, dn in (("subject", signer_dn), ("issuer", signer_ca)):
+        if problem := text_problem(dn):  # it is printed and compared: no control characters from a certificate
+            problems.append(f"signer certificate {what} {problem}")
+            signer_dn, signer_ca = _printable(signer_dn), _printable(signer_ca)
     listed = body["hv:endorser"]["hv:x509"]
     if listed["hv:dn"] != signer_dn:  # one endorser per list, even when the site pins no DN
         problems.append(f"signer {signer_dn or '(none)'} is not the list's endorser hv:dn {listed['hv:dn']}")

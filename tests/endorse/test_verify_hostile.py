@@ -523,3 +523,59 @@ def test_cli_prints_one_line_per_problem_and_no_traceback(tmp_path: Path, endors
     assert proc.stderr.strip().splitlines() == [
         f"{listed}: {AT}.dc:title: contains the control character '\\n'",
     ]
+
+
+# ---- the next ones of the same classes -----------------------------------------------------------------
+
+
+def test_an_image_named_like_the_quarantine_folder_is_not_downloaded(
+    tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa
+) -> None:
+    with hostile_server({"/img": send(200, b"image bytes")}) as (base, seen):
+        entries = [make_entry(b"image bytes", base + "/img", identifier="Quarantine")]
+        listed = write_signed(tmp_path / "l", make_list(endorser_of(endorser_pair), entries), endorser_pair)
+        (tmp_path / "dl" / "quarantine").mkdir(parents=True)
+        assert refusal(listed, dev_ca.ca_cert, download=tmp_path / "dl", allow_private_urls=True) == [
+            f"image Quarantine: dc:identifier names a folder in {tmp_path / 'dl'}; not downloaded"
+        ]
+        assert seen == []
+
+
+def test_identifiers_equal_but_for_case_are_duplicates(tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa) -> None:
+    entries = [
+        make_entry(b"a", "https://m.example.org/a", "img-A"),
+        make_entry(b"b", "https://m.example.org/b", "IMG-a"),
+    ]
+    listed = write_signed(tmp_path / "l", make_list(endorser_of(endorser_pair), entries), endorser_pair)
+    assert refusal(listed, dev_ca.ca_cert) == ["hv:imagelist.hv:images[1]: dc:identifier IMG-a appears twice"]
+
+
+def test_signer_name_with_control_characters(tmp_path: Path, dev_ca_issued: Issued, dev_ca: DevCa) -> None:
+    signer = issue(dev_ca_issued, "endorser\nOK, image list", usage=SIGNING, eku=[ExtendedKeyUsageOID.EMAIL_PROTECTION])
+    doc = make_list(Endorser("/CN=endorser", endorser_of(signer).ca, "e@example.org", "e"), [])
+    listed = write_signed(tmp_path / "l", doc, signer)
+    assert refusal(listed, dev_ca.ca_cert) == [
+        "signer certificate subject contains the control character '\\n'",
+        "signer '/CN=endorser\\nOK, image list' is not the list's endorser hv:dn /CN=endorser",
+    ]
+
+
+def trickle(h: http.server.BaseHTTPRequestHandler) -> None:
+    """Announces 100 KiB, sends a byte every 0.2 s: alive for each read timeout, dead for any site."""
+    h.send_response(200)
+    h.send_header("Content-Length", str(100 * 1024))
+    h.end_headers()
+    with contextlib.suppress(OSError):
+        for _ in range(100 * 1024):
+            h.wfile.write(b"x")
+            h.wfile.flush()
+            threading.Event().wait(0.2)
+
+
+def test_a_trickling_server_is_cut_off(tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa) -> None:
+    with hostile_server({"/img": trickle}) as (base, _):
+        listed = one_image_list(tmp_path, endorser_pair, base + "/img", payload=b"x" * 100 * 1024)
+        (problem,) = refusal(listed, dev_ca.ca_cert, download=tmp_path / "dl", allow_private_urls=True)
+    assert problem.startswith(f"image {IMAGE_ID}: too slow: ")
+    assert problem.endswith(f" of 102400 bytes in 12 s (less than 65536 bytes/s) ({base}/img)")
+    assert list((tmp_path / "dl").iterdir()) == []  # the partial file went with its temporary name
