@@ -39,6 +39,7 @@ from requests.adapters import HTTPAdapter
 
 from pipeline.endorse.imagelist import (
     IDENTIFIER,
+    LIST_VERSION,
     ImageListEntry,
     list_problems,
     load_list_json,
@@ -503,6 +504,9 @@ def _load_state(state: Path | None) -> dict[str, Any]:
     for key, seen in lists.items():
         if not isinstance(seen, dict):
             continue
+        version, created = seen.get("hv:version"), seen.get("dc:date:created")
+        if not (isinstance(version, str) and LIST_VERSION.match(version) and isinstance(created, str)):
+            raise ConfigError(f"{state}: lists.{_printable(key)}: not a version and a date; delete the entry")
         if " " not in key and isinstance(seen.get("hv:uri"), str):  # before per-URL identities: keyed by id only
             key = state_key(key, seen["hv:uri"])
         kept[key] = seen
@@ -521,7 +525,7 @@ def _history_problems(body: dict[str, Any], source: str, seen: dict[str, Any], i
     last = seen["lists"].get(state_key(list_id, body["hv:uri"]))
     if isinstance(last, dict):
         version, created = str(body["hv:version"]), body["dc:date:created"]
-        if version_sort_key(version) < version_sort_key(str(last.get("hv:version"))[:64]):
+        if version_sort_key(version) < version_sort_key(last["hv:version"]):  # both LIST_VERSION: ASCII digits
             problems.append(f"hv:version {version} is lower than {last.get('hv:version')} seen before: rolled back")
         elif created < str(last.get("dc:date:created")):
             problems.append(

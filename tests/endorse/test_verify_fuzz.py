@@ -27,6 +27,7 @@ from pipeline.endorse.verify import (
     _load_state,
     read_list_payload,
     split_smime,
+    state_key,
     verify_image_list,
 )
 from pipeline.errors import VerificationError
@@ -82,8 +83,12 @@ def check_payload(payload: bytes) -> None:
             assert problems and entries == []
             return
         seen = _load_state(None)
+        seen["lists"][state_key(body["dc:identifier"], body["hv:uri"])] = {
+            "hv:version": "20261122.1",
+            "dc:date:created": "2026-11-22T00:00:00Z",
+        }
         one_line_each(_binding_problems(body, "https://x.example.org/vo/v/image.list", "v"))
-        one_line_each(_history_problems(body, "https://x.example.org/l", seen, None))
+        one_line_each(_history_problems(body, "https://x.example.org/l", seen, "an-id"))
 
 
 @given(json_values, st.booleans())

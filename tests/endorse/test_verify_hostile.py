@@ -26,7 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pipeline.endorse.imagelist import Endorser, list_identifier, sign_image_list
 from pipeline.endorse.pki import DevCa, Issued, issue_endorser
 from pipeline.endorse.verify import address_problem, smime_verify_argv, verify_image_list
-from pipeline.errors import VerificationError
+from pipeline.errors import ConfigError, VerificationError
 from tests.endorse.conftest import serve_folder
 from tests.endorse.lists import LIST_URI, make_entry, make_list
 
@@ -579,3 +579,16 @@ def test_a_trickling_server_is_cut_off(tmp_path: Path, endorser_pair: Issued, de
     assert problem.startswith(f"image {IMAGE_ID}: too slow: ")
     assert problem.endswith(f" of 102400 bytes in 12 s (less than 65536 bytes/s) ({base}/img)")
     assert list((tmp_path / "dl").iterdir()) == []  # the partial file went with its temporary name
+
+
+@pytest.mark.parametrize("version", ["\u00b2", "1" * 5000, None, ["1"]])
+def test_a_damaged_state_file_is_one_line(
+    tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa, version: object
+) -> None:
+    doc = make_list(endorser_of(endorser_pair), [], version=5)
+    key = f"{doc['hv:imagelist']['dc:identifier']} {LIST_URI}"  # type: ignore[index]
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"lists": {key: {"hv:version": version, "dc:date:created": "2026-01-01T00:00:00Z"}}}))
+    with pytest.raises(ConfigError) as err:
+        verify_image_list(write_signed(tmp_path / "l", doc, endorser_pair), dev_ca.ca_cert, state=state)
+    assert err.value.problems == [f"{state}: lists.{key}: not a version and a date; delete the entry"]
