@@ -98,7 +98,7 @@ LIST_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~:-]{0,63}\Z")
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z\Z")
 _DIGITS = re.compile(r"^[0-9]{1,18}\Z")  # ASCII only: str.isdigit() takes '²' and int() then fails
 _NUMERIC_TEXT = ("hv:version", "sl:osversion")  # text fields some writers emit as JSON numbers
-_MULTILINE = ("dc:description", "sl:comments")  # free text: tab and newline allowed there only
+_MULTILINE = ("dc:description", "sl:comments")  # free text: tab and line breaks allowed there only
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 ENV_KEY = "VMI_SIGNING_KEY"
@@ -147,7 +147,7 @@ def text_problem(value: str, multiline: bool = False) -> str | None:
     if len(value) > MAX_TEXT:
         return f"longer than {MAX_TEXT} characters"
     for ch in value:
-        if multiline and ch in "\t\n":
+        if multiline and ch in "\t\n\r":
             continue
         category = unicodedata.category(ch)
         if category == "Cc":
@@ -535,7 +535,8 @@ def build_image_list(
 ) -> dict[str, Any]:
     """The HEPiX JSON document ``{"hv:imagelist": {...}}`` of a VO's endorsed images.
 
-    Refuses a list that sites would reject anyway (expiry before creation, duplicate image ids).
+    Refuses a list that sites would reject anyway (expiry before creation or more than
+    ``MAX_LIST_LIFETIME`` after it, duplicate image ids, any field ``verify-list`` refuses).
     """
     if expires <= created:
         raise PipelineError(f"image list for {vo}: expires ({expires}) must be after created ({created})")
@@ -544,7 +545,12 @@ def build_image_list(
         if e.identifier in seen:
             raise PipelineError(f"image list for {vo}: image dc:identifier {e.identifier} appears twice")
         seen.add(e.identifier)
-    return {
+    if expires - created > MAX_LIST_LIFETIME:
+        raise PipelineError(
+            f"image list for {vo}: a lifetime of {expires - created} is more than sites accept "
+            f"({MAX_LIST_LIFETIME.days} days)"
+        )
+    document = {
         "hv:imagelist": {
             "dc:date:created": format_date(created),
             "dc:date:expires": format_date(expires),
@@ -560,6 +566,16 @@ def build_image_list(
             "ad:num_of_images": len(entries),
         }
     }
+    # what is signed is what sites accept: the verifier's own field checks, run before signing
+    problems = list_problems(document["hv:imagelist"])
+    for n, e in enumerate(entries):
+        try:
+            ImageListEntry.from_hepix(e.to_hepix(), f"hv:imagelist.hv:images[{n}]")
+        except ConfigError as err:
+            problems += err.problems
+    if problems:
+        raise ConfigError([f"image list for {vo}: {p}" for p in problems])
+    return document
 
 
 def serialise_image_list(document: Mapping[str, Any]) -> bytes:
