@@ -592,3 +592,29 @@ def test_a_damaged_state_file_is_one_line(
     with pytest.raises(ConfigError) as err:
         verify_image_list(write_signed(tmp_path / "l", doc, endorser_pair), dev_ca.ca_cert, state=state)
     assert err.value.problems == [f"{state}: lists.{key}: not a version and a date; delete the entry"]
+
+
+def test_quick_start_command_line_against_a_local_catalogue(
+    catalogue_site: tuple[Path, str], endorser_pair: Issued, dev_ca: DevCa, tmp_path: Path
+) -> None:
+    """README: `invoke verify-list http://127.0.0.1:8080/vo/VO/image.list --ca CA --download DIR` needs
+    --allow-private-urls when the images, too, are served on 127.0.0.1."""
+    root, base = catalogue_site
+    (root / "repo").mkdir()
+    (root / "repo" / "img.ova").write_bytes(b"image bytes")
+    uri = f"{base}/vo/vo.a.org/image.list"
+    doc = make_list(endorser_of(endorser_pair), [make_entry(b"image bytes", f"{base}/repo/img.ova")], uri=uri)
+    doc["hv:imagelist"]["ad:vo"] = "vo.a.org"  # type: ignore[index]
+    write_signed(root / "vo" / "vo.a.org" / "image.list", doc, endorser_pair)
+    cache = tmp_path / "site-cache"
+    argv = [sys.executable, "-m", "invoke", "verify-list", uri, "--ca", str(dev_ca.ca_cert), "--download", str(cache)]
+    refused = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        f"{uri}: image {IMAGE_ID}: 127.0.0.1 resolves to 127.0.0.1, a loopback address: not downloaded "
+        f"(--allow-private-urls to allow) ({base}/repo/img.ova)"
+    ]
+    ok = subprocess.run([*argv, "--allow-private-urls"], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert f"{uri}: OK, image list" in ok.stdout and "for VO vo.a.org" in ok.stdout
+    assert (cache / IMAGE_ID).read_bytes() == b"image bytes"
