@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import re
-import unicodedata
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -100,6 +99,11 @@ _DIGITS = re.compile(r"^[0-9]{1,18}\Z")  # ASCII only: str.isdigit() takes '²' 
 _NUMERIC_TEXT = ("hv:version", "sl:osversion")  # text fields some writers emit as JSON numbers
 _MULTILINE = ("dc:description", "sl:comments")  # free text: tab and line breaks allowed there only
 _BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+# Unicode category Cc (C0, DEL, C1) and Cs (surrogates), and the bidirectional controls: one regex, C speed
+_UNFIT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_UNFIT_LINES = re.compile(  # tab, LF and CR allowed
+    r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
+)
 
 ENV_KEY = "VMI_SIGNING_KEY"
 ENV_CERT = "VMI_SIGNING_CERT"
@@ -146,17 +150,15 @@ def text_problem(value: str, multiline: bool = False) -> str | None:
     """
     if len(value) > MAX_TEXT:
         return f"longer than {MAX_TEXT} characters"
-    for ch in value:
-        if multiline and ch in "\t\n\r":
-            continue
-        category = unicodedata.category(ch)
-        if category == "Cc":
-            return f"contains the control character {ch!r}"
-        if category == "Cs":
-            return f"contains a lone surrogate {ch.encode('utf-8', 'backslashreplace').decode()}"
-        if ch in _BIDI:
-            return f"contains the bidirectional control U+{ord(ch):04X}"
-    return None
+    found = (_UNFIT_LINES if multiline else _UNFIT).search(value)
+    if found is None:
+        return None
+    ch = found.group()
+    if "\ud800" <= ch <= "\udfff":
+        return f"contains a lone surrogate {ch.encode('utf-8', 'backslashreplace').decode()}"
+    if ch in _BIDI:
+        return f"contains the bidirectional control U+{ord(ch):04X}"
+    return f"contains the control character {ch!r}"
 
 
 def url_problem(url: str) -> str | None:
