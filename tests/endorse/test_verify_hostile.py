@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pipeline.endorse.imagelist import Endorser, list_identifier, sign_image_list
+from pipeline.endorse.imagelist import Endorser, format_date, list_identifier, sign_image_list
 from pipeline.endorse.pki import DevCa, Issued, issue_endorser
 from pipeline.endorse.verify import address_problem, smime_verify_argv, verify_image_list
 from pipeline.errors import ConfigError, VerificationError
@@ -466,8 +466,9 @@ def test_endorser_fields_must_be_strings(tmp_path: Path, endorser_pair: Issued, 
 
 def test_list_lifetime_is_capped(tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa) -> None:
     created = NOW - dt.timedelta(minutes=1)
-    doc = make_list(endorser_of(endorser_pair), [], created=created, expires=created + dt.timedelta(days=367))
+    doc = make_list(endorser_of(endorser_pair), [], created=created)
     body = doc["hv:imagelist"]
+    body["dc:date:expires"] = format_date(created + dt.timedelta(days=367))  # type: ignore[index]
     assert refusal(write_signed(tmp_path / "l", doc, endorser_pair), dev_ca.ca_cert) == [
         f"hv:imagelist.dc:date:expires: {body['dc:date:expires']} is more than 366 days after "  # type: ignore[index]
         f"dc:date:created {body['dc:date:created']}"  # type: ignore[index]
