@@ -310,8 +310,13 @@ def split_smime(raw: bytes) -> tuple[bytes | None, list[str]]:
         content_type = message.get_content_type()
         parts = message.get_payload()
         epilogue = message.epilogue
+        headers = [len(message.get_all(name) or []) for name in ("Content-Type", "MIME-Version")]
+        if isinstance(parts, list) and parts and isinstance(parts[0], email.message.Message):
+            headers.append(len(parts[0].get_all("Content-Type") or []))
     except (ValueError, TypeError, LookupError, email.errors.MessageError) as e:
         return None, [f"not a MIME message: {type(e).__name__}"]
+    if max(headers) > 1:  # MIME parsers disagree on which one counts: the meaning is ambiguous
+        return None, ["a MIME header (Content-Type or MIME-Version) appears twice: ambiguous message"]
     if content_type != "multipart/signed":
         return None, [f"not S/MIME signed: Content-Type is {_printable(content_type)}, not multipart/signed"]
     if not isinstance(parts, list) or len(parts) != 2:

@@ -619,3 +619,20 @@ def test_quick_start_command_line_against_a_local_catalogue(
     assert ok.returncode == 0, ok.stderr
     assert f"{uri}: OK, image list" in ok.stdout and "for VO vo.a.org" in ok.stdout
     assert (cache / IMAGE_ID).read_bytes() == b"image bytes"
+
+
+@pytest.mark.parametrize("where", ["outer", "content"])
+def test_a_doubled_mime_header_is_ambiguous(tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa, where: str) -> None:
+    doc = make_list(endorser_of(endorser_pair), [])
+    raw = sign_image_list(doc, endorser_pair.key_pem, endorser_pair.cert_pem)
+    if where == "outer":
+        doubled = b"Content-Type: text/plain\n" + raw
+    else:  # signed content that carries its own, doubled, header
+        content = b"Content-Type: text/plain\r\nContent-Type: application/json\r\n\r\n" + json.dumps(doc).encode()
+        doubled = sign_bytes(content, endorser_pair)
+    assert doubled != raw
+    listed = tmp_path / "l"
+    listed.write_bytes(doubled)
+    assert refusal(listed, dev_ca.ca_cert) == [
+        "a MIME header (Content-Type or MIME-Version) appears twice: ambiguous message"
+    ]
