@@ -323,12 +323,16 @@ def test_replayed_list_with_the_same_version_but_older_date(
 def test_odd_uris_and_identifiers_are_refused_before_any_download(
     tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa
 ) -> None:
-    entries = [
-        make_entry(b"x", "/etc/hostname", identifier="local-path"),
-        make_entry(b"y", "file:///dev/null", identifier="../escape"),
-        make_entry(b"z", "http://user:secret@mirror.example.org/z.ova", identifier="userinfo"),
+    odd = [
+        ("/etc/hostname", "local-path"),
+        ("file:///dev/null", "../escape"),
+        ("http://user:secret@mirror.example.org/z.ova", "userinfo"),
     ]
-    source = write_signed(tmp_path / "l", make_list(endorser_of(endorser_pair), entries), endorser_pair)
+    entries = [make_entry(b"x", "https://m.example.org/x", identifier=f"img-{n}") for n in range(len(odd))]
+    doc = make_list(endorser_of(endorser_pair), entries)  # the catalogue would not build it: edited after
+    for item, (uri, identifier) in zip(doc["hv:imagelist"]["hv:images"], odd, strict=True):  # type: ignore[index]
+        item["hv:image"].update({"hv:uri": uri, "dc:identifier": identifier})
+    source = write_signed(tmp_path / "l", doc, endorser_pair)
     with pytest.raises(VerificationError) as err:
         verify_image_list(source, dev_ca.ca_cert, download=tmp_path / "dl")
     assert err.value.problems == [
