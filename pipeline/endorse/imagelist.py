@@ -11,7 +11,12 @@ Contract notes (additions to docs/architecture.md, all backwards compatible):
   ``SigningIdentity`` with ``.key_pem``, ``.cert_pem`` and ``.endorser`` (DN/CA taken from the
   certificate, so the list's ``hv:endorser`` always matches the signer).
 - Numbers (``hv:size``, ``hv:ram_minimum``, ...) are JSON integers as in hepixvmitrust; the
-  reader (``ImageListEntry.from_hepix``) also accepts AppDB's digit strings.
+  reader (``ImageListEntry.from_hepix``) also accepts AppDB's (ASCII) digit strings.
+- The reader is strict, because a site acts on what strangers serve: ``load_list_json`` (unique keys,
+  whole numbers, bounded depth, printable strings), ``list_problems`` (list-level fields, lifetime
+  at most ``MAX_LIST_LIFETIME``), ``ImageListEntry.from_hepix`` (identifier, http(s) URL without
+  user info, size, sha512). ``build_image_list`` runs the same checks, so the catalogue never signs
+  a list that ``verify-list`` refuses.
 """
 
 from __future__ import annotations
