@@ -498,6 +498,8 @@ def _load_state(state: Path | None) -> dict[str, Any]:
         return {"sources": {}, "lists": {}}
     try:
         data = json.loads(state.read_text())
+    except OSError as e:
+        raise ConfigError(f"{state}: cannot read the state file: {e.strerror}") from e
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as e:
         raise ConfigError(f"{state}: not valid JSON ({e}); delete it to start afresh") from e
     sources, lists = (data.get("sources", {}), data.get("lists", {})) if isinstance(data, dict) else (None, None)
@@ -655,6 +657,8 @@ def verify_image_list(
     source = str(source)
     if not ca.exists():
         raise ConfigError(f"{ca}: CA certificate file (or directory) not found", hint="pass the CA that sites trust")
+    if download is not None and download.exists() and not download.is_dir():
+        raise ConfigError(f"{download}: the download folder is a file")
     now = dt.datetime.now(dt.UTC)
     raw = read_source(source)
     der, problems = split_smime(raw)

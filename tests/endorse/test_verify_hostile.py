@@ -636,3 +636,13 @@ def test_a_doubled_mime_header_is_ambiguous(tmp_path: Path, endorser_pair: Issue
     assert refusal(listed, dev_ca.ca_cert) == [
         "a MIME header (Content-Type or MIME-Version) appears twice: ambiguous message"
     ]
+
+
+def test_operator_paths_that_are_the_wrong_kind(tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa) -> None:
+    listed = write_signed(tmp_path / "l", make_list(endorser_of(endorser_pair), []), endorser_pair)
+    with pytest.raises(ConfigError) as err:
+        verify_image_list(listed, dev_ca.ca_cert, state=tmp_path)
+    assert err.value.problems == [f"{tmp_path}: cannot read the state file: Is a directory"]
+    with pytest.raises(ConfigError) as err:
+        verify_image_list(listed, dev_ca.ca_cert, download=listed)
+    assert err.value.problems == [f"{listed}: the download folder is a file"]
