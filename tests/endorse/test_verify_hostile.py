@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -646,3 +647,20 @@ def test_operator_paths_that_are_the_wrong_kind(tmp_path: Path, endorser_pair: I
     with pytest.raises(ConfigError) as err:
         verify_image_list(listed, dev_ca.ca_cert, download=listed)
     assert err.value.problems == [f"{listed}: the download folder is a file"]
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_the_connection_guard_refuses_a_private_peer_before_sending(scheme: str) -> None:
+    """Behind the name check: a host that re-resolves to a private address between our lookup and the
+    connection (DNS rebinding) is caught on the socket, before the request is written."""
+    from pipeline.endorse.verify import _Fetcher, _PrivateAddress
+
+    fetcher = _Fetcher(allow_private=False)
+    with hostile_server({"/img": send(200, b"image bytes")}) as (base, seen):
+        with pytest.raises(requests.ConnectionError) as err:
+            fetcher.session.get(base.replace("http", scheme, 1) + "/img", timeout=10)
+        fetcher.close()
+        assert seen == []
+    reason = err.value.args[0].reason
+    assert isinstance(reason, _PrivateAddress)
+    assert reason.problem == "127.0.0.1 connected to 127.0.0.1, a loopback address"
