@@ -265,7 +265,7 @@ class _Fetcher:
         parts = urlsplit(url)
         host = parts.hostname or ""
         try:
-            infos = socket.getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+            infos = socket.getaddrinfo(host, parts.port or 80, type=socket.SOCK_STREAM)  # port: irrelevant here
         except (OSError, UnicodeError) as e:
             return f"cannot resolve {host}: {getattr(e, 'strerror', None) or e}"
         for info in infos:
@@ -284,9 +284,9 @@ class _Fetcher:
                 reason = getattr(e.args[0], "reason", None) if e.args else None
                 if isinstance(reason, _PrivateAddress):
                     raise _Rejected(f"{reason.problem}: not downloaded (--allow-private-urls to allow)") from e
-                raise _Rejected(f"cannot download: {type(e).__name__}") from e
+                raise _Rejected(f"cannot download: {_printable(str(reason or e), 200)}") from e
             except requests.RequestException as e:
-                raise _Rejected(f"cannot download: {type(e).__name__}") from e
+                raise _Rejected(f"cannot download: {_printable(str(e), 200)}") from e
             if response.status_code in _REDIRECTS:
                 location = response.headers.get("Location", "")
                 response.close()
@@ -340,8 +340,9 @@ def split_smime(raw: bytes) -> tuple[bytes | None, list[str]]:
     return der, problems
 
 
-def _printable(text: str) -> str:
-    return text.encode("ascii", "backslashreplace").decode()[:100] if text.isprintable() else repr(text)[:100]
+def _printable(text: str, limit: int = 100) -> str:
+    """Text from outside (a header, an error naming a URL) fit for one line of a report."""
+    return text.encode("ascii", "backslashreplace").decode()[:limit] if text.isprintable() else repr(text)[:limit]
 
 
 def smime_verify_argv(message: Path, ca: Path, signers: Path, payload: Path) -> list[str]:

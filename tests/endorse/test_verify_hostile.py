@@ -664,3 +664,12 @@ def test_the_connection_guard_refuses_a_private_peer_before_sending(scheme: str)
     reason = err.value.args[0].reason
     assert isinstance(reason, _PrivateAddress)
     assert reason.problem == "127.0.0.1 connected to 127.0.0.1, a loopback address"
+
+
+def test_an_image_server_that_is_down_is_one_line(tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa) -> None:
+    with hostile_server({}) as (base, _):
+        pass  # closed: its port now refuses connections
+    listed = one_image_list(tmp_path, endorser_pair, base + "/img")
+    (problem,) = refusal(listed, dev_ca.ca_cert, download=tmp_path / "dl", allow_private_urls=True)
+    assert problem.startswith(f"image {IMAGE_ID}: cannot download: ")
+    assert "Connection refused" in problem and problem.endswith(f" ({base}/img)") and "\n" not in problem
