@@ -378,7 +378,37 @@ def _openssl_verify(raw: bytes, ca: Path, work: Path) -> tuple[bytes | None, lis
         reasons = [_openssl_reason(line) for line in result.stderr.splitlines() if "error" in line.lower()]
         shown = "; ".join(dict.fromkeys(r for r in reasons if r)) or f"openssl exit code {result.returncode}"
         return None, certs, [f"S/MIME signature does not verify against {ca}: {shown}"]
-    return payload.read_bytes(), certs, []
+    problems = _digest_problems(message)
+    return (None if problems else payload.read_bytes()), certs, problems
+
+
+# SHA-2 only: OpenSSL verifies MD5 and SHA-1 signatures as readily (chosen-prefix collisions are practical)
+_STRONG_DIGESTS = {
+    "2.16.840.1.101.3.4.2.4": "SHA-224",
+    "2.16.840.1.101.3.4.2.1": "SHA-256",
+    "2.16.840.1.101.3.4.2.2": "SHA-384",
+    "2.16.840.1.101.3.4.2.3": "SHA-512",
+}
+_ALGORITHM = re.compile(r"^\s*algorithm: (\S+) \(([0-9.]+)\)\s*$")
+
+
+def _digest_problems(message: Path) -> list[str]:
+    """Each signer's ``digestAlgorithm`` (the signed one, not the ``micalg`` header) must be SHA-2."""
+    argv = [find_tool("openssl"), "cms", "-cmsout", "-print", "-noout", "-in", str(message)]
+    try:
+        result = run(argv, check=False, timeout=OPENSSL_TIMEOUT)
+    except CommandError:
+        return [f"reading the signature's digest algorithm did not finish within {OPENSSL_TIMEOUT:.0f} s"]
+    lines = result.stdout.splitlines()
+    found = [_ALGORITHM.match(lines[n + 1]) for n, line in enumerate(lines[:-1]) if line.strip() == "digestAlgorithm:"]
+    if result.returncode != 0 or not found or None in found:
+        return ["cannot read the signature's digest algorithm"]
+    used = dict.fromkeys((m[1], m[2]) for m in found if m is not None)
+    return [
+        f"signed with {name} ({oid}): only SHA-2 digests are accepted"
+        for name, oid in used
+        if oid not in _STRONG_DIGESTS
+    ]
 
 
 def _openssl_reason(line: str) -> str:

@@ -673,3 +673,21 @@ def test_an_image_server_that_is_down_is_one_line(tmp_path: Path, endorser_pair:
     (problem,) = refusal(listed, dev_ca.ca_cert, download=tmp_path / "dl", allow_private_urls=True)
     assert problem.startswith(f"image {IMAGE_ID}: cannot download: ")
     assert "Connection refused" in problem and problem.endswith(f" ({base}/img)") and "\n" not in problem
+
+
+@pytest.mark.parametrize(("md", "expected"), [("sha1", "sha1 (1.3.14.3.2.26)"), ("md5", "md5 (1.2.840.113549.2.5)")])
+def test_a_weak_digest_signature_is_refused(
+    tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa, md: str, expected: str
+) -> None:
+    """OpenSSL verifies SHA-1 and MD5 signatures without a word; the micalg header is unsigned, the
+    signer's digestAlgorithm is what counts."""
+    (tmp_path / "payload").write_text(json.dumps(make_list(endorser_of(endorser_pair), []), sort_keys=True, indent=2))
+    (tmp_path / "key.pem").write_bytes(endorser_pair.key_pem)
+    (tmp_path / "cert.pem").write_bytes(endorser_pair.cert_pem)
+    listed = tmp_path / "l"
+    sign = ["openssl", "smime", "-sign", "-md", md, "-in", "payload", "-signer", "cert.pem", "-inkey", "key.pem"]
+    subprocess.run([*sign, "-out", str(listed)], cwd=tmp_path, check=True, capture_output=True)
+    listed.write_bytes(listed.read_bytes().replace(f'micalg="{md}"'.encode(), b'micalg="sha-256"'))
+    plain = ["openssl", "smime", "-verify", "-in", str(listed), "-CAfile", str(dev_ca.ca_cert), "-out", "/dev/null"]
+    assert subprocess.run(plain, capture_output=True).returncode == 0
+    assert refusal(listed, dev_ca.ca_cert) == [f"signed with {expected}: only SHA-2 digests are accepted"]
