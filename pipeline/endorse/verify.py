@@ -33,6 +33,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 import requests
 import urllib3
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from requests.adapters import HTTPAdapter
@@ -59,6 +60,7 @@ CLOCK_SKEW = dt.timedelta(minutes=5)  # tolerated difference between the signer'
 TIMEOUT = 60.0  # seconds without progress on one connection
 OPENSSL_TIMEOUT = 60.0
 MAX_REDIRECTS = 5
+MIN_RSA_BITS = 2048
 MIN_RATE = 64 * 1024  # bytes/s on average, after GRACE seconds: a server trickling slower is cut off
 GRACE = 10.0
 QUARANTINE = "quarantine"
@@ -437,6 +439,11 @@ def _signer_problems(certs: list[x509.Certificate], now: dt.datetime) -> list[st
     if now > cert.not_valid_after_utc:
         return [f"signer certificate expired on {cert.not_valid_after_utc:%Y-%m-%dT%H:%M:%SZ}"]
     problems = []
+    key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        problems.append(f"signer key is RSA-{key.key_size}: at least RSA-{MIN_RSA_BITS} (IGTF's minimum) is required")
+    elif isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size < 256:
+        problems.append(f"signer key is a {key.curve.key_size}-bit EC key: at least 256 bits are required")
     try:
         extensions = cert.extensions
     except ValueError as e:

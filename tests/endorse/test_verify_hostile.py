@@ -109,9 +109,15 @@ def test_without_a_pinned_dn_the_list_endorser_must_be_the_signer(
 
 
 def issue(
-    ca: Issued, name: str, *, is_ca: bool = False, usage: x509.KeyUsage | None = None, eku: list[x509.ObjectIdentifier]
+    ca: Issued,
+    name: str,
+    *,
+    is_ca: bool = False,
+    usage: x509.KeyUsage | None = None,
+    eku: list[x509.ObjectIdentifier],
+    bits: int = 2048,
 ) -> Issued:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
     builder = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -144,6 +150,7 @@ SIGNING = x509.KeyUsage(True, False, False, False, False, False, False, False, F
         ("ca", "signer certificate is a CA certificate (basicConstraints CA:TRUE), not an endorser's"),
         ("key-usage", "signer certificate's keyUsage allows neither digitalSignature nor nonRepudiation"),
         ("eku", "signer certificate's extendedKeyUsage does not include emailProtection (S/MIME)"),
+        ("rsa-1024", "signer key is RSA-1024: at least RSA-2048 (IGTF's minimum) is required"),
     ],
 )
 def test_signer_certificate_must_be_an_smime_end_entity(
@@ -154,6 +161,7 @@ def test_signer_certificate_must_be_an_smime_end_entity(
         "ca": lambda: issue(dev_ca_issued, "a CA", is_ca=True, usage=SIGNING, eku=protection),
         "key-usage": lambda: issue(dev_ca_issued, "cert signer", usage=CERT_SIGN_ONLY, eku=protection),
         "eku": lambda: issue(dev_ca_issued, "tls client", usage=SIGNING, eku=[ExtendedKeyUsageOID.CLIENT_AUTH]),
+        "rsa-1024": lambda: issue(dev_ca_issued, "weak", usage=SIGNING, eku=protection, bits=1024),
     }[kind]()
     listed = write_signed(tmp_path / "l", make_list(endorser_of(signer), []), signer)
     problems = refusal(listed, dev_ca.ca_cert)
