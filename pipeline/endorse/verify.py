@@ -16,6 +16,7 @@ import datetime as dt
 import email
 import email.errors
 import email.message
+import email.parser
 import email.policy
 import hashlib
 import ipaddress
@@ -66,6 +67,7 @@ GRACE = 10.0
 QUARANTINE = "quarantine"
 _SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature")
 _REDIRECTS = (301, 302, 303, 307, 308)
+_MULTIPART = re.compile(rb"(?im)^content-type:\s*multipart/")
 _CATALOGUE_PATH = re.compile(r"/vo/([^/]+)/image\.list\Z")  # the catalogue's list URL names the VO
 
 
@@ -306,7 +308,22 @@ class _Fetcher:
 
 
 def split_smime(raw: bytes) -> tuple[bytes | None, list[str]]:
-    """The DER signature of a multipart/signed message, or the problems that make it unsigned."""
+    """The DER signature of a multipart/signed message, or the problems that make it unsigned.
+
+    The top-level headers are read first: anything but multipart/signed, or a body with more
+    delimiters than two parts need, is refused before the full (recursive, per-part) MIME parse.
+    """
+    try:
+        top = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(raw)
+        boundary = top.get_boundary() if top.get_content_type() == "multipart/signed" else None
+    except (ValueError, TypeError, LookupError, email.errors.MessageError) as e:
+        return None, [f"not a MIME message: {type(e).__name__}"]
+    if boundary is not None:
+        delimiters = raw.count(b"\n--" + boundary.encode("utf-8", "surrogateescape"))
+        if delimiters > 3:  # two part delimiters and the closing one
+            return None, [f"a signed list has exactly 2 MIME parts (content, signature), this one has {delimiters - 1}"]
+        if len(_MULTIPART.findall(raw, 0, MAX_LIST_BYTES + 1)) > 1:  # neither the list nor its signature is one
+            return None, ["a part of the signed message is itself multipart: not an image list"]
     try:
         message = email.message_from_bytes(raw, policy=email.policy.compat32)
         content_type = message.get_content_type()
@@ -315,6 +332,8 @@ def split_smime(raw: bytes) -> tuple[bytes | None, list[str]]:
         headers = [len(message.get_all(name) or []) for name in ("Content-Type", "MIME-Version")]
         if isinstance(parts, list) and parts and isinstance(parts[0], email.message.Message):
             headers.append(len(parts[0].get_all("Content-Type") or []))
+    except RecursionError:
+        return None, ["MIME parts nested too deeply"]
     except (ValueError, TypeError, LookupError, email.errors.MessageError) as e:
         return None, [f"not a MIME message: {type(e).__name__}"]
     if max(headers) > 1:  # MIME parsers disagree on which one counts: the meaning is ambiguous

@@ -30,6 +30,7 @@ from pipeline.endorse.verify import address_problem, smime_verify_argv, verify_i
 from pipeline.errors import ConfigError, VerificationError
 from tests.endorse.conftest import serve_folder
 from tests.endorse.lists import LIST_URI, make_entry, make_list
+from tests.fuzzing import bounded
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = dt.datetime.now(dt.UTC)
@@ -699,3 +700,32 @@ def test_a_weak_digest_signature_is_refused(
     plain = ["openssl", "smime", "-verify", "-in", str(listed), "-CAfile", str(dev_ca.ca_cert), "-out", "/dev/null"]
     assert subprocess.run(plain, capture_output=True).returncode == 0
     assert refusal(listed, dev_ca.ca_cert) == [f"signed with {expected}: only SHA-2 digests are accepted"]
+
+
+def nested_multiparts(depth: int) -> bytes:
+    head, tail = b"", b""
+    for n in range(depth):
+        kind = b"multipart/signed" if n == 0 else b"multipart/mixed"
+        head += b'Content-Type: %s; boundary="b%d"\n\n--b%d\n' % (kind, n, n)
+        tail = b"\n--b%d--\n" % n + tail
+    return b"MIME-Version: 1.0\n" + head + b"Content-Type: text/plain\n\nx" + tail
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (nested_multiparts(3000), "a part of the signed message is itself multipart: not an image list"),
+        (
+            b'MIME-Version: 1.0\nContent-Type: multipart/signed; boundary="b"\n\n'
+            + b"--b\n\nx\n" * 200_000
+            + b"--b--\n",
+            "a signed list has exactly 2 MIME parts (content, signature), this one has 200000",
+        ),
+    ],
+    ids=["deep", "wide"],
+)
+def test_mime_bombs_are_one_line(tmp_path: Path, dev_ca: DevCa, raw: bytes, expected: str) -> None:
+    listed = tmp_path / "l"
+    listed.write_bytes(raw)
+    with bounded(seconds=5.0, memory_bytes=256 * 2**20):
+        assert refusal(listed, dev_ca.ca_cert) == [expected]
