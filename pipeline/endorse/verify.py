@@ -67,6 +67,7 @@ GRACE = 10.0
 QUARANTINE = "quarantine"
 _SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature")
 _REDIRECTS = (301, 302, 303, 307, 308)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix
 _MULTIPART = re.compile(rb"(?im)^content-type:\s*multipart/")
 _CATALOGUE_PATH = re.compile(r"/vo/([^/]+)/image\.list\Z")  # the catalogue's list URL names the VO
 
@@ -180,13 +181,17 @@ def _raw(response: requests.Response) -> BinaryIO:
 
 def address_problem(address: str) -> str | None:
     """Why a site must not fetch images from ``address`` (an IP literal), or None for a public address:
-    ``"127.0.0.1, a loopback address"`` (IPv4-mapped IPv6 addresses are judged as the IPv4 they map)."""
+    ``"127.0.0.1, a loopback address"`` (IPv4-mapped, 6to4, Teredo and NAT64 addresses are judged as
+    the IPv4 address they carry)."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return f"{address!r}, not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):  # an IPv4 address carried in IPv6 is judged as that IPv4
+        if ip in _NAT64:
+            ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        else:
+            ip = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None) or ip
     for kind, hit in (
         ("loopback", ip.is_loopback),
         ("link-local", ip.is_link_local),

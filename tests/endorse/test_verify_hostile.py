@@ -342,6 +342,9 @@ def test_downloads_from_loopback_are_refused_before_any_request(
         ("fe80::1%eth0", "fe80::1, a link-local address"),
         ("fd00::1", "fd00::1, a private address"),
         ("::ffff:10.0.0.1", "10.0.0.1, a private address"),
+        ("2002:7f00:1::", "127.0.0.1, a loopback address"),  # 6to4
+        ("64:ff9b::a9fe:a9fe", "169.254.169.254, a link-local address"),  # NAT64
+        ("2001:0:4136:e378:8000:63bf:f5ff:fffe", "10.0.0.1, a private address"),  # Teredo, client 10.0.0.1
         ("8.8.8.8", None),
         ("2001:4860:4860::8888", None),
     ],
