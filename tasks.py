@@ -253,6 +253,7 @@ def dev_ca(c: Context, out: str = ".dev-ca") -> None:
         "download": "download and verify every image into this folder",
         "state": "file that remembers the last hv:version seen",
         "identifier": "the dc:identifier the list must have (the subscribed list)",
+        "allow_private_urls": "let --download fetch from loopback, link-local and private addresses",
     },
 )
 @_edge
@@ -264,6 +265,7 @@ def verify_list(
     download: str | None = None,
     state: str | None = None,
     identifier: str | None = None,
+    allow_private_urls: bool = False,
 ) -> None:
     """Verify a signed HEPiX image list the way a site does (signature, signer, dates, version, images)."""
     from pipeline.endorse.verify import verify_image_list
@@ -276,6 +278,7 @@ def verify_list(
             download=Path(download) if download else None,
             state=Path(state) if state else None,
             identifier=identifier,
+            allow_private_urls=allow_private_urls,
         ).summary()
     )
 
