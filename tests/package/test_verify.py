@@ -259,7 +259,10 @@ def test_qemu_img_check_runs_on_the_disk_in_place(parts: Parts, tmp_path: Path) 
     good = verify_ova(assemble(tmp_path, parts.ovf, parts.disk), qemu_check=True)
     assert good.disks
     disk = bytearray(parts.disk)
-    gd = struct.unpack_from("<Q", disk, 56)[0] * 512
+    gd = struct.unpack_from("<Q", disk, 56)[0]
+    if gd == 0xFFFFFFFFFFFFFFFF:  # GD_AT_END: the footer, second-to-last sector, holds the offset
+        gd = struct.unpack_from("<Q", disk, len(disk) - 1024 + 56)[0]
+    gd *= 512
     gt = struct.unpack_from("<I", disk, gd)[0] * 512  # the first grain table
     entry = next(gt + 4 * i for i in range(512) if struct.unpack_from("<I", disk, gt + 4 * i)[0])
     struct.pack_into("<I", disk, entry, 0x7FFFFFF0)  # an allocated grain now points far past the end
