@@ -177,23 +177,37 @@ class LibdeflateDeflater:
             ]  # fmt: skip
             library.libdeflate_zlib_compress_bound.restype = ctypes.c_size_t
             library.libdeflate_zlib_compress_bound.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+            library.libdeflate_free_compressor.restype = None
+            library.libdeflate_free_compressor.argtypes = [ctypes.c_void_p]
             return cls(library, level)
         return None
 
     def compress(self, data: bytes) -> bytes:
-        local = self._local
-        if not hasattr(local, "compressor"):
-            compressor = self._lib.libdeflate_alloc_compressor(self.level)
-            if not compressor:
-                raise MemoryError("libdeflate could not allocate a compressor")
-            local.compressor = compressor  # one per worker thread, for the life of the process
-            local.buffer = ctypes.create_string_buffer(self._lib.libdeflate_zlib_compress_bound(compressor, GRAIN))
+        compressor = getattr(self._local, "compressor", None)
+        if compressor is None:
+            compressor = self._local.compressor = _Compressor(self._lib, self.level)
         if len(data) > GRAIN:
             raise VmdkWriteError(f"{len(data)} bytes is more than a grain")
-        size = self._lib.libdeflate_zlib_compress(local.compressor, data, len(data), local.buffer, len(local.buffer))
+        size = self._lib.libdeflate_zlib_compress(
+            compressor.handle, data, len(data), compressor.out, len(compressor.out)
+        )
         if size == 0:
             raise VmdkWriteError("libdeflate: output does not fit its bound")
-        return ctypes.string_at(local.buffer, size)
+        return ctypes.string_at(compressor.out, size)
+
+
+class _Compressor:
+    """One thread's libdeflate compressor and output buffer, freed with the thread's locals."""
+
+    def __init__(self, library: ctypes.CDLL, level: int) -> None:
+        self._lib = library
+        self.handle = library.libdeflate_alloc_compressor(level)
+        if not self.handle:
+            raise MemoryError(f"libdeflate could not allocate a level {level} compressor")
+        self.out = ctypes.create_string_buffer(library.libdeflate_zlib_compress_bound(self.handle, GRAIN))
+
+    def __del__(self) -> None:
+        self._lib.libdeflate_free_compressor(self.handle)
 
 
 def default_deflater() -> Deflater:
@@ -272,12 +286,11 @@ class Writer(Protocol):
 def _records(first: int, data: bytes, deflate: Callable[[bytes], bytes]) -> list[tuple[int, bytes]]:
     """Grain records (marker, zlib stream, padding) for the non-zero grains of one run."""
     records = []
-    view = memoryview(data)
     for i in range(len(data) // GRAIN):
-        grain = view[i * GRAIN : (i + 1) * GRAIN]
+        grain = data[i * GRAIN : (i + 1) * GRAIN]  # a bytes copy: bytes == bytes is a memcmp, a memoryview's is not
         if grain == _ZERO_GRAIN:
             continue
-        compressed = deflate(grain.tobytes())
+        compressed = deflate(grain)
         marker = struct.pack("<QI", (first + i) * GRAIN_SECTORS, len(compressed))
         pad = -(len(marker) + len(compressed)) % SECTOR
         records.append((first + i, b"".join((marker, compressed, b"\0" * pad))))
