@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -80,26 +81,34 @@ def settings(output: Path) -> Settings:
     return load_settings({**config, "output_dir": str(output)}, ROOT, environ={})
 
 
-def bare(source: Path, work: Path) -> tuple[float, int]:
+def cpu_seconds() -> float:
+    """User + system CPU of this process and its finished children so far."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def bare(source: Path, work: Path) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds and VMDK size of a bare qemu-img conversion."""
     target = work / "bare.vmdk"
     target.unlink(missing_ok=True)
-    start = time.monotonic()
+    start, cpu = time.monotonic(), cpu_seconds()
     subprocess.run(
         ["qemu-img", "convert", "-f", "qcow2", "-O", "vmdk", "-o", "subformat=streamOptimized", source, target],
         check=True,
     )
-    return time.monotonic() - start, target.stat().st_size
+    return time.monotonic() - start, cpu_seconds() - cpu, target.stat().st_size
 
 
-def ours(source: Path, work: Path) -> tuple[float, int, dict[str, float]]:
+def ours(source: Path, work: Path) -> tuple[float, float, int, dict[str, float]]:
+    """Wall seconds, CPU seconds, VMDK member size and step timings of the whole package step."""
     out = work / "ours"
     shutil.rmtree(out, ignore_errors=True)
-    start = time.monotonic()
+    start, cpu = time.monotonic(), cpu_seconds()
     result = package_appliance(settings(work / "output"), "debian-12", version="1", disk=source, out=out)
-    elapsed = time.monotonic() - start
+    elapsed, used = time.monotonic() - start, cpu_seconds() - cpu
     with tarfile.open(out / "debian-12-1.ova") as tar:
         vmdk_size = tar.getmember("debian-12-1-disk1.vmdk").size
-    return elapsed, vmdk_size, result.timings
+    return elapsed, used, vmdk_size, result.timings
 
 
 def main() -> None:
@@ -122,19 +131,21 @@ def main() -> None:
     subprocess.run(["cat", source], stdout=subprocess.DEVNULL, check=True)  # same page-cache state for both
     print(f"source: {source} ({source.stat().st_size / MIB:.0f} MiB allocated)")
     print(f"deflate: {default_deflater().name}; {os.cpu_count()} CPUs; load {os.getloadavg()[0]:.2f} at start")
-    bares, oursl, ratios = [], [], []
+    bares, oursl, ratios, cpu_bare, cpu_ours = [], [], [], [], []
     sizes: tuple[int, int] = (0, 0)
     timings: dict[str, float] = {}
     for i in range(runs):
         first_bare = i % 2 == 0
         if first_bare:
-            b, bare_size = bare(source, work)
-        o, our_size, timings = ours(source, work)
+            b, b_cpu, bare_size = bare(source, work)
+        o, o_cpu, our_size, timings = ours(source, work)
         if not first_bare:
-            b, bare_size = bare(source, work)
+            b, b_cpu, bare_size = bare(source, work)
         bares.append(b)
         oursl.append(o)
         ratios.append(o / b)
+        cpu_bare.append(b_cpu)
+        cpu_ours.append(o_cpu)
         sizes = (our_size, bare_size)
         print(f"  pair {i + 1}: bare qemu-img {b:7.2f} s, ours (whole package) {o:7.2f} s, ratio {o / b:.2f}")
     if args.smoke:
@@ -145,6 +156,12 @@ def main() -> None:
     print(f"ours, invoke package --disk (OVA + qcow2 + sums), median: {ours_median:7.2f} s")
     print(f"  last run: ova {timings.get('ova', 0):.2f} s, qcow2 {timings.get('qcow2', 0):.2f} s (alongside)")
     print(f"ratio ours/bare: {ratio:.2f} (pairs {min(ratios):.2f}-{max(ratios):.2f}; target <= {TARGET})")
+    cores = len(os.sched_getaffinity(0))
+    b_cpu, o_cpu = statistics.median(cpu_bare), statistics.median(cpu_ours)
+    print(
+        f"cpu seconds (load-proof): bare {b_cpu:.2f}, ours {o_cpu:.2f}; ours spread on {cores} idle cores would be "
+        f"{o_cpu / cores / b_cpu:.2f}x the bare conversion's cpu"
+    )
     print(
         f"vmdk: ours {sizes[0]:,} bytes, qemu-img {sizes[1]:,} bytes: {100 * (sizes[0] / sizes[1] - 1):+.1f} % "
         "(target within 5 %)"
