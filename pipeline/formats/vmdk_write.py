@@ -227,10 +227,10 @@ class DataExtent:
     offset: int
 
 
-def grain_runs(fd: int, extents: Sequence[DataExtent], capacity: int) -> Iterator[tuple[int, bytes]]:
+def grain_runs(fd: int, extents: Sequence[DataExtent]) -> Iterator[tuple[int, bytes]]:
     """``(first grain, bytes)`` for the grains that hold data, at most ``RUN_GRAINS`` at a time, in
-    order; bytes between and around the extents read as zeros. ``extents`` must be sorted and within
-    ``capacity`` (``check_extents``)."""
+    order, no grain in two runs; bytes between and around the extents read as zeros. ``extents``
+    must have passed ``check_extents``."""
     run_start = run_end = -1  # grain numbers
     pieces: list[DataExtent] = []
     for extent in extents:

@@ -122,7 +122,7 @@ def write_stream_vmdk(source: Path, fmt: DiskFormat, target: Path, disk: StreamV
     try:
         with open(target, "wb") as f:
             out = _Sha256Writer(f)
-            write_vmdk(out, disk, grain_runs(fd, extents, disk.capacity), deflater)
+            write_vmdk(out, disk, grain_runs(fd, extents), deflater)
     except VmdkWriteError as e:
         raise ArtifactError(f"{source}: cannot write {target.name}: {e}") from e
     except OSError as e:

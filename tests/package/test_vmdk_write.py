@@ -192,7 +192,7 @@ def test_zlib_grains_are_byte_for_byte_qemu_imgs(tmp_path: Path) -> None:
     assert extents is not None
     fd = os.open(source, os.O_RDONLY)
     try:
-        write_stream_vmdk(ours, StreamVmdk(size, "q.vmdk"), grain_runs(fd, extents, size), ZlibDeflater(), 2)
+        write_stream_vmdk(ours, StreamVmdk(size, "q.vmdk"), grain_runs(fd, extents), ZlibDeflater(), 2)
     finally:
         os.close(fd)
     sh("qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", source, tmp_path / "q.vmdk")
@@ -247,7 +247,7 @@ def test_output_is_the_same_for_any_thread_count(tmp_path: Path) -> None:
         out = io.BytesIO()
         fd = os.open(source, os.O_RDONLY)
         try:
-            write_stream_vmdk(out, StreamVmdk(size, "d.vmdk"), grain_runs(fd, extents, size), workers=workers)
+            write_stream_vmdk(out, StreamVmdk(size, "d.vmdk"), grain_runs(fd, extents), workers=workers)
         finally:
             os.close(fd)
         outputs.add(out.getvalue())
@@ -299,7 +299,7 @@ def test_a_source_shorter_than_its_map_is_an_error(tmp_path: Path) -> None:
     fd = os.open(source, os.O_RDONLY)
     try:
         with pytest.raises(VmdkWriteError, match="source ends at byte 1048576, inside its data"):
-            list(grain_runs(fd, [DataExtent(0, 2 * MIB, 0)], 2 * MIB))
+            list(grain_runs(fd, [DataExtent(0, 2 * MIB, 0)]))
     finally:
         os.close(fd)
 
@@ -361,7 +361,7 @@ def test_any_layout_reads_back_as_written(
             try:
                 extents = [DataExtent(0, size, 0)] if whole else union(pieces)
                 check_extents(extents, size, size)
-                write_stream_vmdk(out, StreamVmdk(size, "f.vmdk"), grain_runs(fd, extents, size), workers=workers)
+                write_stream_vmdk(out, StreamVmdk(size, "f.vmdk"), grain_runs(fd, extents), workers=workers)
             finally:
                 os.close(fd)
             _, grains = walk(out.getvalue())
