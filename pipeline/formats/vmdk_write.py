@@ -18,6 +18,7 @@ from __future__ import annotations
 import array
 import ctypes
 import ctypes.util
+import functools
 import os
 import re
 import struct
@@ -163,24 +164,8 @@ class LibdeflateDeflater:
     @classmethod
     def load(cls, level: int = 6) -> LibdeflateDeflater | None:
         """The deflater, or None where libdeflate is not installed."""
-        name = ctypes.util.find_library("deflate")
-        for candidate in filter(None, (name, "libdeflate.so.0")):
-            try:
-                library = ctypes.CDLL(candidate)
-            except OSError:
-                continue
-            library.libdeflate_alloc_compressor.restype = ctypes.c_void_p
-            library.libdeflate_alloc_compressor.argtypes = [ctypes.c_int]
-            library.libdeflate_zlib_compress.restype = ctypes.c_size_t
-            library.libdeflate_zlib_compress.argtypes = [
-                ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
-            ]  # fmt: skip
-            library.libdeflate_zlib_compress_bound.restype = ctypes.c_size_t
-            library.libdeflate_zlib_compress_bound.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-            library.libdeflate_free_compressor.restype = None
-            library.libdeflate_free_compressor.argtypes = [ctypes.c_void_p]
-            return cls(library, level)
-        return None
+        library = _libdeflate()
+        return None if library is None else cls(library, level)
 
     def compress(self, data: bytes) -> bytes:
         compressor = getattr(self._local, "compressor", None)
@@ -194,6 +179,30 @@ class LibdeflateDeflater:
         if size == 0:
             raise VmdkWriteError("libdeflate: output does not fit its bound")
         return ctypes.string_at(compressor.out, size)
+
+
+@functools.cache
+def _libdeflate() -> ctypes.CDLL | None:
+    for soname in ("libdeflate.so.0", "search"):  # Debian's soname, else whatever ldconfig knows
+        name = soname if soname != "search" else ctypes.util.find_library("deflate")
+        if name is None:
+            continue
+        try:
+            library = ctypes.CDLL(name)
+        except OSError:
+            continue
+        library.libdeflate_alloc_compressor.restype = ctypes.c_void_p
+        library.libdeflate_alloc_compressor.argtypes = [ctypes.c_int]
+        library.libdeflate_zlib_compress.restype = ctypes.c_size_t
+        library.libdeflate_zlib_compress.argtypes = [
+            ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t,
+        ]  # fmt: skip
+        library.libdeflate_zlib_compress_bound.restype = ctypes.c_size_t
+        library.libdeflate_zlib_compress_bound.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        library.libdeflate_free_compressor.restype = None
+        library.libdeflate_free_compressor.argtypes = [ctypes.c_void_p]
+        return library
+    return None
 
 
 class _Compressor:
