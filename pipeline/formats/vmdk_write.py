@@ -46,6 +46,10 @@ FLAGS = FLAG_NEWLINE_TEST | FLAG_COMPRESSED | FLAG_MARKERS  # no redundant GD in
 COMPRESS_DEFLATE = 1
 MARKER_EOS, MARKER_GT, MARKER_GD, MARKER_FOOTER = 0, 1, 2, 3
 MAX_SECTOR = 0xFFFFFFFF  # grain and directory entries are 32-bit sector numbers: files up to 2 TiB
+# libdeflate's level, measured on the debian-12 reference disk (8,498 grains of data): 3.7 s of CPU
+# against 5.0 s at its level 6 and 11.9 s for zlib's 6 (qemu-img's), for grains 1 % bigger than
+# zlib's (level 6: 1.2 % smaller); the issue allows 5 %.
+LIBDEFLATE_LEVEL = 4
 RUN_GRAINS = 16  # grains per task handed to a worker (1 MiB): few tasks, short waits
 ADAPTER_HEADS = {"ide": 16, "buslogic": 255, "lsilogic": 255, "legacyESX": 255}  # qemu-img's geometry
 HW_VERSION = "4"
@@ -151,8 +155,8 @@ class ZlibDeflater:
 
 
 class LibdeflateDeflater:
-    """libdeflate (Debian's libdeflate0) through ctypes: the same zlib format, several times faster
-    than zlib at an equal or better ratio. ctypes releases the GIL for the call; one compressor per
+    """libdeflate (Debian's libdeflate0) through ctypes: the same zlib format, three times faster
+    than zlib at a similar ratio. ctypes releases the GIL for the call; one compressor per
     thread, since a libdeflate compressor is not thread-safe."""
 
     def __init__(self, library: ctypes.CDLL, level: int) -> None:
@@ -162,7 +166,7 @@ class LibdeflateDeflater:
         self._local = threading.local()
 
     @classmethod
-    def load(cls, level: int = 6) -> LibdeflateDeflater | None:
+    def load(cls, level: int = LIBDEFLATE_LEVEL) -> LibdeflateDeflater | None:
         """The deflater, or None where libdeflate is not installed."""
         library = _libdeflate()
         return None if library is None else cls(library, level)
@@ -220,7 +224,7 @@ class _Compressor:
 
 
 def default_deflater() -> Deflater:
-    """libdeflate where installed, else zlib (both at level 6, what qemu-img uses)."""
+    """libdeflate where installed (level 4), else zlib at level 6 (qemu-img's deflate)."""
     return LibdeflateDeflater.load() or ZlibDeflater()
 
 
