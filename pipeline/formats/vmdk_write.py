@@ -9,8 +9,12 @@ grain table after its grains (GT marker + 512 entries), the grain directory (GD 
 the footer (footer marker + the header again, with the real ``gdOffset``) and the end-of-stream
 marker. All-zero grains, and grain tables without a grain, are not written (entry 0 reads as zeros).
 
-Pure: no settings, no files of its own; it reads the file descriptor and writes the stream it is
-given. The same input and deflater give the same bytes, however the threads are scheduled.
+Deflate is libdeflate's (Debian's libdeflate0, through ctypes) where installed, else Python's zlib
+at qemu-img's level; either writes standard zlib streams that every VMDK reader inflates. The same
+input and deflater give the same bytes, however the threads are scheduled; a machine without
+libdeflate makes other (equally valid) bytes.
+
+Pure: no settings, no files of its own; it reads the file descriptor and writes the stream it is given.
 """
 
 from __future__ import annotations
