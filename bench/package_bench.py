@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -44,7 +45,7 @@ TARGET = 0.6
 def make_source(path: Path, size: int, data: int) -> None:
     """A qcow2 whose data looks like an OS disk: real binaries and text from /usr, a quarter random, holes."""
     raw = path.with_suffix(".raw")
-    files = (p for d in ("/usr/lib", "/usr/bin", "/usr/share") for p in sorted(Path(d).rglob("*")) if p.is_file())
+    files = (path for top in ("/usr/lib", "/usr/bin", "/usr/share") for path in _walk(Path(top)))
     written = 0
     with open(raw, "wb") as out:
         out.truncate(size)
@@ -64,6 +65,16 @@ def make_source(path: Path, size: int, data: int) -> None:
                 out.seek(8 * MIB, os.SEEK_CUR)
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, path], check=True)
     raw.unlink()
+
+
+def _walk(top: Path) -> Iterator[Path]:
+    """Regular files below ``top`` in a fixed order, lazily (a small disk reads only a few)."""
+    for folder, dirs, names in os.walk(top):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(folder) / name
+            if path.is_file() and not path.is_symlink():
+                yield path
 
 
 def reference_disk() -> Path | None:
