@@ -237,6 +237,7 @@ def test_signing_needs_a_matching_rsa_pair(source_disk: Path, tmp_path: Path) ->
     with pytest.raises(ConfigError, match="go together"):
         package_appliance(settings, "debian-12", version="1", disk=source_disk, out=tmp_path, sign_key=ec_key)
     assert not list(tmp_path.glob("*.ova"))
+    assert not list(tmp_path.glob("*.qcow2")), "a bad signer must stop us before the background conversions"
 
 
 def test_cli_package_and_verify(source_disk: Path, tmp_path: Path) -> None:
@@ -346,3 +347,15 @@ def test_ustar_limits_are_enforced_not_overflowed() -> None:
     for bad in ("../x", "/abs", "a/b", "x" * 101, "ünï"):
         with pytest.raises(ArtifactError, match="not a safe OVA member name"):
             tar_header(bad, 1, 0)
+
+
+def test_package_bench_smoke_runs(tmp_path: Path) -> None:
+    """CI runs the bench's smoke mode: a bench that crashes, or whose OVA does not verify, fails here."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "package_bench.py"), "--smoke", "--work", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"^ratio ours/bare: \d+\.\d\d \(pairs", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^vmdk: ours [\d,]+ bytes, qemu-img [\d,]+ bytes: [+-]\d+\.\d %", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^load average at the end: \d+\.\d\d on \d+ CPUs$", proc.stdout, re.M), proc.stdout
