@@ -39,6 +39,7 @@ SCHEMA = "appliance"
 # below what hurts (a YAML alias bomb is refused at its first alias, before anything is expanded).
 YAML_LIMITS = YamlLimits(max_bytes=64 * 1024, max_depth=8, max_nodes=5000)
 MULTILINE_FIELDS = frozenset({"description"})
+SIBLING = "../"  # a provisioner path into another appliance's folder: ../NAME/script.sh
 
 # The Packer variables the pipeline sets for every build (pipeline.build.template_variables, README
 # "Building an image"): an appliance's ``variables`` may not override them. Not even cpus or memory:
@@ -186,7 +187,7 @@ class Appliance:
     def provisioner_paths(self, provisioners_dir: Path) -> list[Path]:
         """Each provisioner script: the appliance folder's own copy first, else ``provisioners/``."""
         return [
-            (self.directory / p) if (self.directory / p).is_file() else (provisioners_dir / p)
+            (self.directory / p) if p.startswith(SIBLING) or (self.directory / p).is_file() else (provisioners_dir / p)
             for p in self.provisioners
         ]
 
@@ -347,16 +348,17 @@ def _variable_problems(variables: Any) -> list[Problem]:
 
 
 def _provisioner_problems(provisioners: Any, directory: Path, provisioners_dir: Path | None) -> list[Problem]:
-    """Each provisioner is a regular file inside the appliance folder or ``provisioners/``."""
+    """Each provisioner is a regular file inside the appliance folders (``packer_templates/``: its
+    own, or a sibling's as ``../NAME/x.sh``) or the shared ``provisioners/``, symlinks resolved."""
     if not isinstance(provisioners, list):
         return []
     problems: list[Problem] = []
-    roots = (directory,) if provisioners_dir is None else (directory, provisioners_dir)
+    roots = (directory.parent,) if provisioners_dir is None else (directory.parent, provisioners_dir)
     for i, name in enumerate(provisioners):
         if not isinstance(name, str) or not _pattern("properties", "provisioners", "items").match(name):
             continue  # the schema says why
         own = directory / name
-        if own.is_file() or own.is_symlink() or provisioners_dir is None:
+        if name.startswith(SIBLING) or own.is_file() or own.is_symlink() or provisioners_dir is None:
             if provisioners_dir is None and not own.exists() and not own.is_symlink():
                 continue  # checked against provisioners/ when the caller names it
             why = _file_problem(own, roots)

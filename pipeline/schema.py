@@ -357,9 +357,16 @@ def _path(error: jsonschema.ValidationError) -> str:
         path = join_path(path, part if isinstance(part, int) else str(part))
     if "propertyNames" in error.relative_schema_path and isinstance(error.instance, str):
         path = join_path(path, error.instance)
-    elif error.validator in ("required", "additionalProperties") and "'" in error.message:
+    elif error.validator == "required" and "'" in error.message:
         path = join_path(path, str(error.message).split("'")[1])
     return path
+
+
+def _extra_fields(error: jsonschema.ValidationError) -> list[str]:
+    """The fields an ``additionalProperties: false`` error is about (jsonschema lists them in one message)."""
+    known = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+    instance = error.instance if isinstance(error.instance, dict) else {}
+    return [str(k) for k in instance if k not in known]
 
 
 def _message(error: jsonschema.ValidationError) -> str:
@@ -417,7 +424,13 @@ def schema_problems(name: str, document: Any) -> list[Problem]:
         pass
     validator = jsonschema.Draft202012Validator(load_schema(name))
     errors = sorted(validator.iter_errors(document), key=lambda e: [str(p) for p in e.absolute_path])
-    return [(_path(e), _message(e)) for e in errors]
+    problems: list[Problem] = []
+    for e in errors:
+        if e.validator == "additionalProperties" and e.validator_value is False:
+            problems += [(join_path(_path(e), k), "is not a known field") for k in _extra_fields(e)]
+        else:
+            problems.append((_path(e), _message(e)))
+    return problems
 
 
 def validation_errors(name: str, document: Any, source: str) -> list[str]:
