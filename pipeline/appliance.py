@@ -280,9 +280,9 @@ def definition_problems(data: Any, directory: Path, provisioners_dir: Path | Non
     name = data.get("name")
     if isinstance(name, str) and name != directory.name:
         problems.append(("name", f"{brief(name)} must equal its folder name {brief(directory.name)}"))
-    for field in ("title", "description", "vendor"):
-        if isinstance(data.get(field), str) and data[field] and not data[field].strip():
-            problems.append((field, "must not be blank"))
+    for shown in ("title", "description", "vendor", "maintainer.name", "os.name"):
+        if isinstance(value := _get(data, shown), str) and value and not value.strip():
+            problems.append((shown, "must not be blank"))
     problems += _number_problems(data)
     problems += _url_problems(data)
     base = data.get("base")
@@ -295,6 +295,13 @@ def definition_problems(data: Any, directory: Path, provisioners_dir: Path | Non
     problems += _variable_problems(data.get("variables"))
     problems += _provisioner_problems(data.get("provisioners"), directory, provisioners_dir)
     return problems
+
+
+def _get(data: Any, dotted: str) -> Any:
+    """``data`` at ``a.b``, or None where the document has another shape."""
+    for key in dotted.split("."):
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
 
 
 def _number_problems(data: dict[str, Any]) -> list[Problem]:

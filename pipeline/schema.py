@@ -264,7 +264,7 @@ def _scalar(event: Any, limits: YamlLimits) -> tuple[Any, str | None]:
             return None, f"a number longer than {limits.max_number_chars} characters"
         try:
             number = _SCALARS.construct_yaml_int(node) if tag == _Y + "int" else _SCALARS.construct_yaml_float(node)
-        except ValueError:
+        except (ValueError, IndexError):  # IndexError: PyYAML on an empty explicit !!int / !!float
             return None, f"{brief(text)} is not a valid {_tag_name(tag)}"
         if isinstance(number, float) and not math.isfinite(number):
             return None, f"{brief(text)}: only finite numbers are allowed"

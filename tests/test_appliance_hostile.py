@@ -396,11 +396,15 @@ def test_description_may_span_lines(tmp_path: Path) -> None:
         ("vendor", "v" * 201, "must be at most 200 characters (has 201)"),
         ("title", "   ", "must not be blank"),
         ("description", " \n ", "must not be blank"),
+        ("maintainer.name", " ", "must not be blank"),
+        ("os.name", "\u3000", "must not be blank"),
         ("homepage", "https://x.org/" + "p" * 2000, "must be at most 2000 characters (has 2014)"),
     ],
 )
 def test_lengths_are_capped(tmp_path: Path, field: str, value: str, reason: str) -> None:
-    data = yaml.safe_load(REFERENCE) | {field: value}
+    data = yaml.safe_load(REFERENCE)
+    section, _, key = field.rpartition(".")
+    (data[section] if section else data)[key] = value
     assert problems(project(tmp_path, yaml.safe_dump(data))) == [f": {field}: {reason}"]
 
 
@@ -417,6 +421,7 @@ def worst_case_appliance(directory: Path) -> Appliance:
     }
     data["os"] |= {"name": (heavy * 64)[:64], "version": "9" * 32}
     data["maintainer"] = {"name": (heavy * 200)[:200], "email": "a@b.c"}
+    data["hardware"] = {"cores_min": 256, "ram_min_mb": 1048576, "disk_gb": 2048}
     return from_dict(data, directory)
 
 
