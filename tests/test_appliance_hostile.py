@@ -507,3 +507,26 @@ def test_text_rule_matches_xml() -> None:
     """What text_problem lets through, lxml can write and read back (spot check; fuzzed elsewhere)."""
     assert text_problem("Ünïcødé 日本語 \U0001f600 &<>") is None
     assert text_problem("line\nline\ttab", multiline=True) is None
+
+
+def test_validate_reports_every_broken_appliance_of_a_project(tmp_path: Path) -> None:
+    """What `invoke validate` loads first (load_all): the project's three appliances, each broken
+    another way, give one line each, all together."""
+    import shutil
+
+    templates = tmp_path / "packer_templates"
+    shutil.copytree(ROOT / "packer_templates", templates)
+    shutil.copytree(ROOT / "provisioners", tmp_path / "provisioners")
+    debian, alma, ubuntu = (templates / n / "appliance.yaml" for n in ("debian-12", "almalinux-9", "ubuntu-24.04"))
+    debian.write_text(debian.read_text() + BOMB)
+    alma.write_text(alma.read_text().replace("title: AlmaLinux 9 baseline", 'title: "AlmaLinux\\x1b[2J 9"'))
+    ubuntu.write_text(ubuntu.read_text() + "variables: {ssh_private_key_file: /root/.ssh/id_rsa}\n")
+    with pytest.raises(ConfigError) as err:
+        load_all(templates, tmp_path / "provisioners")
+    assert err.value.problems[0] == f"{alma}: title: contains the character U+001B at position 9"
+    assert err.value.problems[1] == f"{debian}: variables.a: anchors (&a) are not allowed (line 40)"
+    assert err.value.problems[-1] == (
+        f"{ubuntu}: variables.ssh_private_key_file: is a pipeline variable and cannot be set here"
+        " (the pipeline sets it for every build)"
+    )
+    assert len(err.value.problems) == 11

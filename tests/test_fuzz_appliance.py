@@ -149,7 +149,8 @@ def mutated(draw: st.DrawFn) -> dict[str, Any]:
         path = draw(st.sampled_from(PATHS))
         node: Any = doc
         for key in path[:-1]:
-            if (isinstance(node, dict) and key in node) or (isinstance(node, list) and key < len(node)):
+            in_list = isinstance(node, list) and isinstance(key, int) and key < len(node)
+            if in_list or (isinstance(node, dict) and key in node):
                 node = node[key]
             else:
                 break
