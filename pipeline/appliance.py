@@ -453,26 +453,29 @@ def load_all(templates_dir: Path, provisioners_dir: Path | None = None) -> dict[
 
 
 def build_order(appliances: Iterable[Appliance]) -> list[Appliance]:
-    """Appliances sorted so that each comes after the appliance it is layered on (stable by name)."""
+    """Appliances sorted so that each comes after the appliance it is layered on (stable by name).
+
+    Iterative: a chain of a thousand layers is a long list, not a deep recursion.
+    """
     by_name = {a.name: a for a in appliances}
     ordered: list[Appliance] = []
-    state: dict[str, int] = {}  # 1 = visiting, 2 = done
-
-    def visit(a: Appliance, chain: list[str]) -> None:
-        if state.get(a.name) == 2:
-            return
-        if state.get(a.name) == 1:
-            cycle = " -> ".join([*chain, a.name])
-            raise ConfigError(f"{a.definition_path}: base.appliance: layering cycle {cycle}")
-        state[a.name] = 1
-        parent = by_name.get(a.base.appliance or "")
-        if parent is not None:
-            visit(parent, [*chain, a.name])
-        state[a.name] = 2
-        ordered.append(a)
-
+    done: set[str] = set()
     for a in sorted(by_name.values(), key=lambda x: x.name):
-        visit(a, [])
+        chain: list[Appliance] = []
+        seen: set[str] = set()
+        node: Appliance | None = a
+        while node is not None and node.name not in done:
+            if node.name in seen:
+                names = [c.name for c in chain] + [node.name]
+                if len(names) > 7:  # one line, however long the loop
+                    names = [*names[:3], f"... ({len(names) - 6} more)", *names[-3:]]
+                raise ConfigError(f"{node.definition_path}: base.appliance: layering cycle {' -> '.join(names)}")
+            chain.append(node)
+            seen.add(node.name)
+            node = by_name.get(node.base.appliance or "")
+        for layer in reversed(chain):
+            ordered.append(layer)
+            done.add(layer.name)
     return ordered
 
 

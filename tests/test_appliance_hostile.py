@@ -3,7 +3,9 @@ one line ``FILE: field.path: reason``, bounded in memory, before anything is bui
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import shutil
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,9 @@ from pipeline.appliance import (
     PIPELINE_VARIABLES,
     YAML_LIMITS,
     Appliance,
+    Base,
+    BaseKind,
+    build_order,
     find_appliance,
     from_dict,
     load_all,
@@ -512,8 +517,6 @@ def test_text_rule_matches_xml() -> None:
 def test_validate_reports_every_broken_appliance_of_a_project(tmp_path: Path) -> None:
     """What `invoke validate` loads first (load_all): the project's three appliances, each broken
     another way, give one line each, all together."""
-    import shutil
-
     templates = tmp_path / "packer_templates"
     shutil.copytree(ROOT / "packer_templates", templates)
     shutil.copytree(ROOT / "provisioners", tmp_path / "provisioners")
@@ -530,3 +533,21 @@ def test_validate_reports_every_broken_appliance_of_a_project(tmp_path: Path) ->
         " (the pipeline sets it for every build)"
     )
     assert len(err.value.problems) == 11
+
+
+def test_a_thousand_layers_are_ordered_without_recursion(tmp_path: Path) -> None:
+    d = project(tmp_path, REFERENCE)
+    base = load_appliance(d)
+
+    def on(parent: str) -> Base:
+        return Base(BaseKind.APPLIANCE, appliance=parent)
+
+    layers = [base]
+    layers += [dataclasses.replace(base, name=f"l{i}", base=on(f"l{i - 1}" if i else base.name)) for i in range(3000)]
+    order = build_order(reversed(layers))
+    assert [a.name for a in order] == [a.name for a in layers]
+    looped = dataclasses.replace(base, base=on("l2999"))
+    with pytest.raises(ConfigError) as err:
+        build_order([looped, *layers[1:]])
+    cycle = "debian-12 -> l2999 -> l2998 -> ... (2996 more) -> l1 -> l0 -> debian-12"
+    assert err.value.problems == [f"{base.definition_path}: base.appliance: layering cycle {cycle}"]
