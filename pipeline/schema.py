@@ -184,7 +184,7 @@ def parse_yaml(text: str, source: str, limits: YamlLimits = YamlLimits()) -> tup
             if isinstance(event, yaml.AliasEvent):
                 path, kept = place(None, event)
                 if kept:
-                    problem(path, f"aliases (*{event.anchor}) are not allowed", event.start_mark)
+                    problem(path, f"aliases (*{_anchor(event)}) are not allowed", event.start_mark)
                 continue
             if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
                 is_map = isinstance(event, yaml.MappingStartEvent)
@@ -193,7 +193,6 @@ def parse_yaml(text: str, source: str, limits: YamlLimits = YamlLimits()) -> tup
                 bad = _collection_problem(event, is_map)
                 if kept and bad:
                     problem(path, bad, event.start_mark)
-                if kept and bad:
                     _replace_with_none(stack, root)
                 if kept and not bad:
                     push(_Frame(path, container, lines={} if is_map else None), event)
@@ -236,12 +235,17 @@ def _tag(event: Any) -> str:
 
 
 def _tag_name(tag: str) -> str:
-    return "!!" + tag[len(_Y) :] if tag.startswith(_Y) else tag
+    """``!!binary`` for YAML's own tags; any tag shown on one short line."""
+    return brief("!!" + tag[len(_Y) :] if tag.startswith(_Y) else tag)[1:-1]
+
+
+def _anchor(event: Any) -> str:
+    return brief(str(event.anchor), 40)[1:-1]
 
 
 def _collection_problem(event: Any, is_map: bool) -> str | None:
     if event.anchor is not None:
-        return f"anchors (&{event.anchor}) are not allowed"
+        return f"anchors (&{_anchor(event)}) are not allowed"
     if event.tag not in (_MAP_TAGS if is_map else _SEQ_TAGS):
         return _refused_tag(event.tag)
     return None
@@ -250,7 +254,7 @@ def _collection_problem(event: Any, is_map: bool) -> str | None:
 def _scalar(event: Any, limits: YamlLimits) -> tuple[Any, str | None]:
     """The value of a scalar event and, if it is refused, why (the value is then ``None``)."""
     if event.anchor is not None:
-        return None, f"anchors (&{event.anchor}) are not allowed"
+        return None, f"anchors (&{_anchor(event)}) are not allowed"
     tag, text = _tag(event), event.value
     node = yaml.ScalarNode(tag, text)
     if tag == _Y + "str":
@@ -275,8 +279,7 @@ def _scalar(event: Any, limits: YamlLimits) -> tuple[Any, str | None]:
 
 
 def _refused_tag(tag: str) -> str:
-    shown = brief(_tag_name(tag))[1:-1]
-    return f"the tag {shown} is not allowed: only plain text, numbers, true/false, lists and mappings"
+    return f"the tag {_tag_name(tag)} is not allowed: only plain text, numbers, true/false, lists and mappings"
 
 
 def _syntax_error(source: str, text: str, e: yaml.YAMLError) -> str:
