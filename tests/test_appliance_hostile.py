@@ -551,3 +551,12 @@ def test_a_thousand_layers_are_ordered_without_recursion(tmp_path: Path) -> None
         build_order([looped, *layers[1:]])
     cycle = "debian-12 -> l2999 -> l2998 -> ... (2996 more) -> l1 -> l0 -> debian-12"
     assert err.value.problems == [f"{base.definition_path}: base.appliance: layering cycle {cycle}"]
+
+
+def test_the_worst_case_round_trips_through_yaml(tmp_path: Path) -> None:
+    """What PyYAML writes for the heaviest accepted text, the strict reader reads back unchanged."""
+    d = project(tmp_path, REFERENCE)
+    a = worst_case_appliance(d)
+    for allow_unicode in (True, False):
+        (d / "appliance.yaml").write_text(yaml.safe_dump(a.to_dict(), allow_unicode=allow_unicode))
+        assert load_appliance(d, tmp_path / "provisioners") == a
