@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
@@ -34,7 +36,7 @@ from pipeline.catalogue.contract import (
 )
 from pipeline.catalogue.db import make_engine, session_factory
 from pipeline.catalogue.pages import routes as pages
-from pipeline.catalogue.schemas import ErrorPublic, Name
+from pipeline.catalogue.schemas import ErrorPublic, Name, error_lines
 from pipeline.catalogue.settings import CatalogueSettings
 from pipeline.errors import CatalogueError, PipelineError
 from pipeline.log import log
@@ -55,16 +57,65 @@ _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 REFRESH_SECONDS = 600.0  # how often due VO image lists are re-signed in the background
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error that quotes a client's string (even a lone surrogate) renders."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def invalid_response(problems: list[str], hint: str | None = None) -> JSONResponse:
+    # the shape of FastAPI's own 422s, so clients and the OpenAPI schema see one kind of 422
+    detail = [{"loc": ["body"], "msg": p, "type": "value_error"} for p in problems]
+    return SafeJSONResponse({"detail": detail, "error": "InvalidPayload", "hint": hint}, status_code=422)
+
+
 def error_response(exc: CatalogueError) -> JSONResponse:
     """The one mapping from domain errors to HTTP status codes and bodies."""
     status = next(code for cls, code in _ERROR_STATUS if isinstance(exc, cls))
     if isinstance(exc, InvalidPayload):
-        # the shape of FastAPI's own 422s, so clients and the OpenAPI schema see one kind of 422
-        detail = [{"loc": ["body"], "msg": p, "type": "value_error"} for p in exc.problems]
-        return JSONResponse({"detail": detail, "error": "InvalidPayload", "hint": exc.hint}, status_code=422)
+        return invalid_response(exc.problems, exc.hint)
     body = ErrorPublic(error=type(exc).__name__, detail=exc.message, hint=exc.hint)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    return SafeJSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+# Pages use only same-origin styles and links; nothing may frame them (clickjacking). The API docs
+# page loads Swagger UI from its CDN and runs one inline script: its route sets its own policy.
+PAGE_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+class SecurityHeaders:
+    """Content-Security-Policy (unless the route set its own), nosniff, Referrer-Policy and
+    X-Frame-Options on every response: pages, API, /repo, /vo, static files and errors."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                if b"content-security-policy" not in names:
+                    headers.append((b"content-security-policy", PAGE_CSP.encode()))
+                headers += [h for h in _SECURITY_HEADERS if h[0] not in names]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class BodyLimit:
@@ -115,11 +166,14 @@ def repository_file(root: Path | None, key: str) -> Path:
     """The file for ``/repo/<key>``, only if it really lies inside the repository (no ``..``, no symlink out)."""
     if root is None or not key or "\x00" in key:
         raise NotFound("no such file in the repository")
-    base = root.resolve()
-    path = (base / key).resolve()
-    if not path.is_relative_to(base) or not path.is_file():
-        raise NotFound("no such file in the repository")
-    return path
+    try:
+        base = root.resolve()
+        path = (base / key).resolve()
+        if path.is_relative_to(base) and path.is_file():
+            return path
+    except (OSError, ValueError):  # a name too long for the file system, a symlink loop
+        pass
+    raise NotFound("no such file in the repository")
 
 
 def public_router() -> APIRouter:
@@ -180,6 +234,7 @@ def create_app(settings: CatalogueSettings, refresh_seconds: float | None = REFR
     )
     app.state.catalogue = state
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(CatalogueError)
     async def _domain_error(request: Request, exc: CatalogueError) -> Response:
@@ -187,13 +242,23 @@ def create_app(settings: CatalogueSettings, refresh_seconds: float | None = REFR
             return pages.not_found_page(request, exc.message)
         return error_response(exc)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        # one line per field, never the input itself (it may not even be encodable)
+        detail = [
+            {"loc": [str(x) if not isinstance(x, int) else x for x in e.get("loc", ())], "msg": line, "type": e["type"]}
+            for e in exc.errors()
+            for line in error_lines([e])
+        ]
+        return SafeJSONResponse({"detail": detail, "error": "InvalidPayload", "hint": None}, status_code=422)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # framework errors (unparsable body, unknown route, wrong method) in the documented error shape
         if exc.status_code == 404 and not request.url.path.startswith((API_PREFIX, "/vo/", "/repo/")):
             return pages.not_found_page(request, "no such page")
         body = ErrorPublic(error=HTTPStatus(exc.status_code).phrase.replace(" ", ""), detail=str(exc.detail))
-        return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
+        return SafeJSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
 
     for module in (appliances, versions, images, vos, users):
         app.include_router(module.router, prefix=API_PREFIX, responses=_ERROR_RESPONSES)

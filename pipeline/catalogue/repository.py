@@ -23,11 +23,12 @@ from pipeline.catalogue.models import (
     Vo,
 )
 
-# Lists never show manifests (large JSON): load them only for one image's page.
+# Lists never show manifests or audit reports (large JSON), nor package lists: each relation a view
+# needs is loaded by one extra query for the whole page (selectinload), never one per row.
 _VERSION_LOADS = (
     selectinload(Version.images).defer(Image.manifest),
     selectinload(Version.endorsements),
-    selectinload(Version.audit),
+    selectinload(Version.audits).load_only(AuditReport.stored, AuditReport.stored_as, AuditReport.passed),
     selectinload(Version.appliance),
 )
 
@@ -147,9 +148,18 @@ class Repository:
     def count_images(self) -> int:
         return self.session.scalar(select(func.count()).select_from(Image)) or 0
 
-    def audit(self, version: Version) -> AuditReport | None:
+    def audits(self, version: Version) -> Sequence[AuditReport]:
+        """Every stored audit of a version, newest first, with its checks and who stored it."""
+        return self.session.scalars(
+            select(AuditReport)
+            .where(AuditReport.version_id == version.id)
+            .options(selectinload(AuditReport.checks))
+            .order_by(AuditReport.stored.desc(), AuditReport.id.desc())
+        ).all()
+
+    def audit_by(self, version: Version, user: User) -> AuditReport | None:
         return self.session.scalar(
-            select(AuditReport).where(AuditReport.version_id == version.id).options(selectinload(AuditReport.checks))
+            select(AuditReport).where(AuditReport.version_id == version.id, AuditReport.stored_by_id == user.id)
         )
 
     # endorsements and image lists ---------------------------------------------------------------

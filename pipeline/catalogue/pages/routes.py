@@ -23,6 +23,7 @@ router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 Name = Annotated[str, PathParam(max_length=64)]
 Version = Annotated[str, PathParam(max_length=20)]
+ImageId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]  # never beyond what the databases store
 EXPIRY_WARNING = timedelta(days=EXPIRY_WARNING_DAYS)
 
 
@@ -75,7 +76,9 @@ def version(request: Request, name: Name, version: Version, uow: UowDep, state: 
 
 
 @router.get("/appliances/{name}/{version}/images/{image_id}", response_class=HTMLResponse)
-def image(request: Request, name: Name, version: Version, image_id: int, uow: UowDep, state: StateDep) -> HTMLResponse:
+def image(
+    request: Request, name: Name, version: Version, image_id: ImageId, uow: UowDep, state: StateDep
+) -> HTMLResponse:
     detail = services.get_image(uow, name, version, image_id)
     return _render(request, "image.html", detail=detail, download=download_url(state.settings, detail.image))
 
