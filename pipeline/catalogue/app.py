@@ -7,8 +7,11 @@ Domain errors become HTTP responses in one place (``_ERROR_STATUS``); routes sta
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
+import re
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from pathlib import Path
@@ -17,7 +20,8 @@ from typing import Annotated
 from fastapi import APIRouter, FastAPI, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -91,6 +95,22 @@ _SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 ]
+
+
+def api_docs(openapi_url: str, title: str) -> Response:
+    """Swagger UI, with a Content-Security-Policy naming its CDN and the hash of its inline script."""
+    page = get_swagger_ui_html(openapi_url=openapi_url, title=f"{title} API")
+    html = bytes(page.body).decode()
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(m.encode()).digest()).decode() + "'"
+        for m in re.findall(r"<script>(.*?)</script>", html, re.DOTALL)
+    )
+    cdn = "https://cdn.jsdelivr.net"
+    csp = (
+        f"default-src 'none'; script-src {cdn} {hashes}; style-src {cdn}; img-src 'self' data: {cdn} "
+        f"https://fastapi.tiangolo.com; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+    return HTMLResponse(html, headers={"Content-Security-Policy": csp})
 
 
 class SecurityHeaders:
@@ -229,9 +249,14 @@ def create_app(settings: CatalogueSettings, refresh_seconds: float | None = REFR
         description="Appliances, versions, images, audits, endorsements and signed VO image lists (after EGI AppDB).",
         lifespan=lifespan,
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,  # served below, with a policy that allows exactly its CDN and its one inline script
         redoc_url=None,
     )
+
+    @app.get(f"{API_PREFIX}/docs", include_in_schema=False)
+    def docs() -> Response:
+        return api_docs(f"{API_PREFIX}/openapi.json", app.title)
+
     app.state.catalogue = state
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders)

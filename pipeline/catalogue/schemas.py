@@ -31,6 +31,7 @@ TEXT = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*$"
 _TEXT = re.compile(TEXT)
 MAX_JSON_DEPTH = 32  # nesting of free-form JSON (manifests, audit reports); real ones use fewer than 8
 MAX_JSON_ITEMS = 200_000  # values in one free-form JSON document
+UNICODE_MEANING = "must be valid Unicode text (no lone surrogates)"
 PATTERN_MEANING = {
     LINE: "must be one line of text without control characters",
     TEXT: "must be text without control characters (tab and newline allowed)",
@@ -71,18 +72,22 @@ def json_problem(value: Any, max_depth: int = MAX_JSON_DEPTH) -> str | None:
         if seen > MAX_JSON_ITEMS:
             return f"more than {MAX_JSON_ITEMS} values"
         if isinstance(item, str):
-            if not _TEXT.match(item) or not _encodable(item):
+            if not _encodable(item):
+                return f"{at or 'value'}: {UNICODE_MEANING}"
+            if not _TEXT.match(item):
                 return f"{at or 'value'}: {PATTERN_MEANING[TEXT]}"
         elif isinstance(item, dict | list | tuple):
             if depth > max_depth:
                 return f"{at or 'value'}: nested deeper than {max_depth} levels"
             if isinstance(item, dict):
                 for k, v in item.items():
-                    if not isinstance(k, str) or not _TEXT.match(k) or not _encodable(k):
+                    if not isinstance(k, str) or not _encodable(k):
+                        return f"{at or 'value'}: keys {UNICODE_MEANING}"
+                    if not _TEXT.match(k):
                         return f"{at or 'value'}: keys {PATTERN_MEANING[TEXT]}"
                     stack.append((v, depth + 1, f"{at}.{k}" if at else k))
             else:
-                stack.extend((v, depth + 1, f"{at}[{i}]") for i, v in enumerate(item))
+                stack.extend((v, depth + 1, f"{at}.{i}" if at else str(i)) for i, v in enumerate(item))
         elif not (item is None or isinstance(item, bool | int | float)):
             return f"{at or 'value'}: {type(item).__name__} is not a JSON value"
         elif isinstance(item, int) and not isinstance(item, bool) and abs(item) >= 2**63:
@@ -117,7 +122,7 @@ def error_lines(errors: Sequence[Mapping[str, Any]], prefix: str = "") -> list[s
             pattern = (e.get("ctx") or {}).get("pattern")
             msg = PATTERN_MEANING.get(str(pattern), f"must match {pattern}")
         elif e.get("type") == "string_unicode":
-            msg = "must be valid Unicode text (no lone surrogates)"
+            msg = UNICODE_MEANING
         msg = msg.removeprefix("Value error, ")
         where = ": ".join(p for p in (prefix, loc) if p)
         lines.append(f"{where}: {msg}" if where else msg)
@@ -231,7 +236,7 @@ class VersionCreate(_In):
         seen: set[tuple[str, str]] = set()
         for i, img in enumerate(self.images):
             if (img.uri, img.hypervisor) in seen:
-                raise ValueError(f"images[{i}].uri: {img.uri} appears twice (uri + hypervisor must be unique)")
+                raise ValueError(f"images.{i}.uri: {img.uri} appears twice (uri + hypervisor must be unique)")
             seen.add((img.uri, img.hypervisor))
         if self.expires is not None and self.expires <= datetime.now(UTC):
             raise ValueError("expires: must be in the future")
