@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pipeline.catalogue import endorsements
 from pipeline.catalogue.api import appliances, images, users, versions, vos
 from pipeline.catalogue.api.deps import AppState, StateDep, UowDep
+from pipeline.catalogue.cache import ResponseCache
 from pipeline.catalogue.client import make_context
 from pipeline.catalogue.contract import (
     InvalidPayload,
@@ -205,12 +206,20 @@ def public_router() -> APIRouter:
         response_class=Response,
         responses={
             200: {"content": {"text/plain": {}}, "description": "the S/MIME signed HEPiX list"},
+            304: {"description": "not modified since the list with the ETag in If-None-Match"},
             **_ERROR_RESPONSES,
         },
     )
-    def image_list(vo: Name, uow: UowDep, state: StateDep) -> Response:
-        """The newest signed image list of a VO (re-signed first when it is close to expiry)."""
-        return Response(endorsements.current_image_list(uow, vo, state.ctx), media_type="text/plain")
+    def image_list(vo: Name, request: Request, uow: UowDep, state: StateDep) -> Response:
+        """The newest signed image list of a VO (re-signed first when it is close to expiry), as stored
+        when it was signed; ``ETag``/``If-None-Match`` let sites poll it for the price of a 304."""
+        signed = endorsements.current_image_list(uow, vo, state.ctx)
+        etag = '"' + hashlib.sha256(signed).hexdigest()[:32] + '"'
+        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        sent = request.headers.get("if-none-match", "")
+        if etag in (t.strip().removeprefix("W/") for t in sent.split(",")) or sent.strip() == "*":
+            return Response(status_code=304, headers=headers)
+        return Response(signed, media_type="text/plain", headers=headers)
 
     @router.get(
         "/repo/{key:path}",
@@ -258,6 +267,7 @@ def create_app(settings: CatalogueSettings, refresh_seconds: float | None = REFR
         return api_docs(f"{API_PREFIX}/openapi.json", app.title)
 
     app.state.catalogue = state
+    app.add_middleware(ResponseCache, engine=engine)  # innermost: its 304s still get the headers below
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders)
 

@@ -261,3 +261,15 @@ class ImageListVersion(Base):
     entries: Mapped[int] = mapped_column(Integer)
     refresh_after: Mapped[datetime]  # re-sign before expiry, or an entry's version expires
     signed: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class CatalogueState(Base):
+    """One row: ``generation`` goes up with every committed write (``UnitOfWork.commit``).
+
+    Readers key cached list responses and their ETags on it, so a write by any process (the service,
+    an in-process publish on the same database) makes every cached list stale at once.
+    """
+
+    __tablename__ = "catalogue_state"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger)

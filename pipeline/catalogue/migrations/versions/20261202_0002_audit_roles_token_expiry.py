@@ -1,9 +1,10 @@
-"""Audits per user with the role they were stored in; every API token expires.
+"""Audits per user with the role they were stored in; every API token expires; a write generation.
 
 - ``audit_reports``: one audit per (version, user) instead of one per version, and ``stored_as``
   (admin | endorser | maintainer) so a maintainer's own audit is kept but never gates endorsement.
   Existing audits get the role their user holds now.
 - ``api_tokens.expires``: required. Tokens that never expired get 90 days from the upgrade.
+- ``catalogue_state``: one row whose ``generation`` goes up with every write (ETags, list caches).
 
 Revision ID: 0002_audit_roles_token_expiry
 Revises: 0001_initial
@@ -27,6 +28,13 @@ DEFAULT_TOKEN_DAYS = 90
 
 
 def upgrade() -> None:
+    state = op.create_table(
+        "catalogue_state",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("generation", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_catalogue_state")),
+    )
+    op.bulk_insert(state, [{"id": 1, "generation": 1}])
     with op.batch_alter_table("audit_reports", schema=None) as batch_op:
         batch_op.add_column(sa.Column("stored_as", sa.String(length=16), nullable=False, server_default="maintainer"))
         batch_op.drop_constraint("uq_audit_reports_version_id", type_="unique")
@@ -47,6 +55,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("catalogue_state")
     with op.batch_alter_table("api_tokens", schema=None) as batch_op:
         batch_op.alter_column("expires", existing_type=sa.DateTime(), nullable=True)
     # keep one audit per version again: the newest that could gate endorsement, else the newest
