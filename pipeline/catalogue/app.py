@@ -213,9 +213,10 @@ def public_router() -> APIRouter:
     def image_list(vo: Name, request: Request, uow: UowDep, state: StateDep) -> Response:
         """The newest signed image list of a VO (re-signed first when it is close to expiry), as stored
         when it was signed; ``ETag``/``If-None-Match`` let sites poll it for the price of a 304."""
-        signed = endorsements.current_image_list(uow, vo, state.ctx)
+        signed, until = endorsements.current_image_list_until(uow, vo, state.ctx)
         etag = '"' + hashlib.sha256(signed).hexdigest()[:32] + '"'
-        headers = {"ETag": etag, "Cache-Control": "no-cache"}
+        # the response cache serves these bytes until the next write or until the list is due again
+        headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Vmi-Cache-Until": f"{until.timestamp():.0f}"}
         sent = request.headers.get("if-none-match", "")
         if etag in (t.strip().removeprefix("W/") for t in sent.split(",")) or sent.strip() == "*":
             return Response(status_code=304, headers=headers)

@@ -25,6 +25,8 @@ from pipeline.catalogue.uow import local_writes
 
 API_PREFIXES = ("/api/v1/appliances", "/api/v1/images", "/api/v1/vos")  # public reads only (no users, tokens)
 PAGE_PREFIXES = ("/appliances", "/vos")
+LIST_PREFIX = "/vo/"  # signed image lists: cached only as long as the route allows (CACHE_UNTIL)
+CACHE_UNTIL = b"x-vmi-cache-until"  # a route's limit (Unix time) on how long its answer may be served; never sent
 MAX_ENTRY_BYTES = 8 * 2**20
 
 
@@ -38,7 +40,7 @@ class Entry:
 
 
 def cacheable(path: str) -> bool:
-    return path == "/" or path.startswith(API_PREFIXES) or path.startswith(PAGE_PREFIXES)
+    return path == "/" or path.startswith((*API_PREFIXES, *PAGE_PREFIXES, LIST_PREFIX))
 
 
 def _matches(if_none_match: bytes, etag: bytes) -> bool:
@@ -98,9 +100,6 @@ class ResponseCache:
             self.entries.move_to_end(key)
             await self._answer(scope, send, entry)
             return
-        if method != "GET":
-            await self.app(scope, receive, send)
-            return
         await self._fill(scope, receive, send, key, generation)
 
     async def _answer(self, scope: Scope, send: Send, entry: Entry) -> None:
@@ -125,17 +124,23 @@ class ResponseCache:
             elif message["type"] == "http.response.body":
                 chunks.append(message.get("body", b""))
 
-        await self.app(scope, receive, capture)
+        await self.app({**scope, "method": "GET"}, receive, capture)  # a HEAD fills the cache like a GET
         assert start is not None, "the app sent no response"
         body = b"".join(chunks)
+        sent = {k.lower(): v for k, v in start.get("headers", [])}
+        headers = [h for h in start.get("headers", []) if h[0].lower() not in (b"etag", b"cache-control", CACHE_UNTIL)]
         if start["status"] != 200 or len(body) > MAX_ENTRY_BYTES:
-            await send(start)
-            await send({"type": "http.response.body", "body": body})
+            await send({**start, "headers": headers})
+            await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
             return
-        etag = b'"' + f"{generation}-{hashlib.sha256(body).hexdigest()[:24]}".encode() + b'"'
-        headers = [h for h in start.get("headers", []) if h[0].lower() not in (b"etag", b"cache-control")]
+        etag = sent.get(b"etag") or b'"' + f"{generation}-{hashlib.sha256(body).hexdigest()[:24]}".encode() + b'"'
         headers += [(b"etag", etag), (b"cache-control", b"no-cache")]
-        ttl = float("inf") if scope["path"].startswith(API_PREFIXES) else self.page_ttl
+        if scope["path"].startswith(API_PREFIXES):
+            ttl = float("inf")
+        elif scope["path"].startswith(LIST_PREFIX):
+            ttl = float(sent.get(CACHE_UNTIL, b"0")) - time.time()
+        else:
+            ttl = self.page_ttl
         entry = Entry(generation, time.monotonic() + ttl, etag, headers, body)
         self._store(key, entry)
         await self._answer(scope, send, entry)

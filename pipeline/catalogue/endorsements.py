@@ -179,6 +179,11 @@ def _publish_list(uow: UnitOfWork, vo: m.Vo, ctx: Context, now: datetime, reason
 
 def current_image_list(uow: UnitOfWork, vo_name: str, ctx: Context) -> bytes:
     """The newest signed list of a VO; re-signed first when it is near expiry or an entry expired."""
+    return current_image_list_until(uow, vo_name, ctx)[0]
+
+
+def current_image_list_until(uow: UnitOfWork, vo_name: str, ctx: Context) -> tuple[bytes, datetime]:
+    """The newest signed list of a VO (its stored bytes), and until when it may be served as is."""
     now = utcnow()
     with uow:
         vo = find_vo(uow, vo_name)
@@ -186,12 +191,12 @@ def current_image_list(uow: UnitOfWork, vo_name: str, ctx: Context) -> bytes:
         if latest is None:
             raise NotFound(f"VO {vo_name} has no image list yet", hint="a VO manager endorses a version first")
         if latest.refresh_after > now or ctx.signer is None:
-            return latest.signed
+            return latest.signed, latest.refresh_after if ctx.signer is not None else now
     refresh_image_list(uow, vo_name, ctx, now)
     with uow:
         latest = uow.repo.latest_image_list(find_vo(uow, vo_name))
         assert latest is not None
-        return latest.signed
+        return latest.signed, latest.refresh_after
 
 
 def refresh_image_list(

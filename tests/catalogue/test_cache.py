@@ -85,6 +85,9 @@ def test_signed_image_lists_carry_an_etag(signing_api: Api, version_payload: Cal
     endorsements.endorse(api.uow, "mia", "debian-12", "1.0", VO, api.client.app.state.catalogue.ctx)
     first = api.client.get(f"/vo/{VO}/image.list")
     assert first.status_code == 200 and b"multipart/signed" in first.content
+    head = api.client.head(f"/vo/{VO}/image.list")
+    assert head.status_code == 200 and head.content == b"" and head.headers["etag"] == first.headers["etag"]
+    assert "x-vmi-cache-until" not in first.headers and "x-vmi-cache-until" not in head.headers  # internal only
     r = api.client.get(f"/vo/{VO}/image.list", headers={"If-None-Match": first.headers["etag"]})
     assert r.status_code == 304 and r.content == b""
     endorsements.revoke(api.uow, "mia", "debian-12", "1.0", VO, api.client.app.state.catalogue.ctx)
