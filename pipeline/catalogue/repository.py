@@ -18,6 +18,7 @@ from pipeline.catalogue.models import (
     Endorsement,
     Image,
     ImageListVersion,
+    ImagePackage,
     User,
     Version,
     Vo,
@@ -131,10 +132,15 @@ class Repository:
             .options(selectinload(Image.packages))
         )
 
-    def images_with_packages(self, version: Version) -> Sequence[Image]:
-        return self.session.scalars(
-            select(Image).where(Image.version_id == version.id).options(selectinload(Image.packages)).order_by(Image.id)
+    def package_counts(self, version: Version) -> dict[int, int]:
+        """Image id -> number of packages, for one version (one grouped query, no package rows)."""
+        rows = self.session.execute(
+            select(ImagePackage.image_id, func.count())
+            .join(Image, Image.id == ImagePackage.image_id)
+            .where(Image.version_id == version.id)
+            .group_by(ImagePackage.image_id)
         ).all()
+        return {image_id: count for image_id, count in rows}
 
     def images(self, offset: int, limit: int) -> Sequence[Image]:
         return self.session.scalars(

@@ -373,11 +373,27 @@ def get_image(uow: UnitOfWork, appliance: str, version: str, image_id: int) -> v
         return views.image_detail(image, appliance, version)
 
 
-def version_images(uow: UnitOfWork, appliance: str, version: str) -> list[views.ImageDetail]:
-    """Every image of a version with its packages and manifest (the version page)."""
+@dataclasses.dataclass(frozen=True)
+class VersionPage:
+    """What the version page shows, read in one unit of work: no package lists, no manifests."""
+
+    appliance: views.ApplianceView
+    version: VersionInfo
+    images: tuple[views.ImageSummary, ...]
+    audit: views.AuditView | None
+
+
+def version_page(uow: UnitOfWork, appliance: str, version: str) -> VersionPage:
     with uow:
-        v = find_version(uow, find_appliance(uow, appliance), version)
-        return [views.image_detail(i, appliance, version) for i in uow.repo.images_with_packages(v)]
+        found = find_appliance(uow, appliance)
+        v = find_version(uow, found, version)
+        counts = uow.repo.package_counts(v)
+        images = tuple(
+            views.ImageSummary(views.image_info(i, appliance, version), i.id, counts.get(i.id, 0)) for i in v.images
+        )
+        row = views.shown_audit(uow.repo.audits(v))
+        audit = None if row is None else views.audit_view(row)
+        return VersionPage(views.appliance_view(found), views.version_info(v), images, audit)
 
 
 # --- audits ----------------------------------------------------------------------------------------

@@ -86,6 +86,15 @@ class ImageDetail:
 
 
 @dataclass(frozen=True)
+class ImageSummary:
+    """An image on its version's page: the package list is only counted."""
+
+    image: ImageInfo
+    id: int
+    package_count: int
+
+
+@dataclass(frozen=True)
 class Page(Generic[T]):
     items: tuple[T, ...]
     total: int

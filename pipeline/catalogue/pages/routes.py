@@ -63,15 +63,14 @@ def appliance(request: Request, name: Name, uow: UowDep) -> HTMLResponse:
 
 @router.get("/appliances/{name}/{version}", response_class=HTMLResponse)
 def version(request: Request, name: Name, version: Version, uow: UowDep, state: StateDep) -> HTMLResponse:
-    info = services.get_version(uow, name, version)
-    details = services.version_images(uow, name, version)
+    found = services.version_page(uow, name, version)
     return _render(
         request,
         "version.html",
-        appliance=services.get_appliance(uow, name),
-        version=info,
-        images=[(d, download_url(state.settings, d.image)) for d in details],
-        audit=services.get_audit(uow, name, version),
+        appliance=found.appliance,
+        version=found.version,
+        images=[(d, download_url(state.settings, d.image)) for d in found.images],
+        audit=found.audit,
     )
 
 
