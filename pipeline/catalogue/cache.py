@@ -1,8 +1,9 @@
 """Cached public reads with ETags: lists and pages are rebuilt only after a write (issue 15).
 
 Every committed write bumps ``catalogue_state.generation`` (``UnitOfWork.commit``). A public GET
-(API lists and objects, pages) is answered from the bytes made for the current generation, with a
-strong ``ETag``; a client that sends it back in ``If-None-Match`` gets ``304 Not Modified``.
+(API lists and objects, pages, signed image lists) is answered from the bytes made for the current
+generation, with a strong ``ETag`` of those bytes; a client that sends it back in ``If-None-Match``
+gets ``304 Not Modified`` (also after a write that did not change that answer).
 
 The generation is read from the database when this process committed a write (at once) and at most
 every ``recheck`` seconds otherwise, so a write by another process on the same database (an
@@ -17,6 +18,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+import anyio.to_thread
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -70,27 +72,31 @@ class ResponseCache:
         self._seen_writes = -1
         self._checked = 0.0
 
-    def generation(self) -> int | None:
+    async def generation(self) -> int | None:
         """The database's write generation (re-read after a local write or every ``recheck`` s)."""
         now = time.monotonic()
         writes = local_writes()
         if writes != self._seen_writes or now >= self._checked + self.recheck:
-            try:
-                with self.engine.connect() as conn:
-                    value = conn.execute(text("SELECT generation FROM catalogue_state WHERE id = 1")).scalar()
-            except SQLAlchemyError:
-                return None  # no cache while the database cannot say; the request itself will report why
+            value = await anyio.to_thread.run_sync(self._read)  # never block the event loop on the database
             if value is None:
                 return None
-            self._generation, self._seen_writes, self._checked = int(value), writes, now
+            self._generation, self._seen_writes, self._checked = value, writes, now
         return self._generation
+
+    def _read(self) -> int | None:
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(text("SELECT generation FROM catalogue_state WHERE id = 1")).scalar()
+        except SQLAlchemyError:
+            return None  # no cache while the database cannot say; the request itself will report why
+        return None if value is None else int(value)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         method = scope.get("method")
         if scope["type"] != "http" or method not in ("GET", "HEAD") or not cacheable(scope["path"]):
             await self.app(scope, receive, send)
             return
-        generation = self.generation()
+        generation = await self.generation()
         if generation is None:
             await self.app(scope, receive, send)
             return
@@ -133,7 +139,8 @@ class ResponseCache:
             await send({**start, "headers": headers})
             await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
             return
-        etag = sent.get(b"etag") or b'"' + f"{generation}-{hashlib.sha256(body).hexdigest()[:24]}".encode() + b'"'
+        # the content decides the tag: after a write that did not change this answer, clients still get 304s
+        etag = sent.get(b"etag") or b'"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
         headers += [(b"etag", etag), (b"cache-control", b"no-cache")]
         if scope["path"].startswith(API_PREFIXES):
             ttl = float("inf")

@@ -54,6 +54,10 @@ def test_a_write_in_this_process_is_seen_at_once(api: Api) -> None:
     after = api.client.get("/api/v1/appliances/debian-12", headers={"If-None-Match": before.headers["etag"]})
     assert after.status_code == 200 and after.json()["title"] == "A new title"
     assert after.headers["etag"] != before.headers["etag"]
+    # a write elsewhere leaves this answer as it was: its tag still matches
+    vos = api.client.get("/api/v1/vos/other.vo")
+    assert api.client.put("/api/v1/appliances/debian-12", json=body, headers=api.headers("admin")).status_code == 200
+    assert api.client.get("/api/v1/vos/other.vo", headers={"If-None-Match": vos.headers["etag"]}).status_code == 304
     # a use case called directly (the in-process catalogue) counts as well
     services.ensure_appliance(api.uow, "alice", AppliancePayload("debian-12", "Third title", "D", ()))
     assert api.client.get("/api/v1/appliances/debian-12").json()["title"] == "Third title"
