@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pipeline.appliance import Appliance, find_appliance
 from pipeline.errors import ArtifactError, ConfigError
+from pipeline.formats.sbom import write_sbom
 from pipeline.formats.vmdk_write import StreamVmdk, VmdkWriteError
 from pipeline.fsutil import Digests, atomic_path, hash_file
 from pipeline.log import log, step
@@ -112,6 +113,9 @@ def package_appliance(
                 )
             artifacts = [Artifact.from_digests(ova_path.name, "ova", "ova", ova.digests)]
             artifacts.extend(c.result() for c in conversions)
+        if manifest is not None:  # a built version: its package list becomes a CycloneDX SBOM
+            sbom = write_sbom(manifest.with_artifacts(artifacts), out_dir)
+            artifacts.append(Artifact.from_digests(sbom.name, "sbom", "json", hash_file(sbom)))
         published = list(artifacts)
         for algo in ("sha256", "sha512"):
             sums_name = f"{algo.upper()}SUMS"

@@ -171,13 +171,16 @@ def test_package_a_built_version_records_every_artifact(tmp_path: Path, monkeypa
     assert result.version == "2026.11.21" and result.out_dir == version_dir
     _, manifest = find_version(output, "debian-12")
     roles = {a.role: a for a in manifest.artifacts}
-    assert set(roles) == {"build-disk", "ova", "qcow2", "sha256sums", "sha512sums"}
-    for role in ("ova", "qcow2", "sha256sums", "sha512sums"):
+    assert set(roles) == {"build-disk", "ova", "qcow2", "sbom", "sha256sums", "sha512sums"}
+    for role in ("ova", "qcow2", "sbom", "sha256sums", "sha512sums"):
         a = roles[role]
         data = (version_dir / a.name).read_bytes()
         assert (a.size, a.sha512) == (len(data), hashlib.sha512(data).hexdigest())
     assert roles["qcow2"].virtual_size == 32 * 1024 * 1024
     assert roles["ova"].name == "debian-12-2026.11.21.ova" and roles["ova"].format == "ova"
+    # the SBOM is packaged next to the images and listed in the checksum files
+    assert roles["sbom"].name == "debian-12-2026.11.21.cdx.json" and roles["sbom"].format == "json"
+    assert f"{roles['sbom'].sha256}  debian-12-2026.11.21.cdx.json" in (version_dir / "SHA256SUMS").read_text()
     assert {"package.ova", "package.qcow2", "build"} <= set(manifest.timings)
     epoch = source_date_epoch("2026-11-21T10:00:00Z")
     assert {int(h[136:148].rstrip(b"\0 "), 8) for h in raw_headers(version_dir / result.artifacts[0].name)} == {epoch}
@@ -323,7 +326,7 @@ def test_cli_packages_the_newest_build(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert f"recorded in {version_dir / 'manifest.json'}" in proc.stdout
     roles = {a.role for a in BuildManifest.load(version_dir).artifacts}
-    assert roles == {"build-disk", "ova", "qcow2", "raw", "sha256sums", "sha512sums"}
+    assert roles == {"build-disk", "ova", "qcow2", "raw", "sbom", "sha256sums", "sha512sums"}
     assert not (output / "debian-12" / "2026.11.20" / "debian-12-2026.11.20.ova").exists()
 
 
