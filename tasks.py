@@ -231,13 +231,17 @@ def endorse(c: Context, appliance: str, version: str, vo: str, revoke: bool = Fa
     print(endorse_version(_settings(c), appliance, version, vo, revoke=revoke).summary())
 
 
-@task(name="dev-ca", positional=[], help={"out": "folder for the throwaway CA and endorser key/certificate"})
+@task(
+    name="dev-ca",
+    positional=[],
+    help={"out": "folder for the throwaway CA and endorser key/certificate (default ~/.vmi-dev-ca, outside the clone)"},
+)
 @_edge
-def dev_ca(c: Context, out: str = ".dev-ca") -> None:
+def dev_ca(c: Context, out: str = "~/.vmi-dev-ca") -> None:
     """Make a throwaway CA and endorser certificate for local use (never for production)."""
     from pipeline.endorse.pki import make_dev_ca
 
-    print(make_dev_ca(Path(out)).summary())
+    print(make_dev_ca(Path(out).expanduser()).summary())
 
 
 @task(
@@ -246,7 +250,7 @@ def dev_ca(c: Context, out: str = ".dev-ca") -> None:
     help={
         "source": "image list file or URL",
         "ca": "CA certificate(s) (PEM) to trust",
-        "endorser_dn": "the endorser DN the list must be signed by",
+        "endorser_dn": "the endorser DN the list must be signed by: /DC=org/CN=name or RFC 4514 CN=name,DC=org",
         "download": "download and verify every image into this folder",
         "state": "file that remembers the last hv:version seen",
         "identifier": "the dc:identifier the list must have (the subscribed list)",
@@ -263,13 +267,14 @@ def verify_list(
     identifier: str | None = None,
 ) -> None:
     """Verify a signed HEPiX image list the way a site does (signature, signer, dates, version, images)."""
+    from pipeline.endorse.pki import parse_dn
     from pipeline.endorse.verify import verify_image_list
 
     print(
         verify_image_list(
             source,
             ca=Path(ca),
-            endorser_dn=endorser_dn,
+            endorser_dn=parse_dn(endorser_dn) if endorser_dn else None,
             download=Path(download) if download else None,
             state=Path(state) if state else None,
             identifier=identifier,

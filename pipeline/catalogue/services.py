@@ -70,10 +70,18 @@ def may_maintain(user: m.User, appliance: m.Appliance) -> bool:
     )
 
 
+VO_HINT = (
+    'an admin creates it: POST /api/v1/vos {{"name": "{name}", "description": "..."}} with an admin token, '
+    "or `invoke publish` an appliance listing it under vos: with a sqlite:// or postgresql:// catalogue"
+)
+
+
 def find_appliance(uow: UnitOfWork, name: str) -> m.Appliance:
     found = uow.repo.appliance(name)
     if found is None:
-        raise NotFound(f"appliance {name!r} is not in the catalogue", hint="register it first (ensure_appliance)")
+        raise NotFound(
+            f"appliance {name!r} is not in the catalogue", hint=f"publish it first: `invoke publish --appliance {name}`"
+        )
     return found
 
 
@@ -95,7 +103,7 @@ def find_version(uow: UnitOfWork, appliance: m.Appliance, version: str) -> m.Ver
 def find_vo(uow: UnitOfWork, name: str, for_update: bool = False) -> m.Vo:
     found = uow.repo.vo(name, for_update=for_update)
     if found is None:
-        raise NotFound(f"VO {name!r} is not in the catalogue", hint="an admin creates VOs")
+        raise NotFound(f"VO {name!r} is not in the catalogue", hint=VO_HINT.format(name=name))
     return found
 
 
@@ -137,7 +145,7 @@ def ensure_appliance(uow: UnitOfWork, actor: str, payload: AppliancePayload) -> 
             vo = uow.repo.vo(name)
             if vo is None:
                 if user.role is not m.Role.ADMIN:
-                    raise NotFound(f"VO {name!r} is not in the catalogue", hint="an admin creates VOs")
+                    raise NotFound(f"VO {name!r} is not in the catalogue", hint=VO_HINT.format(name=name))
                 vo = m.Vo(name=name, description="", created=utcnow(), managers=[])
                 uow.repo.add(vo)
             vos.append(vo)

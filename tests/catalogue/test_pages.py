@@ -112,3 +112,75 @@ def test_browse_download_and_endorsement_state(live_server: LiveServer, browser:
     page.goto(live_server.url + "/appliances/nope")
     expect(page.locator("p.error")).to_contain_text("nope")
     page.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_site_configured_only_from_the_vo_page_verifies_the_list(
+    live_server: LiveServer, browser: Browser, dev_ca: Path, tmp_path: Path
+) -> None:
+    import yaml
+
+    from pipeline.endorse.imagelist import list_identifier
+    from pipeline.endorse.pki import parse_dn
+    from pipeline.endorse.verify import verify_image_list
+
+    _seed(live_server)
+    page: Page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(live_server.url + "/vos/vo.example.org")
+    list_url = page.locator("#list-url").inner_text()
+    identifier = page.locator("#list-identifier").inner_text()
+    dn, dn_rfc = page.locator("#endorser-dn").inner_text(), page.locator("#endorser-dn-rfc4514").inner_text()
+    ca, ca_rfc = page.locator("#ca-dn").inner_text(), page.locator("#ca-dn-rfc4514").inner_text()
+    assert list_url == f"{live_server.url}/vo/vo.example.org/image.list"
+    assert identifier == list_identifier(list_url)
+    assert dn == "/DC=org/DC=vmi-pipeline/O=Development/CN=vmi-pipeline dev endorser"
+    assert dn_rfc == "CN=vmi-pipeline dev endorser,O=Development,DC=vmi-pipeline,DC=org"
+    assert ca == "/DC=org/DC=vmi-pipeline/CN=vmi-pipeline DEV CA - NOT FOR PRODUCTION"
+    assert ca_rfc == "CN=vmi-pipeline DEV CA - NOT FOR PRODUCTION,DC=vmi-pipeline,DC=org"
+    version = page.locator("#list-version").inner_text()
+    assert version.isdigit()
+    expect(page.locator("#list-expires")).to_contain_text("T")
+
+    # the pasted configurations carry exactly those values
+    atrope = yaml.safe_load(page.locator("#atrope-config").inner_text())
+    assert atrope == {
+        "vo.example.org": {
+            "url": list_url,
+            "enabled": True,
+            "endorser": {"dn": dn, "ca": ca},
+            "token": "",
+            "images": [],
+            "prefix": "",
+        }
+    }
+    vmcatcher = page.locator("#vmcatcher-config").inner_text()
+    assert f"--subscription_uuid={identifier}" in vmcatcher and f"--subject='{dn}'" in vmcatcher
+    assert f"--issuer='{ca}'" in vmcatcher and f"vmcatcher_subscribe -s {list_url}" in vmcatcher
+    assert f"--image-list={list_url}" in page.locator("#cloudkeeper-config").inner_text()
+
+    # what the page says is what the list is: verify with either DN spelling, the identifier, the CA
+    for endorser in (dn, dn_rfc):
+        report = verify_image_list(
+            list_url, dev_ca / "ca.pem", endorser_dn=parse_dn(endorser), identifier=identifier, download=tmp_path / "dl"
+        )
+        assert report.version == version and report.signer_dn == dn
+        assert len(report.downloads) == 2
+
+    # the endorsement names the endorser's certificate and the account that acted, not an internal user
+    page.goto(live_server.url + "/appliances/debian-12/2026.11.22")
+    cell = page.locator("#endorsements td.endorser")
+    expect(cell).to_contain_text("vmi-pipeline dev endorser")
+    expect(cell).to_contain_text(dn)
+    expect(cell).to_contain_text("by account alice")
+    page.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_unknown_names_give_commands_not_internal_function_names(live_server: LiveServer) -> None:
+    unknown_vo = requests.get(f"{live_server.url}/vo/vo.nowhere/image.list", timeout=10).json()
+    assert unknown_vo["hint"] == (
+        'an admin creates it: POST /api/v1/vos {"name": "vo.nowhere", "description": "..."} with an admin token, '
+        "or `invoke publish` an appliance listing it under vos: with a sqlite:// or postgresql:// catalogue"
+    )
+    unknown = requests.get(f"{live_server.url}/api/v1/appliances/nope/versions", timeout=10).json()
+    assert unknown["hint"] == "publish it first: `invoke publish --appliance nope`"

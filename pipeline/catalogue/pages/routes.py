@@ -17,7 +17,8 @@ from fastapi.templating import Jinja2Templates
 from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.api.deps import StateDep, UowDep
 from pipeline.catalogue.contract import EXPIRY_WARNING_DAYS, ImageInfo, NotFound
-from pipeline.catalogue.settings import CatalogueSettings
+from pipeline.catalogue.pages.onboarding import SiteSetup, endorser_of
+from pipeline.catalogue.settings import LOCAL_ADMIN, CatalogueSettings
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -71,6 +72,8 @@ def version(request: Request, name: Name, version: Version, uow: UowDep, state: 
         version=info,
         images=[(d, download_url(state.settings, d.image)) for d in details],
         audit=services.get_audit(uow, name, version),
+        endorser=endorser_of(state.ctx.signer),
+        local_admin=LOCAL_ADMIN,
     )
 
 
@@ -92,11 +95,14 @@ def vo(request: Request, vo: Name, uow: UowDep, state: StateDep) -> HTMLResponse
         history = endorsements.image_list_history(uow, vo, state.ctx)
     except NotFound:
         history = []
+    list_url = f"{state.settings.image_list_base}/{vo}/image.list"
     return _render(
         request,
         "vo.html",
         vo=found,
         history=history,
+        current=history[0][0] if history else None,
         endorsed=endorsements.endorsed_for(uow, vo),
-        list_url=f"{state.settings.image_list_base}/{vo}/image.list",
+        list_url=list_url,
+        site=SiteSetup.of(vo, list_url, state.ctx.signer),
     )
