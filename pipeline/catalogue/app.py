@@ -13,7 +13,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pipeline.catalogue import endorsements
 from pipeline.catalogue.api import appliances, images, users, versions, vos
 from pipeline.catalogue.api.deps import AppState, StateDep, UowDep
+from pipeline.catalogue.api.query import known_query_only
 from pipeline.catalogue.client import make_context
 from pipeline.catalogue.contract import (
     InvalidPayload,
@@ -33,6 +34,7 @@ from pipeline.catalogue.contract import (
     VersionConflict,
 )
 from pipeline.catalogue.db import make_engine, session_factory
+from pipeline.catalogue.pages import apidocs
 from pipeline.catalogue.pages import routes as pages
 from pipeline.catalogue.schemas import ErrorPublic, Name
 from pipeline.catalogue.settings import CatalogueSettings
@@ -175,7 +177,7 @@ def create_app(settings: CatalogueSettings, refresh_seconds: float | None = REFR
         description="Appliances, versions, images, audits, endorsements and signed VO image lists (after EGI AppDB).",
         lifespan=lifespan,
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,  # pages.apidocs serves it from shipped files (no CDN)
         redoc_url=None,
     )
     app.state.catalogue = state
@@ -196,9 +198,12 @@ def create_app(settings: CatalogueSettings, refresh_seconds: float | None = REFR
         return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
 
     for module in (appliances, versions, images, vos, users):
-        app.include_router(module.router, prefix=API_PREFIX, responses=_ERROR_RESPONSES)
+        app.include_router(
+            module.router, prefix=API_PREFIX, responses=_ERROR_RESPONSES, dependencies=[Depends(known_query_only)]
+        )
     app.include_router(public_router())
     app.include_router(pages.router)
+    apidocs.install(app, API_PREFIX)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "pages" / "static"), name="static")
     return app
 

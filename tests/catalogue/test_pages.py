@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -184,3 +185,29 @@ def test_unknown_names_give_commands_not_internal_function_names(live_server: Li
     )
     unknown = requests.get(f"{live_server.url}/api/v1/appliances/nope/versions", timeout=10).json()
     assert unknown["hint"] == "publish it first: `invoke publish --appliance nope`"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_api_docs_render_offline_from_shipped_files(live_server: LiveServer, browser: Browser) -> None:
+    from pipeline.catalogue.pages.apidocs import BUNDLE_HINT, swagger_ui_dir
+
+    if swagger_ui_dir() is None:
+        pytest.fail(f"Swagger UI's files are missing: {BUNDLE_HINT} (a dependency of the catalogue)")
+    page: Page = browser.new_page()
+    outside: list[str] = []
+
+    def only_the_catalogue(route: Any) -> None:
+        if route.request.url.startswith(live_server.url + "/"):
+            route.continue_()
+        else:  # a machine without internet: nothing but the catalogue answers
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_catalogue)
+    page.goto(live_server.url + "/api/v1/docs")
+    expect(page.locator(".swagger-ui .information-container")).to_contain_text("vmi-pipeline catalogue")
+    expect(
+        page.locator(".swagger-ui .opblock-summary-path", has_text="/api/v1/appliances/{name}/versions/{version}")
+    ).not_to_have_count(0)
+    assert outside == []
+    page.close()

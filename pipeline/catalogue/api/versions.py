@@ -5,16 +5,19 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path
+from pydantic import BaseModel, Field
 
 from pipeline.catalogue import endorsements, services
 from pipeline.catalogue.api.deps import ActorDep, PagingDep, StateDep, UowDep
 from pipeline.catalogue.contract import NotFound
+from pipeline.catalogue.pages.routes import download_url
 from pipeline.catalogue.schemas import (
     AuditIn,
     AuditPublic,
     EndorsementCreate,
     ImageDetailPublic,
     ImageListPublic,
+    ImagePublic,
     Name,
     Paged,
     VersionCreate,
@@ -22,6 +25,7 @@ from pipeline.catalogue.schemas import (
 )
 
 router = APIRouter(prefix="/appliances/{name}/versions", tags=["versions"])
+API = "/api/v1"  # links are paths: they follow whatever host and port serve the catalogue
 VersionStr = Annotated[str, Path(min_length=1, max_length=20)]
 
 
@@ -38,9 +42,56 @@ def register_version(name: Name, body: VersionCreate, uow: UowDep, actor: ActorD
     return VersionPublic.model_validate(info)
 
 
+class ImageLinks(BaseModel):
+    self: str = Field(description="this image with its packages and build manifest (API)")
+    page: str = Field(description="the image's web page")
+    download: str | None = Field(description="where to fetch the file; null when it is not reachable over http(s)")
+
+
+class VersionImagePublic(ImagePublic):
+    id: int = Field(description="the catalogue id of the image: /images/{id} below the version")
+    links: ImageLinks
+
+
+class VersionLinks(BaseModel):
+    self: str
+    page: str
+    appliance: str
+    audit: str
+    versions: str
+
+
+class VersionDetailPublic(VersionPublic):
+    """A version with its images' ids and the links an API client follows from here."""
+
+    images: list[VersionImagePublic]  # type: ignore[assignment]
+    links: VersionLinks
+
+
 @router.get("/{version}")
-def get_version(name: Name, version: VersionStr, uow: UowDep) -> VersionPublic:
-    return VersionPublic.model_validate(services.get_version(uow, name, version))
+def get_version(name: Name, version: VersionStr, uow: UowDep, state: StateDep) -> VersionDetailPublic:
+    """One version; each image carries its id and links to its packages, manifest, page and download."""
+    info, ids = services.get_version_with_image_ids(uow, name, version)
+    api = f"{API}/appliances/{name}"
+    base = f"{api}/versions/{info.version}"
+    page = f"/appliances/{name}/{info.version}"
+    images = [
+        VersionImagePublic.model_validate(
+            {
+                **ImagePublic.model_validate(image).model_dump(),
+                "id": ids[image.identifier],
+                "links": ImageLinks(
+                    self=f"{base}/images/{ids[image.identifier]}",
+                    page=f"{page}/images/{ids[image.identifier]}",
+                    download=download_url(state.settings, image),
+                ),
+            }
+        )
+        for image in info.images
+    ]
+    public = VersionPublic.model_validate(info).model_dump(exclude={"images"})
+    links = VersionLinks(self=base, page=page, appliance=api, audit=f"{base}/audit", versions=f"{api}/versions")
+    return VersionDetailPublic(**public, images=images, links=links)
 
 
 @router.get("/{version}/images/{image_id}")
