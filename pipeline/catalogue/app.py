@@ -15,6 +15,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi import Path as PathParam
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
@@ -57,9 +59,13 @@ _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 REFRESH_SECONDS = 600.0  # how often due VO image lists are re-signed in the background
 
 
+def error_status(exc: CatalogueError) -> int:
+    return next(code for cls, code in _ERROR_STATUS if isinstance(exc, cls))
+
+
 def error_response(exc: CatalogueError) -> JSONResponse:
     """The one mapping from domain errors to HTTP status codes and bodies."""
-    status = next(code for cls, code in _ERROR_STATUS if isinstance(exc, cls))
+    status = error_status(exc)
     if isinstance(exc, InvalidPayload):
         # the shape of FastAPI's own 422s, so clients and the OpenAPI schema see one kind of 422
         detail = [{"loc": ["body"], "msg": p, "type": "value_error"} for p in exc.problems]
@@ -185,15 +191,21 @@ def create_app(settings: CatalogueSettings, refresh_seconds: float | None = REFR
 
     @app.exception_handler(CatalogueError)
     async def _domain_error(request: Request, exc: CatalogueError) -> Response:
-        if isinstance(exc, NotFound) and not request.url.path.startswith((API_PREFIX, "/vo/", "/repo/")):
-            return pages.not_found_page(request, exc.message)
+        if pages.is_page(request):
+            return pages.error_page(request, error_status(exc), exc.message, exc.hint)
         return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        if pages.is_page(request):
+            return pages.invalid_request_page(request, exc)
+        return await request_validation_exception_handler(request, exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # framework errors (unparsable body, unknown route, wrong method) in the documented error shape
-        if exc.status_code == 404 and not request.url.path.startswith((API_PREFIX, "/vo/", "/repo/")):
-            return pages.not_found_page(request, "no such page")
+        if pages.is_page(request):
+            return pages.error_page(request, exc.status_code, "no such page" if exc.status_code == 404 else exc.detail)
         body = ErrorPublic(error=HTTPStatus(exc.status_code).phrase.replace(" ", ""), detail=str(exc.detail))
         return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
 

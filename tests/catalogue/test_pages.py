@@ -211,3 +211,38 @@ def test_api_docs_render_offline_from_shipped_files(live_server: LiveServer, bro
     ).not_to_have_count(0)
     assert outside == []
     page.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_every_error_in_the_pages_is_an_html_page(live_server: LiveServer, browser: Browser) -> None:
+    _seed(live_server)
+    page: Page = browser.new_page()
+    base = live_server.url + "/appliances/debian-12/2026.11.22/images/"
+    # the dc:identifier sites see in the list opens the image page too
+    listed = requests.get(live_server.url + "/api/v1/appliances/debian-12/versions/2026.11.22", timeout=10).json()
+    uuid = listed["images"][0]["identifier"]
+    response = page.goto(base + uuid)
+    assert response is not None and response.status == 200
+    expect(page.locator("body")).to_contain_text(listed["images"][0]["sha512"])
+
+    cases = [
+        (base + "0b6c5a0e-1d1e-4b8e-9a47-3c1f6e1f2a10", 404, "Not Found", "has no image 0b6c5a0e"),
+        (base + "12345678901234567890", 404, "Not Found", "has no image 12345678901234567890"),
+        (live_server.url + "/appliances/" + "x" * 65, 422, "This address is not valid", "at most 64 characters"),
+        (live_server.url + "/vos/vo.nowhere", 404, "Not Found", "VO 'vo.nowhere' is not in the catalogue"),
+        (live_server.url + "/no/such/page", 404, "Not Found", "no such page"),
+    ]
+    for url, status, title, text in cases:
+        response = page.goto(url)
+        assert response is not None and response.status == status, url
+        assert response.headers["content-type"].startswith("text/html"), url
+        expect(page.locator("h1")).to_have_text(title)
+        expect(page.locator("main")).to_contain_text(text)
+    page.close()
+
+    wrong_method = requests.post(live_server.url + "/vos", timeout=10)
+    assert wrong_method.status_code == 405 and wrong_method.headers["content-type"].startswith("text/html")
+    assert "<h1>Method Not Allowed</h1>" in wrong_method.text
+    # programs keep getting JSON
+    api = requests.get(live_server.url + "/api/v1/appliances/debian-12/versions/2026.11.22/images/" + uuid, timeout=10)
+    assert api.status_code == 422 and api.json()["detail"][0]["loc"] == ["path", "image_id"]

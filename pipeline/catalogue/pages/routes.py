@@ -6,11 +6,13 @@ Read-only and public; they call the same use cases as the API.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
@@ -24,6 +26,7 @@ router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 Name = Annotated[str, PathParam(max_length=64)]
 Version = Annotated[str, PathParam(max_length=20)]
+ImageRef = Annotated[str, PathParam(max_length=64)]
 EXPIRY_WARNING = timedelta(days=EXPIRY_WARNING_DAYS)
 
 
@@ -43,8 +46,34 @@ def _render(request: Request, name: str, status: int = 200, **context: Any) -> H
     return templates.TemplateResponse(request, name, {"now": datetime.now(UTC), **context}, status_code=status)
 
 
-def not_found_page(request: Request, message: str) -> HTMLResponse:
-    return _render(request, "error.html", status=404, message=message)
+NOT_PAGES = ("/api/", "/vo/", "/repo/", "/static/")  # machine-readable answers: JSON or files
+
+
+def is_page(request: Request) -> bool:
+    """Whether an error on this path is shown to a person (HTML) rather than to a program (JSON)."""
+    return not request.url.path.startswith(NOT_PAGES)
+
+
+def error_page(request: Request, status: int, message: str, hint: str | None = None) -> HTMLResponse:
+    return _render(
+        request, "error.html", status=status, title=HTTPStatus(status).phrase, message=message, hint=hint, problems=[]
+    )
+
+
+def invalid_request_page(request: Request, exc: RequestValidationError) -> HTMLResponse:
+    """A 422 in words: which part of the address is wrong and why."""
+    problems = [
+        f"{' '.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', '')}" for e in exc.errors()
+    ]
+    return _render(
+        request,
+        "error.html",
+        status=422,
+        title="This address is not valid",
+        message=f"{request.url.path} does not name a catalogue page",
+        hint=None,
+        problems=problems,
+    )
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -77,9 +106,18 @@ def version(request: Request, name: Name, version: Version, uow: UowDep, state: 
     )
 
 
-@router.get("/appliances/{name}/{version}/images/{image_id}", response_class=HTMLResponse)
-def image(request: Request, name: Name, version: Version, image_id: int, uow: UowDep, state: StateDep) -> HTMLResponse:
-    detail = services.get_image(uow, name, version, image_id)
+@router.get("/appliances/{name}/{version}/images/{image}", response_class=HTMLResponse)
+def image(
+    request: Request, name: Name, version: Version, image: ImageRef, uow: UowDep, state: StateDep
+) -> HTMLResponse:
+    """One image by its catalogue id or by its dc:identifier (the UUID sites see in the image list)."""
+    if image.isdigit() and int(image) < 2**31:
+        detail = services.get_image(uow, name, version, int(image))
+    else:
+        found = [d for d in services.version_images(uow, name, version) if d.image.identifier == image.lower()]
+        if not found:
+            raise NotFound(f"{name} {version} has no image {image}")
+        detail = found[0]
     return _render(request, "image.html", detail=detail, download=download_url(state.settings, detail.image))
 
 
