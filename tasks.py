@@ -178,14 +178,17 @@ def release(c: Context, appliance: str) -> None:
         "host": "address to listen on",
         "port": "port to listen on",
         "create_token": "USER[:ROLE]: an API token for USER (created if new, as admin by default), shown once",
+        "local_demo": "a trial on this machine: sign lists for the loopback address actually served",
     },
 )
 @_edge
-def serve(c: Context, host: str = "127.0.0.1", port: int = 8080, create_token: str | None = None) -> None:
+def serve(
+    c: Context, host: str = "127.0.0.1", port: int = 8080, create_token: str | None = None, local_demo: bool = False
+) -> None:
     """Run the catalogue service (REST API, web pages, signed VO image lists, file repository downloads)."""
     from pipeline.catalogue.server import serve_catalogue
 
-    serve_catalogue(_settings(c), host=host, port=port, create_token=create_token)
+    serve_catalogue(_settings(c), host=host, port=port, create_token=create_token, local_demo=local_demo)
 
 
 @task(positional=[])

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Request
 from pydantic import BaseModel, Field
 
 from pipeline.catalogue import endorsements, services
 from pipeline.catalogue.api.deps import ActorDep, PagingDep, StateDep, UowDep
 from pipeline.catalogue.contract import NotFound
-from pipeline.catalogue.pages.routes import download_url
+from pipeline.catalogue.pages.links import download_url
+from pipeline.catalogue.pages.routes import serving_base
 from pipeline.catalogue.schemas import (
     AuditIn,
     AuditPublic,
@@ -69,7 +70,7 @@ class VersionDetailPublic(VersionPublic):
 
 
 @router.get("/{version}")
-def get_version(name: Name, version: VersionStr, uow: UowDep, state: StateDep) -> VersionDetailPublic:
+def get_version(name: Name, version: VersionStr, uow: UowDep, state: StateDep, request: Request) -> VersionDetailPublic:
     """One version; each image carries its id and links to its packages, manifest, page and download."""
     info, ids = services.get_version_with_image_ids(uow, name, version)
     api = f"{API}/appliances/{name}"
@@ -83,7 +84,7 @@ def get_version(name: Name, version: VersionStr, uow: UowDep, state: StateDep) -
                 "links": ImageLinks(
                     self=f"{base}/images/{ids[image.identifier]}",
                     page=f"{page}/images/{ids[image.identifier]}",
-                    download=download_url(state.settings, image),
+                    download=download_url(state.settings, image, serving_base(request)),
                 ),
             }
         )

@@ -18,9 +18,10 @@ from fastapi.templating import Jinja2Templates
 
 from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.api.deps import StateDep, UowDep
-from pipeline.catalogue.contract import EXPIRY_WARNING_DAYS, ImageInfo, NotFound
+from pipeline.catalogue.contract import EXPIRY_WARNING_DAYS, NotFound
+from pipeline.catalogue.pages.links import download_url
 from pipeline.catalogue.pages.onboarding import SiteSetup, endorser_of
-from pipeline.catalogue.settings import LOCAL_ADMIN, CatalogueSettings
+from pipeline.catalogue.settings import LOCAL_ADMIN
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -30,16 +31,9 @@ ImageRef = Annotated[str, PathParam(max_length=64)]
 EXPIRY_WARNING = timedelta(days=EXPIRY_WARNING_DAYS)
 
 
-def download_url(settings: CatalogueSettings, image: ImageInfo) -> str | None:
-    """Where a browser can fetch the image: http(s) as is, file:// repository files via /repo/."""
-    if image.uri.startswith(("https://", "http://")):
-        return image.uri
-    root = settings.repository_root
-    if image.uri.startswith("file://") and root is not None:
-        local = Path(image.uri[len("file://") :])
-        if local.is_relative_to(root):
-            return f"{settings.public_url}/repo/{local.relative_to(root)}"
-    return None
+def serving_base(request: Request) -> str:
+    """The scheme, host and port this request came to: links on the page lead back to the same service."""
+    return str(request.base_url).rstrip("/")
 
 
 def _render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -99,7 +93,7 @@ def version(request: Request, name: Name, version: Version, uow: UowDep, state: 
         "version.html",
         appliance=services.get_appliance(uow, name),
         version=info,
-        images=[(d, download_url(state.settings, d.image)) for d in details],
+        images=[(d, download_url(state.settings, d.image, serving_base(request))) for d in details],
         audit=services.get_audit(uow, name, version),
         endorser=endorser_of(state.ctx.signer),
         local_admin=LOCAL_ADMIN,
@@ -118,7 +112,9 @@ def image(
         if not found:
             raise NotFound(f"{name} {version} has no image {image}")
         detail = found[0]
-    return _render(request, "image.html", detail=detail, download=download_url(state.settings, detail.image))
+    return _render(
+        request, "image.html", detail=detail, download=download_url(state.settings, detail.image, serving_base(request))
+    )
 
 
 @router.get("/vos", response_class=HTMLResponse)
