@@ -286,6 +286,27 @@ def verify_list(
 
 
 @task(
+    positional=["old", "new"],
+    help={
+        "appliance": "appliance whose two built versions to compare",
+        "old": "the earlier version (e.g. 2026.11.22)",
+        "new": "the later version",
+        "json": "print the difference as JSON",
+        "changelogs": "read changelog entries from the newer image (--no-changelogs: manifests and audits only)",
+    },
+)
+@_edge
+def diff(c: Context, appliance: str, old: str, new: str, json: bool = False, changelogs: bool = True) -> None:
+    """What changed between two versions: packages (+ changelog entries, CVEs, security), audit, inputs."""
+    import json as jsonlib
+
+    from pipeline.diff import diff_versions
+
+    found = diff_versions(_settings(c), appliance, old, new, changelogs=changelogs)
+    print(jsonlib.dumps(found.to_dict(), indent=2) if json else found.summary())
+
+
+@task(
     iterable=["appliance"],
     positional=[],
     help={"appliance": "limit to these appliances (repeatable)", "dry_run": "print the plan and the reasons only"},
