@@ -90,8 +90,8 @@ class VersionDiff:
     base: Changed | None = None
     notes: tuple[str, ...] = field(default=())  # what could not be compared, and why
 
-    def count(self, kind: Kind) -> int:
-        return sum(p.kind is kind for p in self.packages)
+    def count(self, kind: Kind | str) -> int:
+        return sum(p.kind == kind for p in self.packages)
 
     def summary(self) -> str:
         lines = [f"{self.appliance} {self.old} -> {self.new}"]

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
 
-from pipeline.catalogue.contract import VersionPayload
+from pipeline.catalogue.contract import ImagePayload, PackageInfo, VersionPayload
 from pipeline.catalogue.http_client import payload_json
 from tests.catalogue.conftest import Api
 
@@ -22,6 +23,7 @@ def test_version_json_has_image_ids_and_links(api: Api, version_payload: Callabl
         "appliance": "/api/v1/appliances/debian-12",
         "audit": f"{V}/2026.11.22/audit",
         "versions": V,
+        "changes": f"{V}/2026.11.22/changes",
     }
     assert {i["format"] for i in version["images"]} == {"ova", "qcow2"}
     for image in version["images"]:
@@ -57,3 +59,48 @@ def test_unknown_filters_are_a_422_naming_them(api: Api, url: str, name: str, ta
 def test_declared_parameters_still_work(api: Api) -> None:
     r = api.client.get("/api/v1/appliances?offset=0&limit=1")
     assert r.status_code == 200 and r.json()["limit"] == 1
+
+
+def test_changes_since_the_previous_version(
+    api: Api, publish_file: Callable[..., ImagePayload], version_payload: Callable[..., VersionPayload]
+) -> None:
+    from tests.catalogue.conftest import FAILING_AUDIT, PASSING_AUDIT
+
+    first = version_payload("debian-12", "2026.11.22")
+    first = dataclasses.replace(
+        first, images=tuple(dataclasses.replace(i, manifest={"inputs": {"template": "a" * 64}}) for i in first.images)
+    )
+    assert api.client.post(V, json=payload_json(first), headers=api.headers("alice")).status_code == 201
+    packages = (
+        PackageInfo("openssh-server", "1:9.2p1-2+deb12u5", "amd64"),  # upgraded
+        PackageInfo("curl", "7.88.1-10+deb12u12", "amd64"),  # added; bash removed
+    )
+    images = tuple(
+        publish_file("debian-12", "2026.12.02", fmt, packages=packages, manifest={"inputs": {"template": "b" * 64}})
+        for fmt in ("ova", "qcow2")
+    )
+    second = VersionPayload("debian-12", "2026.12.02", "security updates", images)
+    assert api.client.post(V, json=payload_json(second), headers=api.headers("alice")).status_code == 201
+    for version, report in (("2026.11.22", FAILING_AUDIT), ("2026.12.02", PASSING_AUDIT)):
+        stored = api.client.put(f"{V}/{version}/audit", json=report, headers=api.headers("alice"))
+        assert stored.status_code == 200, stored.text
+
+    link = api.client.get(f"{V}/2026.12.02").json()["links"]["changes"]
+    changes = api.client.get(link).json()
+    assert (changes["old"], changes["new"]) == ("2026.11.22", "2026.12.02")
+    assert [(p["name"], p["change"], p["old"], p["new"]) for p in changes["packages"]] == [
+        ("bash", "removed", "5.2.15-2", None),
+        ("curl", "added", None, "7.88.1-10+deb12u12"),
+        ("openssh-server", "upgraded", "1:9.2p1-2+deb12u3", "1:9.2p1-2+deb12u5"),
+    ]
+    assert changes["audit"] == [{"check": "ssh-host-keys", "old": "fail", "new": "pass"}]
+    assert changes["inputs"] == [{"name": "template", "old": "a" * 64, "new": "b" * 64}]
+    assert changes["notes"] == [
+        "changelog entries are read from the image: `invoke diff --appliance debian-12 2026.11.22 2026.12.02`"
+    ]
+    first_one = api.client.get(f"{V}/2026.11.22/changes")
+    assert first_one.status_code == 404 and "is the first version" in first_one.json()["detail"]
+    assert api.client.get(f"{V}/2026.11.22/changes?since=2026.12.02").json()["packages"][0]["change"] == "added"
+    page = api.client.get("/appliances/debian-12/2026.12.02").text
+    assert "Changes since the previous version" in page and "1:9.2p1-2+deb12u5" in page
+    assert "<code>ssh-host-keys</code> fail → pass" in page

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from pipeline.catalogue import endorsements, services
 from pipeline.catalogue.api.deps import ActorDep, PagingDep, StateDep, UowDep
+from pipeline.catalogue.changes import changes_since
 from pipeline.catalogue.contract import NotFound
 from pipeline.catalogue.pages.links import download_url
 from pipeline.catalogue.pages.routes import serving_base
@@ -60,6 +61,7 @@ class VersionLinks(BaseModel):
     appliance: str
     audit: str
     versions: str
+    changes: str
 
 
 class VersionDetailPublic(VersionPublic):
@@ -91,7 +93,14 @@ def get_version(name: Name, version: VersionStr, uow: UowDep, state: StateDep, r
         for image in info.images
     ]
     public = VersionPublic.model_validate(info).model_dump(exclude={"images"})
-    links = VersionLinks(self=base, page=page, appliance=api, audit=f"{base}/audit", versions=f"{api}/versions")
+    links = VersionLinks(
+        self=base,
+        page=page,
+        appliance=api,
+        audit=f"{base}/audit",
+        versions=f"{api}/versions",
+        changes=f"{base}/changes",
+    )
     return VersionDetailPublic(**public, images=images, links=links)
 
 
@@ -101,6 +110,25 @@ def get_image(
 ) -> ImageDetailPublic:
     """One image with its package list and build manifest."""
     return ImageDetailPublic.model_validate(services.get_image(uow, name, version, image_id))
+
+
+@router.get("/{version}/changes")
+def get_changes(
+    name: Name,
+    version: VersionStr,
+    uow: UowDep,
+    since: Annotated[
+        str | None, Query(min_length=1, max_length=20, description="default: the previous version")
+    ] = None,
+) -> dict[str, Any]:
+    """What changed since another version: packages, audit results, build inputs and base.
+
+    Changelog entries need the image: `invoke diff --appliance NAME OLD NEW` reads them where it was built.
+    """
+    found = changes_since(uow, name, version, since)
+    if found is None:
+        raise NotFound(f"{name} {version} is the first version: nothing to compare with")
+    return found.to_dict()
 
 
 @router.put("/{version}/audit")

@@ -18,6 +18,7 @@ from fastapi.templating import Jinja2Templates
 
 from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.api.deps import StateDep, UowDep
+from pipeline.catalogue.changes import changes_since
 from pipeline.catalogue.contract import EXPIRY_WARNING_DAYS, NotFound
 from pipeline.catalogue.pages.links import download_url
 from pipeline.catalogue.pages.onboarding import SiteSetup, endorser_of
@@ -96,6 +97,7 @@ def version(request: Request, name: Name, version: Version, uow: UowDep, state: 
         images=[(d, download_url(state.settings, d.image, serving_base(request))) for d in details],
         audit=services.get_audit(uow, name, version),
         endorser=endorser_of(state.ctx.signer),
+        changes=changes_since(uow, name, version),
         local_admin=LOCAL_ADMIN,
     )
 
