@@ -257,6 +257,7 @@ def dev_ca(c: Context, out: str = "~/.vmi-dev-ca") -> None:
         "download": "download and verify every image into this folder",
         "state": "file that remembers the last hv:version seen",
         "identifier": "the dc:identifier the list must have (the subscribed list)",
+        "crl": "CRL (PEM/DER file or URL) of the signer's CA: refuse a revoked signer, like vmcatcher",
     },
 )
 @_edge
@@ -268,21 +269,25 @@ def verify_list(
     download: str | None = None,
     state: str | None = None,
     identifier: str | None = None,
+    crl: str | None = None,
 ) -> None:
     """Verify a signed HEPiX image list the way a site does (signature, signer, dates, version, images)."""
+    from pipeline.endorse.crl import check_revocation
     from pipeline.endorse.pki import parse_dn
     from pipeline.endorse.verify import verify_image_list
 
-    print(
-        verify_image_list(
-            source,
-            ca=Path(ca),
-            endorser_dn=parse_dn(endorser_dn) if endorser_dn else None,
-            download=Path(download) if download else None,
-            state=Path(state) if state else None,
-            identifier=identifier,
-        ).summary()
+    checked = check_revocation(source, crl, Path(ca)) if crl else None
+    report = verify_image_list(
+        source,
+        ca=Path(ca),
+        endorser_dn=parse_dn(endorser_dn) if endorser_dn else None,
+        download=Path(download) if download else None,
+        state=Path(state) if state else None,
+        identifier=identifier,
     )
+    if checked is not None and report.signer_dn not in checked:  # the list changed between the two reads
+        raise VerificationError(source, [f"signed by {report.signer_dn}, not the signer checked against the CRL"])
+    print(report.summary())
 
 
 @task(

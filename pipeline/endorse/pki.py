@@ -6,6 +6,7 @@ Production endorsers use an IGTF-accredited certificate; these files are NOT for
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,3 +210,24 @@ def parse_dn(text: str, what: str = "--endorser-dn") -> str:
     if not name.rdns:
         raise ConfigError(f"{what}: the DN is empty")
     return openssl_dn(name)  # the parser already returns the RDNs in certificate order
+
+
+def issue_crl(
+    ca: Issued,
+    revoked: Sequence[x509.Certificate] = (),
+    last_update: dt.datetime | None = None,
+    next_update: dt.datetime | None = None,
+) -> bytes:
+    """A CRL of ``ca`` (PEM) revoking ``revoked``: what a CA publishes and ``verify-list --crl`` reads."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(last_update or now - dt.timedelta(minutes=5))
+        .next_update(next_update or now + dt.timedelta(days=7))
+    )
+    for cert in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(now).build()
+        )
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
