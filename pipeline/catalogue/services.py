@@ -377,11 +377,14 @@ def get_version(uow: UnitOfWork, appliance: str, version: str) -> VersionInfo:
         return views.version_info(find_version(uow, find_appliance(uow, appliance), version))
 
 
-def get_version_with_image_ids(uow: UnitOfWork, appliance: str, version: str) -> tuple[VersionInfo, dict[str, int]]:
-    """A version and the catalogue id of each of its images (by dc:identifier), for links to them."""
+def get_version_with_image_ids(
+    uow: UnitOfWork, appliance: str, version: str
+) -> tuple[VersionInfo, dict[str, int], dict[str, Any] | None]:
+    """A version, the catalogue id of each image (by dc:identifier) and the build manifest, for links and lineage."""
     with uow:
         v = find_version(uow, find_appliance(uow, appliance), version)
-        return views.version_info(v), {i.identifier: i.id for i in v.images}
+        manifest = next((i.manifest for i in v.images if i.manifest), None)
+        return views.version_info(v), {i.identifier: i.id for i in v.images}, manifest
 
 
 def list_versions(uow: UnitOfWork, appliance: str, offset: int, limit: int) -> views.Page[VersionInfo]:

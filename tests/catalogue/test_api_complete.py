@@ -104,3 +104,43 @@ def test_changes_since_the_previous_version(
     page = api.client.get("/appliances/debian-12/2026.12.02").text
     assert "Changes since the previous version" in page and "1:9.2p1-2+deb12u5" in page
     assert "<code>ssh-host-keys</code> fail → pass" in page
+
+
+def test_a_layered_version_is_outdated_when_its_base_is_revoked(
+    signing_api: Api, publish_file: Callable[..., ImagePayload], version_payload: Callable[..., VersionPayload]
+) -> None:
+    from tests.catalogue.conftest import PASSING_AUDIT
+
+    api = signing_api
+    assert api.client.post(V, json=payload_json(version_payload()), headers=api.headers("alice")).status_code == 201
+    assert api.client.put(f"{V}/2026.11.22/audit", json=PASSING_AUDIT, headers=api.headers("alice")).status_code == 200
+    endorsed = api.client.post(
+        f"{V}/2026.11.22/endorsements", json={"vo": "vo.example.org"}, headers=api.headers("mia")
+    )
+    assert endorsed.status_code == 200, endorsed.text
+    body = {"title": "Science", "description": "layered on debian-12", "vos": []}
+    assert api.client.put("/api/v1/appliances/science", json=body, headers=api.headers("alice")).status_code == 200
+    base = {"kind": "appliance", "ref": "debian-12@2026.11.22", "digest": "sha256:" + "0" * 64}
+    images = tuple(publish_file("science", "2026.11.23", fmt, manifest={"base": base}) for fmt in ("ova", "qcow2"))
+    layered = VersionPayload("science", "2026.11.23", "science on debian-12", images)
+    science = "/api/v1/appliances/science/versions/2026.11.23"
+    registered = api.client.post(
+        "/api/v1/appliances/science/versions", json=payload_json(layered), headers=api.headers("alice")
+    )
+    assert registered.status_code == 201, registered.text
+    assert api.client.get(science).json()["lineage"] == {
+        "base_appliance": "debian-12", "base_version": "2026.11.22", "outdated": False, "reason": None,
+    }  # fmt: skip
+    assert api.client.get(f"{V}/2026.11.22").json()["lineage"] is None  # a baseline has no appliance base
+
+    revoked = api.client.delete(f"{V}/2026.11.22/endorsements/vo.example.org", headers=api.headers("mia"))
+    assert revoked.status_code == 200, revoked.text
+    lineage = api.client.get(science).json()["lineage"]
+    assert lineage["outdated"] and lineage["reason"] == "debian-12 2026.11.22 is revoked (vo.example.org)"
+    page = api.client.get("/appliances/science/2026.11.23").text
+    assert (
+        "outdated" in page and "debian-12 2026.11.22 is revoked (vo.example.org): rebuild it on a current base" in page
+    )
+
+    assert api.client.post(f"{V}/2026.11.22/archive", headers=api.headers("alice")).status_code == 200
+    assert api.client.get(science).json()["lineage"]["reason"] == "debian-12 2026.11.22 is archived"

@@ -11,6 +11,7 @@ from pipeline.catalogue import endorsements, services
 from pipeline.catalogue.api.deps import ActorDep, PagingDep, StateDep, UowDep
 from pipeline.catalogue.changes import changes_since
 from pipeline.catalogue.contract import NotFound
+from pipeline.catalogue.lineage import lineage_of
 from pipeline.catalogue.pages.links import download_url
 from pipeline.catalogue.pages.routes import serving_base
 from pipeline.catalogue.schemas import (
@@ -64,17 +65,25 @@ class VersionLinks(BaseModel):
     changes: str
 
 
+class LineagePublic(BaseModel):
+    base_appliance: str
+    base_version: str = Field(description="the exact base version this layered version was built on")
+    outdated: bool = Field(description="the base version is archived, expired or revoked: rebuild on a current base")
+    reason: str | None
+
+
 class VersionDetailPublic(VersionPublic):
     """A version with its images' ids and the links an API client follows from here."""
 
     images: list[VersionImagePublic]  # type: ignore[assignment]
     links: VersionLinks
+    lineage: LineagePublic | None = Field(description="null unless the version is layered on another appliance")
 
 
 @router.get("/{version}")
 def get_version(name: Name, version: VersionStr, uow: UowDep, state: StateDep, request: Request) -> VersionDetailPublic:
     """One version; each image carries its id and links to its packages, manifest, page and download."""
-    info, ids = services.get_version_with_image_ids(uow, name, version)
+    info, ids, manifest = services.get_version_with_image_ids(uow, name, version)
     api = f"{API}/appliances/{name}"
     base = f"{api}/versions/{info.version}"
     page = f"/appliances/{name}/{info.version}"
@@ -101,7 +110,9 @@ def get_version(name: Name, version: VersionStr, uow: UowDep, state: StateDep, r
         versions=f"{api}/versions",
         changes=f"{base}/changes",
     )
-    return VersionDetailPublic(**public, images=images, links=links)
+    found = lineage_of(uow, manifest)
+    lineage = None if found is None else LineagePublic.model_validate(found, from_attributes=True)
+    return VersionDetailPublic(**public, images=images, links=links, lineage=lineage)
 
 
 @router.get("/{version}/images/{image_id}")

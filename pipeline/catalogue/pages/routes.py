@@ -20,6 +20,7 @@ from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.api.deps import StateDep, UowDep
 from pipeline.catalogue.changes import changes_since
 from pipeline.catalogue.contract import EXPIRY_WARNING_DAYS, NotFound
+from pipeline.catalogue.lineage import lineage_of
 from pipeline.catalogue.pages.links import download_url
 from pipeline.catalogue.pages.onboarding import SiteSetup, endorser_of
 from pipeline.catalogue.settings import LOCAL_ADMIN
@@ -98,6 +99,7 @@ def version(request: Request, name: Name, version: Version, uow: UowDep, state: 
         audit=services.get_audit(uow, name, version),
         endorser=endorser_of(state.ctx.signer),
         changes=changes_since(uow, name, version),
+        lineage=lineage_of(uow, next((d.manifest for d in details if d.manifest), None)),
         local_admin=LOCAL_ADMIN,
     )
 
