@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.catalogue.contract import ImagePayload, PackageInfo, VersionPayload
 from pipeline.catalogue.http_client import payload_json
+from pipeline.catalogue.settings import CatalogueSettings
 from tests.catalogue.conftest import Api
 
 V = "/api/v1/appliances/debian-12/versions"
@@ -144,3 +145,25 @@ def test_a_layered_version_is_outdated_when_its_base_is_revoked(
 
     assert api.client.post(f"{V}/2026.11.22/archive", headers=api.headers("alice")).status_code == 200
     assert api.client.get(science).json()["lineage"]["reason"] == "debian-12 2026.11.22 is archived"
+
+
+def test_api_docs_without_the_swagger_bundle_still_list_every_operation(
+    cat_settings: CatalogueSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from fastapi.testclient import TestClient
+
+    from pipeline.catalogue.app import create_app
+    from pipeline.catalogue.db import migrate
+
+    monkeypatch.setitem(sys.modules, "swagger_ui_bundle", None)  # as on a machine without the wheel
+    migrate(cat_settings.database_url)
+    with TestClient(create_app(cat_settings, refresh_seconds=None)) as client:
+        page = client.get("/api/v1/docs")
+        assert page.status_code == 200 and 'id="no-bundle"' in page.text
+        assert "pip install swagger-ui-bundle-v2" in page.text and "cdn" not in page.text.lower()
+        paths = client.get("/api/v1/openapi.json").json()["paths"]
+        for path in paths:
+            assert f"<code>{path}</code>" in page.text
+        assert client.get("/api/v1/docs/assets/swagger-ui-bundle.js").status_code == 404
