@@ -155,7 +155,7 @@ def test_a_site_configured_only_from_the_vo_page_verifies_the_list(
         }
     }
     vmcatcher = page.locator("#vmcatcher-config").inner_text()
-    assert f"--subscription_uuid={identifier}" in vmcatcher and f"--subject='{dn}'" in vmcatcher
+    assert f"dc:identifier {identifier}" in vmcatcher and f"--subject='{dn}'" in vmcatcher
     assert f"--issuer='{ca}'" in vmcatcher and f"vmcatcher_subscribe -s {list_url}" in vmcatcher
     assert f"--image-list={list_url}" in page.locator("#cloudkeeper-config").inner_text()
 

@@ -84,7 +84,7 @@ class SiteSetup:
 
     @property
     def vmcatcher(self) -> str:
-        """Register the endorser, subscribe (the subscription UUID is the list's dc:identifier), link them."""
+        """Register the endorser, then subscribe (which links them; the subscription UUID is dc:identifier)."""
         if self.endorser is None:
             return ""
         q = shlex.quote
@@ -94,9 +94,8 @@ class SiteSetup:
                 f"vmcatcher_endorser --create --endorser_uuid={q(self.endorser.name)} \\",
                 f"    --subject={q(self.endorser.dn)} \\",
                 f"    --issuer={q(self.endorser.ca)}",
-                f"vmcatcher_subscribe -s {q(self.list_url)}",
-                f"vmcatcher_endorser --link --endorser_uuid={q(self.endorser.name)} \\",
-                f"    --subscription_uuid={self.identifier}",
+                f"vmcatcher_subscribe -s {q(self.list_url)}  # links the endorser created above",
+                f"vmcatcher_subscribe -l  # the subscription UUID is the list's dc:identifier {self.identifier}",
                 "vmcatcher_subscribe -U && vmcatcher_cache  # cron: 50 */6 * * *, after fetch-crl",
             ]
         )
