@@ -129,3 +129,38 @@ def test_links_follow_the_port_the_catalogue_is_served_on(moved_server: LiveServ
     page = requests.get(f"{moved_server.url}/appliances/debian-12/2026.11.22", timeout=10).text
     assert f'href="{moved_server.url}/repo/debian-12/2026.11.22/' in page
     assert 'href="http://127.0.0.1:8080/repo' not in page
+
+
+def test_invoke_serve_local_demo_names_the_served_address(tmp_path: Path, dev_ca: Path) -> None:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "VMI_CATALOGUE": f"sqlite:///{tmp_path / 'cat.db'}",
+        "VMI_CATALOGUE_PUBLIC_URL": "http://127.0.0.1:8080",
+        "VMI_REPOSITORY": f"file://{tmp_path / 'repo'}",
+        "VMI_REPOSITORY_PUBLIC_URL": "http://127.0.0.1:8080/repo",
+        "VMI_SIGNING_KEY": str(dev_ca / "endorser.key"),
+        "VMI_SIGNING_CERT": str(dev_ca / "endorser.pem"),
+    }
+    (tmp_path / "repo").mkdir()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "invoke", "serve", "--local-demo", "--port", str(port)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                page = requests.get(f"http://127.0.0.1:{port}/vos", timeout=10)
+                if page.ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        assert f"local demo: signed lists and links name http://127.0.0.1:{port}" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(20)
