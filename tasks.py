@@ -181,14 +181,17 @@ def release(c: Context, appliance: str) -> None:
         "host": "address to listen on",
         "port": "port to listen on",
         "create_token": "USER[:ROLE]: an API token for USER (created if new, as admin by default), shown once",
+        "local_demo": "a trial on this machine: sign lists for the loopback address actually served",
     },
 )
 @_edge
-def serve(c: Context, host: str = "127.0.0.1", port: int = 8080, create_token: str | None = None) -> None:
+def serve(
+    c: Context, host: str = "127.0.0.1", port: int = 8080, create_token: str | None = None, local_demo: bool = False
+) -> None:
     """Run the catalogue service (REST API, web pages, signed VO image lists, file repository downloads)."""
     from pipeline.catalogue.server import serve_catalogue
 
-    serve_catalogue(_settings(c), host=host, port=port, create_token=create_token)
+    serve_catalogue(_settings(c), host=host, port=port, create_token=create_token, local_demo=local_demo)
 
 
 @task(positional=[])
@@ -234,13 +237,17 @@ def endorse(c: Context, appliance: str, version: str, vo: str, revoke: bool = Fa
     print(endorse_version(_settings(c), appliance, version, vo, revoke=revoke).summary())
 
 
-@task(name="dev-ca", positional=[], help={"out": "folder for the throwaway CA and endorser key/certificate"})
+@task(
+    name="dev-ca",
+    positional=[],
+    help={"out": "folder for the throwaway CA and endorser key/certificate (default ~/.vmi-dev-ca, outside the clone)"},
+)
 @_edge
-def dev_ca(c: Context, out: str = ".dev-ca") -> None:
+def dev_ca(c: Context, out: str = "~/.vmi-dev-ca") -> None:
     """Make a throwaway CA and endorser certificate for local use (never for production)."""
     from pipeline.endorse.pki import make_dev_ca
 
-    print(make_dev_ca(Path(out)).summary())
+    print(make_dev_ca(Path(out).expanduser()).summary())
 
 
 @task(
@@ -249,11 +256,12 @@ def dev_ca(c: Context, out: str = ".dev-ca") -> None:
     help={
         "source": "image list file or URL",
         "ca": "CA certificate(s) (PEM) to trust",
-        "endorser_dn": "the endorser DN the list must be signed by",
+        "endorser_dn": "the endorser DN the list must be signed by: /DC=org/CN=name or RFC 4514 CN=name,DC=org",
         "download": "download and verify every image into this folder",
         "state": "file that remembers the last hv:version seen",
         "identifier": "the dc:identifier the list must have (the subscribed list)",
         "allow_private_urls": "let --download fetch from loopback, link-local and private addresses",
+        "crl": "CRL (PEM/DER file or URL) of the signer's CA: refuse a revoked signer, like vmcatcher",
     },
 )
 @_edge
@@ -266,21 +274,47 @@ def verify_list(
     state: str | None = None,
     identifier: str | None = None,
     allow_private_urls: bool = False,
+    crl: str | None = None,
 ) -> None:
     """Verify a signed HEPiX image list the way a site does (signature, signer, dates, version, images)."""
+    from pipeline.endorse.crl import check_revocation
+    from pipeline.endorse.pki import parse_dn
     from pipeline.endorse.verify import verify_image_list
 
-    print(
-        verify_image_list(
-            source,
-            ca=Path(ca),
-            endorser_dn=endorser_dn,
-            download=Path(download) if download else None,
-            state=Path(state) if state else None,
-            identifier=identifier,
-            allow_private_urls=allow_private_urls,
-        ).summary()
+    checked = check_revocation(source, crl, Path(ca)) if crl else None
+    report = verify_image_list(
+        source,
+        ca=Path(ca),
+        endorser_dn=parse_dn(endorser_dn) if endorser_dn else None,
+        download=Path(download) if download else None,
+        state=Path(state) if state else None,
+        identifier=identifier,
+        allow_private_urls=allow_private_urls,
     )
+    if checked is not None and report.signer_dn not in checked:  # the list changed between the two reads
+        raise VerificationError(source, [f"signed by {report.signer_dn}, not the signer checked against the CRL"])
+    print(report.summary())
+
+
+@task(
+    positional=["old", "new"],
+    help={
+        "appliance": "appliance whose two built versions to compare",
+        "old": "the earlier version (e.g. 2026.11.22)",
+        "new": "the later version",
+        "json": "print the difference as JSON",
+        "changelogs": "read changelog entries from the newer image (--no-changelogs: manifests and audits only)",
+    },
+)
+@_edge
+def diff(c: Context, appliance: str, old: str, new: str, json: bool = False, changelogs: bool = True) -> None:
+    """What changed between two versions: packages (+ changelog entries, CVEs, security), audit, inputs."""
+    import json as jsonlib
+
+    from pipeline.diff import diff_versions
+
+    found = diff_versions(_settings(c), appliance, old, new, changelogs=changelogs)
+    print(jsonlib.dumps(found.to_dict(), indent=2) if json else found.summary())
 
 
 @task(

@@ -7,21 +7,18 @@ Domain errors become HTTP responses in one place (``_ERROR_STATUS``); routes sta
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import json
-import re
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pipeline.catalogue import endorsements
 from pipeline.catalogue.api import appliances, images, users, versions, vos
 from pipeline.catalogue.api.deps import AppState, StateDep, UowDep
+from pipeline.catalogue.api.query import known_query_only
 from pipeline.catalogue.cache import ResponseCache
 from pipeline.catalogue.client import make_context
 from pipeline.catalogue.contract import (
@@ -40,6 +38,7 @@ from pipeline.catalogue.contract import (
     VersionConflict,
 )
 from pipeline.catalogue.db import make_engine, session_factory
+from pipeline.catalogue.pages import apidocs
 from pipeline.catalogue.pages import routes as pages
 from pipeline.catalogue.schemas import ErrorPublic, Name, error_lines
 from pipeline.catalogue.settings import CatalogueSettings
@@ -75,9 +74,13 @@ def invalid_response(problems: list[str], hint: str | None = None) -> JSONRespon
     return SafeJSONResponse({"detail": detail, "error": "InvalidPayload", "hint": hint}, status_code=422)
 
 
+def error_status(exc: CatalogueError) -> int:
+    return next(code for cls, code in _ERROR_STATUS if isinstance(exc, cls))
+
+
 def error_response(exc: CatalogueError) -> JSONResponse:
     """The one mapping from domain errors to HTTP status codes and bodies."""
-    status = next(code for cls, code in _ERROR_STATUS if isinstance(exc, cls))
+    status = error_status(exc)
     if isinstance(exc, InvalidPayload):
         return invalid_response(exc.problems, exc.hint)
     body = ErrorPublic(error=type(exc).__name__, detail=exc.message, hint=exc.hint)
@@ -96,22 +99,6 @@ _SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),
 ]
-
-
-def api_docs(openapi_url: str, title: str) -> Response:
-    """Swagger UI, with a Content-Security-Policy naming its CDN and the hash of its inline script."""
-    page = get_swagger_ui_html(openapi_url=openapi_url, title=f"{title} API")
-    html = bytes(page.body).decode()
-    hashes = " ".join(
-        "'sha256-" + base64.b64encode(hashlib.sha256(m.encode()).digest()).decode() + "'"
-        for m in re.findall(r"<script>(.*?)</script>", html, re.DOTALL)
-    )
-    cdn = "https://cdn.jsdelivr.net"
-    csp = (
-        f"default-src 'none'; script-src {cdn} {hashes}; style-src {cdn}; img-src 'self' data: {cdn} "
-        f"https://fastapi.tiangolo.com; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-    )
-    return HTMLResponse(html, headers={"Content-Security-Policy": csp})
 
 
 class SecurityHeaders:
@@ -259,13 +246,9 @@ def create_app(settings: CatalogueSettings, refresh_seconds: float | None = REFR
         description="Appliances, versions, images, audits, endorsements and signed VO image lists (after EGI AppDB).",
         lifespan=lifespan,
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=None,  # served below, with a policy that allows exactly its CDN and its one inline script
+        docs_url=None,  # pages.apidocs serves it from shipped files (no CDN)
         redoc_url=None,
     )
-
-    @app.get(f"{API_PREFIX}/docs", include_in_schema=False)
-    def docs() -> Response:
-        return api_docs(f"{API_PREFIX}/openapi.json", app.title)
 
     app.state.catalogue = state
     app.add_middleware(ResponseCache, engine=engine)  # innermost: its 304s still get the headers below
@@ -274,12 +257,14 @@ def create_app(settings: CatalogueSettings, refresh_seconds: float | None = REFR
 
     @app.exception_handler(CatalogueError)
     async def _domain_error(request: Request, exc: CatalogueError) -> Response:
-        if isinstance(exc, NotFound) and not request.url.path.startswith((API_PREFIX, "/vo/", "/repo/")):
-            return pages.not_found_page(request, exc.message)
+        if pages.is_page(request):
+            return pages.error_page(request, error_status(exc), exc.message, exc.hint)
         return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        if pages.is_page(request):
+            return pages.invalid_request_page(request, exc)
         # one line per field, never the input itself (it may not even be encodable)
         detail = [
             {"loc": [str(x) if not isinstance(x, int) else x for x in e.get("loc", ())], "msg": line, "type": e["type"]}
@@ -291,15 +276,18 @@ def create_app(settings: CatalogueSettings, refresh_seconds: float | None = REFR
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # framework errors (unparsable body, unknown route, wrong method) in the documented error shape
-        if exc.status_code == 404 and not request.url.path.startswith((API_PREFIX, "/vo/", "/repo/")):
-            return pages.not_found_page(request, "no such page")
+        if pages.is_page(request):
+            return pages.error_page(request, exc.status_code, "no such page" if exc.status_code == 404 else exc.detail)
         body = ErrorPublic(error=HTTPStatus(exc.status_code).phrase.replace(" ", ""), detail=str(exc.detail))
         return SafeJSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
 
     for module in (appliances, versions, images, vos, users):
-        app.include_router(module.router, prefix=API_PREFIX, responses=_ERROR_RESPONSES)
+        app.include_router(
+            module.router, prefix=API_PREFIX, responses=_ERROR_RESPONSES, dependencies=[Depends(known_query_only)]
+        )
     app.include_router(public_router())
     app.include_router(pages.router)
+    apidocs.install(app, API_PREFIX)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "pages" / "static"), name="static")
     return app
 

@@ -132,6 +132,11 @@ class Repository:
             .options(selectinload(Image.packages))
         )
 
+    def images_with_packages(self, version: Version) -> Sequence[Image]:
+        return self.session.scalars(
+            select(Image).where(Image.version_id == version.id).options(selectinload(Image.packages)).order_by(Image.id)
+        ).all()
+
     def package_counts(self, version: Version) -> dict[int, int]:
         """Image id -> number of packages, for one version (one grouped query, no package rows)."""
         rows = self.session.execute(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 
 import uvicorn
@@ -10,7 +11,8 @@ from pipeline.catalogue import auth
 from pipeline.catalogue.app import create_app
 from pipeline.catalogue.db import make_engine, migrate, session_factory
 from pipeline.catalogue.models import Role
-from pipeline.catalogue.settings import DEFAULT_TOKEN_DAYS, catalogue_settings
+from pipeline.catalogue.pages.links import is_loopback_url
+from pipeline.catalogue.settings import DEFAULT_TOKEN_DAYS, CatalogueSettings, catalogue_settings
 from pipeline.catalogue.uow import UnitOfWork
 from pipeline.errors import ConfigError
 from pipeline.log import log
@@ -37,11 +39,32 @@ def bootstrap_token(database_url: str, spec: str, token_days: int = DEFAULT_TOKE
         engine.dispose()
 
 
+def demo_settings(cat: CatalogueSettings, host: str, port: int, local_demo: bool) -> CatalogueSettings:
+    """Refuse to sign lists for a loopback public URL (no site could use them) unless this is a local demo;
+    a local demo's lists and links then name the address actually served (``--port`` included)."""
+    if not is_loopback_url(cat.public_url) or cat.signing_key is None:
+        return cat
+    if not local_demo:
+        raise ConfigError(
+            f"vmi.catalogue_public_url: {cat.public_url} is a loopback address: image lists signed with it "
+            "send every site to its own machine",
+            hint="set VMI_CATALOGUE_PUBLIC_URL and VMI_REPOSITORY_PUBLIC_URL to the address sites reach "
+            "(before publishing), or pass --local-demo for a trial on this machine",
+        )
+    served = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+    log.warning("local demo: signed lists and links name %s, reachable from this machine only", served)
+    return dataclasses.replace(cat, public_url=served)
+
+
 def serve_catalogue(
-    settings: Settings, host: str = "127.0.0.1", port: int = 8080, create_token: str | None = None
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    create_token: str | None = None,
+    local_demo: bool = False,
 ) -> None:
     """Run the catalogue until interrupted; the schema is migrated to the newest version first."""
-    cat = catalogue_settings(settings)
+    cat = demo_settings(catalogue_settings(settings), host, port, local_demo)
     migrate(cat.database_url)
     if create_token:
         token, expires = bootstrap_token(cat.database_url, create_token, cat.token_days)

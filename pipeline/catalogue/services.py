@@ -62,10 +62,18 @@ def may_maintain(user: m.User, appliance: m.Appliance) -> bool:
     )
 
 
+VO_HINT = (
+    'an admin creates it: POST /api/v1/vos {{"name": "{name}", "description": "..."}} with an admin token, '
+    "or `invoke publish` an appliance listing it under vos: with a sqlite:// or postgresql:// catalogue"
+)
+
+
 def find_appliance(uow: UnitOfWork, name: str) -> m.Appliance:
     found = uow.repo.appliance(name)
     if found is None:
-        raise NotFound(f"appliance {name!r} is not in the catalogue", hint="register it first (ensure_appliance)")
+        raise NotFound(
+            f"appliance {name!r} is not in the catalogue", hint=f"publish it first: `invoke publish --appliance {name}`"
+        )
     return found
 
 
@@ -87,7 +95,7 @@ def find_version(uow: UnitOfWork, appliance: m.Appliance, version: str) -> m.Ver
 def find_vo(uow: UnitOfWork, name: str, for_update: bool = False) -> m.Vo:
     found = uow.repo.vo(name, for_update=for_update)
     if found is None:
-        raise NotFound(f"VO {name!r} is not in the catalogue", hint="an admin creates VOs")
+        raise NotFound(f"VO {name!r} is not in the catalogue", hint=VO_HINT.format(name=name))
     return found
 
 
@@ -117,7 +125,7 @@ def ensure_appliance(uow: UnitOfWork, actor: str, payload: AppliancePayload) -> 
             vo = uow.repo.vo(name)
             if vo is None:
                 if user.role is not m.Role.ADMIN:
-                    raise NotFound(f"VO {name!r} is not in the catalogue", hint="an admin creates VOs")
+                    raise NotFound(f"VO {name!r} is not in the catalogue", hint=VO_HINT.format(name=name))
                 vo = m.Vo(name=name, description="", created=utcnow(), managers=[])
                 uow.repo.add(vo)
             vos.append(vo)
@@ -349,6 +357,16 @@ def get_version(uow: UnitOfWork, appliance: str, version: str) -> VersionInfo:
         return views.version_info(find_version(uow, find_appliance(uow, appliance), version))
 
 
+def get_version_with_image_ids(
+    uow: UnitOfWork, appliance: str, version: str
+) -> tuple[VersionInfo, dict[str, int], dict[str, Any] | None]:
+    """A version, the catalogue id of each image (by dc:identifier) and the build manifest, for links and lineage."""
+    with uow:
+        v = find_version(uow, find_appliance(uow, appliance), version)
+        manifest = next((i.manifest for i in v.images if i.manifest), None)
+        return views.version_info(v), {i.identifier: i.id for i in v.images}, manifest
+
+
 def list_versions(uow: UnitOfWork, appliance: str, offset: int, limit: int) -> views.Page[VersionInfo]:
     with uow:
         found = find_appliance(uow, appliance)
@@ -394,6 +412,20 @@ def version_page(uow: UnitOfWork, appliance: str, version: str) -> VersionPage:
         row = views.shown_audit(uow.repo.audits(v))
         audit = None if row is None else views.audit_view(row)
         return VersionPage(views.appliance_view(found), views.version_info(v), images, audit)
+
+
+def version_images(uow: UnitOfWork, appliance: str, version: str) -> list[views.ImageDetail]:
+    """Every image of a version with its packages and manifest (what changed between versions)."""
+    with uow:
+        v = find_version(uow, find_appliance(uow, appliance), version)
+        return [views.image_detail(i, appliance, version) for i in uow.repo.images_with_packages(v)]
+
+
+def version_manifest(uow: UnitOfWork, appliance: str, version: str) -> dict[str, Any] | None:
+    """The build manifest registered with the version's first image that has one (for its lineage)."""
+    with uow:
+        v = find_version(uow, find_appliance(uow, appliance), version)
+        return next((dict(i.manifest) for i in v.images if i.manifest), None)
 
 
 # --- audits ----------------------------------------------------------------------------------------

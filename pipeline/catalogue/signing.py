@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pipeline.catalogue.contract import ImageInfo, VersionInfo
+from pipeline.catalogue.pages.links import download_url
 from pipeline.catalogue.settings import CatalogueSettings
 from pipeline.endorse.imagelist import (
     ImageListEntry,
@@ -27,6 +28,7 @@ from pipeline.endorse.imagelist import (
 class ImageListSigner:
     identity: SigningIdentity
     public_url: str
+    settings: CatalogueSettings | None = None  # to address repository files from the configured public base
 
     def entry(self, version: VersionInfo, image: ImageInfo) -> ImageListEntry:
         page = f"{self.public_url}/appliances/{version.appliance}"
@@ -34,7 +36,7 @@ class ImageListSigner:
             identifier=image.identifier,
             title=image.title,
             description=version.notes,
-            uri=image.uri,
+            uri=image.uri if self.settings is None else download_url(self.settings, image) or image.uri,
             size=image.size,
             sha512=image.sha512,
             version=version.version,
@@ -73,4 +75,4 @@ def load_signer(settings: CatalogueSettings) -> ImageListSigner | None:
     if settings.signing_key is None or settings.signing_cert is None:
         return None
     identity = load_signing_identity(key=settings.signing_key, cert=settings.signing_cert)
-    return ImageListSigner(identity, settings.public_url)
+    return ImageListSigner(identity, settings.public_url, settings)

@@ -6,6 +6,7 @@ Production endorsers use an IGTF-accredited certificate; these files are NOT for
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from pipeline.errors import ConfigError
 from pipeline.fsutil import atomic_write, write_text_atomic
 from pipeline.log import log
 
@@ -133,6 +135,7 @@ class DevCa:
     endorser_key: Path
     endorser_cert: Path
     endorser_dn: str
+    endorser_rfc4514: str = ""
 
     def summary(self) -> str:
         return "\n".join(
@@ -142,6 +145,7 @@ class DevCa:
                 f"endorser key:  {self.endorser_key}",
                 f"endorser cert: {self.endorser_cert}",
                 f"endorser DN:   {self.endorser_dn}",
+                f"endorser DN (RFC 4514): {self.endorser_rfc4514}",
                 f"use it: export VMI_SIGNING_KEY={self.endorser_key} VMI_SIGNING_CERT={self.endorser_cert}",
             ]
         )
@@ -167,6 +171,63 @@ def make_dev_ca(out: Path) -> DevCa:
         (out / name).chmod(0o600 if name.endswith(".key") else 0o644)
     write_text_atomic(out / "README-NOT-FOR-PRODUCTION.txt", WARNING + "\n")
     log.warning("%s", WARNING)
+    subject = endorser.certificate.subject
     return DevCa(
-        out, out / "ca.pem", out / "endorser.key", out / "endorser.pem", openssl_dn(endorser.certificate.subject)
+        out, out / "ca.pem", out / "endorser.key", out / "endorser.pem", openssl_dn(subject), rfc4514_dn(subject)
     )
+
+
+# --- distinguished names in both spellings sites meet ---------------------------------------------
+
+_RFC4514_NAMES = {"emailAddress": NameOID.EMAIL_ADDRESS, "E": NameOID.EMAIL_ADDRESS, "UID": NameOID.USER_ID}
+
+
+def rfc4514_dn(name: x509.Name) -> str:
+    """A Name as RFC 4514 text, most specific first (``CN=y,O=x,DC=org``): LDAP's and Python's spelling."""
+    return name.rfc4514_string({NameOID.EMAIL_ADDRESS: "emailAddress"})
+
+
+def parse_dn(text: str, what: str = "--endorser-dn") -> str:
+    """A DN given as OpenSSL's slash form or as RFC 4514, returned in the slash form image lists use.
+
+    ``/DC=org/DC=x/CN=y`` is kept as it is (certificate order); ``CN=y,DC=x,DC=org`` is read as RFC 4514,
+    whose order is the reverse, so both spellings of one certificate's subject give the same string.
+    Bad input: one line naming ``what``.
+    """
+    from pipeline.endorse.imagelist import openssl_dn
+
+    value = text.strip()
+    if value.startswith("/"):
+        if "=" not in value or any("=" not in part for part in value[1:].split("/") if part):
+            raise ConfigError(f"{what}: {text!r} is not a DN: each /-separated part must be KEY=value")
+        return value
+    try:
+        name = x509.Name.from_rfc4514_string(value, _RFC4514_NAMES)
+    except ValueError as e:
+        raise ConfigError(
+            f"{what}: {text!r} is neither an OpenSSL DN (/DC=org/CN=name) nor an RFC 4514 DN (CN=name,DC=org)"
+        ) from e
+    if not name.rdns:
+        raise ConfigError(f"{what}: the DN is empty")
+    return openssl_dn(name)  # the parser already returns the RDNs in certificate order
+
+
+def issue_crl(
+    ca: Issued,
+    revoked: Sequence[x509.Certificate] = (),
+    last_update: dt.datetime | None = None,
+    next_update: dt.datetime | None = None,
+) -> bytes:
+    """A CRL of ``ca`` (PEM) revoking ``revoked``: what a CA publishes and ``verify-list --crl`` reads."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca.certificate.subject)
+        .last_update(last_update or now - dt.timedelta(minutes=5))
+        .next_update(next_update or now + dt.timedelta(days=7))
+    )
+    for cert in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(cert.serial_number).revocation_date(now).build()
+        )
+    return builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)

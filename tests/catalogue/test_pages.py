@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -130,3 +131,136 @@ def test_browse_download_and_endorsement_state(live_server: LiveServer, browser:
     expect(page.frame_locator("#f").locator("a.brand")).to_have_count(0)
     assert any(f.url.startswith("chrome-error://") for f in page.frames[1:]), [f.url for f in page.frames]
     page.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_site_configured_only_from_the_vo_page_verifies_the_list(
+    live_server: LiveServer, browser: Browser, dev_ca: Path, tmp_path: Path
+) -> None:
+    import yaml
+
+    from pipeline.endorse.imagelist import list_identifier
+    from pipeline.endorse.pki import parse_dn
+    from pipeline.endorse.verify import verify_image_list
+
+    _seed(live_server)
+    page: Page = browser.new_page(viewport={"width": 1280, "height": 1400})
+    page.goto(live_server.url + "/vos/vo.example.org")
+    list_url = page.locator("#list-url").inner_text()
+    identifier = page.locator("#list-identifier").inner_text()
+    dn, dn_rfc = page.locator("#endorser-dn").inner_text(), page.locator("#endorser-dn-rfc4514").inner_text()
+    ca, ca_rfc = page.locator("#ca-dn").inner_text(), page.locator("#ca-dn-rfc4514").inner_text()
+    assert list_url == f"{live_server.url}/vo/vo.example.org/image.list"
+    assert identifier == list_identifier(list_url)
+    assert dn == "/DC=org/DC=vmi-pipeline/O=Development/CN=vmi-pipeline dev endorser"
+    assert dn_rfc == "CN=vmi-pipeline dev endorser,O=Development,DC=vmi-pipeline,DC=org"
+    assert ca == "/DC=org/DC=vmi-pipeline/CN=vmi-pipeline DEV CA - NOT FOR PRODUCTION"
+    assert ca_rfc == "CN=vmi-pipeline DEV CA - NOT FOR PRODUCTION,DC=vmi-pipeline,DC=org"
+    version = page.locator("#list-version").inner_text()
+    assert version.isdigit()
+    expect(page.locator("#list-expires")).to_contain_text("T")
+
+    # the pasted configurations carry exactly those values
+    atrope = yaml.safe_load(page.locator("#atrope-config").inner_text())
+    assert atrope == {
+        "vo.example.org": {
+            "url": list_url,
+            "enabled": True,
+            "endorser": {"dn": dn, "ca": ca},
+            "token": "",
+            "images": [],
+            "prefix": "",
+        }
+    }
+    vmcatcher = page.locator("#vmcatcher-config").inner_text()
+    assert f"dc:identifier {identifier}" in vmcatcher and f"--subject='{dn}'" in vmcatcher
+    assert f"--issuer='{ca}'" in vmcatcher and f"vmcatcher_subscribe -s {list_url}" in vmcatcher
+    assert f"--image-list={list_url}" in page.locator("#cloudkeeper-config").inner_text()
+
+    # what the page says is what the list is: verify with either DN spelling, the identifier, the CA
+    for endorser in (dn, dn_rfc):
+        report = verify_image_list(
+            list_url, dev_ca / "ca.pem", endorser_dn=parse_dn(endorser), identifier=identifier, download=tmp_path / "dl"
+        )
+        assert report.version == version and report.signer_dn == dn
+        assert len(report.downloads) == 2
+
+    # the endorsement names the endorser's certificate and the account that acted, not an internal user
+    page.goto(live_server.url + "/appliances/debian-12/2026.11.22")
+    cell = page.locator("#endorsements td.endorser")
+    expect(cell).to_contain_text("vmi-pipeline dev endorser")
+    expect(cell).to_contain_text(dn)
+    expect(cell).to_contain_text("by account alice")
+    page.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_unknown_names_give_commands_not_internal_function_names(live_server: LiveServer) -> None:
+    unknown_vo = requests.get(f"{live_server.url}/vo/vo.nowhere/image.list", timeout=10).json()
+    assert unknown_vo["hint"] == (
+        'an admin creates it: POST /api/v1/vos {"name": "vo.nowhere", "description": "..."} with an admin token, '
+        "or `invoke publish` an appliance listing it under vos: with a sqlite:// or postgresql:// catalogue"
+    )
+    unknown = requests.get(f"{live_server.url}/api/v1/appliances/nope/versions", timeout=10).json()
+    assert unknown["hint"] == "publish it first: `invoke publish --appliance nope`"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_api_docs_render_offline_from_shipped_files(live_server: LiveServer, browser: Browser) -> None:
+    from pipeline.catalogue.pages.apidocs import BUNDLE_HINT, swagger_ui_dir
+
+    if swagger_ui_dir() is None:
+        pytest.fail(f"Swagger UI's files are missing: {BUNDLE_HINT} (a dependency of the catalogue)")
+    page: Page = browser.new_page()
+    outside: list[str] = []
+
+    def only_the_catalogue(route: Any) -> None:
+        if route.request.url.startswith(live_server.url + "/"):
+            route.continue_()
+        else:  # a machine without internet: nothing but the catalogue answers
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_catalogue)
+    page.goto(live_server.url + "/api/v1/docs")
+    expect(page.locator(".swagger-ui .information-container")).to_contain_text("vmi-pipeline catalogue")
+    expect(
+        page.locator(".swagger-ui .opblock-summary-path", has_text="/api/v1/appliances/{name}/versions/{version}")
+    ).not_to_have_count(0)
+    assert outside == []
+    page.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_every_error_in_the_pages_is_an_html_page(live_server: LiveServer, browser: Browser) -> None:
+    _seed(live_server)
+    page: Page = browser.new_page()
+    base = live_server.url + "/appliances/debian-12/2026.11.22/images/"
+    # the dc:identifier sites see in the list opens the image page too
+    listed = requests.get(live_server.url + "/api/v1/appliances/debian-12/versions/2026.11.22", timeout=10).json()
+    uuid = listed["images"][0]["identifier"]
+    response = page.goto(base + uuid)
+    assert response is not None and response.status == 200
+    expect(page.locator("body")).to_contain_text(listed["images"][0]["sha512"])
+
+    cases = [
+        (base + "0b6c5a0e-1d1e-4b8e-9a47-3c1f6e1f2a10", 404, "Not Found", "has no image 0b6c5a0e"),
+        (base + "12345678901234567890", 404, "Not Found", "has no image 12345678901234567890"),
+        (live_server.url + "/appliances/" + "x" * 65, 422, "This address is not valid", "at most 64 characters"),
+        (live_server.url + "/vos/vo.nowhere", 404, "Not Found", "VO 'vo.nowhere' is not in the catalogue"),
+        (live_server.url + "/no/such/page", 404, "Not Found", "no such page"),
+    ]
+    for url, status, title, text in cases:
+        response = page.goto(url)
+        assert response is not None and response.status == status, url
+        assert response.headers["content-type"].startswith("text/html"), url
+        expect(page.locator("h1")).to_have_text(title)
+        expect(page.locator("main")).to_contain_text(text)
+    page.close()
+
+    wrong_method = requests.post(live_server.url + "/vos", timeout=10)
+    assert wrong_method.status_code == 405 and wrong_method.headers["content-type"].startswith("text/html")
+    assert "<h1>Method Not Allowed</h1>" in wrong_method.text
+    # programs keep getting JSON
+    api = requests.get(live_server.url + "/api/v1/appliances/debian-12/versions/2026.11.22/images/" + uuid, timeout=10)
+    assert api.status_code == 422 and api.json()["detail"][0]["loc"] == ["path", "image_id"]

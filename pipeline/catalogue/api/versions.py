@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query, Request
+from pydantic import BaseModel, Field
 
 from pipeline.catalogue import endorsements, services
 from pipeline.catalogue.api.deps import ActorDep, GuardedRoute, PagingDep, StateDep, UowDep
+from pipeline.catalogue.changes import changes_since
 from pipeline.catalogue.contract import NotFound
+from pipeline.catalogue.lineage import lineage_of
+from pipeline.catalogue.pages.links import download_url
+from pipeline.catalogue.pages.routes import serving_base
 from pipeline.catalogue.schemas import (
     AuditIn,
     AuditPublic,
     EndorsementCreate,
     ImageDetailPublic,
     ImageListPublic,
+    ImagePublic,
     Name,
     Paged,
     VersionCreate,
@@ -22,6 +28,7 @@ from pipeline.catalogue.schemas import (
 )
 
 router = APIRouter(prefix="/appliances/{name}/versions", tags=["versions"], route_class=GuardedRoute)
+API = "/api/v1"  # links are paths: they follow whatever host and port serve the catalogue
 VersionStr = Annotated[str, Path(min_length=1, max_length=20)]
 
 
@@ -38,9 +45,74 @@ def register_version(name: Name, body: VersionCreate, uow: UowDep, actor: ActorD
     return VersionPublic.model_validate(info)
 
 
+class ImageLinks(BaseModel):
+    self: str = Field(description="this image with its packages and build manifest (API)")
+    page: str = Field(description="the image's web page")
+    download: str | None = Field(description="where to fetch the file; null when it is not reachable over http(s)")
+
+
+class VersionImagePublic(ImagePublic):
+    id: int = Field(description="the catalogue id of the image: /images/{id} below the version")
+    links: ImageLinks
+
+
+class VersionLinks(BaseModel):
+    self: str
+    page: str
+    appliance: str
+    audit: str
+    versions: str
+    changes: str
+
+
+class LineagePublic(BaseModel):
+    base_appliance: str
+    base_version: str = Field(description="the exact base version this layered version was built on")
+    outdated: bool = Field(description="the base version is archived, expired or revoked: rebuild on a current base")
+    reason: str | None
+
+
+class VersionDetailPublic(VersionPublic):
+    """A version with its images' ids and the links an API client follows from here."""
+
+    images: list[VersionImagePublic]  # type: ignore[assignment]
+    links: VersionLinks
+    lineage: LineagePublic | None = Field(description="null unless the version is layered on another appliance")
+
+
 @router.get("/{version}")
-def get_version(name: Name, version: VersionStr, uow: UowDep) -> VersionPublic:
-    return VersionPublic.model_validate(services.get_version(uow, name, version))
+def get_version(name: Name, version: VersionStr, uow: UowDep, state: StateDep, request: Request) -> VersionDetailPublic:
+    """One version; each image carries its id and links to its packages, manifest, page and download."""
+    info, ids, manifest = services.get_version_with_image_ids(uow, name, version)
+    api = f"{API}/appliances/{name}"
+    base = f"{api}/versions/{info.version}"
+    page = f"/appliances/{name}/{info.version}"
+    images = [
+        VersionImagePublic.model_validate(
+            {
+                **ImagePublic.model_validate(image).model_dump(),
+                "id": ids[image.identifier],
+                "links": ImageLinks(
+                    self=f"{base}/images/{ids[image.identifier]}",
+                    page=f"{page}/images/{ids[image.identifier]}",
+                    download=download_url(state.settings, image, serving_base(request)),
+                ),
+            }
+        )
+        for image in info.images
+    ]
+    public = VersionPublic.model_validate(info).model_dump(exclude={"images"})
+    links = VersionLinks(
+        self=base,
+        page=page,
+        appliance=api,
+        audit=f"{base}/audit",
+        versions=f"{api}/versions",
+        changes=f"{base}/changes",
+    )
+    found = lineage_of(uow, manifest)
+    lineage = None if found is None else LineagePublic.model_validate(found, from_attributes=True)
+    return VersionDetailPublic(**public, images=images, links=links, lineage=lineage)
 
 
 @router.get("/{version}/images/{image_id}")
@@ -49,6 +121,25 @@ def get_image(
 ) -> ImageDetailPublic:
     """One image with its package list and build manifest."""
     return ImageDetailPublic.model_validate(services.get_image(uow, name, version, image_id))
+
+
+@router.get("/{version}/changes")
+def get_changes(
+    name: Name,
+    version: VersionStr,
+    uow: UowDep,
+    since: Annotated[
+        str | None, Query(min_length=1, max_length=20, description="default: the previous version")
+    ] = None,
+) -> dict[str, Any]:
+    """What changed since another version: packages, audit results, build inputs and base.
+
+    Changelog entries need the image: `invoke diff --appliance NAME OLD NEW` reads them where it was built.
+    """
+    found = changes_since(uow, name, version, since)
+    if found is None:
+        raise NotFound(f"{name} {version} is the first version: nothing to compare with")
+    return found.to_dict()
 
 
 @router.put("/{version}/audit")

@@ -6,45 +6,70 @@ Read-only and public; they call the same use cases as the API.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.api.deps import StateDep, UowDep
-from pipeline.catalogue.contract import EXPIRY_WARNING_DAYS, ImageInfo, NotFound
-from pipeline.catalogue.settings import CatalogueSettings
+from pipeline.catalogue.changes import changes_since
+from pipeline.catalogue.contract import EXPIRY_WARNING_DAYS, NotFound
+from pipeline.catalogue.lineage import lineage_of
+from pipeline.catalogue.pages.links import download_url
+from pipeline.catalogue.pages.onboarding import SiteSetup, endorser_of
+from pipeline.catalogue.settings import LOCAL_ADMIN
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 Name = Annotated[str, PathParam(max_length=64)]
 Version = Annotated[str, PathParam(max_length=20)]
-ImageId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]  # never beyond what the databases store
+ImageRef = Annotated[str, PathParam(max_length=64)]
 EXPIRY_WARNING = timedelta(days=EXPIRY_WARNING_DAYS)
 
 
-def download_url(settings: CatalogueSettings, image: ImageInfo) -> str | None:
-    """Where a browser can fetch the image: http(s) as is, file:// repository files via /repo/."""
-    if image.uri.startswith(("https://", "http://")):
-        return image.uri
-    root = settings.repository_root
-    if image.uri.startswith("file://") and root is not None:
-        local = Path(image.uri[len("file://") :])
-        if local.is_relative_to(root):
-            return f"{settings.public_url}/repo/{local.relative_to(root)}"
-    return None
+def serving_base(request: Request) -> str:
+    """The scheme, host and port this request came to: links on the page lead back to the same service."""
+    return str(request.base_url).rstrip("/")
 
 
 def _render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
     return templates.TemplateResponse(request, name, {"now": datetime.now(UTC), **context}, status_code=status)
 
 
-def not_found_page(request: Request, message: str) -> HTMLResponse:
-    return _render(request, "error.html", status=404, message=message)
+NOT_PAGES = ("/api/", "/vo/", "/repo/", "/static/")  # machine-readable answers: JSON or files
+
+
+def is_page(request: Request) -> bool:
+    """Whether an error on this path is shown to a person (HTML) rather than to a program (JSON)."""
+    return not request.url.path.startswith(NOT_PAGES)
+
+
+def error_page(request: Request, status: int, message: str, hint: str | None = None) -> HTMLResponse:
+    return _render(
+        request, "error.html", status=status, title=HTTPStatus(status).phrase, message=message, hint=hint, problems=[]
+    )
+
+
+def invalid_request_page(request: Request, exc: RequestValidationError) -> HTMLResponse:
+    """A 422 in words: which part of the address is wrong and why."""
+    problems = [
+        f"{' '.join(str(p) for p in e.get('loc', ())[1:]) or 'request'}: {e.get('msg', '')}" for e in exc.errors()
+    ]
+    return _render(
+        request,
+        "error.html",
+        status=422,
+        title="This address is not valid",
+        message=f"{request.url.path} does not name a catalogue page",
+        hint=None,
+        problems=problems,
+    )
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -69,17 +94,31 @@ def version(request: Request, name: Name, version: Version, uow: UowDep, state: 
         "version.html",
         appliance=found.appliance,
         version=found.version,
-        images=[(d, download_url(state.settings, d.image)) for d in found.images],
+        images=[(d, download_url(state.settings, d.image, serving_base(request))) for d in found.images],
         audit=found.audit,
+        endorser=endorser_of(state.ctx.signer),
+        changes=changes_since(uow, name, version),
+        lineage=lineage_of(uow, services.version_manifest(uow, name, version)),
+        local_admin=LOCAL_ADMIN,
     )
 
 
-@router.get("/appliances/{name}/{version}/images/{image_id}", response_class=HTMLResponse)
+@router.get("/appliances/{name}/{version}/images/{image}", response_class=HTMLResponse)
 def image(
-    request: Request, name: Name, version: Version, image_id: ImageId, uow: UowDep, state: StateDep
+    request: Request, name: Name, version: Version, image: ImageRef, uow: UowDep, state: StateDep
 ) -> HTMLResponse:
-    detail = services.get_image(uow, name, version, image_id)
-    return _render(request, "image.html", detail=detail, download=download_url(state.settings, detail.image))
+    """One image by its catalogue id or by its dc:identifier (the UUID sites see in the image list)."""
+    if image.isdigit() and int(image) < 2**31:
+        detail = services.get_image(uow, name, version, int(image))
+    else:
+        page = services.version_page(uow, name, version)
+        ids = [d.id for d in page.images if d.image.identifier == image.lower()]
+        if not ids:
+            raise NotFound(f"{name} {version} has no image {image}")
+        detail = services.get_image(uow, name, version, ids[0])
+    return _render(
+        request, "image.html", detail=detail, download=download_url(state.settings, detail.image, serving_base(request))
+    )
 
 
 @router.get("/vos", response_class=HTMLResponse)
@@ -94,11 +133,14 @@ def vo(request: Request, vo: Name, uow: UowDep, state: StateDep) -> HTMLResponse
         history = endorsements.image_list_history(uow, vo, state.ctx)
     except NotFound:
         history = []
+    list_url = f"{state.settings.image_list_base}/{vo}/image.list"
     return _render(
         request,
         "vo.html",
         vo=found,
         history=history,
+        current=history[0][0] if history else None,
         endorsed=endorsements.endorsed_for(uow, vo),
-        list_url=f"{state.settings.image_list_base}/{vo}/image.list",
+        list_url=list_url,
+        site=SiteSetup.of(vo, list_url, state.ctx.signer),
     )
