@@ -123,6 +123,11 @@ class Repository:
         query = select(func.count()).select_from(Version).where(Version.appliance_id == appliance.id)
         return self.session.scalar(query) or 0
 
+    def live_version_names(self, appliance: Appliance) -> Sequence[str]:
+        """Names of the versions not archived (the caller picks the newest by version order)."""
+        query = select(Version.version).where(Version.appliance_id == appliance.id, Version.archived.is_(False))
+        return self.session.scalars(query).all()
+
     def image_with_packages(self, version: Version, image_id: int) -> Image | None:
         return self.session.scalar(
             select(Image)

@@ -1,0 +1,74 @@
+"""A catalogue served over HTTP (the real app under uvicorn on loopback, in a thread) for the rebuild tests."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.catalogue import auth
+from pipeline.catalogue.contract import ImagePayload, PackageInfo, VersionPayload
+from pipeline.catalogue.db import make_engine, migrate, session_factory
+from pipeline.catalogue.settings import CatalogueSettings
+from pipeline.catalogue.uow import UnitOfWork
+from pipeline.manifest import BuildManifest
+from tests.catalogue.pgserver import free_port
+
+
+@dataclass(frozen=True)
+class Served:
+    url: str
+    token: str  # the local admin's
+    database_url: str
+
+
+@contextmanager
+def served_catalogue(database: Path, repository: Path) -> Iterator[Served]:
+    import uvicorn
+
+    from pipeline.catalogue.app import create_app
+
+    database_url = f"sqlite:///{database}"
+    migrate(database_url)
+    engine = make_engine(database_url)
+    uow = UnitOfWork(session_factory(engine))
+    admin = auth.ensure_local_admin(uow)
+    token = auth.issue_token(uow, admin, admin, "rebuild tests").token
+    engine.dispose()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = CatalogueSettings(database_url, url, repository, f"{url}/repo")
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the catalogue did not start")
+        time.sleep(0.05)
+    try:
+        yield Served(url, token, database_url)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def payload_of(m: BuildManifest, uri: str, sha512: str = "c" * 128) -> VersionPayload:
+    """A registration of ``m`` with one qcow2 image at ``uri`` (s3://: the catalogue does not hash it)."""
+    image = ImagePayload(
+        uri=uri,
+        format="qcow2",
+        size=1024,
+        sha512=sha512,
+        sha256="d" * 64,
+        arch=m.arch,
+        os_family="linux",
+        os_name="Debian",
+        os_version="12",
+        manifest=m.to_dict(),
+        packages=tuple(PackageInfo(p.name, p.version, p.arch) for p in m.packages),
+    )
+    return VersionPayload(m.appliance, m.version, f"{m.appliance} {m.version}", (image,))
