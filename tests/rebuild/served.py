@@ -14,6 +14,7 @@ from pipeline.catalogue.contract import ImagePayload, PackageInfo, VersionPayloa
 from pipeline.catalogue.db import make_engine, migrate, session_factory
 from pipeline.catalogue.settings import CatalogueSettings
 from pipeline.catalogue.uow import UnitOfWork
+from pipeline.fsutil import Digests
 from pipeline.manifest import BuildManifest
 from tests.catalogue.pgserver import free_port
 
@@ -56,14 +57,16 @@ def served_catalogue(database: Path, repository: Path) -> Iterator[Served]:
         thread.join(10)
 
 
-def payload_of(m: BuildManifest, uri: str, sha512: str = "c" * 128) -> VersionPayload:
-    """A registration of ``m`` with one qcow2 image at ``uri`` (s3://: the catalogue does not hash it)."""
+def payload_of(m: BuildManifest, uri: str, digests: Digests | None = None) -> VersionPayload:
+    """A registration of ``m`` with one qcow2 image at ``uri`` (made-up digests unless given: an s3://
+    URI the catalogue does not hash)."""
+    d = digests or Digests(1024, "d" * 64, "c" * 128)
     image = ImagePayload(
         uri=uri,
         format="qcow2",
-        size=1024,
-        sha512=sha512,
-        sha256="d" * 64,
+        size=d.size,
+        sha512=d.sha512,
+        sha256=d.sha256,
         arch=m.arch,
         os_family="linux",
         os_name="Debian",
