@@ -4,7 +4,7 @@ The steps, each deciding for itself whether it applies:
 1. plan: every selected appliance gets a decision with its reasons (``decide.py``);
 2. execute: build -> package -> audit -> publish -> endorse for the stale ones (``execute.py``);
 3. retention: archive expired or superseded versions in the catalogue, then delete their objects,
-   and report versions that expire soon (``retention.py``).
+   and report versions that expire soon (``retention.py``); then bound ``.cache/vmi`` (``cache.py``).
 ``--dry-run`` runs 1 and shows what 2 and 3 would do, changing nothing.
 """
 
@@ -18,6 +18,7 @@ from pipeline.appliance import Appliance
 from pipeline.errors import PipelineError
 from pipeline.log import log, step
 from pipeline.rebuild.archive import ArchiveIndex
+from pipeline.rebuild.cache import prune
 from pipeline.rebuild.execute import RebuildReport, Stages, execute
 from pipeline.rebuild.history import free_version, open_history
 from pipeline.rebuild.plan import InputsOf, make_plan, select
@@ -55,6 +56,9 @@ def rebuild_appliances(
     report = RebuildReport(results, dry_run=dry_run)
     with step("retention"):
         report.retention = _retention(settings, plan.appliances, now, dry_run)
+    if not dry_run:
+        with step("cache"):  # bounded in size and age (cache.py); real time: files age in real time
+            log.info("%s", prune(settings.cache_dir, datetime.now(UTC)).summary().splitlines()[-1])
     return report
 
 
