@@ -10,12 +10,14 @@ without it would rebuild and republish everything.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
 from pipeline.catalogue.contract import Catalogue, NotFound
+from pipeline.errors import ConfigError
 from pipeline.manifest import BuildManifest, list_versions
 from pipeline.settings import Settings
 
@@ -87,9 +89,19 @@ def free_version(history: History, name: str, today: dt.date) -> str:
 
 
 @contextmanager
-def open_history(settings: Settings, offline: bool = False) -> Iterator[History]:
+def open_history(
+    settings: Settings, offline: bool = False, environ: Mapping[str, str] | None = None
+) -> Iterator[History]:
     url = settings.catalogue
-    if offline or (url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists()):
+    never_published = url.startswith("sqlite:///") and not Path(url[len("sqlite:///") :]).exists()
+    env = os.environ if environ is None else environ
+    if never_published and not offline and env.get("CI"):
+        # a fresh CI runner with the embedded default would find nothing and republish everything
+        raise ConfigError(
+            f"vmi.catalogue: {url} does not exist on this CI runner, so every appliance would look never built",
+            hint="set VMI_CATALOGUE to the catalogue service (https://...) and VMI_CATALOGUE_TOKEN; see docs/ci.md",
+        )
+    if offline or never_published:
         yield LocalHistory(settings.output_dir)
         return
     from pipeline.catalogue.client import open_catalogue

@@ -20,7 +20,7 @@ from pipeline.appliance import load_all
 from pipeline.build.published import fetch_published_disk, newest_base_build
 from pipeline.catalogue.client import open_catalogue
 from pipeline.catalogue.contract import AppliancePayload, BuildRecord
-from pipeline.errors import BuildError
+from pipeline.errors import BuildError, ConfigError
 from pipeline.fsutil import Digests, hash_file
 from pipeline.manifest import BuildManifest
 from pipeline.rebuild.history import LocalHistory, open_history
@@ -167,3 +167,17 @@ def test_no_base_anywhere_names_both_places(project: Settings, tmp_path: Path) -
     with pytest.raises(Exception) as e:
         newest_base_build(settings, "debian-12")
     assert f"and the catalogue {settings.catalogue} has no published version" in str(e.value)
+
+
+def test_a_ci_runner_without_a_catalogue_refuses_to_decide(project: Settings, tmp_path: Path) -> None:
+    missing = dataclasses.replace(project, catalogue=f"sqlite:///{tmp_path / 'none.db'}")
+    with pytest.raises(ConfigError) as e, open_history(missing, environ={"CI": "true"}):
+        pass
+    assert e.value.message == (
+        f"vmi.catalogue: sqlite:///{tmp_path / 'none.db'} does not exist on this CI runner, "
+        "so every appliance would look never built"
+    )
+    assert e.value.hint is not None and "VMI_CATALOGUE" in e.value.hint
+    with open_history(missing, offline=True, environ={"CI": "true"}) as history:  # asked for: allowed
+        assert isinstance(history, LocalHistory)
+    assert not (tmp_path / "none.db").exists()
