@@ -27,7 +27,10 @@ class Served:
 
 
 @contextmanager
-def served_catalogue(database: Path, repository: Path) -> Iterator[Served]:
+def served_catalogue(
+    database: Path, repository: Path, signing: tuple[Path, Path] | None = None, vos: tuple[str, ...] = ()
+) -> Iterator[Served]:
+    """The catalogue app under uvicorn; ``signing`` (key, cert) lets it sign VO image lists, ``vos`` exist."""
     import uvicorn
 
     from pipeline.catalogue.app import create_app
@@ -38,10 +41,14 @@ def served_catalogue(database: Path, repository: Path) -> Iterator[Served]:
     uow = UnitOfWork(session_factory(engine))
     admin = auth.ensure_local_admin(uow)
     token = auth.issue_token(uow, admin, admin, "rebuild tests").token
+    for vo in vos:
+        auth.create_vo(uow, admin, vo, f"{vo} (tests)")
+        auth.set_vo_manager(uow, admin, vo, admin, present=True)
     engine.dispose()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    settings = CatalogueSettings(database_url, url, repository, f"{url}/repo")
+    key, cert = signing or (None, None)
+    settings = CatalogueSettings(database_url, url, repository, f"{url}/repo", signing_key=key, signing_cert=cert)
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
