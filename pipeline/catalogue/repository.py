@@ -130,6 +130,12 @@ class Repository:
         query = select(Version.version).where(Version.appliance_id == appliance.id, Version.archived.is_(False))
         return self.session.scalars(query).all()
 
+    def build_images(self, version: Version) -> Sequence[Image]:
+        """A version's images with their manifests and package lists (reading back what was built)."""
+        return self.session.scalars(
+            select(Image).where(Image.version_id == version.id).options(selectinload(Image.packages)).order_by(Image.id)
+        ).all()
+
     def image_with_packages(self, version: Version, image_id: int) -> Image | None:
         return self.session.scalar(
             select(Image)

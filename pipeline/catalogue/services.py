@@ -411,7 +411,7 @@ def build_record(uow: UnitOfWork, appliance: str, version: str | None = None) ->
                 raise NotFound(f"{appliance} has no published version")
             version = max(names, key=version_sort_key)
         v = find_version(uow, found, version)
-        images = uow.repo.images_with_packages(v)
+        images = uow.repo.build_images(v)
         first = next((i for i in images if i.manifest is not None), None)
         if first is None:
             raise NotFound(f"{appliance} {version} has no build manifest stored")

@@ -24,13 +24,20 @@ class Served:
     url: str
     token: str  # the local admin's
     database_url: str
+    repository_public_url: str | None
 
 
 @contextmanager
 def served_catalogue(
-    database: Path, repository: Path, signing: tuple[Path, Path] | None = None, vos: tuple[str, ...] = ()
+    database: Path,
+    repository: Path | None,
+    signing: tuple[Path, Path] | None = None,
+    vos: tuple[str, ...] = (),
+    repository_public_url: str | None = None,
 ) -> Iterator[Served]:
-    """The catalogue app under uvicorn; ``signing`` (key, cert) lets it sign VO image lists, ``vos`` exist."""
+    """The catalogue app under uvicorn; ``repository``: the file repository it serves under /repo/ (and
+    hashes what is registered from it), else ``repository_public_url``: where the images it registers
+    live (an S3 bucket's URL); ``signing`` (key, cert) lets it sign VO image lists; ``vos`` exist."""
     import uvicorn
 
     from pipeline.catalogue.app import create_app
@@ -48,7 +55,8 @@ def served_catalogue(
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     key, cert = signing or (None, None)
-    settings = CatalogueSettings(database_url, url, repository, f"{url}/repo", signing_key=key, signing_cert=cert)
+    public = f"{url}/repo" if repository is not None else repository_public_url
+    settings = CatalogueSettings(database_url, url, repository, public, signing_key=key, signing_cert=cert)
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -58,15 +66,15 @@ def served_catalogue(
             raise RuntimeError("the catalogue did not start")
         time.sleep(0.05)
     try:
-        yield Served(url, token, database_url)
+        yield Served(url, token, database_url, public)
     finally:
         server.should_exit = True
         thread.join(10)
 
 
 def payload_of(m: BuildManifest, uri: str, digests: Digests | None = None) -> VersionPayload:
-    """A registration of ``m`` with one qcow2 image at ``uri`` (made-up digests unless given: an s3://
-    URI the catalogue does not hash)."""
+    """A registration of ``m`` with one qcow2 image at ``uri`` (made-up digests unless given: a URI
+    outside a served file repository, which the catalogue does not hash)."""
     d = digests or Digests(1024, "d" * 64, "c" * 128)
     image = ImagePayload(
         uri=uri,

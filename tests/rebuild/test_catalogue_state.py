@@ -22,20 +22,20 @@ def _publish(catalogue: Catalogue) -> None:
         catalogue.ensure_appliance(AppliancePayload(name, name, f"{name} appliance"))
     for version, digest in (("2026.11.01", "1" * 64), ("2026.11.20", "2" * 64), ("2026.11.3", "3" * 64)):
         m = manifest("debian-12", version, inputs_digest=digest, packages=(("bash", "5.2"),), sources=BASE_SOURCES)
-        catalogue.register_version(payload_of(m, f"s3://b/debian-12/{version}/d.qcow2"))
+        catalogue.register_version(payload_of(m, f"https://b.example.org/debian-12/{version}/d.qcow2"))
     science = manifest(
         "science",
         "2026.11.21",
         inputs_digest="4" * 64,
         base=BaseRef("appliance", "debian-12@2026.11.20", "sha256:" + "5" * 64, BASE_SOURCES),
     )
-    catalogue.register_version(payload_of(science, "s3://b/science/2026.11.21/s.qcow2"))
+    catalogue.register_version(payload_of(science, "https://b.example.org/science/2026.11.21/s.qcow2"))
 
 
 @pytest.mark.parametrize("over", ["in-process", "http"])
 def test_build_record_reads_back_manifest_packages_digest_and_base(over: str, tmp_path: Path) -> None:
-    with served_catalogue(tmp_path / "c.db", tmp_path / "repo") as served:
-        local = InProcessCatalogue(CatalogueSettings(served.database_url, served.url, tmp_path / "repo", ""))
+    with served_catalogue(tmp_path / "c.db", None, repository_public_url="https://b.example.org") as served:
+        local = InProcessCatalogue(CatalogueSettings(served.database_url, served.url, None, "https://b.example.org"))
         catalogue: Catalogue = local if over == "in-process" else HttpCatalogue(served.url, served.token)
         try:
             _publish(catalogue)
@@ -45,7 +45,7 @@ def test_build_record_reads_back_manifest_packages_digest_and_base(over: str, tm
             assert newest.inputs_digest == "2" * 64 and newest.base_version is None
             assert newest.packages == (PackageInfo("bash", "5.2", "amd64"),)
             assert newest.manifest["base"]["sources"] == list(BASE_SOURCES)
-            assert [i.uri for i in newest.images] == ["s3://b/debian-12/2026.11.20/d.qcow2"]
+            assert [i.uri for i in newest.images] == ["https://b.example.org/debian-12/2026.11.20/d.qcow2"]
             old = catalogue.build_record("debian-12", "2026.11.01")
             assert old is not None and old.inputs_digest == "1" * 64
             science = catalogue.build_record("science")

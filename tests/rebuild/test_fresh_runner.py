@@ -62,14 +62,14 @@ def test_decision_on_an_empty_runner_equals_the_warm_one(project: Settings, mirr
     scaffold_appliance(project, "science", "debian-12")
     scaffold_appliance(project, "gpu", "debian-12")
     as_built(project, "science", src, base="debian-12")  # gpu was never built
-    with served_catalogue(tmp_path / "c.db", tmp_path / "repo") as served:
+    with served_catalogue(tmp_path / "c.db", None, repository_public_url="https://b.example.org") as served:
         warm = dataclasses.replace(project, catalogue=served.url)
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("VMI_CATALOGUE_TOKEN", served.token)
             for name in ("debian-12", "science"):
                 m = LocalHistory(warm.output_dir).newest(name)
                 assert m is not None
-                _publish_record(warm, m, f"s3://b/{name}/{m.version}/{name}.qcow2")
+                _publish_record(warm, m, f"https://b.example.org/{name}/{m.version}/{name}.qcow2")
             empty = _empty_runner(warm, tmp_path / "fresh")
             assert not empty.output_dir.exists()
             apps = load_all(warm.templates_dir, warm.provisioners_dir)

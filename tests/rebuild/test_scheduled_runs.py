@@ -29,7 +29,7 @@ from pipeline.rebuild.scaffold import scaffold_appliance
 from pipeline.rebuild.stages import PipelineStages
 from pipeline.repository import open_repository
 from pipeline.settings import Settings
-from tests.publish.conftest import S3_ENV, bucket, moto_endpoint, s3  # noqa: F401 -- fixtures
+from tests.publish.conftest import S3_ENV, _s3_credentials, bucket, moto_endpoint, s3  # noqa: F401 -- fixtures
 from tests.rebuild.conftest import ROOT, make_settings
 from tests.rebuild.served import Served, served_catalogue
 
@@ -76,7 +76,8 @@ def test_two_scheduled_runs_on_fresh_runners(
     scaffold_appliance(origin, "science", "debian-12")
     ca = make_dev_ca(tmp_path / "ca")
     signing = (ca.endorser_key, ca.endorser_cert)
-    with served_catalogue(tmp_path / "c.db", tmp_path / "unused", signing, (VO,)) as served:
+    public = f"https://{bucket}.s3.example.org/vmi"
+    with served_catalogue(tmp_path / "c.db", None, signing, (VO,), repository_public_url=public) as served:
         monkeypatch.setenv("VMI_CATALOGUE_TOKEN", served.token)
         counter = iter("abc")
 
@@ -87,7 +88,7 @@ def test_two_scheduled_runs_on_fresh_runners(
             shutil.copytree(origin.provisioners_dir, root / "provisioners")
             return dataclasses.replace(
                 make_settings(root, short_work / f"w{name}"), catalogue=served.url, catalogue_public_url=served.url,
-                repository=f"s3://{bucket}/vmi", repository_public_url=f"https://{bucket}.s3.example.org/vmi",
+                repository=f"s3://{bucket}/vmi", repository_public_url=public,
                 s3_endpoint_url=moto_endpoint,
             )  # fmt: skip
 
