@@ -158,6 +158,11 @@ def test_a_base_never_built_here_is_fetched_verified_and_cached(
     )
     got = hash_file(other).sha512
     assert e.value.message.endswith(f"sha512 is {got[:16]}..., the catalogue says {'e' * 16}...")
+    # more bytes than the catalogue recorded: the read stops there (a repository cannot fill the disk)
+    short = dataclasses.replace(lying, version="2026.11.23", images=(dataclasses.replace(image, size=100),))
+    with pytest.raises(BuildError) as e:
+        fetch_published_disk(settings, short)
+    assert e.value.message.endswith(f"base debian-12 2026.11.23: {repository.url}: {key} is larger than 100 bytes")
     assert sorted(p.name for p in (settings.cache_dir / "images").iterdir()) == [path.name]
 
 
