@@ -20,9 +20,10 @@ from pipeline.appliance import load_all
 from pipeline.build.published import fetch_published_disk, newest_base_build
 from pipeline.catalogue.client import open_catalogue
 from pipeline.catalogue.contract import AppliancePayload, BuildRecord
-from pipeline.errors import BuildError, ConfigError
+from pipeline.errors import BuildError, CatalogueError, ConfigError
 from pipeline.fsutil import Digests, hash_file
 from pipeline.manifest import BuildManifest
+from pipeline.rebuild import rebuild_appliances
 from pipeline.rebuild.history import LocalHistory, open_history
 from pipeline.rebuild.inputs import current_inputs
 from pipeline.rebuild.plan import make_plan
@@ -186,3 +187,14 @@ def test_a_ci_runner_without_a_catalogue_refuses_to_decide(project: Settings, tm
     with open_history(missing, offline=True, environ={"CI": "true"}) as history:  # asked for: allowed
         assert isinstance(history, LocalHistory)
     assert not (tmp_path / "none.db").exists()
+
+
+def test_an_unreachable_catalogue_stops_the_decision(project: Settings) -> None:
+    """Deciding without the catalogue would rebuild and republish everything: the run stops instead."""
+    from tests.catalogue.pgserver import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    settings = dataclasses.replace(project, catalogue=url)
+    with pytest.raises(CatalogueError) as e:
+        rebuild_appliances(settings, ["debian-12"], dry_run=True, now=NOW)
+    assert e.value.message.startswith(f"catalogue {url} is unreachable: ")
