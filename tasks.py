@@ -320,17 +320,41 @@ def diff(c: Context, appliance: str, old: str, new: str, json: bool = False, cha
 @task(
     iterable=["appliance"],
     positional=[],
-    help={"appliance": "limit to these appliances (repeatable)", "dry_run": "print the plan and the reasons only"},
+    help={
+        "appliance": "limit to these appliances (repeatable)",
+        "dry_run": "print the plan and the reasons only",
+        "offline": "decide from output/ instead of the catalogue (no network; not for CI runners)",
+    },
 )
 @_edge
-def rebuild(c: Context, appliance: list[str], dry_run: bool = False) -> None:
+def rebuild(c: Context, appliance: list[str], dry_run: bool = False, offline: bool = False) -> None:
     """Rebuild what needs it (changed inputs, newer packages, new base, too old), then package, publish, endorse."""
     from pipeline.rebuild import rebuild_appliances
 
-    report = rebuild_appliances(_settings(c), appliance or None, dry_run=dry_run)
+    report = rebuild_appliances(_settings(c), appliance or None, dry_run=dry_run, offline=offline)
     print(report.summary())
     if not report.ok:
         raise Exit(code=1)
+
+
+@task(
+    help={
+        "prune": "remove entries over the bounds (without it: only show what would go)",
+        "max_gb": "size bound of the cache in GiB (default 20)",
+        "max_age_days": "remove entries unused for longer (default 30)",
+    }
+)
+@_edge
+def cache(c: Context, prune: bool = False, max_gb: float = 20.0, max_age_days: float = 30.0) -> None:
+    """Show .cache/vmi (bootstrap tarballs, base disks, package indexes) and, with --prune, bound it."""
+    from datetime import UTC, datetime
+
+    from pipeline.rebuild.cache import prune as prune_cache
+
+    report = prune_cache(
+        _settings(c).cache_dir, datetime.now(UTC), int(max_gb * 1024**3), max_age_days, dry_run=not prune
+    )
+    print(report.summary())
 
 
 @task(

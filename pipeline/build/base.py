@@ -19,10 +19,11 @@ import requests
 
 from pipeline.appliance import Appliance, BaseKind
 from pipeline.build import bootstrap, disk
+from pipeline.build.published import fetch_published_disk, newest_base_build
 from pipeline.errors import ArtifactError, BuildError
 from pipeline.fsutil import CHUNK, HashingWriter, atomic_write, hash_file
 from pipeline.log import log
-from pipeline.manifest import BaseRef, find_version
+from pipeline.manifest import BaseRef
 from pipeline.settings import Settings
 
 DOWNLOAD_TIMEOUT = 60.0
@@ -48,7 +49,7 @@ def base_component(settings: Settings, appliance: Appliance, tools: dict[str, st
         assert base.image is not None
         return json.dumps({"image": base.image.url, "checksum": base.image.checksum, "format": base.image.format})
     assert base.appliance is not None
-    version_dir, manifest = find_version(settings.output_dir, base.appliance)
+    manifest = newest_base_build(settings, base.appliance).manifest
     return json.dumps({"appliance": base.appliance, "version": manifest.version,
                        "sha256": manifest.artifact("build-disk").sha256})  # fmt: skip
 
@@ -72,7 +73,13 @@ def prepare_base(settings: Settings, appliance: Appliance, work_dir: Path, log_f
 
 
 def _appliance_disk(settings: Settings, name: str) -> tuple[Path, BaseRef]:
-    version_dir, manifest = find_version(settings.output_dir, name)
+    found = newest_base_build(settings, name)
+    manifest, version_dir = found.manifest, found.version_dir
+    if version_dir is None:
+        assert found.record is not None
+        return fetch_published_disk(settings, found.record), BaseRef(
+            "appliance", f"{name}@{manifest.version}", f"sha256:{manifest.artifact('build-disk').sha256}",
+            manifest.base.sources)  # fmt: skip
     artifact = manifest.artifact("build-disk")
     path = version_dir / artifact.name
     if not path.is_file():

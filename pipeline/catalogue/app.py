@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.catalogue import endorsements
-from pipeline.catalogue.api import appliances, images, users, versions, vos
+from pipeline.catalogue.api import appliances, builds, images, users, versions, vos
 from pipeline.catalogue.api.deps import AppState, StateDep, UowDep
 from pipeline.catalogue.api.query import known_query_only
 from pipeline.catalogue.cache import ResponseCache
@@ -281,7 +281,7 @@ def create_app(settings: CatalogueSettings, refresh_seconds: float | None = REFR
         body = ErrorPublic(error=HTTPStatus(exc.status_code).phrase.replace(" ", ""), detail=str(exc.detail))
         return SafeJSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
 
-    for module in (appliances, versions, images, vos, users):
+    for module in (appliances, versions, builds, images, vos, users):
         app.include_router(
             module.router, prefix=API_PREFIX, responses=_ERROR_RESPONSES, dependencies=[Depends(known_query_only)]
         )

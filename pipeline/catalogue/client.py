@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.contract import (
     AppliancePayload,
+    BuildRecord,
     Catalogue,
     ImageInfo,
     ImageListInfo,
@@ -89,6 +90,12 @@ class InProcessCatalogue:
 
     def image_list(self, vo: str) -> bytes:
         return endorsements.current_image_list(self.uow, vo, self.ctx)
+
+    def build_record(self, appliance: str, version: str | None = None) -> BuildRecord | None:
+        try:
+            return services.build_record(self.uow, appliance, version)
+        except NotFound:
+            return None
 
     def close(self) -> None:
         self.engine.dispose()

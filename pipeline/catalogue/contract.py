@@ -189,6 +189,43 @@ class ImageListInfo:
     entries: int
 
 
+@dataclass(frozen=True)
+class BuildRecord:
+    """What was built, read back from the catalogue: the build manifest stored with a version's images.
+
+    ``rebuild`` decides from this on a runner that never saw the build (CI runners start empty), and a
+    layered build fetches its base disk through ``images`` (uri, sha512) from the repository.
+    """
+
+    appliance: str
+    version: str
+    created: datetime
+    archived: bool
+    manifest: Mapping[str, Any] = field(hash=False)  # the build manifest JSON (``BuildManifest.from_dict``)
+    packages: tuple[PackageInfo, ...]
+    inputs_digest: str
+    base_version: str | None  # the base appliance version it was built on (layered appliances only)
+    images: tuple[ImageInfo, ...]
+
+
+def record_of(info: VersionInfo, manifest: Mapping[str, Any], packages: Sequence[PackageInfo]) -> BuildRecord:
+    base = manifest.get("base") if isinstance(manifest.get("base"), dict) else {}
+    assert isinstance(base, dict)
+    ref = str(base.get("ref", ""))
+    base_version = ref.partition("@")[2] or None if base.get("kind") == "appliance" else None
+    return BuildRecord(
+        appliance=info.appliance,
+        version=info.version,
+        created=info.created,
+        archived=info.archived,
+        manifest=manifest,
+        packages=tuple(packages),
+        inputs_digest=str(manifest.get("inputs_digest", "")),
+        base_version=base_version,
+        images=info.images,
+    )
+
+
 class Catalogue(Protocol):
     """The catalogue as publish, endorse and rebuild use it (in-process or over HTTP)."""
 
@@ -202,6 +239,10 @@ class Catalogue(Protocol):
     def revoke(self, appliance: str, version: str, vo: str) -> ImageListInfo: ...
     def archive_version(self, appliance: str, version: str) -> None: ...
     def image_list(self, vo: str) -> bytes: ...
+    def build_record(self, appliance: str, version: str | None = None) -> BuildRecord | None:
+        """The build of ``version`` (default: the newest version not archived); None if there is none."""
+        ...
+
     def close(self) -> None: ...
 
 

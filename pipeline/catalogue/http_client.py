@@ -20,6 +20,7 @@ from urllib3.util.retry import Retry
 from pipeline.catalogue import contract
 from pipeline.catalogue.contract import (
     AppliancePayload,
+    BuildRecord,
     ImageInfo,
     ImageListInfo,
     VersionInfo,
@@ -48,6 +49,7 @@ _VERSION = TypeAdapter(VersionInfo)
 _VERSIONS = TypeAdapter(list[VersionInfo])
 _IMAGES = TypeAdapter(list[ImageInfo])
 _LIST = TypeAdapter(ImageListInfo)
+_BUILD = TypeAdapter(BuildRecord)
 
 
 def payload_json(payload: VersionPayload) -> dict[str, Any]:
@@ -154,6 +156,13 @@ class HttpCatalogue:
 
     def image_list(self, vo: str) -> bytes:
         return self._call("GET", f"/vo/{quote(vo, safe='')}/image.list").content
+
+    def build_record(self, appliance: str, version: str | None = None) -> BuildRecord | None:
+        path = self._v(appliance) + ("/build" if version is None else f"/versions/{quote(version, safe='')}/build")
+        try:
+            return _BUILD.validate_python(self._call("GET", path).json())
+        except contract.NotFound:
+            return None
 
     def close(self) -> None:
         self.http.close()

@@ -125,6 +125,17 @@ class Repository:
         query = select(func.count()).select_from(Version).where(Version.appliance_id == appliance.id)
         return self.session.scalar(query) or 0
 
+    def live_version_names(self, appliance: Appliance) -> Sequence[str]:
+        """Names of the versions not archived (the caller picks the newest by version order)."""
+        query = select(Version.version).where(Version.appliance_id == appliance.id, Version.archived.is_(False))
+        return self.session.scalars(query).all()
+
+    def build_images(self, version: Version) -> Sequence[Image]:
+        """A version's images with their manifests and package lists (reading back what was built)."""
+        return self.session.scalars(
+            select(Image).where(Image.version_id == version.id).options(selectinload(Image.packages)).order_by(Image.id)
+        ).all()
+
     def image_with_packages(self, version: Version, image_id: int) -> Image | None:
         return self.session.scalar(
             select(Image)

@@ -26,22 +26,26 @@ from pipeline.catalogue import models as m
 from pipeline.catalogue import views
 from pipeline.catalogue.contract import (
     AppliancePayload,
+    BuildRecord,
     ImageInfo,
     ImagePayload,
     Integrity,
     InvalidPayload,
     NotAuthenticated,
     NotFound,
+    PackageInfo,
     PermissionDenied,
     VersionConflict,
     VersionInfo,
     VersionPayload,
+    record_of,
 )
 from pipeline.catalogue.models import utcnow
 from pipeline.catalogue.schemas import ApplianceRecord, AuditIn, VersionRecord, validated
 from pipeline.catalogue.settings import VERSION_LIFETIME, CatalogueSettings
 from pipeline.catalogue.uow import UnitOfWork
 from pipeline.fsutil import hash_file
+from pipeline.manifest import version_sort_key
 
 NAMESPACE = uuid.UUID("4f1b8a51-29a4-5c1e-9a57-7b3d0c9e2a10")  # uuid5 namespace of catalogue identifiers
 # --- who is acting ---------------------------------------------------------------------------------
@@ -426,6 +430,25 @@ def version_manifest(uow: UnitOfWork, appliance: str, version: str) -> dict[str,
     with uow:
         v = find_version(uow, find_appliance(uow, appliance), version)
         return next((dict(i.manifest) for i in v.images if i.manifest), None)
+
+
+def build_record(uow: UnitOfWork, appliance: str, version: str | None = None) -> BuildRecord:
+    """A version's build manifest, package list, inputs digest and base version (default: the newest
+    version not archived, by version order); ``NotFound`` if there is none or it has no manifest."""
+    with uow:
+        found = find_appliance(uow, appliance)
+        if version is None:
+            names = uow.repo.live_version_names(found)
+            if not names:
+                raise NotFound(f"{appliance} has no published version")
+            version = max(names, key=version_sort_key)
+        v = find_version(uow, found, version)
+        images = uow.repo.build_images(v)
+        first = next((i for i in images if i.manifest is not None), None)
+        if first is None:
+            raise NotFound(f"{appliance} {version} has no build manifest stored")
+        packages = [PackageInfo(p.name, p.version, p.arch) for p in first.packages]
+        return record_of(views.version_info(v), dict(first.manifest or {}), packages)
 
 
 # --- audits ----------------------------------------------------------------------------------------

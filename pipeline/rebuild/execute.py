@@ -8,6 +8,7 @@ what ``invoke rebuild`` prints, and ``report.ok`` its exit code.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -25,10 +26,14 @@ class AuditOutcome:
     detail: str  # e.g. "27 checks passed" or the ids of the failing checks
 
 
+class LostRace(PipelineError):
+    """Another run published this version of the appliance first (raised by ``Stages.publish``)."""
+
+
 class Stages(Protocol):
     """The other stages, as the rebuild drives them (``stages.PipelineStages`` calls the real ones)."""
 
-    def build(self, appliance: str) -> str: ...  # returns the new version
+    def build(self, appliance: str, version: str | None = None) -> str: ...  # returns the new version
     def package(self, appliance: str, version: str) -> None: ...
     def audit(self, appliance: str, version: str) -> AuditOutcome: ...
     def publish(self, appliance: str, version: str) -> None: ...
@@ -43,6 +48,7 @@ class Outcome(enum.StrEnum):
     AUDIT_FAILED = "audit-failed"  # rebuilt and published, but not endorsed: the audit failed
     FAILED = "failed"  # a step failed
     BLOCKED = "blocked"  # its base failed in this run
+    ALREADY_BUILT = "already-built"  # another run published the same version first: nothing to do
 
     @property
     def ok(self) -> bool:
@@ -94,14 +100,24 @@ class RebuildReport:
         return "\n".join(lines)
 
 
-def execute(plan: Plan, stages: Stages, dry_run: bool = False) -> list[ApplianceResult]:
-    """Run every planned rebuild in order; never let one appliance's failure stop the others."""
+def execute(
+    plan: Plan, stages: Stages, dry_run: bool = False, versions: Mapping[str, str] | None = None
+) -> list[ApplianceResult]:
+    """Run every planned rebuild in order; never let one appliance's failure stop the others.
+
+    ``versions`` fixes each new version's name when the run decides (``history.free_version``)."""
     results: list[ApplianceResult] = []
     broken: dict[str, str] = {}  # appliance -> why its dependants cannot be built
+    lost: set[str] = set()  # appliances another run published first: it builds their dependants too
     for decision in plan.decisions:
         appliance = plan.appliances[decision.appliance]
         if not decision.rebuild:
             results.append(ApplianceResult(decision, Outcome.SKIPPED))
+            continue
+        if appliance.base.appliance in lost:
+            why = f"left to the run that built its base {appliance.base.appliance}: already built by another run"
+            results.append(ApplianceResult(decision, Outcome.ALREADY_BUILT, detail=why))
+            lost.add(appliance.name)
             continue
         if appliance.base.appliance in broken:
             why = f"not rebuilt: base {appliance.base.appliance} {broken[appliance.base.appliance]}"
@@ -112,21 +128,23 @@ def execute(plan: Plan, stages: Stages, dry_run: bool = False) -> list[Appliance
         if dry_run:
             results.append(ApplianceResult(decision, Outcome.PLANNED))
             continue
-        result = _rebuild_one(appliance, decision, stages)
-        if not result.outcome.ok:
+        result = _rebuild_one(appliance, decision, stages, (versions or {}).get(appliance.name))
+        if result.outcome is Outcome.ALREADY_BUILT:
+            lost.add(appliance.name)
+        elif not result.outcome.ok:
             broken[appliance.name] = "failed" if result.outcome is Outcome.FAILED else "failed its audit"
         results.append(result)
     return results
 
 
-def _rebuild_one(appliance: Appliance, decision: Decision, stages: Stages) -> ApplianceResult:
+def _rebuild_one(appliance: Appliance, decision: Decision, stages: Stages, version: str | None) -> ApplianceResult:
     name = appliance.name
     result = ApplianceResult(decision, Outcome.FAILED)
     current = "build"
     log.info("%s: rebuilding because %s", name, decision.why())
     try:
         with step(f"rebuild {name}"):
-            result.version = version = stages.build(name)
+            result.version = version = stages.build(name, version)
             result.steps.append(current)
             current = "package"
             stages.package(name, version)
@@ -139,6 +157,10 @@ def _rebuild_one(appliance: Appliance, decision: Decision, stages: Stages) -> Ap
             result.steps.append(current)
             current = "endorse"
             _endorse(appliance, version, audit, stages, result)
+    except LostRace as e:
+        result.outcome = Outcome.ALREADY_BUILT
+        result.detail = f"already built by another run: {e.message}"
+        log.warning("%s: already built by another run: %s", name, e.message)
     except PipelineError as e:
         result.outcome = Outcome.FAILED
         result.detail = f"{current} failed: {e.message.splitlines()[0]}"

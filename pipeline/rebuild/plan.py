@@ -9,9 +9,10 @@ from pathlib import Path
 
 from pipeline.appliance import Appliance, build_order, load_all
 from pipeline.errors import ArtifactError, ConfigError
-from pipeline.manifest import BuildManifest, list_versions
+from pipeline.manifest import BuildManifest
 from pipeline.rebuild.archive import ArchiveIndex
 from pipeline.rebuild.decide import ApplianceState, Decision, Finding, Reason, decide
+from pipeline.rebuild.history import History, LocalHistory
 from pipeline.settings import Settings
 
 # (appliance) -> (inputs digest, {component: digest}); the build's content-addressed cache key.
@@ -51,23 +52,20 @@ def select(settings: Settings, names: Sequence[str] | None) -> dict[str, Applian
 
 
 def newest_manifest(output_dir: Path, name: str) -> BuildManifest | None:
-    """The manifest of the newest built version of ``name``, or None if it was never built."""
-    versions = list_versions(output_dir / name)
-    if not versions:
-        return None
-    return BuildManifest.load(output_dir / name / versions[-1])
+    """The manifest of the newest version of ``name`` built in ``output_dir``, or None (offline use)."""
+    return LocalHistory(output_dir).newest(name)
 
 
-def gather_state(settings: Settings, appliance: Appliance, inputs_of: InputsOf) -> ApplianceState:
+def gather_state(settings: Settings, appliance: Appliance, inputs_of: InputsOf, history: History) -> ApplianceState:
     digest, components = inputs_of(appliance)
     base_latest = None
     if appliance.base.appliance is not None:
-        versions = list_versions(settings.output_dir / appliance.base.appliance)
-        base_latest = versions[-1] if versions else None
+        base = history.newest(appliance.base.appliance)
+        base_latest = base.version if base is not None else None
     return ApplianceState(
         appliance=appliance,
         inputs_digest=digest,
-        last=newest_manifest(settings.output_dir, appliance.name),
+        last=history.newest(appliance.name),
         base_latest=base_latest,
         inputs=dict(components),
     )
@@ -79,14 +77,18 @@ def make_plan(
     inputs_of: InputsOf,
     archive: ArchiveIndex | None,
     now: datetime,
+    history: History | None = None,
 ) -> Plan:
-    """Decide for each appliance in build order; a base planned for rebuild pulls its dependants along."""
+    """Decide for each appliance in build order; a base planned for rebuild pulls its dependants along.
+
+    ``history`` says what was built (``history.open_history``: the catalogue); default ``output/``."""
+    history = history or LocalHistory(settings.output_dir)
     decisions: list[Decision] = []
     rebuilding: set[str] = set()
     for appliance in build_order(appliances.values()):
         base_rebuilding = appliance.base.appliance in rebuilding
         try:
-            state = gather_state(settings, appliance, inputs_of)
+            state = gather_state(settings, appliance, inputs_of, history)
         except (ArtifactError, ConfigError) as e:
             # no base output yet (it is built first in this run), or an unreadable manifest or
             # definition: rebuilding is the way to repair either

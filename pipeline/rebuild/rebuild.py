@@ -4,7 +4,7 @@ The steps, each deciding for itself whether it applies:
 1. plan: every selected appliance gets a decision with its reasons (``decide.py``);
 2. execute: build -> package -> audit -> publish -> endorse for the stale ones (``execute.py``);
 3. retention: archive expired or superseded versions in the catalogue, then delete their objects,
-   and report versions that expire soon (``retention.py``).
+   and report versions that expire soon (``retention.py``); then bound ``.cache/vmi`` (``cache.py``).
 ``--dry-run`` runs 1 and shows what 2 and 3 would do, changing nothing.
 """
 
@@ -18,7 +18,9 @@ from pipeline.appliance import Appliance
 from pipeline.errors import PipelineError
 from pipeline.log import log, step
 from pipeline.rebuild.archive import ArchiveIndex
+from pipeline.rebuild.cache import prune
 from pipeline.rebuild.execute import RebuildReport, Stages, execute
+from pipeline.rebuild.history import free_version, open_history
 from pipeline.rebuild.plan import InputsOf, make_plan, select
 from pipeline.rebuild.retention import RetentionReport, apply_retention
 from pipeline.settings import Settings
@@ -32,22 +34,31 @@ def rebuild_appliances(
     stages: Stages | None = None,
     inputs_of: InputsOf | None = None,
     now: datetime | None = None,
+    offline: bool = False,
 ) -> RebuildReport:
-    """Rebuild what is stale among ``names`` (all appliances when None) and retire old versions."""
+    """Rebuild what is stale among ``names`` (all appliances when None) and retire old versions.
+
+    What was built is read from the catalogue (``offline``: from ``output/``), so a fresh CI runner
+    decides exactly as a warm one; see ``history.py``."""
     from pipeline.rebuild.inputs import current_inputs
     from pipeline.rebuild.stages import PipelineStages
 
     now = now or datetime.now(UTC)
     appliances = select(settings, names)
     archive = ArchiveIndex(settings.cache_dir / "archive")
-    with step("decide"):
-        plan = make_plan(settings, appliances, inputs_of or current_inputs(settings), archive, now)
+    with step("decide"), open_history(settings, offline) as history:
+        log.info("what was built: from %s", history.source)
+        plan = make_plan(settings, appliances, inputs_of or current_inputs(settings), archive, now, history)
+        versions = {name: free_version(history, name, now.date()) for name in plan.to_rebuild}
     for d in plan.decisions:
         log.info("%s: %s (%s)", d.appliance, "rebuild" if d.rebuild else "skip", d.why())
-    results = execute(plan, stages or PipelineStages(settings), dry_run=dry_run)
+    results = execute(plan, stages or PipelineStages(settings), dry_run=dry_run, versions=versions)
     report = RebuildReport(results, dry_run=dry_run)
     with step("retention"):
         report.retention = _retention(settings, plan.appliances, now, dry_run)
+    if not dry_run:
+        with step("cache"):  # bounded in size and age (cache.py); real time: files age in real time
+            log.info("%s", prune(settings.cache_dir, datetime.now(UTC)).summary().splitlines()[-1])
     return report
 
 

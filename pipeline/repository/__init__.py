@@ -35,6 +35,7 @@ __all__ = [
     "PutOutcome",
     "PutResult",
     "Repository",
+    "Sink",
     "UploadJournal",
     "UploadTuning",
     "check_key",
@@ -111,6 +112,12 @@ class UploadTuning:
         return max(self.part_size, -(-needed // mib) * mib)
 
 
+class Sink(Protocol):
+    """Where ``Repository.fetch`` writes: a binary file, or a ``fsutil.HashingWriter`` over one."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+
 class Repository(Protocol):
     """What publish, audit and retention need from a repository."""
 
@@ -137,6 +144,11 @@ class Repository(Protocol):
         ...
 
     def delete(self, key: str) -> None: ...
+
+    def fetch(self, key: str, target: Sink, max_bytes: int) -> int:
+        """Write the object at ``key`` to ``target`` and return its size; ``ArtifactError`` if it is
+        missing or larger than ``max_bytes`` (the caller verifies the bytes against the catalogue)."""
+        ...
 
     def iter_objects(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
 

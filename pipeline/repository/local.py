@@ -15,12 +15,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from pipeline.errors import UploadError
+from pipeline.errors import ArtifactError, UploadError
 from pipeline.fsutil import CHUNK, Digests, HashingWriter, hash_file
 from pipeline.repository import (
     ObjectInfo,
     PutOutcome,
     PutResult,
+    Sink,
     UploadJournal,
     UploadTuning,
     check_key,
@@ -112,6 +113,20 @@ class FileRepository:
         while parent != self.root and parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()
             parent = parent.parent
+
+    def fetch(self, key: str, target: Sink, max_bytes: int) -> int:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as src:
+                size = 0
+                while chunk := src.read(CHUNK):
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ArtifactError(f"{self.url}: {key} is larger than {max_bytes} bytes")
+                    target.write(chunk)
+        except FileNotFoundError as e:
+            raise ArtifactError(f"{self.url}: {key} is missing") from e
+        return size
 
     def iter_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         base = self.root / prefix if prefix else self.root

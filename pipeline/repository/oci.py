@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 import requests
 
 from pipeline.appliance import Appliance
-from pipeline.errors import ConfigError, UploadError
+from pipeline.errors import ArtifactError, ConfigError, UploadError
 from pipeline.formats.oci import (
     EMPTY_BLOB,
     EMPTY_DESCRIPTOR,
@@ -51,7 +51,7 @@ from pipeline.formats.oci import (
 from pipeline.fsutil import Digests
 from pipeline.log import log
 from pipeline.manifest import Artifact, BuildManifest, version_sort_key
-from pipeline.repository import ObjectInfo, PutOutcome, PutResult, UploadJournal, UploadTuning, compare
+from pipeline.repository import ObjectInfo, PutOutcome, PutResult, Sink, UploadJournal, UploadTuning, compare
 from pipeline.repository.oci_client import RegistryClient, load_credentials, tls_verify
 
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
@@ -234,6 +234,21 @@ class OciRepository:
         if len(layers) != 1:
             return [f"{key}: {len(layers)} layers, expected one"]
         return compare(key, expected, self.client.blob_digests(repo, layers[0]["digest"], expected.size))
+
+    def fetch(self, key: str, target: Sink, max_bytes: int) -> int:
+        """The image's one layer (the disk), as ``verify`` reads it; the caller checks its digests."""
+        repo, tag = self._split(key)
+        found = self.client.get_manifest(repo, tag)
+        if found is None:
+            raise ArtifactError(f"{self.url}: {key} is missing")
+        layers = parse_json_object(found[0], f"{self.url}: {key}", "layers").get("layers", [])
+        if len(layers) != 1:
+            raise ArtifactError(f"{self.url}: {key}: {len(layers)} layers, expected one (the disk)")
+        size = 0
+        for chunk in self.client.read_blob(repo, str(layers[0]["digest"]), max_bytes):
+            size += len(chunk)
+            target.write(chunk)
+        return size
 
     def delete(self, key: str) -> None:
         """Retention: delete a version's image manifest (so its tags) and its referrers (SBOM, fallback

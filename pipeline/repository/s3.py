@@ -29,13 +29,14 @@ import boto3
 import botocore.exceptions as bce
 from botocore.config import Config
 
-from pipeline.errors import ConfigError, UploadError
+from pipeline.errors import ArtifactError, ConfigError, UploadError
 from pipeline.fsutil import Digests
 from pipeline.log import log
 from pipeline.repository import (
     ObjectInfo,
     PutOutcome,
     PutResult,
+    Sink,
     UploadJournal,
     UploadTuning,
     check_key,
@@ -504,6 +505,29 @@ class S3Repository:
             self._call(f"DeleteObject {key}", lambda: self.client.delete_object(Bucket=self.bucket, Key=self._key(key)))
         except bce.ClientError as e:
             raise self._failed(f"DeleteObject {key}", e) from e
+
+    def fetch(self, key: str, target: Sink, max_bytes: int) -> int:
+        what = f"GetObject {key}"
+        try:
+            reply = self._call(what, lambda: self.client.get_object(Bucket=self.bucket, Key=self._key(key)))
+        except bce.ClientError as e:
+            if _status(e) == 404:
+                raise ArtifactError(f"{self.url}: {key} is missing") from e
+            raise self._failed(what, e) from e
+        body, size = reply["Body"], 0
+        try:
+            if reply.get("ContentLength", 0) > max_bytes:
+                raise ArtifactError(f"{self.url}: {key} is larger than {max_bytes} bytes")
+            for chunk in body.iter_chunks(_READ_CHUNK):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise ArtifactError(f"{self.url}: {key} is larger than {max_bytes} bytes")
+                target.write(chunk)
+        except _NETWORK_EXC as e:
+            raise self._failed(what, _BodyCut(f"the body broke off after {size} bytes: {e}")) from e
+        finally:
+            body.close()
+        return size
 
     def iter_objects(self, prefix: str = "") -> Iterator[ObjectInfo]:
         base = f"{self.prefix}/" if self.prefix else ""

@@ -38,6 +38,13 @@ class Mirror:
         )
 
 
+@pytest.fixture(autouse=True)
+def _not_on_a_ci_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite itself runs in CI (CI=true), where `rebuild` refuses a catalogue that does not exist
+    (history.open_history); the tests choose their catalogue, and test that refusal explicitly."""
+    monkeypatch.delenv("CI", raising=False)
+
+
 @pytest.fixture
 def mirror(tmp_path: Path) -> Iterator[Mirror]:
     root = tmp_path / "mirror"

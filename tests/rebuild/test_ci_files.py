@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 import yaml
 
 from pipeline.rebuild.matrix import gitlab_pipeline
+from pipeline.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 GITHUB = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
@@ -175,3 +177,97 @@ def test_gitlab_pipeline_structure() -> None:
     assert job["extends"] in template and job["resource_group"] == "vmi-publish-debian-12"
     body = "\n".join(scripts_of(template[job["extends"]]))
     assert all(f"${v}" in body for v in ("APPLIANCES", "VMI_MODE")) and "$VMI_GROUP" in json.dumps(template)
+
+
+# --- issue 13: fresh runners; no build state in a forge cache; everything used exists and is documented
+
+DOCS = ROOT / "docs" / "ci.md"
+SETTINGS_ENV = {f"VMI_{f.name.upper()}" for f in dataclasses.fields(Settings) if f.name != "root"}
+BOTO3_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}  # boto3's standard credential variables
+SPEED_ONLY = {".cache/vmi/archive", ".cache/vmi/bootstrap"}  # package indexes, bootstrap tarballs
+FORGE_REF = re.compile(r"\$\{\{ (vars|secrets)\.([A-Za-z0-9_]+) \}\}")
+NAMED = re.compile(r"\b((?:VMI|AWS)_[A-Z0-9_]+)\b")
+
+
+@cache
+def code_text() -> str:
+    return "\n".join(p.read_text() for p in sorted((ROOT / "pipeline").rglob("*.py")))
+
+
+def read_by_the_pipeline(name: str) -> bool:
+    """A setting (VMI_<FIELD>), a variable the code reads by name, or boto3's credentials."""
+    return name in SETTINGS_ENV or name in BOTO3_ENV or f'"{name}"' in code_text()
+
+
+def cache_paths() -> list[tuple[str, str]]:
+    found = []
+    for path in GITHUB:
+        for name, job in load(path)["jobs"].items():
+            for step in job["steps"]:
+                if step.get("uses", "").startswith("actions/cache@"):
+                    found += [(f"{path.name}:{name}", p) for p in step["with"]["path"].split()]
+    template = load(GITLAB[1])
+    for name, job in [*load(GITLAB[0]).items(), *template.items()]:
+        if isinstance(job, dict) and "cache" in job:
+            found += [(f"gitlab:{name}", p) for p in job["cache"]["paths"]]
+    return found
+
+
+def test_forge_caches_hold_no_build_state() -> None:
+    paths = cache_paths()
+    assert {w.split(":")[0] for w, _ in paths} == {"ci.yml", "rebuild.yml", "gitlab"}
+    for where, p in paths:
+        assert p.rstrip("/") in SPEED_ONLY, f"{where}: {p} is not a speed-only cache (output/ and manifests are state)"
+    for path in GITHUB + GITLAB:
+        text = path.read_text()
+        assert "manifest.json" not in text and "output/" not in text.replace("# ", ""), path.name
+
+
+@pytest.mark.parametrize("path", GITHUB + GITLAB[:1], ids=lambda p: p.name)
+def test_every_variable_and_secret_exists_and_is_documented(path: Path) -> None:
+    text = path.read_text()
+    documented = header_names(path)
+    used = {name for _, name in FORGE_REF.findall(text)}
+    assert used <= documented, f"{path.name}: used but not documented in its header: {used - documented}"
+    docs = DOCS.read_text()
+    for name in documented | used:
+        assert read_by_the_pipeline(name), f"{path.name}: {name} is read by nothing in pipeline/"
+        assert f"`{name}`" in docs, f"docs/ci.md does not explain {name}"
+    # each kind in the right place: secrets as secrets, settings as variables
+    for kind, name in FORGE_REF.findall(text):
+        secret = name in BOTO3_ENV or name.endswith("_TOKEN")
+        assert (kind == "secrets") == secret, f"{path.name}: {name} must be a {'secret' if secret else 'variable'}"
+    # every GitHub step's environment is read by the pipeline or by the step's own script
+    for name, job in jobs_of(load(path)).items():
+        for step in job.get("steps", []):
+            for var in step.get("env", {}):
+                assert read_by_the_pipeline(var) or f"${var}" in step.get("run", ""), f"{name}: env {var} unused"
+
+
+def header_names(path: Path) -> set[str]:
+    """Variables and secrets the file's leading comment documents."""
+    lines = path.read_text().splitlines()
+    header = lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))]
+    return set(NAMED.findall("\n".join(header)))
+
+
+def test_the_platforms_need_the_same_settings() -> None:
+    rebuild = header_names(ROOT / ".github" / "workflows" / "rebuild.yml")
+    assert rebuild == header_names(GITLAB[0]) and len(rebuild) == 8
+    assert rebuild == set(re.findall(r"^\| `([A-Z0-9_]+)` \|", DOCS.read_text(), re.M))
+
+
+@pytest.mark.parametrize("path", [*GITHUB, *GITLAB, DOCS], ids=lambda p: p.name)
+def test_commands_named_in_comments_and_docs_exist(path: Path) -> None:
+    """`invoke <task> --option` quoted in the files' comments and in docs/ci.md is a real task and option."""
+    text = path.read_text()
+    quoted = re.findall(r"`((?:\.venv/bin/)?invoke [^`]+)`", text) + [
+        m for line in text.splitlines() if line.lstrip().startswith("#") for m in re.findall(r"`(invoke [^`]+)`", line)
+    ]
+    for command in quoted:
+        for _, task, options in invocations(command):
+            known = task_options(task)
+            assert known is not None, f"{path.name}: `invoke {task}` is not a task"
+            assert set(options) <= known, f"{path.name}: `invoke {task}` has no {set(options) - known}"
+    if path == DOCS:
+        assert quoted, "docs/ci.md names the commands it relies on"
