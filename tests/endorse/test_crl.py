@@ -20,7 +20,7 @@ NOW = dt.datetime.now(dt.UTC)
 
 def _signed(tmp_path: Path, signer: Issued, image_file: Path) -> Path:
     doc = make_list(
-        Endorser.from_certificate(signer.certificate), [make_entry(image_file.read_bytes(), image_file.as_uri())]
+        Endorser.from_certificate(signer.certificate), [make_entry(image_file.read_bytes(), "https://repo.example.org/debian-12/" + image_file.name)]
     )
     path = tmp_path / "image.list"
     path.write_bytes(sign_image_list(doc, signer.key_pem, signer.cert_pem))

@@ -50,7 +50,7 @@ def _verify(args: list[str]) -> subprocess.CompletedProcess[str]:
 
 def test_cli_accepts_the_rfc4514_dn(tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa, image_file: Path) -> None:
     endorser = Endorser.from_certificate(endorser_pair.certificate)
-    doc = make_list(endorser, [make_entry(image_file.read_bytes(), image_file.as_uri())], version=3)
+    doc = make_list(endorser, [make_entry(image_file.read_bytes(), "https://repo.example.org/debian-12/" + image_file.name)], version=3)
     listed = tmp_path / "image.list"
     listed.write_bytes(sign_image_list(doc, endorser_pair.key_pem, endorser_pair.cert_pem))
     rfc = rfc4514_dn(endorser_pair.certificate.subject)
