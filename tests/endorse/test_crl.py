@@ -15,13 +15,13 @@ from pipeline.endorse.pki import DevCa, Issued, issue_crl, make_ca
 from tests.endorse.lists import make_entry, make_list
 
 ROOT = Path(__file__).resolve().parents[2]
+# verify-list checks only the signature here: the image is never downloaded, but its URL must be http(s)
+IMAGE_URL = "https://repo.example.org/debian-12/debian-12-2026.11.22.ova"
 NOW = dt.datetime.now(dt.UTC)
 
 
 def _signed(tmp_path: Path, signer: Issued, image_file: Path) -> Path:
-    doc = make_list(
-        Endorser.from_certificate(signer.certificate), [make_entry(image_file.read_bytes(), "https://repo.example.org/debian-12/" + image_file.name)]
-    )
+    doc = make_list(Endorser.from_certificate(signer.certificate), [make_entry(image_file.read_bytes(), IMAGE_URL)])
     path = tmp_path / "image.list"
     path.write_bytes(sign_image_list(doc, signer.key_pem, signer.cert_pem))
     return path

@@ -15,6 +15,8 @@ from pipeline.errors import ConfigError
 from tests.endorse.lists import make_entry, make_list
 
 ROOT = Path(__file__).resolve().parents[2]
+# verify-list checks only the signature here: the image is never downloaded, but its URL must be http(s)
+IMAGE_URL = "https://repo.example.org/debian-12/debian-12-2026.11.22.ova"
 
 
 def test_both_spellings_of_one_subject_give_the_list_form(endorser_pair: Issued) -> None:
@@ -50,7 +52,7 @@ def _verify(args: list[str]) -> subprocess.CompletedProcess[str]:
 
 def test_cli_accepts_the_rfc4514_dn(tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa, image_file: Path) -> None:
     endorser = Endorser.from_certificate(endorser_pair.certificate)
-    doc = make_list(endorser, [make_entry(image_file.read_bytes(), "https://repo.example.org/debian-12/" + image_file.name)], version=3)
+    doc = make_list(endorser, [make_entry(image_file.read_bytes(), IMAGE_URL)], version=3)
     listed = tmp_path / "image.list"
     listed.write_bytes(sign_image_list(doc, endorser_pair.key_pem, endorser_pair.cert_pem))
     rfc = rfc4514_dn(endorser_pair.certificate.subject)
