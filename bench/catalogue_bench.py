@@ -109,7 +109,8 @@ def serve(settings: CatalogueSettings, port: int, log: Path) -> Iterator[str]:
         "VMI_SIGNING_CERT": str(settings.signing_cert),
     }
     with open(log, "wb") as out:
-        argv = [sys.executable, "-m", "invoke", "serve", "--port", str(port)]
+        # a trial on this machine: serve refuses to sign lists for a loopback public URL without --local-demo
+        argv = [sys.executable, "-m", "invoke", "serve", "--port", str(port), "--local-demo"]
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
