@@ -266,8 +266,16 @@ def test_ids_beyond_64_bits_are_a_422(api: Api, version_payload: Callable[..., V
         assert r.json()["detail"][0]["msg"] == "path.image_id: Input should be less than or equal to 2147483647"
         page = api.client.get(f"/appliances/debian-12/1.0/images/{big}")
         assert page.status_code == 422, page.text
+        assert "image: an image id is a whole number from 1 to 2147483647" in page.text
     for bad in ("-1", "0", "1e3", "0x10"):
         assert api.client.get(f"{V}/1.0/images/{bad}").status_code == 422
+        page = api.client.get(f"/appliances/debian-12/1.0/images/{bad}")
+        assert page.status_code == 422, page.text
+    # the page also takes the dc:identifier sites see in the list, in either case
+    listed = api.client.get(f"{V}/1.0").json()["images"][0]
+    for ref in (str(listed["id"]), listed["identifier"], listed["identifier"].upper()):
+        page = api.client.get(f"/appliances/debian-12/1.0/images/{ref}")
+        assert page.status_code == 200 and listed["sha512"] in page.text, ref
 
 
 def _deep(depth: int) -> str:

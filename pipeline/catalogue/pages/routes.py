@@ -5,6 +5,7 @@ Read-only and public; they call the same use cases as the API.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from pathlib import Path
@@ -15,6 +16,8 @@ from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from pydantic import AfterValidator
+from pydantic_core import PydanticCustomError
 
 from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.api.deps import StateDep, UowDep
@@ -29,7 +32,24 @@ router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 Name = Annotated[str, PathParam(max_length=64)]
 Version = Annotated[str, PathParam(max_length=20)]
-ImageRef = Annotated[str, PathParam(max_length=64)]
+IMAGE_ID_MAX = 2**31 - 1  # never beyond what the databases store (as the API's image_id)
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _image_ref(text: str) -> str:
+    """A catalogue image id (1 to 2^31-1) or a dc:identifier UUID: anything else is a 422, like the API's ids."""
+    if text.isascii() and text.isdigit():
+        if not 1 <= int(text) <= IMAGE_ID_MAX:
+            raise PydanticCustomError("image_id_range", f"an image id is a whole number from 1 to {IMAGE_ID_MAX}")
+        return text
+    if not _UUID.fullmatch(text):
+        raise PydanticCustomError(
+            "image_ref", f"neither an image id (1 to {IMAGE_ID_MAX}) nor an image's dc:identifier (a UUID)"
+        )
+    return text.lower()
+
+
+ImageRef = Annotated[str, PathParam(max_length=64), AfterValidator(_image_ref)]
 EXPIRY_WARNING = timedelta(days=EXPIRY_WARNING_DAYS)
 
 
@@ -108,7 +128,7 @@ def image(
     request: Request, name: Name, version: Version, image: ImageRef, uow: UowDep, state: StateDep
 ) -> HTMLResponse:
     """One image by its catalogue id or by its dc:identifier (the UUID sites see in the image list)."""
-    if image.isdigit() and int(image) < 2**31:
+    if image.isdigit():  # checked by ImageRef: an id in range, or else a lower-case UUID
         detail = services.get_image(uow, name, version, int(image))
     else:
         page = services.version_page(uow, name, version)
