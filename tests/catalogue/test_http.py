@@ -39,7 +39,8 @@ def _image(server: LiveServer, version: str, fmt: str) -> ImagePayload:
     data = f"{key}\n".encode() * 1000
     path.write_bytes(data)
     return ImagePayload(
-        uri=f"{server.url}/repo/{key}",
+        # published files only: under the repository's public URL, wherever the server happens to listen
+        uri=f"{str(server.settings.repository_public_url).rstrip('/')}/{key}",
         format=fmt,
         size=len(data),
         sha512=hashlib.sha512(data).hexdigest(),

@@ -178,9 +178,19 @@ def test_a_site_configured_only_from_the_vo_page_verifies_the_list(
     assert f"--image-list={list_url}" in page.locator("#cloudkeeper-config").inner_text()
 
     # what the page says is what the list is: verify with either DN spelling, the identifier, the CA
+    from pipeline.errors import VerificationError
+
+    with pytest.raises(VerificationError, match="a loopback address: not downloaded"):
+        verify_image_list(list_url, dev_ca / "ca.pem", endorser_dn=dn, identifier=identifier, download=tmp_path / "x")
     for endorser in (dn, dn_rfc):
+        # this catalogue serves on loopback: a site's downloads from there must be allowed explicitly
         report = verify_image_list(
-            list_url, dev_ca / "ca.pem", endorser_dn=parse_dn(endorser), identifier=identifier, download=tmp_path / "dl"
+            list_url,
+            dev_ca / "ca.pem",
+            endorser_dn=parse_dn(endorser),
+            identifier=identifier,
+            download=tmp_path / "dl",
+            allow_private_urls=True,
         )
         assert report.version == version and report.signer_dn == dn
         assert len(report.downloads) == 2
