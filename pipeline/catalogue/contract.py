@@ -208,6 +208,16 @@ class BuildRecord:
     images: tuple[ImageInfo, ...]
 
 
+def manifest_base_ref(manifest: Mapping[str, Any] | None) -> str | None:
+    """``<appliance>@<version>`` of the appliance base a layered build's manifest records, else None
+    (a bootstrap or image base, or no manifest): kept in its own column so lineage never reads manifests."""
+    base = (manifest or {}).get("base")
+    if not isinstance(base, Mapping) or base.get("kind") != "appliance":
+        return None
+    name, at, version = str(base.get("ref", "")).partition("@")
+    return f"{name}@{version}" if at and name and version else None
+
+
 def record_of(info: VersionInfo, manifest: Mapping[str, Any], packages: Sequence[PackageInfo]) -> BuildRecord:
     base = manifest.get("base") if isinstance(manifest.get("base"), dict) else {}
     assert isinstance(base, dict)

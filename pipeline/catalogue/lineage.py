@@ -1,6 +1,7 @@
 """Lineage: the exact base version a layered appliance's version was built on, and whether it is outdated.
 
-The build manifest records the base as ``{"kind": "appliance", "ref": "<name>@<version>"}``; a version
+The build manifest records the base as ``{"kind": "appliance", "ref": "<name>@<version>"}``; the catalogue
+keeps that ref in ``versions.base_ref`` at registration, so pages never read manifests for it. A version
 is outdated when that base version is archived, expired, or had endorsements that are all revoked now.
 """
 
@@ -12,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.catalogue import services
-from pipeline.catalogue.contract import NotFound
+from pipeline.catalogue.contract import NotFound, manifest_base_ref
 from pipeline.catalogue.uow import UnitOfWork
 
 
@@ -26,18 +27,20 @@ class Lineage:
 
 def base_version(manifest: Mapping[str, Any] | None) -> tuple[str, str] | None:
     """``(appliance, version)`` of the base a layered build records, else None (bootstrap or image)."""
-    base = (manifest or {}).get("base")
-    if not isinstance(base, Mapping) or base.get("kind") != "appliance":
-        return None
-    name, at, version = str(base.get("ref", "")).partition("@")
-    return (name, version) if at and name and version else None
+    ref = manifest_base_ref(manifest)
+    return None if ref is None else _split(ref)
 
 
-def lineage_of(uow: UnitOfWork, manifest: Mapping[str, Any] | None, now: datetime | None = None) -> Lineage | None:
-    found = base_version(manifest)
-    if found is None:
+def _split(ref: str) -> tuple[str, str]:
+    name, _, version = ref.partition("@")
+    return name, version
+
+
+def lineage_of(uow: UnitOfWork, base_ref: str | None, now: datetime | None = None) -> Lineage | None:
+    """The lineage of a version whose ``versions.base_ref`` is ``base_ref`` (None: not layered)."""
+    if base_ref is None:
         return None
-    name, version = found
+    name, version = _split(base_ref)
     now = now or datetime.now(UTC)
     try:
         base = services.get_version(uow, name, version)

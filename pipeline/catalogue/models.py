@@ -160,6 +160,8 @@ class Version(Base):
     archived_at: Mapped[datetime | None]
     registered_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     payload_digest: Mapped[str] = mapped_column(String(64))  # sha256 of the registration payload
+    # "<appliance>@<version>" a layered build records as its base (lineage reads this, never the manifest)
+    base_ref: Mapped[str | None] = mapped_column(String(100), default=None)
     appliance: Mapped[Appliance] = relationship()
     images: Mapped[list[Image]] = relationship(
         back_populates="version", order_by="Image.id", cascade="all, delete-orphan"

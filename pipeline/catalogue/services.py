@@ -38,6 +38,7 @@ from pipeline.catalogue.contract import (
     VersionConflict,
     VersionInfo,
     VersionPayload,
+    manifest_base_ref,
     record_of,
 )
 from pipeline.catalogue.models import utcnow
@@ -307,6 +308,7 @@ def register_version(uow: UnitOfWork, actor: str, payload: VersionPayload, setti
             archived=False,
             registered_by_id=user.id,
             payload_digest=digest,
+            base_ref=next((manifest_base_ref(img.manifest) for img in payload.images if img.manifest), None),
             images=[
                 _image_row(appliance.name, img, state) for img, state in zip(payload.images, integrity, strict=True)
             ],
@@ -363,12 +365,11 @@ def get_version(uow: UnitOfWork, appliance: str, version: str) -> VersionInfo:
 
 def get_version_with_image_ids(
     uow: UnitOfWork, appliance: str, version: str
-) -> tuple[VersionInfo, dict[str, int], dict[str, Any] | None]:
-    """A version, the catalogue id of each image (by dc:identifier) and the build manifest, for links and lineage."""
+) -> tuple[VersionInfo, dict[str, int], str | None]:
+    """A version, the catalogue id of each image (by dc:identifier) and its recorded base, for links and lineage."""
     with uow:
         v = find_version(uow, find_appliance(uow, appliance), version)
-        manifest = next((i.manifest for i in v.images if i.manifest), None)
-        return views.version_info(v), {i.identifier: i.id for i in v.images}, manifest
+        return views.version_info(v), {i.identifier: i.id for i in v.images}, v.base_ref
 
 
 def list_versions(uow: UnitOfWork, appliance: str, offset: int, limit: int) -> views.Page[VersionInfo]:
@@ -403,6 +404,7 @@ class VersionPage:
     version: VersionInfo
     images: tuple[views.ImageSummary, ...]
     audit: views.AuditView | None
+    base_ref: str | None = None  # "<appliance>@<version>" of a layered version's base (its lineage)
 
 
 def version_page(uow: UnitOfWork, appliance: str, version: str) -> VersionPage:
@@ -415,7 +417,7 @@ def version_page(uow: UnitOfWork, appliance: str, version: str) -> VersionPage:
         )
         row = views.shown_audit(uow.repo.audits(v))
         audit = None if row is None else views.audit_view(row)
-        return VersionPage(views.appliance_view(found), views.version_info(v), images, audit)
+        return VersionPage(views.appliance_view(found), views.version_info(v), images, audit, v.base_ref)
 
 
 def version_images(uow: UnitOfWork, appliance: str, version: str) -> list[views.ImageDetail]:
@@ -423,13 +425,6 @@ def version_images(uow: UnitOfWork, appliance: str, version: str) -> list[views.
     with uow:
         v = find_version(uow, find_appliance(uow, appliance), version)
         return [views.image_detail(i, appliance, version) for i in uow.repo.images_with_packages(v)]
-
-
-def version_manifest(uow: UnitOfWork, appliance: str, version: str) -> dict[str, Any] | None:
-    """The build manifest registered with the version's first image that has one (for its lineage)."""
-    with uow:
-        v = find_version(uow, find_appliance(uow, appliance), version)
-        return next((dict(i.manifest) for i in v.images if i.manifest), None)
 
 
 def build_record(uow: UnitOfWork, appliance: str, version: str | None = None) -> BuildRecord:

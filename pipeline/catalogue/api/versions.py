@@ -83,7 +83,7 @@ class VersionDetailPublic(VersionPublic):
 @router.get("/{version}")
 def get_version(name: Name, version: VersionStr, uow: UowDep, state: StateDep, request: Request) -> VersionDetailPublic:
     """One version; each image carries its id and links to its packages, manifest, page and download."""
-    info, ids, manifest = services.get_version_with_image_ids(uow, name, version)
+    info, ids, base_ref = services.get_version_with_image_ids(uow, name, version)
     api = f"{API}/appliances/{name}"
     base = f"{api}/versions/{info.version}"
     page = f"/appliances/{name}/{info.version}"
@@ -110,7 +110,7 @@ def get_version(name: Name, version: VersionStr, uow: UowDep, state: StateDep, r
         versions=f"{api}/versions",
         changes=f"{base}/changes",
     )
-    found = lineage_of(uow, manifest)
+    found = lineage_of(uow, base_ref)
     lineage = None if found is None else LineagePublic.model_validate(found, from_attributes=True)
     return VersionDetailPublic(**public, images=images, links=links, lineage=lineage)
 

@@ -118,7 +118,7 @@ def version(request: Request, name: Name, version: Version, uow: UowDep, state: 
         audit=found.audit,
         endorser=endorser_of(state.ctx.signer),
         changes=changes_since(uow, name, version),
-        lineage=lineage_of(uow, services.version_manifest(uow, name, version)),
+        lineage=lineage_of(uow, found.base_ref),
         local_admin=LOCAL_ADMIN,
     )
 
