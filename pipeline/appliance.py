@@ -35,6 +35,22 @@ class Arch(enum.StrEnum):
     AARCH64 = "aarch64"
 
 
+class Firmware(enum.StrEnum):
+    """What the disk boots with: BIOS (MBR), UEFI (GPT + ESP) or both (GPT, BIOS boot partition + ESP)."""
+
+    BIOS = "bios"
+    UEFI = "uefi"
+    HYBRID = "hybrid"
+
+    @property
+    def boots_bios(self) -> bool:
+        return self is not Firmware.UEFI
+
+    @property
+    def boots_uefi(self) -> bool:
+        return self is not Firmware.BIOS
+
+
 class BaseKind(enum.StrEnum):
     BOOTSTRAP = "bootstrap"  # root filesystem made here with mmdebstrap
     IMAGE = "image"  # upstream cloud image URL + checksum
@@ -111,6 +127,7 @@ class Appliance:
     arch: Arch
     base: Base
     hardware: Hardware
+    firmware: Firmware
     template: str
     variables: dict[str, str | int | float | bool]
     provisioners: tuple[str, ...]
@@ -210,6 +227,7 @@ def from_dict(data: dict[str, Any], directory: Path, source: str = "<memory>") -
         arch=Arch(d["arch"]),
         base=base,
         hardware=Hardware(**hw),
+        firmware=Firmware(d["firmware"]),
         template=d["template"],
         variables=dict(d["variables"]),
         provisioners=tuple(d["provisioners"]),

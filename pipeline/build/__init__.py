@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import TextIO
 
 from pipeline import run
-from pipeline.appliance import Appliance, BaseKind, find_appliance, load_all
+from pipeline.appliance import Appliance, BaseKind, Firmware, find_appliance, load_all
 from pipeline.build import packer
-from pipeline.build.accel import Accel, QemuMachine, choose_accel, qemu_machine
+from pipeline.build.accel import UEFI_MACHINE_TYPE, Accel, QemuMachine, choose_accel, ovmf_vars_copy, qemu_machine
 from pipeline.build.base import base_component, prepare_base
 from pipeline.build.cache import compute_inputs, find_up_to_date, inputs_digest, next_version
 from pipeline.build.seed import build_user_data, generate_ssh_key, meta_data, write_seed_dir
@@ -209,6 +209,11 @@ def _run_packer(
     log_file: TextIO,
 ) -> packer.PackerRun:
     """Seed + key, then ``packer build``; the disk lands at ``disk_out``. The key dies with ``work``."""
+    if appliance.firmware is Firmware.UEFI and not machine.uefi:
+        # a UEFI-only disk builds under OVMF; bios and hybrid disks build under SeaBIOS (the boot tests
+        # prove a hybrid disk under both)
+        vars_copy = ovmf_vars_copy(work / f"ovmf-vars-{machine.accel}.fd")
+        machine = dataclasses.replace(machine, machine_type=UEFI_MACHINE_TYPE, ovmf_vars=vars_copy)
     key = generate_ssh_key(work / f"key-{machine.accel}")
     seed = write_seed_dir(
         work / f"seed-{machine.accel}",
