@@ -268,6 +268,14 @@ def assemble_gpt_disk(
         esp.unlink(missing_ok=True)
 
 
+def _bios_setup(mnt: Path) -> str:
+    """grub-bios-setup inside the rootfs: trixie moved it out of the PATH into GRUB's i386-pc folder."""
+    for candidate in ("usr/lib/grub/i386-pc/grub-bios-setup", "usr/sbin/grub-bios-setup"):
+        if (mnt / candidate).is_file():
+            return "/" + candidate
+    raise BuildError("disk", "the rootfs has no grub-bios-setup", hint="add grub-pc-bin to the base packages")
+
+
 def _install_grub_gpt(log_file: TextIO, mnt: Path, whole_disk: str, fs_uuid: str, firmware: Firmware) -> Path:
     """grub-install's job for a GPT disk: core.img into the BIOS boot partition (hybrid), and GRUB's EFI
     image built in the chroot; returns the EFI image (host path) for the ESP."""
@@ -290,7 +298,7 @@ def _install_grub_gpt(log_file: TextIO, mnt: Path, whole_disk: str, fs_uuid: str
         if firmware.boots_bios:
             _cmd(log_file, *chroot, "grub-mkimage", "-O", "i386-pc", "-o", "/boot/grub/i386-pc/core.img",
                  "-c", "/boot/grub/early.cfg", "-p", "/boot/grub", *_GRUB_GPT_BIOS_MODULES)  # fmt: skip
-            _cmd(log_file, *chroot, "grub-bios-setup", "--directory=/boot/grub/i386-pc", whole_disk)
+            _cmd(log_file, *chroot, _bios_setup(mnt), "--directory=/boot/grub/i386-pc", whole_disk)
         _cmd(log_file, *chroot, "grub-mkimage", "-O", "x86_64-efi", "-o", "/boot/grub/x86_64-efi/grubx64.efi",
              "-c", "/boot/grub/early.cfg", "-p", "/boot/grub", *_GRUB_EFI_MODULES)  # fmt: skip
     early.unlink()
