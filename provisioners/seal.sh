@@ -88,12 +88,15 @@ cat > /etc/hosts <<'HOSTS'
 ff02::1		ip6-allnodes
 ff02::2		ip6-allrouters
 HOSTS
-rm -f /etc/resolv.conf /etc/mailname
+# a resolver file written by the build's DHCP client goes; systemd-resolved's stub link stays
+[ -L /etc/resolv.conf ] || rm -f /etc/resolv.conf
+rm -f /etc/mailname
 say "machine-id emptied, random-seed and credential.secret removed, hostname generic"
 
 # --- H16: no network identity of the build VM
 rm -f /etc/udev/rules.d/70-persistent-net.rules /etc/udev/rules.d/75-persistent-net-generator.rules
 rm -f /var/lib/dhcp/*.leases /var/lib/dhcp/dhclient*
+rm -f /etc/systemd/network/10-cloud-init-*.network /etc/netplan/50-cloud-init.yaml
 rm -f /etc/NetworkManager/system-connections/cloud-init-* /var/lib/NetworkManager/*.lease \
       /var/lib/NetworkManager/secret_key /var/lib/dhclient/*
 say "network identity removed"
