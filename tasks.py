@@ -153,14 +153,17 @@ def verify_ova(c: Context, path: str, max_capacity_gib: int = 16384, max_members
         "appliance": "appliance to publish",
         "version": "packaged version (default: the newest)",
         "dry_run": "show the repository keys and the catalogue payload; write nothing",
+        "insecure": "plain HTTP to an oci:// registry on a loopback address (tests only)",
     },
 )
 @_edge
-def publish(c: Context, appliance: str, version: str | None = None, dry_run: bool = False) -> None:
+def publish(
+    c: Context, appliance: str, version: str | None = None, dry_run: bool = False, insecure: bool = False
+) -> None:
     """Upload the packaged artifacts to the repository and register the version in the catalogue."""
     from pipeline.publish import publish_version
 
-    print(publish_version(_settings(c), appliance, version=version, dry_run=dry_run).summary())
+    print(publish_version(_settings(c), appliance, version=version, dry_run=dry_run, insecure=insecure).summary())
 
 
 @task(positional=[], help={"appliance": "appliance to release"})
@@ -250,6 +253,7 @@ def dev_ca(c: Context, out: str = ".dev-ca") -> None:
         "download": "download and verify every image into this folder",
         "state": "file that remembers the last hv:version seen",
         "identifier": "the dc:identifier the list must have (the subscribed list)",
+        "allow_private_urls": "let --download fetch from loopback, link-local and private addresses",
     },
 )
 @_edge
@@ -261,6 +265,7 @@ def verify_list(
     download: str | None = None,
     state: str | None = None,
     identifier: str | None = None,
+    allow_private_urls: bool = False,
 ) -> None:
     """Verify a signed HEPiX image list the way a site does (signature, signer, dates, version, images)."""
     from pipeline.endorse.verify import verify_image_list
@@ -273,6 +278,7 @@ def verify_list(
             download=Path(download) if download else None,
             state=Path(state) if state else None,
             identifier=identifier,
+            allow_private_urls=allow_private_urls,
         ).summary()
     )
 

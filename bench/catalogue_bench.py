@@ -1,19 +1,23 @@
-"""Catalogue request rate: the version list, the image list and the signed VO image list under
-concurrent clients, against `invoke serve` (uvicorn, one process) on loopback.
+"""Catalogue request rate: every list endpoint and page next to a 2 KiB static file served by the
+same `invoke serve` (uvicorn, one process) on loopback, under concurrent clients.
 
     .venv/bin/python bench/catalogue_bench.py [--database sqlite|postgres] [--versions 200]
-                                              [--clients 1,4,16] [--seconds 5]
+                                              [--clients 1,16] [--seconds 5] [--smoke]
 
 Seeds a throwaway database (one appliance with --versions versions of 2 images and 50 packages each,
 19 more appliances, an audit and an endorsement), starts the service in its own process, then runs
-each endpoint with N client threads (keep-alive sessions) for --seconds. Prints requests/s and
-latency percentiles; nothing is asserted.
+each endpoint with N client threads (keep-alive sessions, plain GETs: no If-None-Match) for --seconds.
+Each endpoint is paired with a run of the static file (same clients) right before it; prints both
+rates, their ratio (target: >= 0.5x, issue 15), latency percentiles, the load average and the core
+count before and after; nothing is asserted.
+``--smoke`` is a few seconds on tiny sizes (CI runs it so the bench cannot rot).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import os
 import statistics
@@ -60,6 +64,8 @@ def database(kind: str, work: Path) -> Iterator[str]:
 
 
 def seed(settings: CatalogueSettings, versions: int) -> None:
+    """Versions registered as a publish to an S3 repository would (URLs under its public base, unchecked)."""
+    settings = dataclasses.replace(settings, repository_root=None)
     engine = make_engine(settings.database_url)
     uow = UnitOfWork(session_factory(engine))
     auth.ensure_user(uow, "admin", "admin@example.org", Role.ADMIN)
@@ -71,7 +77,7 @@ def seed(settings: CatalogueSettings, versions: int) -> None:
         version = f"2026.{v // 28 + 1}.{v % 28 + 1}"
         images = tuple(
             ImagePayload(
-                uri=f"s3://bench/debian-12/{version}/debian-12-{version}.{fmt}",
+                uri=f"{settings.repository_public_url}/debian-12/{version}/debian-12-{version}.{fmt}",
                 format=fmt,
                 size=1_000_000 + v,
                 sha512=hashlib.sha512(f"{version}{fmt}".encode()).hexdigest(),
@@ -148,18 +154,28 @@ def load(url: str, clients: int, seconds: float) -> tuple[int, int, list[float]]
     return len(latencies), errors[0], latencies
 
 
+def machine() -> str:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load_avg = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{cores} cores, load average {load_avg}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
     parser.add_argument("--versions", type=int, default=200)
-    parser.add_argument("--clients", default="1,4,16")
+    parser.add_argument("--clients", default="1,16")
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, a few seconds (CI)")
     args = parser.parse_args()
+    if args.smoke:
+        args.versions, args.clients, args.seconds = 3, "1,2", 0.3
     base = Path(os.environ.get("TMPDIR", ROOT / "work"))
     base.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="catalogue-bench-", dir=base) as tmp:
         work = Path(tmp)
         (work / "repository").mkdir()
+        (work / "repository" / "static-2k.bin").write_bytes(os.urandom(2048))
         make_dev_ca(work / "ca")
         with database(args.database, work) as url:
             port = free_port()
@@ -174,25 +190,45 @@ def main() -> None:
             migrate(url)
             started = time.perf_counter()
             seed(settings, args.versions)
-            took, load = time.perf_counter() - started, ", ".join(f"{x:.1f}" for x in os.getloadavg())
-            print(f"database: {args.database}; seeded {args.versions} versions in {took:.1f} s; load average {load}")
+            took = time.perf_counter() - started
+            print(f"database: {args.database}; seeded {args.versions} versions, 20 appliances in {took:.1f} s")
+            print(f"machine before: {machine()}")
             with serve(settings, port, work / "serve.log") as base_url:
+                static_url = f"{base_url}/repo/static-2k.bin"
                 endpoints = {
                     "version list (50/page)": f"{base_url}/api/v1/appliances/debian-12/versions?limit=50",
                     "image list (100/page)": f"{base_url}/api/v1/images?limit=100",
+                    "appliance list": f"{base_url}/api/v1/appliances",
+                    "VO list": f"{base_url}/api/v1/vos",
+                    "VO list history": f"{base_url}/api/v1/vos/{VO}/image-lists",
                     "VO image.list (signed)": f"{base_url}/vo/{VO}/image.list",
+                    "page: appliances": f"{base_url}/",
+                    "page: versions": f"{base_url}/appliances/debian-12",
+                    "page: VOs": f"{base_url}/vos",
+                    "page: VO": f"{base_url}/vos/{VO}",
                 }
-                head = ("endpoint", "clients", "requests", "req/s", "p50 ms", "p95 ms", "errors")
+                # paired runs: the static file right before each endpoint, so load drift hits both alike
+                head = ("endpoint", "clients", "requests", "req/s", "static/s", "x static", "p50 ms", "p95 ms")
                 print(f"{head[0]:24} " + " ".join(f"{h:>8}" for h in head[1:]))
+                requests.get(static_url, timeout=30).raise_for_status()
+                worst = float("inf")
                 for name, target in endpoints.items():
-                    requests.get(target, timeout=30)  # warm up
+                    requests.get(target, timeout=30).raise_for_status()  # warm up, and fail loudly
                     for clients in (int(c) for c in args.clients.split(",")):
+                        s_n, s_errors, _ = load(static_url, clients, args.seconds)
                         n, errors, lat = load(target, clients, args.seconds)
+                        if errors or s_errors:
+                            raise SystemExit(f"{name}: {errors} requests failed (static file: {s_errors})")
+                        rate, static = n / args.seconds, s_n / args.seconds
+                        ratio = rate / static if static else 0.0
+                        worst = min(worst, ratio)
                         lat.sort()
-                        p50 = statistics.median(lat) * 1000
-                        p95 = lat[int(len(lat) * 0.95) - 1] * 1000
-                        row = (clients, n, f"{n / args.seconds:.1f}", f"{p50:.1f}", f"{p95:.1f}", errors)
-                        print(f"{name:24} " + " ".join(f"{v:>8}" for v in row))
+                        p50 = statistics.median(lat) * 1000 if lat else 0.0
+                        p95 = lat[max(int(len(lat) * 0.95) - 1, 0)] * 1000 if lat else 0.0
+                        row = (clients, n, f"{rate:.1f}", f"{static:.1f}", f"{ratio:.2f}", f"{p50:.1f}", f"{p95:.1f}")
+                        print(f"{name:24} " + " ".join(f"{v:>8}" for v in row), flush=True)
+            print(f"machine after: {machine()}")
+            print(f"worst list endpoint: {worst:.2f}x the static file (target >= 0.5x)")
 
 
 if __name__ == "__main__":

@@ -8,20 +8,78 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
+import math
+import os
+import re
+import stat
+import urllib.parse
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline.errors import ConfigError
-from pipeline.schema import apply_defaults, validation_errors
+from pipeline.schema import (
+    TOP,
+    Problem,
+    YamlLimits,
+    apply_defaults,
+    brief,
+    join_path,
+    load_schema,
+    parse_yaml,
+    schema_problems,
+    text_problems,
+)
 
 DEFINITION_FILE = "appliance.yaml"
-# libyaml's safe loader when present: 7x faster (the rebuild decision reads every definition)
-_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SCHEMA = "appliance"
+# A real definition is ~2 KB with four levels of nesting: these bounds are far above any, and far
+# below what hurts (a YAML alias bomb is refused at its first alias, before anything is expanded).
+YAML_LIMITS = YamlLimits(max_bytes=64 * 1024, max_depth=8, max_nodes=5000)
+MULTILINE_FIELDS = frozenset({"description"})
+SIBLING = "../"  # a provisioner path into another appliance's folder: ../NAME/script.sh
+
+# The Packer variables the pipeline sets for every build (pipeline.build.template_variables, README
+# "Building an image"): an appliance's ``variables`` may not override them. Not even cpus or memory:
+# the build VM's memory follows hardware.ram_min_mb and its CPUs the build host, one place each.
+PIPELINE_VARIABLES = frozenset(
+    {
+        "base_image",
+        "output_directory",
+        "vm_name",
+        "accelerator",
+        "cpu_model",
+        "machine_type",
+        "ssh_timeout",
+        "cpus",
+        "memory",
+        "seed_dir",
+        "ssh_username",
+        "ssh_private_key_file",
+        "scripts",
+        "package_list",
+        "serial_log",
+    }
+)
+_RESERVED_WHY = {
+    "memory": "the build VM's memory follows hardware.ram_min_mb",
+    "cpus": "the build VM's CPUs follow the build host",
+}
+_INTEGER_FIELDS = frozenset(
+    {"cores_min", "cores_recommended", "ram_min_mb", "ram_recommended_mb", "disk_gb"}
+    | {"max_age_days", "keep_versions", "expires_days"}
+)
+
+
+@functools.cache
+def _pattern(*where: str) -> re.Pattern[str]:
+    """A pattern of the schema (written once, there), for the checks the schema cannot make."""
+    node: Any = load_schema(SCHEMA)
+    for key in where:
+        node = node[key]
+    return re.compile(node["pattern"])
 
 
 class OsFamily(enum.StrEnum):
@@ -146,7 +204,7 @@ class Appliance:
     def provisioner_paths(self, provisioners_dir: Path) -> list[Path]:
         """Each provisioner script: the appliance folder's own copy first, else ``provisioners/``."""
         return [
-            (self.directory / p) if (self.directory / p).is_file() else (provisioners_dir / p)
+            (self.directory / p) if p.startswith(SIBLING) or (self.directory / p).is_file() else (provisioners_dir / p)
             for p in self.provisioners
         ]
 
@@ -171,31 +229,21 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def from_dict(data: dict[str, Any], directory: Path, source: str = "<memory>") -> Appliance:
+def from_dict(
+    data: dict[str, Any], directory: Path, source: str = "<memory>", provisioners_dir: Path | None = None
+) -> Appliance:
     """Validate ``data`` against the schema and the cross-field rules; build the ``Appliance``.
 
-    Raises ``ConfigError`` listing every problem.
+    Raises ``ConfigError`` listing every problem, each ``source: field.path: message``.
     """
-    problems = validation_errors(SCHEMA, data, source)
+    problems = definition_problems(data, directory, provisioners_dir)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError([f"{source}: {path}: {message}" for path, message in problems])
     d = apply_defaults(SCHEMA, data)
     hw = dict(d["hardware"])
     hw.setdefault("cores_recommended", hw["cores_min"])
     hw.setdefault("ram_recommended_mb", hw["ram_min_mb"])
-    if hw["cores_recommended"] < hw["cores_min"]:
-        problems.append(f"{source}: hardware.cores_recommended: must be >= hardware.cores_min ({hw['cores_min']})")
-    if hw["ram_recommended_mb"] < hw["ram_min_mb"]:
-        problems.append(f"{source}: hardware.ram_recommended_mb: must be >= hardware.ram_min_mb ({hw['ram_min_mb']})")
-    if d["name"] != directory.name:
-        problems.append(f"{source}: name: {d['name']!r} must equal its folder name {directory.name!r}")
-    if not (directory / d["template"]).is_file():
-        problems.append(f"{source}: template: {d['template']} does not exist in {directory}")
     base_kind = BaseKind(next(iter(d["base"])))
-    if base_kind is BaseKind.APPLIANCE and d["base"]["appliance"] == d["name"]:
-        problems.append(f"{source}: base.appliance: an appliance cannot be layered on itself")
-    if problems:
-        raise ConfigError(problems)
     raw_base = d["base"][base_kind]
     base = Base(
         kind=base_kind,
@@ -237,31 +285,163 @@ def from_dict(data: dict[str, Any], directory: Path, source: str = "<memory>") -
     )
 
 
+def definition_problems(data: Any, directory: Path, provisioners_dir: Path | None = None) -> list[Problem]:
+    """Every problem of one definition as ``(field path, message)``: unsafe text, the schema, then the
+    rules a schema cannot say (names, files that must exist inside their folders, reserved variables).
+
+    Each rule guards its own types, so one wrong field never hides the others.
+    """
+    if not isinstance(data, dict):
+        return [(TOP, "must be a mapping of fields")]
+    problems = text_problems(data, MULTILINE_FIELDS)
+    problems += schema_problems(SCHEMA, data)
+    name = data.get("name")
+    if isinstance(name, str) and name != directory.name:
+        problems.append(("name", f"{brief(name)} must equal its folder name {brief(directory.name)}"))
+    for shown in ("title", "description", "vendor", "maintainer.name", "os.name"):
+        if isinstance(value := _get(data, shown), str) and value and not value.strip():
+            problems.append((shown, "must not be blank"))
+    problems += _number_problems(data)
+    problems += _url_problems(data)
+    base = data.get("base")
+    if isinstance(base, dict) and base.get("appliance") is not None and base.get("appliance") == name:
+        problems.append(("base.appliance", "an appliance cannot be layered on itself"))
+    template = data.get("template")
+    if isinstance(template, str) and _pattern("properties", "template").match(template):
+        if why := _file_problem(directory / template, (directory,)):
+            problems.append(("template", f"{template} {why}"))
+    problems += _variable_problems(data.get("variables"))
+    problems += _provisioner_problems(data.get("provisioners"), directory, provisioners_dir)
+    return problems
+
+
+def _get(data: Any, dotted: str) -> Any:
+    """``data`` at ``a.b``, or None where the document has another shape."""
+    for key in dotted.split("."):
+        data = data.get(key) if isinstance(data, dict) else None
+    return data
+
+
+def _number_problems(data: dict[str, Any]) -> list[Problem]:
+    """Whole numbers written as such (``2.0`` passes JSON Schema's integer) and recommended >= minimum."""
+    problems: list[Problem] = []
+    for section in ("hardware", "rebuild"):
+        values = data.get(section)
+        if isinstance(values, dict):
+            problems += [
+                (f"{section}.{k}", "must be a whole number (no decimal point)")
+                for k, v in values.items()
+                if isinstance(v, float) and k in _INTEGER_FIELDS
+            ]
+    hw = data.get("hardware")
+    if isinstance(hw, dict):
+        for low, high in (("cores_min", "cores_recommended"), ("ram_min_mb", "ram_recommended_mb")):
+            if isinstance(hw.get(low), int | float) and isinstance(hw.get(high), int | float) and hw[high] < hw[low]:
+                problems.append((f"hardware.{high}", f"must be >= hardware.{low} ({hw[low]})"))
+    return problems
+
+
+def _url_problems(data: dict[str, Any]) -> list[Problem]:
+    """Port numbers the URL pattern cannot bound."""
+    urls: dict[str, Any] = {"homepage": data.get("homepage")}
+    base = data.get("base")
+    if isinstance(base, dict):
+        for kind, fields in (("bootstrap", ("mirror", "security_mirror")), ("image", ("url",))):
+            if isinstance(base.get(kind), dict):
+                urls |= {f"base.{kind}.{f}": base[kind].get(f) for f in fields}
+    problems: list[Problem] = []
+    for path, url in urls.items():
+        if isinstance(url, str) and _pattern("$defs", "url").match(url):
+            try:
+                _ = urllib.parse.urlsplit(url).port  # raises on a port beyond 65535
+            except ValueError as e:
+                problems.append((path, f"{brief(url)}: {e}"))
+    return problems
+
+
+def _variable_problems(variables: Any) -> list[Problem]:
+    if not isinstance(variables, dict):
+        return []
+    problems: list[Problem] = []
+    for key, value in variables.items():
+        if key in PIPELINE_VARIABLES:
+            why = _RESERVED_WHY.get(key, "the pipeline sets it for every build")
+            problems.append((join_path("variables", key), f"is a pipeline variable and cannot be set here ({why})"))
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append((join_path("variables", key), "must be a finite number"))
+    return problems
+
+
+def _provisioner_problems(provisioners: Any, directory: Path, provisioners_dir: Path | None) -> list[Problem]:
+    """Each provisioner is a regular file inside the appliance folders (``packer_templates/``: its
+    own, or a sibling's as ``../NAME/x.sh``) or the shared ``provisioners/``, symlinks resolved."""
+    if not isinstance(provisioners, list):
+        return []
+    problems: list[Problem] = []
+    roots = (directory.parent,) if provisioners_dir is None else (directory.parent, provisioners_dir)
+    for i, name in enumerate(provisioners):
+        if not isinstance(name, str) or not _pattern("properties", "provisioners", "items").match(name):
+            continue  # the schema says why
+        own = directory / name
+        if name.startswith(SIBLING) or own.is_file() or own.is_symlink() or provisioners_dir is None:
+            if provisioners_dir is None and not own.exists() and not own.is_symlink():
+                continue  # checked against provisioners/ when the caller names it
+            why = _file_problem(own, roots)
+        else:
+            why = _file_problem(provisioners_dir / name, roots)
+            if why == "does not exist":
+                why = f"not found in {directory} or {provisioners_dir}"
+        if why:
+            problems.append((f"provisioners.{i}", f"{name} {why}"))
+    return problems
+
+
+def _file_problem(path: Path, roots: tuple[Path, ...]) -> str | None:
+    """Why ``path`` is not a regular file inside one of ``roots`` (symlinks resolved), or None."""
+    if not path.exists():
+        return "is a dangling symlink" if path.is_symlink() else "does not exist"
+    try:
+        real = path.resolve(strict=True)
+        inside = any(real.is_relative_to(root.resolve(strict=True)) for root in roots if root.exists())
+    except (OSError, RuntimeError) as e:  # RuntimeError: a symlink loop (Python < 3.13)
+        return f"cannot be resolved ({e.__class__.__name__})"
+    if not inside:
+        return f"resolves to {real}, outside {' and '.join(str(r) for r in roots)}"
+    if not real.is_file():
+        return "is not a regular file"
+    return None
+
+
+def read_definition(path: Path) -> str:
+    """The text of ``path``: a regular file of at most ``YAML_LIMITS.max_bytes`` bytes of UTF-8."""
+    try:
+        with path.open("rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise ConfigError(f"{path}: (top level): is not a regular file")
+            raw = f.read(YAML_LIMITS.max_bytes + 1)
+    except OSError as e:
+        raise ConfigError(f"{path}: (top level): cannot be read ({e.strerror or e})") from e
+    if len(raw) > YAML_LIMITS.max_bytes:
+        raise ConfigError(f"{path}: (top level): larger than {YAML_LIMITS.max_bytes} bytes")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: (top level): not UTF-8 text (byte {raw[e.start]:#04x} at offset {e.start})") from e
+
+
 def load_appliance(directory: Path, provisioners_dir: Path | None = None) -> Appliance:
     """Load ``directory/appliance.yaml``; ``ConfigError`` names the file and field of every mistake."""
     path = directory / DEFINITION_FILE
     if not path.is_file():
         raise ConfigError(f"{path}: no appliance definition here", hint=f"create {DEFINITION_FILE} in {directory}")
-    try:
-        data = yaml.load(path.read_text(), Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}{where}: not valid YAML: {getattr(e, 'problem', e)}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: (top level): must be a mapping of fields")
-    appliance = from_dict(data, directory, str(path))
-    if provisioners_dir is not None:
-        missing = [
-            f"{path}: provisioners[{i}]: {name} not found in {directory} or {provisioners_dir}"
-            for i, (name, p) in enumerate(
-                zip(appliance.provisioners, appliance.provisioner_paths(provisioners_dir), strict=True)
-            )
-            if not p.is_file()
-        ]
-        if missing:
-            raise ConfigError(missing)
-    return appliance
+    data, problems = parse_yaml(read_definition(path), str(path), YAML_LIMITS)
+    if problems:
+        # what the YAML reader refused is already said: the rest is checked without repeating it
+        refused = {p for p, _ in problems}
+        checked = definition_problems(data, directory, provisioners_dir) if isinstance(data, dict) else []
+        rest = [(p, m) for p, m in checked if not any(p == r or p.startswith(r + ".") for r in refused)]
+        raise ConfigError([f"{path}: {p}: {m}" for p, m in problems + rest])
+    return from_dict(data, directory, str(path), provisioners_dir)
 
 
 def load_all(templates_dir: Path, provisioners_dir: Path | None = None) -> dict[str, Appliance]:
@@ -269,6 +449,9 @@ def load_all(templates_dir: Path, provisioners_dir: Path | None = None) -> dict[
     problems: list[str] = []
     found: dict[str, Appliance] = {}
     for definition in sorted(templates_dir.glob(f"*/{DEFINITION_FILE}")):
+        if why := _file_problem(definition, (templates_dir,)):
+            problems.append(f"{definition}: (top level): {why}")
+            continue
         try:
             a = load_appliance(definition.parent, provisioners_dir)
         except ConfigError as e:
@@ -288,36 +471,39 @@ def load_all(templates_dir: Path, provisioners_dir: Path | None = None) -> dict[
 
 
 def build_order(appliances: Iterable[Appliance]) -> list[Appliance]:
-    """Appliances sorted so that each comes after the appliance it is layered on (stable by name)."""
+    """Appliances sorted so that each comes after the appliance it is layered on (stable by name).
+
+    Iterative: a chain of a thousand layers is a long list, not a deep recursion.
+    """
     by_name = {a.name: a for a in appliances}
     ordered: list[Appliance] = []
-    state: dict[str, int] = {}  # 1 = visiting, 2 = done
-
-    def visit(a: Appliance, chain: list[str]) -> None:
-        if state.get(a.name) == 2:
-            return
-        if state.get(a.name) == 1:
-            cycle = " -> ".join([*chain, a.name])
-            raise ConfigError(f"{a.definition_path}: base.appliance: layering cycle {cycle}")
-        state[a.name] = 1
-        parent = by_name.get(a.base.appliance or "")
-        if parent is not None:
-            visit(parent, [*chain, a.name])
-        state[a.name] = 2
-        ordered.append(a)
-
+    done: set[str] = set()
     for a in sorted(by_name.values(), key=lambda x: x.name):
-        visit(a, [])
+        chain: list[Appliance] = []
+        seen: set[str] = set()
+        node: Appliance | None = a
+        while node is not None and node.name not in done:
+            if node.name in seen:
+                names = [c.name for c in chain] + [node.name]
+                if len(names) > 7:  # one line, however long the loop
+                    names = [*names[:3], f"... ({len(names) - 6} more)", *names[-3:]]
+                raise ConfigError(f"{node.definition_path}: base.appliance: layering cycle {' -> '.join(names)}")
+            chain.append(node)
+            seen.add(node.name)
+            node = by_name.get(node.base.appliance or "")
+        for layer in reversed(chain):
+            ordered.append(layer)
+            done.add(layer.name)
     return ordered
 
 
 def find_appliance(templates_dir: Path, name: str, provisioners_dir: Path | None = None) -> Appliance:
     """The appliance called ``name``, with a hint listing the known ones if there is none."""
     directory = templates_dir / name
-    if not (directory / DEFINITION_FILE).is_file():
+    if not _pattern("$defs", "name").match(name) or not (directory / DEFINITION_FILE).is_file():
         known = sorted(p.parent.name for p in templates_dir.glob(f"*/{DEFINITION_FILE}"))
         raise ConfigError(
-            f"{directory / DEFINITION_FILE}: no appliance named {name!r}",
+            f"{templates_dir}: no appliance named {brief(name)}",
             hint="known appliances: " + (", ".join(known) or "none"),
         )
     return load_appliance(directory, provisioners_dir)

@@ -131,12 +131,12 @@ class BuildManifest:
         return cls.from_dict(data, str(path))
 
 
-_NUM = re.compile(r"(\d+)")
+_NUM = re.compile(r"([0-9]+)")
 
 
 def version_sort_key(version: str) -> list[tuple[int, int | str]]:
     """Natural order: 2026.11.22.2 > 2026.11.22.1 > 2026.11.22 > 2026.11.9."""
-    return [(0, int(part)) if part.isdigit() else (1, part) for part in _NUM.split(version) if part]
+    return [(0, int(part)) if part.isascii() and part.isdigit() else (1, part) for part in _NUM.split(version) if part]
 
 
 def list_versions(appliance_output: Path) -> list[str]:

@@ -10,6 +10,7 @@ registration is idempotent. So the catalogue never lists an image that is not in
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,11 +28,13 @@ from pipeline.catalogue.contract import (
     version_payload_from_build,
 )
 from pipeline.errors import ArtifactError, UploadError
+from pipeline.formats.sbom import sbom_file_name, sbom_json
 from pipeline.fsutil import Digests
 from pipeline.log import log, step
 from pipeline.manifest import Artifact, BuildManifest, find_version
 from pipeline.repository import PutOutcome, PutResult, Repository, UploadJournal, UploadTuning, open_repository
 from pipeline.repository.journal import exclusive
+from pipeline.repository.oci import OciImagePlan, OciPush, OciRepository
 from pipeline.settings import Settings
 
 # What goes to the repository, in this order (images first, their checksum files last), and
@@ -68,6 +71,7 @@ class PublishPlan:
     repository: str
     uploads: tuple[PlannedUpload, ...]
     payload: VersionPayload
+    oci: OciImagePlan | None = None  # an oci:// repository: the image artifact instead of uploads
 
     @property
     def journal_path(self) -> Path:
@@ -85,12 +89,15 @@ class PublishResult:
     puts: tuple[PutResult, ...] = ()
     registered: VersionInfo | None = None
     catalogue_url: str | None = None
+    pushes: tuple[OciPush, ...] = ()
 
     def summary(self) -> str:
         m = self.plan.manifest
         if self.dry_run:
             lines = [f"dry run: would publish {m.appliance} {m.version} to {self.plan.repository}"]
             lines += [f"  {u.key}  ({u.artifact.size} bytes, sha256 {u.artifact.sha256})" for u in self.plan.uploads]
+            if self.plan.oci is not None:
+                lines.append(self.plan.oci.describe())
             lines.append("catalogue payload:")
             lines.append(json.dumps(payload_json(self.plan.payload), indent=2, sort_keys=True))
             return "\n".join(lines)
@@ -102,6 +109,14 @@ class PublishResult:
                 PutOutcome.PRESENT: "already there, verified",
             }[p.outcome]
             lines.append(f"  {p.key}: {how}")
+        for push in self.pushes:
+            blob = "uploaded" if push.blob is PutOutcome.UPLOADED else "already there"
+            lines.append(f"  {push.reference}: disk {blob}; blobs, manifests and tags read back and verified")
+            lines.append(
+                f"  rolling tag {push.rolling}: now this image"
+                if push.rolling
+                else "  rolling tag: left on a newer version"
+            )
         if self.registered is not None:
             images = ", ".join(i.uri for i in self.registered.images)
             lines.append(f"registered in the catalogue: {images}")
@@ -139,6 +154,10 @@ def plan_publish(settings: Settings, name: str, version: str | None, repository:
                 problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {artifact.size}")
             key = f"{name}/{manifest.version}/{Path(artifact.name).name}"
             uploads.append(PlannedUpload(artifact, key, repository.public_url(key)))
+    sbom = sbom_artifact(manifest)
+    if sbom.role == "sbom" or (version_dir / sbom.name).is_file():  # packaged with its SBOM: it goes along
+        sbom_key = f"{name}/{manifest.version}/{sbom.name}"
+        uploads.append(PlannedUpload(sbom, sbom_key, repository.public_url(sbom_key)))
     if problems:
         raise ArtifactError(
             f"{name} {manifest.version} is not ready to publish:\n  " + "\n  ".join(problems),
@@ -149,15 +168,37 @@ def plan_publish(settings: Settings, name: str, version: str | None, repository:
     return PublishPlan(appliance, manifest, version_dir, repository.url, tuple(uploads), payload)
 
 
+def sbom_artifact(manifest: BuildManifest) -> Artifact:
+    """The SBOM as packaging recorded it (role ``sbom``), else the one ``write_sbom`` makes from the
+    manifest (role ``sbom-derived``): it is deterministic, so the file packaging wrote next to the
+    images has these bytes, and a version packaged before SBOMs existed gets them too."""
+    for a in manifest.artifacts:
+        if a.role == "sbom":
+            return a
+    data = sbom_json(manifest)
+    d = hash_bytes(data)
+    return Artifact(sbom_file_name(manifest), "sbom-derived", "json", d.size, d.sha256, d.sha512)
+
+
+def hash_bytes(data: bytes) -> Digests:
+    return Digests(len(data), hashlib.sha256(data).hexdigest(), hashlib.sha512(data).hexdigest())
+
+
 def publish_version(
     settings: Settings,
     name: str,
     version: str | None = None,
     dry_run: bool = False,
     tuning: UploadTuning | None = None,
+    insecure: bool = False,
 ) -> PublishResult:
-    """Upload a packaged version's artifacts, verify them in the repository, then register the version."""
-    repository = open_repository(settings, tuning)
+    """Upload a packaged version's artifacts, verify them in the repository, then register the version.
+
+    ``insecure``: plain HTTP to a registry on a loopback address (tests); refused for any other host.
+    """
+    repository = open_repository(settings, tuning, insecure)
+    if isinstance(repository, OciRepository):
+        return _publish_oci(settings, repository, name, version, dry_run)
     plan = plan_publish(settings, name, version, repository)
     if dry_run:
         return PublishResult(plan, dry_run=True)
@@ -173,6 +214,50 @@ def publish_version(
         finally:
             catalogue.close()
     return PublishResult(plan, False, tuple(puts), registered, catalogue_page(settings, name, plan.manifest.version))
+
+
+def plan_oci(settings: Settings, name: str, version: str | None, repository: OciRepository) -> PublishPlan:
+    """The image artifact (qcow2 + EGI annotations + SBOM referrer) and the payload naming its reference."""
+    appliance = find_appliance(settings.templates_dir, name, settings.provisioners_dir)
+    version_dir, manifest = find_version(settings.output_dir, name, version)
+    disk = manifest.artifact("qcow2")
+    path = version_dir / disk.name
+    actual = path.stat().st_size if path.is_file() else None
+    if actual != disk.size:
+        raise ArtifactError(
+            f"{path}: {'missing' if actual is None else f'{actual} bytes'}; the manifest says {disk.size} bytes",
+            hint=f"run `invoke package --appliance {name} --version {manifest.version}`",
+        )
+    sbom = sbom_artifact(manifest)
+    sbom_path = version_dir / sbom.name
+    data = sbom_path.read_bytes() if sbom.role == "sbom" else sbom_json(manifest)
+    if hash_bytes(data) != Digests(sbom.size, sbom.sha256, sbom.sha512):
+        raise ArtifactError(f"{sbom_path}: not the SBOM the manifest records", hint="package the version again")
+    oci = repository.plan_image(appliance, manifest, data, sbom.name)
+    payload = version_payload_from_build(appliance, manifest, {disk.name: f"oci://{oci.reference}"})
+    return PublishPlan(appliance, manifest, version_dir, repository.url, (), payload, oci)
+
+
+def _publish_oci(
+    settings: Settings, repository: OciRepository, name: str, version: str | None, dry_run: bool
+) -> PublishResult:
+    plan = plan_oci(settings, name, version, repository)
+    if dry_run or plan.oci is None:
+        return PublishResult(plan, dry_run=True)
+    what = f"{name} {plan.manifest.version}"
+    with exclusive(plan.lock_path, what), step(f"publish {what} to {repository.url}"):
+        repository.preflight()
+        catalogue = open_catalogue(settings)
+        try:
+            with step(f"push {plan.oci.reference}"):
+                push = repository.push_image(plan.oci, plan.version_dir / plan.oci.disk.name)
+            with step("register in the catalogue"):
+                _once_more_on_conflict(lambda: catalogue.ensure_appliance(appliance_payload(plan.appliance)))
+                registered = _once_more_on_conflict(lambda: catalogue.register_version(plan.payload))
+        finally:
+            catalogue.close()
+    url = catalogue_page(settings, name, plan.manifest.version)
+    return PublishResult(plan, False, (), registered, url, (push,))
 
 
 def _once_more_on_conflict(call: Callable[[], T]) -> T:

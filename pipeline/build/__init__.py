@@ -159,10 +159,10 @@ def build_appliance(settings: Settings, name: str, version: str | None = None, f
 
 
 def build_machine(appliance: Appliance, settings: Settings) -> QemuMachine:
-    """The QEMU machine the build runs (and the accelerator probe boots): vCPUs and memory from the
-    pipeline's defaults or the appliance's ``variables``, the accelerator from ``vmi.accel``."""
-    cpus = int(appliance.variables.get("cpus", min(2, os.cpu_count() or 1)))
-    memory = int(appliance.variables.get("memory", max(GUEST_MEMORY_MB, appliance.hardware.ram_min_mb)))
+    """The QEMU machine the build runs (and the accelerator probe boots): vCPUs from the build host,
+    memory from ``hardware.ram_min_mb``, the accelerator from ``vmi.accel``."""
+    cpus = min(2, os.cpu_count() or 1)
+    memory = max(GUEST_MEMORY_MB, appliance.hardware.ram_min_mb)
     choice = choose_accel(settings.accel, cpus, memory)
     machine = qemu_machine(choice.accel, cpus, memory)
     return dataclasses.replace(machine, note=choice.reason)
@@ -247,10 +247,12 @@ def template_variables(
     seed_dir: Path,
     private_key: Path,
 ) -> dict[str, str]:
-    """The variables every appliance template receives from the pipeline (README "Building an image"),
-    then the appliance's own ``variables``, which may override the defaults (cpus, memory...). The
-    machine's own (accelerator, machine_type, cpu_model, cpus, memory) come from ``QemuMachine``."""
+    """The variables every appliance template receives: the appliance's own ``variables`` first, then
+    the pipeline's (README "Building an image"), which always win (``invoke validate`` also refuses a
+    definition that sets one of them). The machine's (accelerator, machine_type, cpu_model, cpus,
+    memory, ssh_timeout) are replaced by ``QemuMachine`` at build time."""
     return {
+        **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in appliance.variables.items()},
         "base_image": str(base_disk),
         "output_directory": str(out_dir),
         "vm_name": vm_name,
@@ -266,7 +268,6 @@ def template_variables(
         "scripts": json.dumps([str(p) for p in appliance.provisioner_paths(settings.provisioners_dir)]),
         "package_list": str(work / "packages.tsv"),
         "serial_log": str(work / "serial.log"),
-        **{k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in appliance.variables.items()},
     }
 
 

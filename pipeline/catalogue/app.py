@@ -7,7 +7,11 @@ Domain errors become HTTP responses in one place (``_ERROR_STATUS``); routes sta
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import json
+import re
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 from pathlib import Path
@@ -15,7 +19,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pipeline.catalogue import endorsements
 from pipeline.catalogue.api import appliances, images, users, versions, vos
 from pipeline.catalogue.api.deps import AppState, StateDep, UowDep
+from pipeline.catalogue.cache import ResponseCache
 from pipeline.catalogue.client import make_context
 from pipeline.catalogue.contract import (
     InvalidPayload,
@@ -34,7 +41,7 @@ from pipeline.catalogue.contract import (
 )
 from pipeline.catalogue.db import make_engine, session_factory
 from pipeline.catalogue.pages import routes as pages
-from pipeline.catalogue.schemas import ErrorPublic, Name
+from pipeline.catalogue.schemas import ErrorPublic, Name, error_lines
 from pipeline.catalogue.settings import CatalogueSettings
 from pipeline.errors import CatalogueError, PipelineError
 from pipeline.log import log
@@ -55,16 +62,81 @@ _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 REFRESH_SECONDS = 600.0  # how often due VO image lists are re-signed in the background
 
 
+class SafeJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error that quotes a client's string (even a lone surrogate) renders."""
+
+    def render(self, content: object) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def invalid_response(problems: list[str], hint: str | None = None) -> JSONResponse:
+    # the shape of FastAPI's own 422s, so clients and the OpenAPI schema see one kind of 422
+    detail = [{"loc": ["body"], "msg": p, "type": "value_error"} for p in problems]
+    return SafeJSONResponse({"detail": detail, "error": "InvalidPayload", "hint": hint}, status_code=422)
+
+
 def error_response(exc: CatalogueError) -> JSONResponse:
     """The one mapping from domain errors to HTTP status codes and bodies."""
     status = next(code for cls, code in _ERROR_STATUS if isinstance(exc, cls))
     if isinstance(exc, InvalidPayload):
-        # the shape of FastAPI's own 422s, so clients and the OpenAPI schema see one kind of 422
-        detail = [{"loc": ["body"], "msg": p, "type": "value_error"} for p in exc.problems]
-        return JSONResponse({"detail": detail, "error": "InvalidPayload", "hint": exc.hint}, status_code=422)
+        return invalid_response(exc.problems, exc.hint)
     body = ErrorPublic(error=type(exc).__name__, detail=exc.message, hint=exc.hint)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+    return SafeJSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+# Pages use only same-origin styles and links; nothing may frame them (clickjacking). The API docs
+# page loads Swagger UI from its CDN and runs one inline script: its route sets its own policy.
+PAGE_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
+
+
+def api_docs(openapi_url: str, title: str) -> Response:
+    """Swagger UI, with a Content-Security-Policy naming its CDN and the hash of its inline script."""
+    page = get_swagger_ui_html(openapi_url=openapi_url, title=f"{title} API")
+    html = bytes(page.body).decode()
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(m.encode()).digest()).decode() + "'"
+        for m in re.findall(r"<script>(.*?)</script>", html, re.DOTALL)
+    )
+    cdn = "https://cdn.jsdelivr.net"
+    csp = (
+        f"default-src 'none'; script-src {cdn} {hashes}; style-src {cdn}; img-src 'self' data: {cdn} "
+        f"https://fastapi.tiangolo.com; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+    return HTMLResponse(html, headers={"Content-Security-Policy": csp})
+
+
+class SecurityHeaders:
+    """Content-Security-Policy (unless the route set its own), nosniff, Referrer-Policy and
+    X-Frame-Options on every response: pages, API, /repo, /vo, static files and errors."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                if b"content-security-policy" not in names:
+                    headers.append((b"content-security-policy", PAGE_CSP.encode()))
+                headers += [h for h in _SECURITY_HEADERS if h[0] not in names]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class BodyLimit:
@@ -115,11 +187,14 @@ def repository_file(root: Path | None, key: str) -> Path:
     """The file for ``/repo/<key>``, only if it really lies inside the repository (no ``..``, no symlink out)."""
     if root is None or not key or "\x00" in key:
         raise NotFound("no such file in the repository")
-    base = root.resolve()
-    path = (base / key).resolve()
-    if not path.is_relative_to(base) or not path.is_file():
-        raise NotFound("no such file in the repository")
-    return path
+    try:
+        base = root.resolve()
+        path = (base / key).resolve()
+        if path.is_relative_to(base) and path.is_file():
+            return path
+    except (OSError, ValueError):  # a name too long for the file system, a symlink loop
+        pass
+    raise NotFound("no such file in the repository")
 
 
 def public_router() -> APIRouter:
@@ -131,12 +206,21 @@ def public_router() -> APIRouter:
         response_class=Response,
         responses={
             200: {"content": {"text/plain": {}}, "description": "the S/MIME signed HEPiX list"},
+            304: {"description": "not modified since the list with the ETag in If-None-Match"},
             **_ERROR_RESPONSES,
         },
     )
-    def image_list(vo: Name, uow: UowDep, state: StateDep) -> Response:
-        """The newest signed image list of a VO (re-signed first when it is close to expiry)."""
-        return Response(endorsements.current_image_list(uow, vo, state.ctx), media_type="text/plain")
+    def image_list(vo: Name, request: Request, uow: UowDep, state: StateDep) -> Response:
+        """The newest signed image list of a VO (re-signed first when it is close to expiry), as stored
+        when it was signed; ``ETag``/``If-None-Match`` let sites poll it for the price of a 304."""
+        signed, until = endorsements.current_image_list_until(uow, vo, state.ctx)
+        etag = '"' + hashlib.sha256(signed).hexdigest()[:32] + '"'
+        # the response cache serves these bytes until the next write or until the list is due again
+        headers = {"ETag": etag, "Cache-Control": "no-cache", "X-Vmi-Cache-Until": f"{until.timestamp():.0f}"}
+        sent = request.headers.get("if-none-match", "")
+        if etag in (t.strip().removeprefix("W/") for t in sent.split(",")) or sent.strip() == "*":
+            return Response(status_code=304, headers=headers)
+        return Response(signed, media_type="text/plain", headers=headers)
 
     @router.get(
         "/repo/{key:path}",
@@ -175,11 +259,18 @@ def create_app(settings: CatalogueSettings, refresh_seconds: float | None = REFR
         description="Appliances, versions, images, audits, endorsements and signed VO image lists (after EGI AppDB).",
         lifespan=lifespan,
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        docs_url=None,  # served below, with a policy that allows exactly its CDN and its one inline script
         redoc_url=None,
     )
+
+    @app.get(f"{API_PREFIX}/docs", include_in_schema=False)
+    def docs() -> Response:
+        return api_docs(f"{API_PREFIX}/openapi.json", app.title)
+
     app.state.catalogue = state
+    app.add_middleware(ResponseCache, engine=engine)  # innermost: its 304s still get the headers below
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(CatalogueError)
     async def _domain_error(request: Request, exc: CatalogueError) -> Response:
@@ -187,13 +278,23 @@ def create_app(settings: CatalogueSettings, refresh_seconds: float | None = REFR
             return pages.not_found_page(request, exc.message)
         return error_response(exc)
 
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        # one line per field, never the input itself (it may not even be encodable)
+        detail = [
+            {"loc": [str(x) if not isinstance(x, int) else x for x in e.get("loc", ())], "msg": line, "type": e["type"]}
+            for e in exc.errors()
+            for line in error_lines([e])
+        ]
+        return SafeJSONResponse({"detail": detail, "error": "InvalidPayload", "hint": None}, status_code=422)
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         # framework errors (unparsable body, unknown route, wrong method) in the documented error shape
         if exc.status_code == 404 and not request.url.path.startswith((API_PREFIX, "/vo/", "/repo/")):
             return pages.not_found_page(request, "no such page")
         body = ErrorPublic(error=HTTPStatus(exc.status_code).phrase.replace(" ", ""), detail=str(exc.detail))
-        return JSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
+        return SafeJSONResponse(body.model_dump(), status_code=exc.status_code, headers=exc.headers)
 
     for module in (appliances, versions, images, vos, users):
         app.include_router(module.router, prefix=API_PREFIX, responses=_ERROR_RESPONSES)

@@ -15,14 +15,14 @@ from datetime import timedelta
 
 from pipeline.catalogue import models as m
 from pipeline.catalogue import views
-from pipeline.catalogue.contract import InvalidPayload, NotAuthenticated, NotFound, PermissionDenied, VersionConflict
+from pipeline.catalogue.contract import NotAuthenticated, NotFound, PermissionDenied, VersionConflict
 from pipeline.catalogue.models import utcnow
-from pipeline.catalogue.services import NAME, actor_user
-from pipeline.catalogue.settings import LOCAL_ADMIN
+from pipeline.catalogue.schemas import TokenCreate, UserCreate, VoCreate, validated
+from pipeline.catalogue.services import actor_user
+from pipeline.catalogue.settings import DEFAULT_TOKEN_DAYS, LOCAL_ADMIN, MAX_TOKEN_DAYS
 from pipeline.catalogue.uow import UnitOfWork
 
 TOKEN_PREFIX = "vmi_"
-MAX_TOKEN_DAYS = 366
 
 
 @dataclass(frozen=True)
@@ -52,15 +52,17 @@ def authenticate(uow: UnitOfWork, token: str) -> str:
         now = utcnow()
         if row.revoked is not None:
             raise NotAuthenticated("this API token was revoked")
-        if row.expires is not None and row.expires <= now:
-            raise NotAuthenticated("this API token has expired")
+        if row.expires <= now:
+            raise NotAuthenticated(
+                f"this API token expired on {row.expires:%Y-%m-%d %H:%M} UTC",
+                hint="ask for a new one (POST /api/v1/users/<you>/tokens, or `invoke serve --create-token`)",
+            )
         return row.user.name
 
 
 def ensure_user(uow: UnitOfWork, name: str, email: str, role: m.Role) -> views.UserView:
     """Create a user if missing (bootstrap: the local admin, ``serve --create-token``)."""
-    if not NAME.match(name):
-        raise InvalidPayload(f"name: {name!r} must match {NAME.pattern}")
+    validated(UserCreate, {"name": name, "email": email, "role": role.value}, "user")
     with uow.writing():
         user = uow.repo.user(name)
         if user is None:
@@ -78,8 +80,7 @@ def ensure_local_admin(uow: UnitOfWork) -> str:
 
 
 def create_user(uow: UnitOfWork, actor: str, name: str, email: str, role: m.Role) -> views.UserView:
-    if not NAME.match(name):
-        raise InvalidPayload(f"name: {name!r} must match {NAME.pattern}")
+    validated(UserCreate, {"name": name, "email": email, "role": role.value}, "user")
     with uow.writing():
         _require_admin(actor_user(uow, actor))
         if uow.repo.user(name) is not None:
@@ -115,12 +116,20 @@ def _self_or_admin(uow: UnitOfWork, actor: str, user_name: str) -> m.User:
     return target
 
 
-def issue_token(uow: UnitOfWork, actor: str, user_name: str, label: str, days: int | None = None) -> IssuedToken:
-    """A new token for ``user_name`` (oneself, or anyone for an admin); the secret is returned once."""
-    if not 1 <= len(label) <= 100:
-        raise InvalidPayload("label: must be 1..100 characters")
-    if days is not None and not 1 <= days <= MAX_TOKEN_DAYS:
-        raise InvalidPayload(f"days: must be 1..{MAX_TOKEN_DAYS}")
+def issue_token(
+    uow: UnitOfWork,
+    actor: str,
+    user_name: str,
+    label: str,
+    days: int | None = None,
+    default_days: int = DEFAULT_TOKEN_DAYS,
+) -> IssuedToken:
+    """A new token for ``user_name`` (oneself, or anyone for an admin); the secret is returned once.
+
+    Every token expires: after ``days`` (at most ``MAX_TOKEN_DAYS``), else after ``default_days``.
+    """
+    validated(TokenCreate, {"label": label, "days": days}, "token")
+    lifetime = timedelta(days=min(days or default_days, MAX_TOKEN_DAYS))
     with uow.writing():
         owner = _self_or_admin(uow, actor, user_name)
         public_id = secrets.token_hex(6)
@@ -132,7 +141,7 @@ def issue_token(uow: UnitOfWork, actor: str, user_name: str, label: str, days: i
             user_id=owner.id,
             label=label,
             created=now,
-            expires=now + timedelta(days=days) if days else None,
+            expires=now + lifetime,
             revoked=None,
         )
         row.user = owner
@@ -163,10 +172,7 @@ def revoke_token(uow: UnitOfWork, actor: str, public_id: str) -> views.TokenView
 
 
 def create_vo(uow: UnitOfWork, actor: str, name: str, description: str) -> views.VoView:
-    if not NAME.match(name):
-        raise InvalidPayload(f"name: {name!r} must match {NAME.pattern}")
-    if len(description) > 1000:
-        raise InvalidPayload("description: must be at most 1000 characters")
+    validated(VoCreate, {"name": name, "description": description}, "VO")
     with uow.writing():
         _require_admin(actor_user(uow, actor))
         if uow.repo.vo(name) is not None:

@@ -10,6 +10,10 @@ call ``register_version``; it is one transaction, idempotent for an identical pa
 ``VersionConflict`` (a ``CatalogueError``) for a different payload under an existing version. For
 images in the served ``file://`` repository the server hashes the file itself and refuses a payload
 whose size or checksums differ (``InvalidPayload``); the stored checksums are always the server's.
+Image URLs must lie under the repository's public base (``vmi.repository_public_url``), which is
+what publish registers; anything else (``file://``, credentials, other hosts) is ``InvalidPayload``.
+Audits: a maintainer may store one, but only an admin's (the in-process catalogue acts as one) or a
+manager's of the VO can gate that VO's endorsement.
 Every refusal is a ``CatalogueError`` subclass below, from both implementations.
 """
 

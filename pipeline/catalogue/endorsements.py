@@ -51,6 +51,16 @@ def _endorsement_target(
     return user, vo, find_version(uow, find_appliance(uow, appliance), version)
 
 
+def counting_audit(audits: Sequence[m.AuditReport], vo: m.Vo) -> m.AuditReport | None:
+    """The newest audit (``audits`` is newest first) that may gate an endorsement for ``vo``: stored by
+    an admin (the server's own in-process audits are the local admin's) or by a manager of ``vo``."""
+    managers = {u.id for u in vo.managers}
+    for audit in audits:
+        if audit.stored_by.role is m.Role.ADMIN or audit.stored_by_id in managers:
+            return audit
+    return None
+
+
 def endorse(uow: UnitOfWork, actor: str, appliance: str, version: str, vo_name: str, ctx: Context) -> ImageListInfo:
     """Endorse a version for a VO and publish the VO's next signed image list (one transaction)."""
     now = utcnow()
@@ -60,9 +70,12 @@ def endorse(uow: UnitOfWork, actor: str, appliance: str, version: str, vo_name: 
             raise NotEndorsable(f"{appliance} {version} is archived or unpublished")
         if v.expires <= now:
             raise NotEndorsable(f"{appliance} {version} expired on {v.expires:%Y-%m-%d}")
-        audit = uow.repo.audit(v)
+        audit = counting_audit(uow.repo.audits(v), vo)
         if audit is None:
-            raise NotEndorsable(f"{appliance} {version} has no stored policy audit", hint="run `invoke audit-image`")
+            raise NotEndorsable(
+                f"{appliance} {version} has no policy audit stored by an admin or a manager of VO {vo_name}",
+                hint="a maintainer's own audit does not count: the endorser runs `invoke audit-image` and stores it",
+            )
         if not audit.passed:
             failed = [c.check_id for c in audit.checks if c.result == "fail"]
             raise NotEndorsable(f"{appliance} {version} fails the policy audit: {', '.join(failed)}")
@@ -166,6 +179,11 @@ def _publish_list(uow: UnitOfWork, vo: m.Vo, ctx: Context, now: datetime, reason
 
 def current_image_list(uow: UnitOfWork, vo_name: str, ctx: Context) -> bytes:
     """The newest signed list of a VO; re-signed first when it is near expiry or an entry expired."""
+    return current_image_list_until(uow, vo_name, ctx)[0]
+
+
+def current_image_list_until(uow: UnitOfWork, vo_name: str, ctx: Context) -> tuple[bytes, datetime]:
+    """The newest signed list of a VO (its stored bytes), and until when it may be served as is."""
     now = utcnow()
     with uow:
         vo = find_vo(uow, vo_name)
@@ -173,12 +191,12 @@ def current_image_list(uow: UnitOfWork, vo_name: str, ctx: Context) -> bytes:
         if latest is None:
             raise NotFound(f"VO {vo_name} has no image list yet", hint="a VO manager endorses a version first")
         if latest.refresh_after > now or ctx.signer is None:
-            return latest.signed
+            return latest.signed, latest.refresh_after if ctx.signer is not None else now
     refresh_image_list(uow, vo_name, ctx, now)
     with uow:
         latest = uow.repo.latest_image_list(find_vo(uow, vo_name))
         assert latest is not None
-        return latest.signed
+        return latest.signed, latest.refresh_after
 
 
 def refresh_image_list(

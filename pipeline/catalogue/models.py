@@ -73,6 +73,14 @@ def _values(enum_class: type[enum.StrEnum]) -> list[str]:
     return [m.value for m in enum_class]
 
 
+class AuditRole(enum.StrEnum):
+    """In which capacity an audit was stored: only admins' and endorsers' audits gate endorsement."""
+
+    ADMIN = "admin"
+    ENDORSER = "endorser"
+    MAINTAINER = "maintainer"
+
+
 class User(Base):
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -92,7 +100,7 @@ class ApiToken(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     label: Mapped[str] = mapped_column(String(100))
     created: Mapped[datetime]
-    expires: Mapped[datetime | None]
+    expires: Mapped[datetime]  # every token expires (settings.token_days by default)
     revoked: Mapped[datetime | None]
     user: Mapped[User] = relationship(lazy="joined")
 
@@ -157,7 +165,9 @@ class Version(Base):
         back_populates="version", order_by="Image.id", cascade="all, delete-orphan"
     )
     endorsements: Mapped[list[Endorsement]] = relationship(order_by="Endorsement.id", cascade="all, delete-orphan")
-    audit: Mapped[AuditReport | None] = relationship(cascade="all, delete-orphan")
+    audits: Mapped[list[AuditReport]] = relationship(
+        order_by="(AuditReport.stored.desc(), AuditReport.id.desc())", cascade="all, delete-orphan"
+    )
 
 
 class Image(Base):
@@ -197,13 +207,15 @@ class ImagePackage(Base):
 
 
 class AuditReport(Base):
-    """The latest policy audit of a version (storing a new one replaces it)."""
+    """One user's latest policy audit of a version (storing a new one replaces that user's)."""
 
     __tablename__ = "audit_reports"
+    __table_args__ = (UniqueConstraint("version_id", "stored_by_id", name="uq_audit_reports_version_stored_by"),)
     id: Mapped[int] = mapped_column(primary_key=True)
-    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), unique=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"))
     stored: Mapped[datetime]
     stored_by_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
+    stored_as: Mapped[str] = mapped_column(String(16))  # AuditRole: admin | endorser | maintainer
     passed: Mapped[bool] = mapped_column(Boolean)  # every check passes or is waived
     report: Mapped[dict[str, Any]]
     stored_by: Mapped[User] = relationship(lazy="joined")
@@ -249,3 +261,15 @@ class ImageListVersion(Base):
     entries: Mapped[int] = mapped_column(Integer)
     refresh_after: Mapped[datetime]  # re-sign before expiry, or an entry's version expires
     signed: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class CatalogueState(Base):
+    """One row: ``generation`` goes up with every committed write (``UnitOfWork.commit``).
+
+    Readers key cached list responses and their ETags on it, so a write by any process (the service,
+    an in-process publish on the same database) makes every cached list stale at once.
+    """
+
+    __tablename__ = "catalogue_state"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    generation: Mapped[int] = mapped_column(BigInteger)

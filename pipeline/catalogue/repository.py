@@ -18,16 +18,18 @@ from pipeline.catalogue.models import (
     Endorsement,
     Image,
     ImageListVersion,
+    ImagePackage,
     User,
     Version,
     Vo,
 )
 
-# Lists never show manifests (large JSON): load them only for one image's page.
+# Lists never show manifests or audit reports (large JSON), nor package lists: each relation a view
+# needs is loaded by one extra query for the whole page (selectinload), never one per row.
 _VERSION_LOADS = (
     selectinload(Version.images).defer(Image.manifest),
     selectinload(Version.endorsements),
-    selectinload(Version.audit),
+    selectinload(Version.audits).load_only(AuditReport.stored, AuditReport.stored_as, AuditReport.passed),
     selectinload(Version.appliance),
 )
 
@@ -130,10 +132,15 @@ class Repository:
             .options(selectinload(Image.packages))
         )
 
-    def images_with_packages(self, version: Version) -> Sequence[Image]:
-        return self.session.scalars(
-            select(Image).where(Image.version_id == version.id).options(selectinload(Image.packages)).order_by(Image.id)
+    def package_counts(self, version: Version) -> dict[int, int]:
+        """Image id -> number of packages, for one version (one grouped query, no package rows)."""
+        rows = self.session.execute(
+            select(ImagePackage.image_id, func.count())
+            .join(Image, Image.id == ImagePackage.image_id)
+            .where(Image.version_id == version.id)
+            .group_by(ImagePackage.image_id)
         ).all()
+        return {image_id: count for image_id, count in rows}
 
     def images(self, offset: int, limit: int) -> Sequence[Image]:
         return self.session.scalars(
@@ -147,9 +154,18 @@ class Repository:
     def count_images(self) -> int:
         return self.session.scalar(select(func.count()).select_from(Image)) or 0
 
-    def audit(self, version: Version) -> AuditReport | None:
+    def audits(self, version: Version) -> Sequence[AuditReport]:
+        """Every stored audit of a version, newest first, with its checks and who stored it."""
+        return self.session.scalars(
+            select(AuditReport)
+            .where(AuditReport.version_id == version.id)
+            .options(selectinload(AuditReport.checks))
+            .order_by(AuditReport.stored.desc(), AuditReport.id.desc())
+        ).all()
+
+    def audit_by(self, version: Version, user: User) -> AuditReport | None:
         return self.session.scalar(
-            select(AuditReport).where(AuditReport.version_id == version.id).options(selectinload(AuditReport.checks))
+            select(AuditReport).where(AuditReport.version_id == version.id, AuditReport.stored_by_id == user.id)
         )
 
     # endorsements and image lists ---------------------------------------------------------------

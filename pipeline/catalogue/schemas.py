@@ -8,49 +8,162 @@ column (ids, token hashes, payload digests).
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any, Generic, Self, TypeVar
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, Generic, Literal, Self, TypeVar
+from urllib.parse import unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipeline.catalogue import contract
+from pipeline.catalogue.settings import MAX_TOKEN_DAYS
 from pipeline.catalogue.views import Page
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+# Every string a client sends is UTF-8 encodable text without control characters (one line), or
+# with only tab and newline (free text). Patterns run in pydantic-core, which also refuses lone
+# surrogates for any field with a pattern ("unable to parse raw data as a unicode string").
+LINE = r"^[^\x00-\x1f\x7f-\x9f]*$"
+TEXT = r"^[^\x00-\x08\x0b-\x1f\x7f-\x9f]*$"
+_TEXT = re.compile(TEXT)
+MAX_JSON_DEPTH = 32  # nesting of free-form JSON (manifests, audit reports); real ones use fewer than 8
+MAX_JSON_ITEMS = 200_000  # values in one free-form JSON document
+UNICODE_MEANING = "must be valid Unicode text (no lone surrogates)"
+PATTERN_MEANING = {
+    LINE: "must be one line of text without control characters",
+    TEXT: "must be text without control characters (tab and newline allowed)",
+}
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", examples=["debian-12"])]
+VersionName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,19}$", examples=["2026.11.22"])]
 Hex512 = Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]
 Hex256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Count = Annotated[int, Field(ge=0, le=2**31 - 1)]
+RowId = Annotated[int, Field(ge=1, le=2**31 - 1)]  # ids in paths: never beyond what the databases store
+Format = Literal["ova", "qcow2", "raw", "vmdk", "vdi", "vhd", "iso"]
+Hypervisor = Literal["KVM", "QEMU", "QEMU-KVM", "Xen", "VirtualBox", "Hyper-V", "VMWare"]
+Arch = Literal["x86_64", "aarch64", "i686", "ppc64le", "s390x"]
 
 
-def storable_text(value: Any, where: str = "body") -> list[str]:
-    """Strings the databases cannot store: NUL characters (PostgreSQL text/JSON) and lone surrogates."""
-    if isinstance(value, str):
-        if "\x00" in value:
-            return [f"{where}: contains a NUL character"]
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return [f"{where}: is not valid Unicode text"]
-        return []
-    if isinstance(value, dict):
-        return [p for k, v in value.items() for p in storable_text(k, where) + storable_text(v, f"{where}.{k}")]
-    if isinstance(value, list | tuple):
-        return [p for i, v in enumerate(value) for p in storable_text(v, f"{where}[{i}]")]
-    return []
+Line32 = Annotated[str, Field(min_length=1, max_length=32, pattern=LINE)]
+Line100 = Annotated[str, Field(min_length=1, max_length=100, pattern=LINE)]
+Line200 = Annotated[str, Field(min_length=1, max_length=200, pattern=LINE)]
+OptionalLine200 = Annotated[str, Field(max_length=200, pattern=LINE)]
+Text1000 = Annotated[str, Field(min_length=1, max_length=1000, pattern=TEXT)]
+OptionalText1000 = Annotated[str, Field(max_length=1000, pattern=TEXT)]
+Text2000 = Annotated[str, Field(min_length=1, max_length=2000, pattern=TEXT)]
+Text5000 = Annotated[str, Field(min_length=1, max_length=5000, pattern=TEXT)]
+Evidence = Annotated[str, Field(max_length=65536, pattern=TEXT)]
 
 
-class _Storable(BaseModel):
-    @model_validator(mode="after")
-    def _storable(self) -> Self:
-        problems = storable_text(self.model_dump())
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+def json_problem(value: Any, max_depth: int = MAX_JSON_DEPTH) -> str | None:
+    """Why a free-form JSON value cannot be stored, or None: depth, size, non-text keys or bad strings.
+
+    Iterative (an explicit stack), so no input can exhaust Python's recursion limit.
+    """
+    stack: list[tuple[Any, int, str]] = [(value, 1, "")]
+    seen = 0
+    while stack:
+        item, depth, at = stack.pop()
+        seen += 1
+        if seen > MAX_JSON_ITEMS:
+            return f"more than {MAX_JSON_ITEMS} values"
+        if isinstance(item, str):
+            if not _encodable(item):
+                return f"{at or 'value'}: {UNICODE_MEANING}"
+            if not _TEXT.match(item):
+                return f"{at or 'value'}: {PATTERN_MEANING[TEXT]}"
+        elif isinstance(item, dict | list | tuple):
+            if depth > max_depth:
+                return f"{at or 'value'}: nested deeper than {max_depth} levels"
+            if isinstance(item, dict):
+                for k, v in item.items():
+                    if not isinstance(k, str) or not _encodable(k):
+                        return f"{at or 'value'}: keys {UNICODE_MEANING}"
+                    if not _TEXT.match(k):
+                        return f"{at or 'value'}: keys {PATTERN_MEANING[TEXT]}"
+                    stack.append((v, depth + 1, f"{at}.{k}" if at else k))
+            else:
+                stack.extend((v, depth + 1, f"{at}.{i}" if at else str(i)) for i, v in enumerate(item))
+        elif not (item is None or isinstance(item, bool | int | float)):
+            return f"{at or 'value'}: {type(item).__name__} is not a JSON value"
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) >= 2**63:
+            return f"{at or 'value'}: integer beyond 64 bits"
+    return None
 
 
-class _In(_Storable):
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _json_value(value: Any) -> Any:
+    if (problem := json_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_value)]
+
+
+def error_lines(errors: Sequence[Mapping[str, Any]], prefix: str = "") -> list[str]:
+    """One line per validation error, naming the field; never echoes the offending input."""
+    lines = []
+    for e in errors:
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body",))
+        msg = str(e.get("msg", "invalid"))
+        if e.get("type") == "string_pattern_mismatch":
+            pattern = (e.get("ctx") or {}).get("pattern")
+            msg = PATTERN_MEANING.get(str(pattern), f"must match {pattern}")
+        elif e.get("type") == "string_unicode":
+            msg = UNICODE_MEANING
+        msg = msg.removeprefix("Value error, ")
+        where = ": ".join(p for p in (prefix, loc) if p)
+        lines.append(f"{where}: {msg}" if where else msg)
+    return lines
+
+
+def validated(model: type[M], data: Any, where: str = "") -> M:
+    """``model`` validated from plain data; ``InvalidPayload`` with one line per bad field otherwise.
+
+    Every use case validates through here (the in-process catalogue too), so the rules below are the
+    only place where a field's shape is decided.
+    """
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise contract.InvalidPayload(error_lines(e.errors(include_input=False), where)) from None
+
+
+def _uri_shape(uri: str) -> str:
+    """An absolute http(s) (or file, under a file:// public base) URL without credentials, query,
+    fragment, dot segments or backslashes. Where it may point (under the repository's public base) is
+    decided by the use case, which knows the settings (``services.image_uri_problem``)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https", "file", "oci"):
+        raise ValueError("must be an http:// or https:// URL (or oci:// for a registry)")
+    if parts.scheme != "file" and not parts.hostname:
+        raise ValueError("must name a host")
+    if "@" in parts.netloc:
+        raise ValueError("must not carry credentials (user@host)")
+    if parts.query or parts.fragment or "?" in uri or "#" in uri or "\\" in uri or " " in uri:
+        raise ValueError("must not have a query, a fragment, spaces or backslashes")
+    if any(seg in (".", "..") for seg in unquote(parts.path).split("/")):
+        raise ValueError("must not have . or .. path segments")
+    try:
+        parts.port  # noqa: B018 (raises on a bad port)
+    except ValueError as e:
+        raise ValueError(f"bad port: {e}") from None
+    return uri
+
+
+class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -62,48 +175,72 @@ class _Out(BaseModel):
 
 
 class ApplianceIn(_In):
-    title: Annotated[str, Field(min_length=1, max_length=200)]
-    description: Annotated[str, Field(min_length=1, max_length=5000)]
+    title: Line200
+    description: Text5000
     vos: Annotated[list[Name], Field(max_length=100)] = []
 
 
+class ApplianceRecord(ApplianceIn):
+    """What the use case validates: the body plus the name from the path."""
+
+    name: Name
+
+
 class PackageIn(_In):
-    name: Annotated[str, Field(min_length=1, max_length=200)]
-    version: Annotated[str, Field(min_length=1, max_length=200)]
-    arch: Annotated[str, Field(min_length=1, max_length=32)]
+    name: Line200
+    version: Line200
+    arch: Line32
 
 
 class ImageCreate(_In):
-    uri: Annotated[str, Field(min_length=1, max_length=2048)]
-    format: Annotated[str, Field(min_length=1, max_length=16)]
-    hypervisor: Annotated[str, Field(min_length=1, max_length=32)]
+    uri: Annotated[str, Field(min_length=1, max_length=2048, pattern=LINE), AfterValidator(_uri_shape)]
+    format: Format
+    hypervisor: Hypervisor = "KVM"
     size: Annotated[int, Field(gt=0, lt=2**62)]
     sha512: Hex512
     sha256: Hex256
-    arch: Annotated[str, Field(min_length=1, max_length=16)]
-    os_family: Annotated[str, Field(min_length=1, max_length=32)]
-    os_name: Annotated[str, Field(min_length=1, max_length=32)]
-    os_version: Annotated[str, Field(min_length=1, max_length=32)]
-    min_cores: Count
-    recommended_cores: Count
-    min_ram_mb: Count
-    recommended_ram_mb: Count
-    title: Annotated[str, Field(max_length=200)] = ""
-    manifest: dict[str, Any] | None = None
+    arch: Arch
+    os_family: Line32
+    os_name: Line32
+    os_version: Line32
+    min_cores: Count = 1
+    recommended_cores: Count = 1
+    min_ram_mb: Count = 512
+    recommended_ram_mb: Count = 1024
+    title: OptionalLine200 = ""
+    manifest: JsonObject | None = None
     packages: Annotated[list[PackageIn], Field(max_length=20000)] = []
 
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        for low, high in (("min_cores", "recommended_cores"), ("min_ram_mb", "recommended_ram_mb")):
+            if getattr(self, low) > getattr(self, high):
+                raise ValueError(f"{low} must not exceed {high}")
+        return self
+
     def to_payload(self) -> contract.ImagePayload:
-        data = self.model_dump(exclude={"packages"})
+        data = {name: getattr(self, name) for name in type(self).model_fields if name != "packages"}
         return contract.ImagePayload(
             **data, packages=tuple(contract.PackageInfo(p.name, p.version, p.arch) for p in self.packages)
         )
 
 
 class VersionCreate(_In):
-    version: Annotated[str, Field(min_length=1, max_length=20)]
-    notes: Annotated[str, Field(min_length=1, max_length=1000)]
+    version: VersionName
+    notes: Text1000
     images: Annotated[list[ImageCreate], Field(min_length=1, max_length=64)]
-    expires: datetime | None = None
+    expires: AwareDatetime | None = Field(default=None, description="default and cap: one year after registration")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        seen: set[tuple[str, str]] = set()
+        for i, img in enumerate(self.images):
+            if (img.uri, img.hypervisor) in seen:
+                raise ValueError(f"images.{i}.uri: {img.uri} appears twice (uri + hypervisor must be unique)")
+            seen.add((img.uri, img.hypervisor))
+        if self.expires is not None and self.expires <= datetime.now(UTC):
+            raise ValueError("expires: must be in the future")
+        return self
 
     def to_payload(self, appliance: str) -> contract.VersionPayload:
         return contract.VersionPayload(
@@ -111,18 +248,38 @@ class VersionCreate(_In):
         )
 
 
-class AuditCheckIn(_Storable):
+class VersionRecord(VersionCreate):
+    """What the use case validates: the body plus the appliance name from the path."""
+
+    appliance: Name
+
+
+class AuditCheckIn(BaseModel):
     model_config = ConfigDict(extra="allow")  # audit tools add their own fields (severity, path ...)
-    id: Annotated[str, Field(min_length=1, max_length=100)]
-    result: Annotated[str, Field(pattern=r"^(pass|fail|waived)$")]
-    evidence: str | list[str] = ""
-    reason: str | None = None
-    waiver: str | None = None
+    id: Line100
+    result: Literal["pass", "fail", "waived"]
+    evidence: Evidence | Annotated[list[Evidence], Field(max_length=1000)] = ""
+    reason: Text2000 | None = None
+    waiver: Text2000 | None = None
+
+    @model_validator(mode="after")
+    def _waiver(self) -> Self:
+        if self.result == "waived" and not (self.reason or self.waiver):
+            raise ValueError("a waived check needs a reason")
+        return self
 
 
-class AuditIn(_Storable):
+class AuditIn(BaseModel):
     model_config = ConfigDict(extra="allow")  # the whole report is kept as sent
     checks: Annotated[list[AuditCheckIn], Field(min_length=1, max_length=1000)]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _free_form(cls, data: Any) -> Any:
+        # the extra fields are kept as sent: bounded like every other free-form JSON
+        if isinstance(data, dict) and (problem := json_problem(data)) is not None:
+            raise ValueError(problem)
+        return data
 
 
 class EndorsementCreate(_In):
@@ -131,18 +288,20 @@ class EndorsementCreate(_In):
 
 class UserCreate(_In):
     name: Name
-    email: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$", max_length=254)]
-    role: Annotated[str, Field(pattern=r"^(admin|user)$")] = "user"
+    email: Annotated[str, Field(pattern=r"^[^@\s\x00-\x1f\x7f-\x9f]+@[^@\s\x00-\x1f\x7f-\x9f]+$", max_length=254)]
+    role: Literal["admin", "user"] = "user"
 
 
 class TokenCreate(_In):
-    label: Annotated[str, Field(min_length=1, max_length=100)]
-    days: Annotated[int, Field(ge=1, le=366)] | None = None
+    label: Line100
+    days: Annotated[int, Field(ge=1, le=MAX_TOKEN_DAYS)] | None = Field(
+        default=None, description="lifetime in days; the catalogue's default (90 days) when omitted"
+    )
 
 
 class VoCreate(_In):
     name: Name
-    description: Annotated[str, Field(max_length=1000)] = ""
+    description: OptionalText1000 = ""
 
 
 # --- responses ------------------------------------------------------------------------------------
@@ -174,7 +333,7 @@ class TokenPublic(_Out):
     user: str
     label: str
     created: datetime
-    expires: datetime | None
+    expires: datetime = Field(description="the token is refused from this time on")
     revoked: datetime | None
 
 
@@ -252,6 +411,9 @@ class AuditCheckPublic(_Out):
 class AuditPublic(_Out):
     stored: datetime
     stored_by: str
+    stored_as: str = Field(
+        description="admin | endorser | maintainer: a maintainer's own audit never gates endorsement"
+    )
     passed: bool
     checks: list[AuditCheckPublic]
 

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import json
-import re
+import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.exc import IntegrityError
 
@@ -36,22 +38,12 @@ from pipeline.catalogue.contract import (
     VersionPayload,
 )
 from pipeline.catalogue.models import utcnow
-from pipeline.catalogue.schemas import storable_text
+from pipeline.catalogue.schemas import ApplianceRecord, AuditIn, VersionRecord, validated
 from pipeline.catalogue.settings import VERSION_LIFETIME, CatalogueSettings
 from pipeline.catalogue.uow import UnitOfWork
 from pipeline.fsutil import hash_file
 
 NAMESPACE = uuid.UUID("4f1b8a51-29a4-5c1e-9a57-7b3d0c9e2a10")  # uuid5 namespace of catalogue identifiers
-NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]{0,19}$")
-HEX = {"sha512": re.compile(r"^[0-9a-f]{128}$"), "sha256": re.compile(r"^[0-9a-f]{64}$")}
-FORMATS = ("ova", "qcow2", "raw", "vmdk", "vdi", "vhd", "iso")
-HYPERVISORS = ("KVM", "QEMU", "QEMU-KVM", "Xen", "VirtualBox", "Hyper-V", "VMWare")
-ARCHES = ("x86_64", "aarch64", "i686", "ppc64le", "s390x")
-URI_SCHEMES = ("https://", "http://", "s3://", "file://")
-AUDIT_RESULTS = ("pass", "fail", "waived")
-
-
 # --- who is acting ---------------------------------------------------------------------------------
 
 
@@ -102,25 +94,13 @@ def find_vo(uow: UnitOfWork, name: str, for_update: bool = False) -> m.Vo:
 # --- appliances ------------------------------------------------------------------------------------
 
 
-def _appliance_problems(p: AppliancePayload) -> list[str]:
-    problems = []
-    if not NAME.match(p.name):
-        problems.append(f"name: {p.name!r} must match {NAME.pattern}")
-    if not 1 <= len(p.title) <= 200:
-        problems.append("title: must be 1..200 characters")
-    if not 1 <= len(p.description) <= 5000:
-        problems.append("description: must be 1..5000 characters")
-    problems += [f"vos: {vo!r} must match {NAME.pattern}" for vo in p.vos if not NAME.match(vo)]
-    return problems
-
-
 def ensure_appliance(uow: UnitOfWork, actor: str, payload: AppliancePayload) -> views.ApplianceView:
     """Create the appliance (owner = actor) or update its title, description and VOs.
 
     Unknown VOs are created when the actor is an admin, refused otherwise.
     """
-    if problems := _appliance_problems(payload) + storable_text(dataclasses.asdict(payload), "payload"):
-        raise InvalidPayload([f"appliance {payload.name}: {p}" for p in problems])
+    data = {"name": payload.name, "title": payload.title, "description": payload.description, "vos": list(payload.vos)}
+    validated(ApplianceRecord, data, f"appliance {payload.name}")
     with uow.writing():
         user = actor_user(uow, actor)
         appliance = uow.repo.appliance(payload.name)
@@ -186,77 +166,67 @@ def payload_digest(payload: VersionPayload) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _image_problems(i: int, img: ImagePayload) -> list[str]:
-    at = f"images[{i}]"
-    problems = []
-    if not img.uri.startswith(URI_SCHEMES) or len(img.uri) > 2048 or any(c.isspace() or c < " " for c in img.uri):
-        problems.append(f"{at}.uri: must be an {'/'.join(s[:-3] for s in URI_SCHEMES)} URL of at most 2048 characters")
-    if img.format not in FORMATS:
-        problems.append(f"{at}.format: {img.format!r} is not one of {', '.join(FORMATS)}")
-    if img.hypervisor not in HYPERVISORS:
-        problems.append(f"{at}.hypervisor: {img.hypervisor!r} is not one of {', '.join(HYPERVISORS)}")
-    if img.arch not in ARCHES:
-        problems.append(f"{at}.arch: {img.arch!r} is not one of {', '.join(ARCHES)}")
-    if not 0 < img.size < 2**62:
-        problems.append(f"{at}.size: must be a positive number of bytes")
-    for algo, pattern in HEX.items():
-        if not pattern.match(getattr(img, algo)):
-            problems.append(f"{at}.{algo}: must be {pattern.pattern[3:-4]} lowercase hex digits")
-    for low, high in (("min_cores", "recommended_cores"), ("min_ram_mb", "recommended_ram_mb")):
-        lo, hi = getattr(img, low), getattr(img, high)
-        if not 0 <= lo <= hi <= 2**31 - 1:
-            problems.append(f"{at}.{low}/{high}: need 0 <= {low} <= {high}")
-    for name in ("os_family", "os_name", "os_version"):
-        if not 1 <= len(getattr(img, name)) <= 32:
-            problems.append(f"{at}.{name}: must be 1..32 characters")
-    if len(img.title) > 200:
-        problems.append(f"{at}.title: must be at most 200 characters")
-    return problems
+def _version_data(p: VersionPayload) -> dict[str, Any]:
+    """The payload as plain data for the schema (no deep copies: the manifest is checked, not copied)."""
+    images = []
+    for img in p.images:
+        data = {f.name: getattr(img, f.name) for f in dataclasses.fields(img) if f.name != "packages"}
+        data["packages"] = [{"name": k.name, "version": k.version, "arch": k.arch} for k in img.packages]
+        images.append(data)
+    return {"appliance": p.appliance, "version": p.version, "notes": p.notes, "images": images, "expires": p.expires}
 
 
-def _version_problems(p: VersionPayload, now: datetime) -> list[str]:
-    problems = []
-    if not VERSION.match(p.version):
-        problems.append(f"version: {p.version!r} must be 1..20 characters matching {VERSION.pattern}")
-    if not 1 <= len(p.notes) <= 1000:
-        problems.append("notes: must be 1..1000 characters")
-    if not p.images:
-        problems.append("images: a version must contain at least one image")
-    seen: set[tuple[str, str]] = set()
-    for i, img in enumerate(p.images):
-        problems += _image_problems(i, img)
-        key = (img.uri, img.hypervisor)
-        if key in seen:
-            problems.append(f"images[{i}].uri: {img.uri} appears twice (uri + hypervisor must be unique)")
-        seen.add(key)
-    if p.expires is not None and (p.expires.tzinfo is None or p.expires <= now):
-        problems.append("expires: must be a timezone-aware time in the future")
-    return problems + storable_text(dataclasses.asdict(p), "payload")
+def image_uri_problem(settings: CatalogueSettings, uri: str) -> str | None:
+    """Why the catalogue will not register ``uri``, or None (issue 14, section 4).
+
+    With a repository public base configured (the normal case), only URLs under it are registered:
+    that is where publish uploads, and files of a served file repository are hashed by the server
+    itself. Without one, only http(s) URLs on public hosts: never file://, credentials, loopback,
+    link-local or private addresses, or single-label names (they resolve inside the site).
+    """
+    base = settings.repository_public_url
+    if base:
+        if uri.startswith(base.rstrip("/") + "/"):
+            return None
+        return f"is not under the repository's public URL {base}/ (only published files are registered)"
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    return host_problem(parts.hostname or "")
+
+
+def host_problem(host: str) -> str | None:
+    """Why a host is not a public Internet host, or None: loopback, private, link-local, reserved ..."""
+    name = host.lower().rstrip(".")
+    try:
+        ip = ipaddress.ip_address(name.partition("%")[0])
+    except ValueError:
+        ip = None
+        try:  # the legacy forms resolvers accept: 2130706433, 0x7f.1, 127.1
+            if name and all(c in "0123456789abcdefx." for c in name):
+                ip = ipaddress.ip_address(socket.inet_aton(name))
+        except OSError:
+            ip = None
+    if ip is not None:
+        mapped = getattr(ip, "ipv4_mapped", None)
+        if not ip.is_global or (mapped is not None and not mapped.is_global):
+            return f"host {host} is not a public address (loopback, private, link-local or reserved)"
+        return None
+    if name == "localhost" or name.endswith((".localhost", ".local", ".internal")) or "." not in name:
+        return f"host {host!r} is not a public DNS name"
+    return None
 
 
 def repository_path(settings: CatalogueSettings, uri: str) -> Path | None:
-    """The local file behind ``uri`` when it lies in the served file repository, else None.
-
-    Refuses (``InvalidPayload``) a file URL outside the repository, so a client cannot make the
-    server read arbitrary files.
-    """
-    root = settings.repository_root
-    rel: str | None = None
-    if root is not None and settings.repository_public_url and uri.startswith(settings.repository_public_url + "/"):
-        rel = uri[len(settings.repository_public_url) + 1 :]
-    elif uri.startswith("file://"):
-        if root is None:
-            raise InvalidPayload(f"{uri}: file:// images need a file:// repository on the catalogue side")
-        local = Path(uri[len("file://") :])
-        if not local.is_absolute():
-            raise InvalidPayload(f"{uri}: file:// URLs must be absolute")
-        rel = str(local.relative_to(root)) if local.is_relative_to(root) else None
-        if rel is None:
-            raise InvalidPayload(f"{uri}: is outside the catalogue's repository {root}")
-    if rel is None or root is None:
+    """The local file behind ``uri`` when it lies in the served file repository, else None."""
+    root, base = settings.repository_root, settings.repository_public_url
+    if root is None or not base or not uri.startswith(base.rstrip("/") + "/"):
         return None
+    rel = unquote(uri[len(base.rstrip("/")) + 1 :])
+    if "\x00" in rel or ".." in Path(rel).parts:
+        raise InvalidPayload(f"{uri}: escapes the repository")
     path = (root / rel).resolve()
-    if not path.is_relative_to(root.resolve()) or ".." in Path(rel).parts:
+    if not path.is_relative_to(root.resolve()):
         raise InvalidPayload(f"{uri}: escapes the repository")
     return path
 
@@ -265,8 +235,12 @@ def _verify_in_repository(settings: CatalogueSettings, i: int, img: ImagePayload
     path = repository_path(settings, img.uri)
     if path is None:
         return Integrity.UNCHECKED
-    if not path.is_file():
-        raise InvalidPayload(f"images[{i}].uri: {img.uri} is not in the repository")
+    try:
+        present = path.is_file()
+    except OSError:  # e.g. a name too long for the file system
+        present = False
+    if not present:
+        raise InvalidPayload(f"images.{i}.uri: {img.uri} is not in the repository")
     d = hash_file(path)
     wrong = [
         n
@@ -275,7 +249,7 @@ def _verify_in_repository(settings: CatalogueSettings, i: int, img: ImagePayload
     ]
     if wrong:
         raise InvalidPayload(
-            f"images[{i}]: {', '.join(wrong)} of {img.uri} differ from the file in the repository",
+            f"images.{i}: {', '.join(wrong)} of {img.uri} differ from the file in the repository",
             hint="the file changed after packaging, or the payload names the wrong file",
         )
     return Integrity.VERIFIED
@@ -289,8 +263,14 @@ def image_identifier(appliance: str, img: ImagePayload) -> str:
 def register_version(uow: UnitOfWork, actor: str, payload: VersionPayload, settings: CatalogueSettings) -> VersionInfo:
     """Register a version with its images, in one transaction; idempotent for an identical payload."""
     now = utcnow()
-    if problems := _version_problems(payload, now):
-        raise InvalidPayload([f"{payload.appliance} {payload.version}: {p}" for p in problems])
+    where = f"{payload.appliance} {payload.version}"
+    validated(VersionRecord, _version_data(payload), where)
+    bad = [(i, problem) for i, img in enumerate(payload.images) if (problem := image_uri_problem(settings, img.uri))]
+    if bad:
+        raise InvalidPayload(
+            [f"{where}: images.{i}.uri: {payload.images[i].uri} {problem}" for i, problem in bad],
+            hint="publish uploads to the repository and registers its public URLs (`invoke publish`)",
+        )
     digest = payload_digest(payload)
     with uow:  # cheap read first: a repeated publish must not hash the files again
         _, appliance = maintained(uow, actor, payload.appliance)
@@ -393,56 +373,74 @@ def get_image(uow: UnitOfWork, appliance: str, version: str, image_id: int) -> v
         return views.image_detail(image, appliance, version)
 
 
-def version_images(uow: UnitOfWork, appliance: str, version: str) -> list[views.ImageDetail]:
-    """Every image of a version with its packages and manifest (the version page)."""
+@dataclasses.dataclass(frozen=True)
+class VersionPage:
+    """What the version page shows, read in one unit of work: no package lists, no manifests."""
+
+    appliance: views.ApplianceView
+    version: VersionInfo
+    images: tuple[views.ImageSummary, ...]
+    audit: views.AuditView | None
+
+
+def version_page(uow: UnitOfWork, appliance: str, version: str) -> VersionPage:
     with uow:
-        v = find_version(uow, find_appliance(uow, appliance), version)
-        return [views.image_detail(i, appliance, version) for i in uow.repo.images_with_packages(v)]
+        found = find_appliance(uow, appliance)
+        v = find_version(uow, found, version)
+        counts = uow.repo.package_counts(v)
+        images = tuple(
+            views.ImageSummary(views.image_info(i, appliance, version), i.id, counts.get(i.id, 0)) for i in v.images
+        )
+        row = views.shown_audit(uow.repo.audits(v))
+        audit = None if row is None else views.audit_view(row)
+        return VersionPage(views.appliance_view(found), views.version_info(v), images, audit)
 
 
 # --- audits ----------------------------------------------------------------------------------------
 
 
-def _audit_checks(report: Mapping[str, Any]) -> list[m.AuditCheck]:
-    """Checks of an audit report; a failure that carries a waiver reason counts as waived."""
-    if problems := storable_text(dict(report), "audit report"):
-        raise InvalidPayload(problems)
-    checks = report.get("checks")
-    if not isinstance(checks, list) or not checks:
-        raise InvalidPayload("audit report: checks: must be a non-empty list")
-    rows, problems = [], []
-    for i, c in enumerate(checks):
-        if not isinstance(c, Mapping):
-            problems.append(f"audit report: checks[{i}]: must be an object")
-            continue
-        cid, result = c.get("id"), c.get("result")
-        evidence = c.get("evidence", "")
-        reason = c.get("reason") or c.get("waiver")
-        if isinstance(evidence, list):
-            evidence = "\n".join(str(e) for e in evidence)
-        if not isinstance(cid, str) or not cid:
-            problems.append(f"audit report: checks[{i}].id: must be a non-empty string")
-        if result not in AUDIT_RESULTS:
-            problems.append(f"audit report: checks[{i}].result: must be one of {', '.join(AUDIT_RESULTS)}")
-        if result == "waived" and not reason:
-            problems.append(f"audit report: checks[{i}].reason: a waived check needs a reason")
-        if result == "fail" and reason:
-            result = "waived"
-        rows.append(m.AuditCheck(check_id=str(cid), result=str(result), evidence=str(evidence), reason=reason))
-    if problems:
-        raise InvalidPayload(problems)
+def _audit_checks(report: AuditIn) -> list[m.AuditCheck]:
+    """Checks of a validated audit report; a failure that carries a waiver reason counts as waived."""
+    rows = []
+    for c in report.checks:
+        reason = c.reason or c.waiver
+        evidence = "\n".join(c.evidence) if isinstance(c.evidence, list) else c.evidence
+        result = "waived" if c.result == "fail" and reason else c.result
+        rows.append(m.AuditCheck(check_id=c.id, result=result, evidence=evidence, reason=reason))
     return rows
+
+
+def audit_role(user: m.User, appliance: m.Appliance, managed_vos: int) -> m.AuditRole:
+    """In which capacity ``user`` stores an audit; ``PermissionDenied`` if in none.
+
+    Admins and VO managers (endorsers) store audits that can gate endorsement; a maintainer may
+    store their own, which is kept and shown but never counts for an endorsement.
+    """
+    if user.role is m.Role.ADMIN:
+        return m.AuditRole.ADMIN
+    if managed_vos:
+        return m.AuditRole.ENDORSER
+    if may_maintain(user, appliance):
+        return m.AuditRole.MAINTAINER
+    raise PermissionDenied(f"{user.name} is not a maintainer of appliance {appliance.name}, a VO manager or an admin")
 
 
 def store_audit(
     uow: UnitOfWork, actor: str, appliance: str, version: str, report: Mapping[str, Any]
 ) -> views.AuditView:
-    """Store (replace) the policy audit of a version; maintainers of the appliance only."""
-    checks = _audit_checks(report)
+    """Store the caller's policy audit of a version (replacing the caller's previous one).
+
+    Maintainers, VO managers and admins may; who stored it, and as what, is recorded. Only an
+    admin's or a manager's audit of the VO being endorsed gates an endorsement (``endorsements``).
+    """
+    checked = validated(AuditIn, dict(report), "audit report")
+    checks = _audit_checks(checked)
     with uow.writing():
-        user, found = maintained(uow, actor, appliance)
+        user = actor_user(uow, actor)
+        found = find_appliance(uow, appliance)
+        role = audit_role(user, found, len(uow.repo.vos_managed_by(user)))
         v = find_version(uow, found, version)
-        old = uow.repo.audit(v)
+        old = uow.repo.audit_by(v, user)
         if old is not None:
             uow.repo.delete(old)
             uow.repo.flush()
@@ -450,8 +448,9 @@ def store_audit(
             version_id=v.id,
             stored=utcnow(),
             stored_by_id=user.id,
+            stored_as=role.value,
             passed=all(c.result in ("pass", "waived") for c in checks),
-            report=json.loads(json.dumps(report, default=str)),
+            report=checked.model_dump(mode="json", exclude_none=True),
             checks=checks,
         )
         uow.repo.add(row)
@@ -463,12 +462,11 @@ def store_audit(
 
 
 def get_audit(uow: UnitOfWork, appliance: str, version: str) -> views.AuditView | None:
+    """The audit a reader should see: the newest one that can count (admin, endorser), else the newest."""
     with uow:
         v = find_version(uow, find_appliance(uow, appliance), version)
-        row = uow.repo.audit(v)
-        if row is None:
-            return None
-        return views.audit_view(row)
+        row = views.shown_audit(uow.repo.audits(v))
+        return None if row is None else views.audit_view(row, with_checks=True)
 
 
 def expiring(now: datetime, within: timedelta, versions: Sequence[VersionInfo]) -> list[VersionInfo]:

@@ -9,10 +9,24 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Self
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
 from pipeline.catalogue.db import WRITE_OPTION
+from pipeline.catalogue.models import CatalogueState
 from pipeline.catalogue.repository import Repository
+
+_local_writes = 0
+
+
+def changed() -> None:
+    """Note a committed write in this process (response caches re-read the generation at once)."""
+    global _local_writes
+    _local_writes += 1
+
+
+def local_writes() -> int:
+    return _local_writes
 
 
 class UnitOfWork:
@@ -57,7 +71,9 @@ class UnitOfWork:
     def commit(self) -> None:
         if self._session is None:
             raise RuntimeError("use the unit of work inside `with uow:`")
+        self._session.execute(update(CatalogueState).values(generation=CatalogueState.generation + 1))
         self._session.commit()
+        changed()
 
     def rollback(self) -> None:
         if self._session is not None:

@@ -6,6 +6,7 @@ and no internal column (token hashes, payload digests, user ids) can leak into a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -37,7 +38,7 @@ class TokenView:
     user: str
     label: str
     created: datetime
-    expires: datetime | None
+    expires: datetime
     revoked: datetime | None
 
 
@@ -71,6 +72,7 @@ class AuditCheckView:
 class AuditView:
     stored: datetime
     stored_by: str
+    stored_as: str  # admin | endorser | maintainer: a maintainer's own audit never gates endorsement
     passed: bool
     checks: tuple[AuditCheckView, ...]
 
@@ -81,6 +83,15 @@ class ImageDetail:
     id: int
     packages: tuple[PackageInfo, ...]
     manifest: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    """An image on its version's page: the package list is only counted."""
+
+    image: ImageInfo
+    id: int
+    package_count: int
 
 
 @dataclass(frozen=True)
@@ -154,17 +165,28 @@ def version_info(v: m.Version) -> VersionInfo:
         endorsements=tuple(
             EndorsementInfo(e.vo.name, e.endorsed_by.name, e.endorsed_at, e.revoked_at) for e in v.endorsements
         ),
-        audit_passed=None if v.audit is None else v.audit.passed,
+        audit_passed=_audit_passed(v.audits),
     )
 
 
-def audit_view(a: m.AuditReport) -> AuditView:
-    return AuditView(
-        a.stored,
-        a.stored_by.name,
-        a.passed,
-        tuple(AuditCheckView(c.check_id, c.result, c.evidence, c.reason) for c in a.checks),
-    )
+COUNTING = (m.AuditRole.ADMIN.value, m.AuditRole.ENDORSER.value)
+
+
+def shown_audit(audits: Sequence[m.AuditReport]) -> m.AuditReport | None:
+    """Newest first in, the audit to show out: the newest one that can count, else the newest."""
+    counting = [a for a in audits if a.stored_as in COUNTING]
+    return counting[0] if counting else (audits[0] if audits else None)
+
+
+def _audit_passed(audits: Sequence[m.AuditReport]) -> bool | None:
+    """Whether the newest audit stored by an admin or an endorser passes; None if there is none."""
+    counting = [a for a in audits if a.stored_as in COUNTING]
+    return counting[0].passed if counting else None
+
+
+def audit_view(a: m.AuditReport, with_checks: bool = True) -> AuditView:
+    checks = tuple(AuditCheckView(c.check_id, c.result, c.evidence, c.reason) for c in a.checks) if with_checks else ()
+    return AuditView(a.stored, a.stored_by.name, a.stored_as, a.passed, checks)
 
 
 def image_detail(i: m.Image, appliance: str, version: str) -> ImageDetail:

@@ -1,4 +1,5 @@
-"""The qemu-img steps of packaging, and the checksum files published beside the images.
+"""The disk conversions of packaging (qemu-img, and our own streamOptimized VMDK writer), and the
+checksum files published beside the images.
 
 Every qemu-img call names its input format (``-f``, never a probe) and runs under resource limits,
 because ``--disk`` accepts images we did not build (security-and-reliability.md §2.1).
@@ -7,15 +8,26 @@ because ``--disk`` accepts images we did not build (security-and-reliability.md 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from pipeline.errors import ArtifactError
+from pipeline.formats.vmdk_write import (
+    DataExtent,
+    StreamVmdk,
+    VmdkWriteError,
+    check_extents,
+    default_deflater,
+    grain_runs,
+)
+from pipeline.formats.vmdk_write import write_stream_vmdk as write_vmdk
 from pipeline.fsutil import Digests, HashingWriter, atomic_write
-from pipeline.package.images import SECTOR, DiskFormat, parse_vmdk_header
+from pipeline.log import log
+from pipeline.package.images import DiskFormat
 from pipeline.run import Limits, find_tool, run
 
 # qemu-img info on a hostile header must not eat the machine (CVE-2015-5162; Nova's limits).
@@ -43,41 +55,94 @@ def virtual_size(path: Path, fmt: DiskFormat) -> int:
         raise ArtifactError(f"{path}: qemu-img info gave no virtual-size: {result.stdout[:200]!r}") from e
 
 
-def convert_to_stream_vmdk(source: Path, fmt: DiskFormat, target: Path, adapter: str) -> None:
-    """qemu-img -> streamOptimized VMDK (header v3). ``target`` must already carry the final member
-    name: the extent name is written into the VMDK's own descriptor."""
-    run(
-        [
-            qemu_img(), "convert", "-f", fmt.value, "-O", "vmdk",
-            "-o", f"subformat=streamOptimized,adapter_type={adapter}",
-            source, target,
-        ],
-        limits=CONVERT_LIMITS,
-        timeout=CONVERT_TIMEOUT,
-    )  # fmt: skip
+MAP_WINDOW = 1024**3  # virtual bytes per `qemu-img map` call: its output stays a few MiB at most
+MAX_EXTENTS = 1 << 20  # separate data extents a disk may have (a thoroughly fragmented 64 GiB qcow2)
 
 
-_CID = re.compile(rb"\nCID=[0-9a-fA-F]{1,8}\n")
+def data_extents(path: Path, fmt: DiskFormat, capacity: int) -> list[DataExtent] | None:
+    """Where the guest data lies in the file (``qemu-img map``), adjacent pieces merged; holes and
+    zero clusters are left out. None when some data is not stored as is (compressed qcow2 clusters):
+    then only a raw view of the disk can be read directly.
 
-
-def set_vmdk_cid(path: Path, cid: int) -> None:
-    """Replace the random content id qemu-img writes (``%x``, so even its length varies) with ``cid``.
-
-    The embedded descriptor is rewritten inside its reserved, zero-padded sectors; grains are untouched.
+    The map is taken one window of the disk at a time, so that no single output grows without bound.
     """
-    with open(path, "r+b") as f:
-        header = parse_vmdk_header(f.read(SECTOR))
-        if header is None:
-            raise ArtifactError(f"{path}: qemu-img did not write a sparse VMDK header")
-        start, length = header.descriptor_offset * SECTOR, header.descriptor_sectors * SECTOR
-        f.seek(start)
-        region = f.read(length)
-        text = region.split(b"\0", 1)[0]
-        new, count = _CID.subn(f"\nCID={cid & 0xFFFFFFFF:08x}\n".encode(), text)
-        if count != 1 or len(new) >= length:
-            raise ArtifactError(f"{path}: no single CID line in the VMDK descriptor")
-        f.seek(start)
-        f.write(new + b"\0" * (length - len(new)))
+    extents: list[DataExtent] = []
+    for window in range(0, capacity, MAP_WINDOW):
+        result = run(
+            [qemu_img(), "map", "-f", fmt.value, "--output=json", f"--start-offset={window}",
+             f"--max-length={min(MAP_WINDOW, capacity - window)}", path],
+            limits=INFO_LIMITS,
+            timeout=120,
+            hint=f"is {path} really a {fmt.value} image?",
+        )  # fmt: skip
+        try:
+            entries = json.loads(result.stdout)
+            for entry in entries:
+                if not entry["data"]:
+                    continue
+                if "offset" not in entry:
+                    return None
+                _add_extent(extents, DataExtent(int(entry["start"]), int(entry["length"]), int(entry["offset"])))
+        except (ValueError, TypeError, KeyError) as e:
+            raise ArtifactError(f"{path}: qemu-img map printed no extent list: {result.stdout[:200]!r}") from e
+        if len(extents) > MAX_EXTENTS:
+            raise ArtifactError(f"{path}: more than {MAX_EXTENTS:,} separate data extents (too fragmented)")
+    try:
+        check_extents(extents, capacity, path.stat().st_size)
+    except VmdkWriteError as e:
+        raise ArtifactError(f"{path}: qemu-img map: {e}") from e
+    return extents
+
+
+def _add_extent(extents: list[DataExtent], extent: DataExtent) -> None:
+    last = extents[-1] if extents else None
+    if last and last.start + last.length == extent.start and last.offset + last.length == extent.offset:
+        extents[-1] = DataExtent(last.start, last.length + extent.length, last.offset)
+    else:
+        extents.append(extent)
+
+
+def write_stream_vmdk(source: Path, fmt: DiskFormat, target: Path, disk: StreamVmdk, scratch: Path) -> str:
+    """Write ``source`` as a streamOptimized VMDK at ``target``; return its sha256 (hashed as written).
+
+    The source is read once, only where it holds data (the ``qemu-img map``), straight from its
+    file; a source with compressed clusters is first converted to a sparse raw view in ``scratch``.
+    """
+    view, view_fmt = source, fmt
+    extents = data_extents(source, fmt, disk.capacity)
+    if extents is None:
+        view, view_fmt = scratch / "raw-view.raw", DiskFormat.RAW
+        convert_raw(source, fmt, view)
+        extents = data_extents(view, view_fmt, disk.capacity)
+        if extents is None:
+            raise ArtifactError(f"{view}: qemu-img map found no offsets in a raw file")
+    deflater = default_deflater()
+    log.info("deflating %s of data with %s", f"{sum(e.length for e in extents):,} bytes", deflater.name)
+    fd = os.open(view, os.O_RDONLY)
+    try:
+        with open(target, "wb") as f:
+            out = _Sha256Writer(f)
+            write_vmdk(out, disk, grain_runs(fd, extents), deflater)
+    except VmdkWriteError as e:
+        raise ArtifactError(f"{source}: cannot write {target.name}: {e}") from e
+    except OSError as e:
+        raise ArtifactError(f"{source}: cannot read the disk: {e.strerror}") from e
+    finally:
+        os.close(fd)
+    return out.hexdigest()
+
+
+class _Sha256Writer:
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._sha256 = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self._sha256.update(data)
+        return self._raw.write(data)
+
+    def hexdigest(self) -> str:
+        return self._sha256.hexdigest()
 
 
 @functools.cache

@@ -153,4 +153,7 @@ def _files(parent: Appliance, name: str) -> dict[str, str]:
 
 def _reference(parent: Appliance, provisioners: tuple[str, ...]) -> list[str]:
     """How the new appliance names the base's provisioners: the base folder's own copy, else shared."""
-    return [f"../{parent.name}/{p}" if (parent.directory / p).is_file() else p for p in provisioners]
+    return [
+        p if p.startswith("../") else f"../{parent.name}/{p}" if (parent.directory / p).is_file() else p
+        for p in provisioners
+    ]

@@ -1,9 +1,10 @@
 """The appliance repository: where packaged artifacts land so that sites can download them.
 
-One protocol, two backends chosen by URL (``open_repository``):
+One protocol, three backends chosen by URL (``open_repository``):
 
 - ``file:///path`` — a local folder (the embedded default; ``invoke serve`` serves it under ``/repo/``);
-- ``s3://bucket/prefix`` — any S3 API (AWS, Ceph RGW, MinIO) through boto3.
+- ``s3://bucket/prefix`` — any S3 API (AWS, Ceph RGW, MinIO) through boto3;
+- ``oci://host[:port]/project`` — an OCI registry (Harbor, CNCF distribution), images as OCI artifacts.
 
 Keys are relative (``<appliance>/<version>/<file>``) and immutable: ``put`` never overwrites an
 existing object (conditional create), it proves what is already there instead. Nothing partial is
@@ -198,10 +199,15 @@ def key_for_url(base: str, url: str) -> str | None:
     return unquote(url[len(root) :])
 
 
-def open_repository(settings: Settings, tuning: UploadTuning | None = None) -> Repository:
-    """The repository named by ``settings.repository`` (``file://`` or ``s3://``)."""
+def open_repository(settings: Settings, tuning: UploadTuning | None = None, insecure: bool = False) -> Repository:
+    """The repository named by ``settings.repository`` (``file://``, ``s3://`` or ``oci://``; ``insecure``:
+    plain HTTP to a loopback registry)."""
     url = settings.repository
     parts = urlsplit(url)
+    if parts.scheme == "oci":
+        from pipeline.repository.oci import OciRepository
+
+        return OciRepository(url, tuning or UploadTuning.from_environ(os.environ), insecure)
     if parts.scheme == "file":
         from pipeline.repository.local import FileRepository
 
@@ -225,5 +231,5 @@ def open_repository(settings: Settings, tuning: UploadTuning | None = None) -> R
         )
     raise ConfigError(
         f"invoke.yaml: vmi.repository: {url!r}: unsupported scheme {parts.scheme!r}",
-        hint="use file:///path or s3://bucket/prefix",
+        hint="use file:///path, s3://bucket/prefix or oci://host[:port]/project",
     )

@@ -70,7 +70,7 @@ def _edit_definition(field: str, value: object):  # type: ignore[no-untyped-def]
     [
         _edit_template,
         _edit_provisioner,
-        _edit_definition("variables", {"memory": 2048}),
+        _edit_definition("variables", {"locale": "en_GB.UTF-8"}),
         _edit_definition("hardware.disk_gb", 4),
         _edit_definition("provisioners", ["upgrade.sh", "seal.sh"]),
     ],

@@ -59,7 +59,7 @@ def test_domain_validation_is_a_422_naming_the_field(api: Api, version_payload: 
     body["images"].append(dict(body["images"][0]))
     r = api.client.post(V, json=body, headers=api.headers("alice"))
     assert r.status_code == 422
-    assert "images[2].uri" in r.json()["detail"][0]["msg"] and "appears twice" in r.json()["detail"][0]["msg"]
+    assert "images.2.uri" in r.json()["detail"][0]["msg"] and "appears twice" in r.json()["detail"][0]["msg"]
 
 
 def test_tokens_are_stored_hashed_shown_once_and_revocable(api: Api) -> None:

@@ -55,7 +55,7 @@ def test_endorsement_needs_a_passing_audit(
     cat: InProcessCatalogue, version_payload: Callable[..., VersionPayload]
 ) -> None:
     cat.register_version(version_payload())
-    with pytest.raises(NotEndorsable, match="no stored policy audit"):
+    with pytest.raises(NotEndorsable, match=f"no policy audit stored by an admin or a manager of VO {VO}"):
         cat.endorse("debian-12", "2026.11.22", VO)
     cat.store_audit("debian-12", "2026.11.22", FAILING_AUDIT)
     with pytest.raises(NotEndorsable, match="fails the policy audit: ssh-host-keys"):

@@ -8,6 +8,7 @@ status codes or content types fails the test; the summary line gives the figures
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -23,7 +24,11 @@ from pipeline.catalogue.uow import UnitOfWork
 from tests.catalogue.conftest import PASSING_AUDIT, LiveServer
 from tests.catalogue.test_http import _image
 
-CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,ignored_auth"
+CHECKS = (
+    "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,ignored_auth,"
+    "security_headers"  # ours: tests/catalogue/schemathesis_hooks.py
+)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _seed(server: LiveServer) -> str:
@@ -55,6 +60,8 @@ def test_schemathesis_finds_no_server_errors(live_server: LiveServer, tmp_path: 
         CHECKS,
         "--max-examples",
         "15",
+        "--mode",
+        "all",  # schema-valid requests and schema-violating ones (wrong types, huge numbers, odd strings)
         "--seed",
         "20261122",
         "--workers",
@@ -69,7 +76,8 @@ def test_schemathesis_finds_no_server_errors(live_server: LiveServer, tmp_path: 
         str(tmp_path / "fuzz.xml"),
         "--no-color",
     ]
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=1200, check=False)
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.catalogue.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=1200, check=False, env=env)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     figures = re.search(r"(\d+) generated, (\d+) passed.*", proc.stdout)
     sys.stdout.write(f"schemathesis: {figures[0] if figures else 'no summary'}\n")  # shown with -s

@@ -64,26 +64,38 @@ def test_expiry_defaults_and_is_capped_at_one_year(
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda p: dataclasses.replace(p, images=()), "at least one image"),
+        (lambda p: dataclasses.replace(p, images=()), "images: List should have at least 1 item"),
         (lambda p: dataclasses.replace(p, images=(p.images[0], p.images[0])), "appears twice"),
         (
             lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], size=0),)),
-            "size: must be a positive",
+            "images.0.size: Input should be greater than 0",
         ),
-        (lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], sha512=""),)), "sha512: must be"),
-        (lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], sha256="ABC"),)), "sha256: must be"),
-        (lambda p: dataclasses.replace(p, version=""), "version: ''"),
-        (lambda p: dataclasses.replace(p, version="x" * 21), "1..20 characters"),
-        (lambda p: dataclasses.replace(p, notes=""), "notes: must be"),
-        (lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], format="exe"),)), "format: 'exe'"),
-        (lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], uri="ftp://x/y"),)), "uri: must be"),
+        (
+            lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], sha512=""),)),
+            r"images.0.sha512: must match \^\[0-9a-f\]\{128\}\$",
+        ),
+        (
+            lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], sha256="ABC"),)),
+            r"images.0.sha256: must match \^\[0-9a-f\]\{64\}\$",
+        ),
+        (lambda p: dataclasses.replace(p, version=""), r"debian-12 : version: must match \^\[A-Za-z0-9\]"),
+        (lambda p: dataclasses.replace(p, version="x" * 21), r"version: must match .*\{0,19\}"),
+        (lambda p: dataclasses.replace(p, notes=""), "notes: String should have at least 1 character"),
+        (
+            lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], format="exe"),)),
+            "images.0.format: Input should be 'ova', 'qcow2'",
+        ),
+        (
+            lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], uri="ftp://x/y"),)),
+            "images.0.uri: must be an http:// or https:// URL",
+        ),
         (
             lambda p: dataclasses.replace(
                 p, images=(dataclasses.replace(p.images[0], min_cores=4, recommended_cores=2),)
             ),
-            "min_cores/recommended_cores",
+            "images.0: min_cores must not exceed recommended_cores",
         ),
-        (lambda p: dataclasses.replace(p, expires=datetime(2000, 1, 1, tzinfo=UTC)), "expires: must be"),
+        (lambda p: dataclasses.replace(p, expires=datetime(2000, 1, 1, tzinfo=UTC)), "expires: must be in the future"),
         # the server re-hashes repository files: a payload that lies about them is refused
         (
             lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], size=p.images[0].size + 1),)),
@@ -96,13 +108,13 @@ def test_expiry_defaults_and_is_capped_at_one_year(
         ),
         (
             lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], uri="file:///etc/passwd"),)),
-            "outside",
+            r"images.0.uri: file:///etc/passwd is not under the repository's public URL http://127.0.0.1:8080/repo/",
         ),
         (
             lambda p: dataclasses.replace(
                 p, images=(dataclasses.replace(p.images[0], uri=f"{PUBLIC}/repo/../../etc/passwd"),)
             ),
-            "escapes",
+            "images.0.uri: must not have . or .. path segments",
         ),
     ],
 )
@@ -120,8 +132,16 @@ def test_validation_names_the_field(
 def test_remote_images_are_stored_unchecked(
     catalogue: InProcessCatalogue, publish_file: Callable[..., ImagePayload]
 ) -> None:
-    image = dataclasses.replace(publish_file(), uri="s3://bucket/debian-12/x.qcow2")
-    info = catalogue.register_version(VersionPayload("debian-12", "7", "from S3", (image,)))
+    # an S3 repository: the catalogue has no files to hash, the URL is under the public base
+    settings = dataclasses.replace(
+        catalogue.settings, repository_root=None, repository_public_url="https://objects.example.org/vmi"
+    )
+    s3 = InProcessCatalogue(settings)
+    image = dataclasses.replace(publish_file(), uri="https://objects.example.org/vmi/debian-12/7/x.qcow2")
+    try:
+        info = s3.register_version(VersionPayload("debian-12", "7", "from S3", (image,)))
+    finally:
+        s3.close()
     assert info.images[0].integrity is Integrity.UNCHECKED
     assert info.images[0].sha512 == image.sha512
 

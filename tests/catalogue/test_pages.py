@@ -68,7 +68,13 @@ def _seed(server: LiveServer) -> VersionPayload:
 def test_browse_download_and_endorsement_state(live_server: LiveServer, browser: Browser, tmp_path: Path) -> None:
     payload = _seed(live_server)
     page: Page = browser.new_page(viewport={"width": 1280, "height": 1100})
-    page.goto(live_server.url + "/")
+    # the Content-Security-Policy must not block anything the pages use (Chromium reports each block)
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text) if "Content Security Policy" in m.text else None)
+    page.on("pageerror", lambda e: blocked.append(str(e)))
+    first = page.goto(live_server.url + "/")
+    assert first is not None and "frame-ancestors 'none'" in first.headers["content-security-policy"]
+    assert first.headers["x-content-type-options"] == "nosniff"
     expect(page.locator("h1")).to_contain_text("Appliances")
     page.get_by_role("link", name="debian-12").click()
     expect(page.locator("#versions")).to_contain_text("2026.11.22")
@@ -111,4 +117,16 @@ def test_browse_download_and_endorsement_state(live_server: LiveServer, browser:
 
     page.goto(live_server.url + "/appliances/nope")
     expect(page.locator("p.error")).to_contain_text("nope")
+    # the stylesheet applied under the policy (a blocked one would leave the default font)
+    page.goto(live_server.url + "/")
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(247, 248, 250)"
+    assert blocked == []
+    # and nothing may frame the pages: the browser refuses, so the frame stays empty
+    framer = "http://framer.invalid/"  # another origin, served by the browser itself
+    page.route(framer, lambda route: route.fulfill(body=f'<iframe id="f" src="{live_server.url}/"></iframe>'))
+    page.goto(framer)
+    page.wait_for_timeout(1000)
+    # Chromium shows its own error page in the frame instead of ours
+    expect(page.frame_locator("#f").locator("a.brand")).to_have_count(0)
+    assert any(f.url.startswith("chrome-error://") for f in page.frames[1:]), [f.url for f in page.frames]
     page.close()

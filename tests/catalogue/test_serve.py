@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
@@ -48,9 +49,11 @@ def test_invoke_serve_bootstraps_an_admin_token(tmp_path: Path) -> None:
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
             time.sleep(0.2)
-        found = re.search(r"API token for root \(shown once\): (vmi_\S+)", log.read_text())
+        found = re.search(r"API token for root \(shown once, expires (\S+ \S+) UTC\): (vmi_\S+)", log.read_text())
         assert found, log.read_text()
-        me = requests.get(f"{url}/api/v1/users/me", headers={"Authorization": f"Bearer {found[1]}"}, timeout=5)
+        expires = datetime.strptime(found[1], "%Y-%m-%d %H:%M").replace(tzinfo=UTC)
+        assert timedelta(days=89) < expires - datetime.now(UTC) <= timedelta(days=90)  # the default lifetime
+        me = requests.get(f"{url}/api/v1/users/me", headers={"Authorization": f"Bearer {found[2]}"}, timeout=5)
         assert me.json()["role"] == "admin"
         assert requests.get(f"{url}/repo/a/f.txt", timeout=5).text == "hello"
         assert "no VMI_SIGNING_KEY" in log.read_text()

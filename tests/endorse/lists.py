@@ -40,16 +40,19 @@ def make_list(
     version: str | int = 1,
     created: dt.datetime | None = None,
     expires: dt.datetime | None = None,
+    *,
+    uri: str = LIST_URI,
+    vo: str = "vo.example.org",
 ) -> dict[str, object]:
     now = dt.datetime.now(dt.UTC)
     created = created or now - dt.timedelta(minutes=1)
     return build_image_list(
-        "vo.example.org",
+        vo,
         entries,
         endorser,
         version,
         created,
         expires or created + dt.timedelta(weeks=4),
-        LIST_URI,
+        uri,
         "http://127.0.0.1:8080/",
     )

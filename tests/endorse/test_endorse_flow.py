@@ -106,7 +106,12 @@ def test_endorse_then_a_site_verifies_and_downloads(
     assert proc.returncode == 0
     state = tmp_path / "site-state.json"
     report = verify_image_list(
-        listed, dev_ca.ca_cert, endorser_dn=dev_ca.endorser_dn, download=tmp_path / "site", state=state
+        listed,
+        dev_ca.ca_cert,
+        endorser_dn=dev_ca.endorser_dn,
+        download=tmp_path / "site",
+        state=state,
+        allow_private_urls=True,  # the test repository is served on 127.0.0.1
     )
     (image,) = report.images
     assert image.uri == uri and report.version == str(first)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
 import subprocess
 from pathlib import Path
@@ -164,3 +166,22 @@ def test_dev_ca_task_writes_a_working_pair(tmp_path: Path) -> None:
         ["openssl", "smime", "-verify", "-in", str(signed), "-CAfile", str(out / "ca.pem")], capture_output=True
     )
     assert check.returncode == 0, check.stderr
+
+
+def test_build_refuses_what_sites_refuse(endorser_pair: Issued) -> None:
+    """The catalogue never signs a list that verify-list would refuse."""
+    endorser = Endorser.from_certificate(endorser_pair.certificate)
+    bad = dataclasses.replace(make_entry(b"x", "file:///etc/passwd"), sha512="F" * 128, title="a\x1bb")
+    with pytest.raises(ConfigError) as err:
+        make_list(endorser, [bad])
+    assert err.value.problems == [
+        "image list for vo.example.org: hv:imagelist.hv:images[0].hv:image.dc:title: contains the control character "
+        "'\\x1b'",
+        "image list for vo.example.org: hv:imagelist.hv:images[0].hv:image.sl:checksum:sha512: is not 128 lower-case "
+        "hexadecimal digits",
+        "image list for vo.example.org: hv:imagelist.hv:images[0].hv:image.hv:uri: 'file:///etc/passwd' is not an "
+        "http(s):// URL",
+    ]
+    created = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    with pytest.raises(PipelineError, match=r"a lifetime of 400 days, 0:00:00 is more than sites accept \(366 days\)"):
+        make_list(endorser, [], created=created, expires=created + dt.timedelta(days=400))

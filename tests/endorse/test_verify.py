@@ -46,8 +46,15 @@ def openssl_verifies(path: Path, ca: Path) -> bool:
 
 
 @pytest.fixture
-def good_list(tmp_path: Path, endorser_pair: Issued, image_file: Path) -> Path:
-    doc = make_list(endorser_of(endorser_pair), [make_entry(image_file.read_bytes(), image_file.as_uri())], version=5)
+def image_url(image_file: Path) -> Iterator[str]:
+    """The image served over HTTP on 127.0.0.1 (downloads from there need ``allow_private_urls``)."""
+    with serve_folder(image_file.parent) as base:
+        yield f"{base}/{image_file.name}"
+
+
+@pytest.fixture
+def good_list(tmp_path: Path, endorser_pair: Issued, image_file: Path, image_url: str) -> Path:
+    doc = make_list(endorser_of(endorser_pair), [make_entry(image_file.read_bytes(), image_url)], version=5)
     return write_signed(tmp_path / "image.list", doc, endorser_pair)
 
 
@@ -205,16 +212,16 @@ def test_wrong_identifier(tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa) 
 
 def test_download_verifies_size_and_checksum(tmp_path: Path, good_list: Path, dev_ca: DevCa, image_file: Path) -> None:
     target = tmp_path / "cache"
-    report = verify_image_list(good_list, dev_ca.ca_cert, download=target)
+    report = verify_image_list(good_list, dev_ca.ca_cert, download=target, allow_private_urls=True)
     (done,) = report.downloads
     assert done.fresh and done.path.read_bytes() == image_file.read_bytes()
-    again = verify_image_list(good_list, dev_ca.ca_cert, download=target)
+    again = verify_image_list(good_list, dev_ca.ca_cert, download=target, allow_private_urls=True)
     assert not again.downloads[0].fresh  # cached copy re-hashed, not fetched again
 
 
 @pytest.mark.parametrize("damage", ["truncate", "grow", "flip"])
 def test_download_mismatch_is_quarantined(
-    tmp_path: Path, good_list: Path, dev_ca: DevCa, image_file: Path, damage: str
+    tmp_path: Path, good_list: Path, dev_ca: DevCa, image_file: Path, image_url: str, damage: str
 ) -> None:
     data = image_file.read_bytes()
     image_file.write_bytes(
@@ -222,11 +229,18 @@ def test_download_mismatch_is_quarantined(
     )
     state, target = tmp_path / "state.json", tmp_path / "cache"
     with pytest.raises(VerificationError) as err:
-        verify_image_list(good_list, dev_ca.ca_cert, download=target, state=state)
+        verify_image_list(good_list, dev_ca.ca_cert, download=target, state=state, allow_private_urls=True)
     expected = "sha512 mismatch" if damage == "flip" else "size mismatch"
     assert expected in problems_of(err)
     entry_id = "c0482bc2-bf41-5d49-aaaa-a750174a186b"
     assert not (target / entry_id).exists()
+    if damage == "grow":  # the server announces more than hv:size: refused before a byte is read
+        assert err.value.problems == [
+            f"image {entry_id}: size mismatch: hv:size is {len(data)}, the server announces {len(data) + 10} bytes "
+            f"({image_url})"
+        ]
+        assert list(target.iterdir()) == []
+        return
     assert (target / "quarantine" / entry_id).exists()
     assert [p.name for p in target.iterdir()] == ["quarantine"]  # no partial file left behind
     assert not state.exists()
@@ -245,11 +259,20 @@ def test_over_http_with_download(
 ) -> None:
     root, base = http_root
     (root / "img.qcow2").write_bytes(b"qcow2 bytes" * 5000)
-    doc = make_list(endorser_of(endorser_pair), [make_entry((root / "img.qcow2").read_bytes(), base + "/img.qcow2")])
-    write_signed(root / "image.list", doc, endorser_pair)
-    report = verify_image_list(base + "/image.list", dev_ca.ca_cert, download=tmp_path / "dl")
-    assert report.downloads[0].size == 55000
-    assert any("hv:uri" in w for w in report.warnings)  # served from another URL than it claims
+    entries = [make_entry((root / "img.qcow2").read_bytes(), base + "/img.qcow2")]
+    write_signed(
+        root / "image.list", make_list(endorser_of(endorser_pair), entries, uri=base + "/image.list"), endorser_pair
+    )
+    report = verify_image_list(base + "/image.list", dev_ca.ca_cert, download=tmp_path / "dl", allow_private_urls=True)
+    assert report.downloads[0].size == 55000 and report.warnings == ()
+    assert report.vo == "vo.example.org" and "for VO vo.example.org" in report.summary()
+    # the same list served from another URL than the one it names is another list
+    (root / "copy.list").write_bytes((root / "image.list").read_bytes())
+    with pytest.raises(VerificationError) as err:
+        verify_image_list(base + "/copy.list", dev_ca.ca_cert)
+    assert err.value.problems == [
+        f"the signed list is for {base}/image.list (hv:uri), not {base}/copy.list where it was served: another list"
+    ]
     with pytest.raises(VerificationError) as err:
         verify_image_list(base + "/missing.list", dev_ca.ca_cert)
     assert "404" in problems_of(err)
@@ -297,16 +320,27 @@ def test_replayed_list_with_the_same_version_but_older_date(
     assert "seen before: replayed" in problems_of(err)
 
 
-def test_download_refuses_odd_uris_and_identifiers(tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa) -> None:
-    entries = [
-        make_entry(b"x", "/etc/hostname", identifier="local-path"),
-        make_entry(b"y", "file:///dev/null", identifier="../escape"),
+def test_odd_uris_and_identifiers_are_refused_before_any_download(
+    tmp_path: Path, endorser_pair: Issued, dev_ca: DevCa
+) -> None:
+    odd = [
+        ("/etc/hostname", "local-path"),
+        ("file:///dev/null", "../escape"),
+        ("http://user:secret@mirror.example.org/z.ova", "userinfo"),
     ]
-    source = write_signed(tmp_path / "l", make_list(endorser_of(endorser_pair), entries), endorser_pair)
+    entries = [make_entry(b"x", "https://m.example.org/x", identifier=f"img-{n}") for n in range(len(odd))]
+    doc = make_list(endorser_of(endorser_pair), entries)  # the catalogue would not build it: edited after
+    for item, (uri, identifier) in zip(doc["hv:imagelist"]["hv:images"], odd, strict=True):  # type: ignore[index]
+        item["hv:image"].update({"hv:uri": uri, "dc:identifier": identifier})
+    source = write_signed(tmp_path / "l", doc, endorser_pair)
     with pytest.raises(VerificationError) as err:
         verify_image_list(source, dev_ca.ca_cert, download=tmp_path / "dl")
     assert err.value.problems == [
-        "image local-path: hv:uri '/etc/hostname' is not an http(s):// or file:// URL",
-        "image '../escape': dc:identifier is not a safe file name; not downloaded",
+        "hv:imagelist.hv:images[0].hv:image.hv:uri: '/etc/hostname' is not an http(s):// URL",
+        "hv:imagelist.hv:images[1].hv:image.dc:identifier: '../escape' is not an identifier "
+        "(^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\\Z)",
+        "hv:imagelist.hv:images[1].hv:image.hv:uri: 'file:///dev/null' is not an http(s):// URL",
+        "hv:imagelist.hv:images[2].hv:image.hv:uri: 'http://user:secret@mirror.example.org/z.ova' carries user info "
+        "(user@host): refused",
     ]
-    assert list((tmp_path / "dl").iterdir()) == []
+    assert not (tmp_path / "dl").exists()

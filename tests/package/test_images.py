@@ -171,6 +171,19 @@ def test_sparse_vmdks_pass(tmp_path: Path, subformat: str) -> None:
     assert (result.subformat, result.virtual_size) == (subformat, 16 * 1024 * 1024)
 
 
+def test_our_stream_vmdk_passes(tmp_path: Path) -> None:
+    """What our own writer makes (GD at the end, footer) gets the same header check as qemu-img's."""
+    from pipeline.formats.vmdk_write import StreamVmdk
+    from pipeline.package import formats
+
+    src = make_disk(tmp_path / "src.raw", 16, "raw")
+    out = tmp_path / "d.vmdk"
+    formats.write_stream_vmdk(src, DiskFormat.RAW, out, StreamVmdk(16 * 1024 * 1024, out.name, "lsilogic"), tmp_path)
+    result = inspect(out, DiskFormat.VMDK)
+    assert result.problems == ()
+    assert (result.subformat, result.version, result.virtual_size) == ("streamOptimized", 3, 16 * 1024 * 1024)
+
+
 @pytest.mark.parametrize("make", [qcow2_with_backing, qcow2_with_data_file], ids=["backing-file", "data-file"])
 def test_package_refuses_unsafe_disk_and_writes_nothing(tmp_path: Path, make: Callable[[Path], Path]) -> None:
     disk = make(tmp_path)

@@ -171,13 +171,16 @@ def test_package_a_built_version_records_every_artifact(tmp_path: Path, monkeypa
     assert result.version == "2026.11.21" and result.out_dir == version_dir
     _, manifest = find_version(output, "debian-12")
     roles = {a.role: a for a in manifest.artifacts}
-    assert set(roles) == {"build-disk", "ova", "qcow2", "sha256sums", "sha512sums"}
-    for role in ("ova", "qcow2", "sha256sums", "sha512sums"):
+    assert set(roles) == {"build-disk", "ova", "qcow2", "sbom", "sha256sums", "sha512sums"}
+    for role in ("ova", "qcow2", "sbom", "sha256sums", "sha512sums"):
         a = roles[role]
         data = (version_dir / a.name).read_bytes()
         assert (a.size, a.sha512) == (len(data), hashlib.sha512(data).hexdigest())
     assert roles["qcow2"].virtual_size == 32 * 1024 * 1024
     assert roles["ova"].name == "debian-12-2026.11.21.ova" and roles["ova"].format == "ova"
+    # the SBOM is packaged next to the images and listed in the checksum files
+    assert roles["sbom"].name == "debian-12-2026.11.21.cdx.json" and roles["sbom"].format == "json"
+    assert f"{roles['sbom'].sha256}  debian-12-2026.11.21.cdx.json" in (version_dir / "SHA256SUMS").read_text()
     assert {"package.ova", "package.qcow2", "build"} <= set(manifest.timings)
     epoch = source_date_epoch("2026-11-21T10:00:00Z")
     assert {int(h[136:148].rstrip(b"\0 "), 8) for h in raw_headers(version_dir / result.artifacts[0].name)} == {epoch}
@@ -237,6 +240,7 @@ def test_signing_needs_a_matching_rsa_pair(source_disk: Path, tmp_path: Path) ->
     with pytest.raises(ConfigError, match="go together"):
         package_appliance(settings, "debian-12", version="1", disk=source_disk, out=tmp_path, sign_key=ec_key)
     assert not list(tmp_path.glob("*.ova"))
+    assert not list(tmp_path.glob("*.qcow2")), "a bad signer must stop us before the background conversions"
 
 
 def test_cli_package_and_verify(source_disk: Path, tmp_path: Path) -> None:
@@ -322,7 +326,7 @@ def test_cli_packages_the_newest_build(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert f"recorded in {version_dir / 'manifest.json'}" in proc.stdout
     roles = {a.role for a in BuildManifest.load(version_dir).artifacts}
-    assert roles == {"build-disk", "ova", "qcow2", "raw", "sha256sums", "sha512sums"}
+    assert roles == {"build-disk", "ova", "qcow2", "raw", "sbom", "sha256sums", "sha512sums"}
     assert not (output / "debian-12" / "2026.11.20" / "debian-12-2026.11.20.ova").exists()
 
 
@@ -346,3 +350,15 @@ def test_ustar_limits_are_enforced_not_overflowed() -> None:
     for bad in ("../x", "/abs", "a/b", "x" * 101, "ünï"):
         with pytest.raises(ArtifactError, match="not a safe OVA member name"):
             tar_header(bad, 1, 0)
+
+
+def test_package_bench_smoke_runs(tmp_path: Path) -> None:
+    """CI runs the bench's smoke mode: a bench that crashes, or whose OVA does not verify, fails here."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "package_bench.py"), "--smoke", "--work", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"^ratio ours/bare: \d+\.\d\d \(pairs", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^vmdk: ours [\d,]+ bytes, qemu-img [\d,]+ bytes: [+-]\d+\.\d %", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^load average at the end: \d+\.\d\d on \d+ CPUs$", proc.stdout, re.M), proc.stdout

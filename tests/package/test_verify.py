@@ -259,7 +259,10 @@ def test_a_grain_table_entry_past_the_end_is_refused(parts: Parts, tmp_path: Pat
     good = verify_ova(assemble(tmp_path, parts.ovf, parts.disk), qemu_check=True)
     assert good.disks
     disk = bytearray(parts.disk)
-    gd = struct.unpack_from("<Q", disk, 56)[0] * 512
+    gd = struct.unpack_from("<Q", disk, 56)[0]
+    if gd == 0xFFFFFFFFFFFFFFFF:  # GD_AT_END: the footer, second-to-last sector, holds the offset
+        gd = struct.unpack_from("<Q", disk, len(disk) - 1024 + 56)[0]
+    gd *= 512
     gt = struct.unpack_from("<I", disk, gd)[0] * 512  # the first grain table
     entry = next(gt + 4 * i for i in range(512) if struct.unpack_from("<I", disk, gt + 4 * i)[0])
     struct.pack_into("<I", disk, entry, 0x7FFFFFF0)  # an allocated grain now points far past the end

@@ -131,7 +131,7 @@ class FaultProxy:
                 except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True  # the client was killed while we held its request
 
-            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _handle
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

@@ -5,11 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from pipeline.catalogue import services
-from pipeline.catalogue.api.deps import ActorDep, PagingDep, UowDep
+from pipeline.catalogue.api.deps import ActorDep, GuardedRoute, PagingDep, UowDep
 from pipeline.catalogue.contract import AppliancePayload
 from pipeline.catalogue.schemas import ApplianceIn, AppliancePublic, Name, Paged
 
-router = APIRouter(prefix="/appliances", tags=["appliances"])
+router = APIRouter(prefix="/appliances", tags=["appliances"], route_class=GuardedRoute)
 
 
 @router.get("")

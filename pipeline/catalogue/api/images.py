@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from pipeline.catalogue import services
-from pipeline.catalogue.api.deps import PagingDep, UowDep
+from pipeline.catalogue.api.deps import GuardedRoute, PagingDep, UowDep
 from pipeline.catalogue.schemas import ImagePublic, Paged
 
-router = APIRouter(prefix="/images", tags=["images"])
+router = APIRouter(prefix="/images", tags=["images"], route_class=GuardedRoute)
 
 
 @router.get("")

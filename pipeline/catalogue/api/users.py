@@ -7,11 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from pipeline.catalogue import auth
-from pipeline.catalogue.api.deps import ActorDep, PagingDep, UowDep
+from pipeline.catalogue.api.deps import ActorDep, GuardedRoute, PagingDep, StateDep, UowDep
 from pipeline.catalogue.models import Role
 from pipeline.catalogue.schemas import Name, Paged, TokenCreate, TokenIssued, TokenPublic, UserCreate, UserPublic
 
-router = APIRouter(tags=["users"])
+router = APIRouter(tags=["users"], route_class=GuardedRoute)
 TokenId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]
 
 
@@ -32,9 +32,10 @@ def whoami(uow: UowDep, actor: ActorDep) -> UserPublic:
 
 
 @router.post("/users/{user}/tokens", status_code=201)
-def issue_token(user: Name, body: TokenCreate, uow: UowDep, actor: ActorDep) -> TokenIssued:
-    """A new token for yourself (or anyone, for an admin). The secret is in this response only."""
-    issued = auth.issue_token(uow, actor, user, body.label, body.days)
+def issue_token(user: Name, body: TokenCreate, uow: UowDep, actor: ActorDep, state: StateDep) -> TokenIssued:
+    """A new token for yourself (or anyone, for an admin). The secret is in this response only; every
+    token expires (``days``, default 90, at most 366) and ``info.expires`` says when."""
+    issued = auth.issue_token(uow, actor, user, body.label, body.days, state.settings.token_days)
     return TokenIssued(token=issued.token, info=TokenPublic.model_validate(issued.info))
 
 

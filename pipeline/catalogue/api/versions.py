@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from pipeline.catalogue import endorsements, services
-from pipeline.catalogue.api.deps import ActorDep, PagingDep, StateDep, UowDep
+from pipeline.catalogue.api.deps import ActorDep, GuardedRoute, PagingDep, StateDep, UowDep
 from pipeline.catalogue.contract import NotFound
 from pipeline.catalogue.schemas import (
     AuditIn,
@@ -21,7 +21,7 @@ from pipeline.catalogue.schemas import (
     VersionPublic,
 )
 
-router = APIRouter(prefix="/appliances/{name}/versions", tags=["versions"])
+router = APIRouter(prefix="/appliances/{name}/versions", tags=["versions"], route_class=GuardedRoute)
 VersionStr = Annotated[str, Path(min_length=1, max_length=20)]
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from pipeline.catalogue import auth, endorsements
-from pipeline.catalogue.api.deps import ActorDep, PagingDep, StateDep, UowDep
+from pipeline.catalogue.api.deps import ActorDep, GuardedRoute, PagingDep, StateDep, UowDep
 from pipeline.catalogue.schemas import ImageListPublic, Name, Paged, VoCreate, VoPublic
 
-router = APIRouter(prefix="/vos", tags=["vos"])
+router = APIRouter(prefix="/vos", tags=["vos"], route_class=GuardedRoute)
 
 
 @router.get("")

@@ -23,6 +23,7 @@ router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 Name = Annotated[str, PathParam(max_length=64)]
 Version = Annotated[str, PathParam(max_length=20)]
+ImageId = Annotated[int, PathParam(ge=1, le=2**31 - 1)]  # never beyond what the databases store
 EXPIRY_WARNING = timedelta(days=EXPIRY_WARNING_DAYS)
 
 
@@ -62,20 +63,21 @@ def appliance(request: Request, name: Name, uow: UowDep) -> HTMLResponse:
 
 @router.get("/appliances/{name}/{version}", response_class=HTMLResponse)
 def version(request: Request, name: Name, version: Version, uow: UowDep, state: StateDep) -> HTMLResponse:
-    info = services.get_version(uow, name, version)
-    details = services.version_images(uow, name, version)
+    found = services.version_page(uow, name, version)
     return _render(
         request,
         "version.html",
-        appliance=services.get_appliance(uow, name),
-        version=info,
-        images=[(d, download_url(state.settings, d.image)) for d in details],
-        audit=services.get_audit(uow, name, version),
+        appliance=found.appliance,
+        version=found.version,
+        images=[(d, download_url(state.settings, d.image)) for d in found.images],
+        audit=found.audit,
     )
 
 
 @router.get("/appliances/{name}/{version}/images/{image_id}", response_class=HTMLResponse)
-def image(request: Request, name: Name, version: Version, image_id: int, uow: UowDep, state: StateDep) -> HTMLResponse:
+def image(
+    request: Request, name: Name, version: Version, image_id: ImageId, uow: UowDep, state: StateDep
+) -> HTMLResponse:
     detail = services.get_image(uow, name, version, image_id)
     return _render(request, "image.html", detail=detail, download=download_url(state.settings, detail.image))
 
