@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.endorse.audit import SecuritySource, audit_disk
+from pipeline.appliance import find_appliance
+from pipeline.endorse.audit import CheckStatus, SecuritySource, audit_disk, security_source
 from pipeline.endorse.disk import ESP_TYPE_GUID, find_esp, open_root, partitions
+from pipeline.manifest import BuildManifest
 from tests.endorse.disks import PACKAGES, PE_STUB, TEST_KEY, good_esp, good_rootfs, make_disk, write
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _audit(tmp_path: Path, mirror: str, esp: Path):  # type: ignore[no-untyped-def]
@@ -98,3 +102,29 @@ def test_an_esp_that_is_not_fat_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception) as err, open_root(disk, "raw", tmp_path / "scratch"):
         pass
     assert f"{disk}: the EFI system partition (partition 2) is not a readable FAT filesystem" in str(err.value)
+
+
+@pytest.mark.slow
+@pytest.mark.build
+def test_debian_13_reference_passes_without_waivers(
+    reference_build_13: tuple[Path, BuildManifest], tmp_path: Path
+) -> None:
+    """The real hybrid debian-13 build: every check passes with no waiver, the ESP's included, and the
+    pending-updates check reads trixie-security."""
+    version_dir, manifest = reference_build_13
+    appliance = find_appliance(ROOT / "packer_templates", "debian-13", ROOT / "provisioners")
+    security = security_source(appliance, manifest.arch)
+    assert security is not None and security.suite == "trixie-security"
+    disk = manifest.artifact("build-disk")
+    report = audit_disk(
+        version_dir / disk.name,
+        disk.format,
+        scratch=tmp_path,
+        packages=manifest.packages,
+        security=security,
+        waivers={},
+        appliance="debian-13",
+        version=manifest.version,
+    )
+    assert [c.id for c in report.checks if c.result != CheckStatus.PASS] == [], report.summary()
+    assert report.check("esp").evidence == ("ESP holds 2 file(s): boot loader /EFI/BOOT/BOOTX64.EFI",)
