@@ -51,8 +51,12 @@ rm -f /etc/cloud/cloud.cfg.d/90_dpkg.cfg /etc/cloud/cloud.cfg.d/99-installer.cfg
 
 [ "$family" = apt ] && echo 'LANG=C.UTF-8' > /etc/default/locale
 
-# the package enabled them already; enabling again runs update-rc.d (slow perl in an emulated guest)
-for unit in cloud-init-local.service cloud-init.service cloud-config.service cloud-final.service; do
+# the package enabled them already; enabling again runs update-rc.d (slow perl in an emulated guest).
+# cloud-init 24.3+ (trixie) renamed cloud-init.service to cloud-init-network.service and added
+# cloud-init-main.service: enable the units this version ships.
+for unit in cloud-init-local.service cloud-init.service cloud-init-network.service cloud-init-main.service \
+            cloud-config.service cloud-final.service; do
+    [ -e "/lib/systemd/system/$unit" ] || [ -e "/usr/lib/systemd/system/$unit" ] || continue
     [ "$(systemctl is-enabled "$unit" 2>/dev/null || true)" = enabled ] || systemctl enable "$unit"
 done
 

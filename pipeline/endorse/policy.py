@@ -225,6 +225,8 @@ def no_random_seed(ctx: AuditContext) -> Finding:
 # --- cloud-init ----------------------------------------------------------------------------------
 
 CLOUD_INIT_UNITS = ("cloud-init-local.service", "cloud-init.service", "cloud-config.service", "cloud-final.service")
+# cloud-init 24.3+ (Debian 13) renamed the network stage's unit
+CLOUD_INIT_RENAMED = {"cloud-init.service": "cloud-init-network.service"}
 UNIT_DIRS = ("/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
 
 
@@ -240,6 +242,9 @@ def cloud_init_enabled(ctx: AuditContext) -> Finding:
     problems, evidence = [], []
     wants = [d for d in ctx.root.listdir("/etc/systemd/system") if d.endswith(".wants")]
     for unit in CLOUD_INIT_UNITS:
+        renamed = CLOUD_INIT_RENAMED.get(unit)
+        if renamed and any(ctx.root.is_file(f"{d}/{renamed}") for d in UNIT_DIRS):
+            unit = renamed
         target = ctx.root.host_path(f"/etc/systemd/system/{unit}", follow=False)
         if target is not None and target.is_symlink() and os.readlink(target) == "/dev/null":
             problems.append(f"/etc/systemd/system/{unit} masks the unit (-> /dev/null)")
