@@ -150,12 +150,20 @@ def build_appliance(settings: Settings, name: str, version: str | None = None, f
             packages=packages,
             artifacts=(disk_artifact, _artifact(stage, LOG_NAME, "log", "text")),
             timings={**timings, "total": round(time.monotonic() - start, 3)},
+            firmware=appliance.firmware.value,
+            image_properties=image_properties(appliance),
         )
         manifest.save(stage).chmod(0o644)
         stage.chmod(0o755)  # mkdtemp/mkstemp make them private; the version is for everyone to read
         _publish(stage, final)
     log.info("%s %s ready in %s", name, version, final)
     return BuildResult(name, version, final, BuildManifest.load(final), False, time.monotonic() - start)
+
+
+def image_properties(appliance: Appliance) -> dict[str, str]:
+    """What a cloud must know to boot the disk: Glance's ``hw_firmware_type=uefi`` for a UEFI-only
+    disk (BIOS is every cloud's default, and a hybrid disk boots under either)."""
+    return {"hw_firmware_type": "uefi"} if appliance.firmware is Firmware.UEFI else {}
 
 
 def build_machine(appliance: Appliance, settings: Settings) -> QemuMachine:

@@ -79,3 +79,28 @@ def test_a_descriptor_with_a_nonsense_firmware_is_named() -> None:
     text = build_descriptor(dataclasses.replace(base, firmware=Firmware.UEFI), "1", DISK).replace(b'"efi"', b'"uefi"')
     with pytest.raises(ConfigError, match="vmw:Config firmware: 'uefi' is not efi or bios"):
         descriptor_firmware(etree.ElementTree(etree.fromstring(text)))
+
+
+def test_the_manifest_records_firmware_and_glance_properties(tmp_path: Path) -> None:
+    from pipeline.build import image_properties
+    from pipeline.manifest import Artifact, BaseRef, BuildManifest
+
+    base = find_appliance(ROOT / "packer_templates", "debian-13")
+    assert image_properties(dataclasses.replace(base, firmware=Firmware.UEFI)) == {"hw_firmware_type": "uefi"}
+    assert image_properties(base) == {} == image_properties(dataclasses.replace(base, firmware=Firmware.BIOS))
+    manifest = BuildManifest(
+        appliance="debian-13", version="1", created="2026-12-02T00:00:00Z", inputs_digest="0" * 64, inputs={},
+        git_commit=None, tools={}, accel="tcg", os={"family": "linux", "name": "Debian", "version": "13"},
+        arch="x86_64", base=BaseRef("bootstrap", "trixie", "sha256:" + "0" * 64), packages=(),
+        artifacts=(Artifact("build/d.qcow2", "build-disk", "qcow2", 1, "3" * 64, "4" * 128),), timings={},
+        firmware="uefi", image_properties={"hw_firmware_type": "uefi"},
+    )  # fmt: skip
+    manifest.save(tmp_path)
+    again = BuildManifest.load(tmp_path)
+    assert (again.firmware, again.image_properties) == ("uefi", {"hw_firmware_type": "uefi"})
+    older = dataclasses.replace(manifest, firmware=None, image_properties={})
+    assert "firmware" not in older.to_dict() and "image_properties" not in older.to_dict()
+    bad = json.loads(manifest.to_json())
+    bad["image_properties"] = {"Bad Key": "x"}
+    with pytest.raises(ConfigError):
+        BuildManifest.from_dict(bad, "m.json")
