@@ -42,7 +42,7 @@ printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > "
 if [ -d "$root/etc/network" ]; then  # ifupdown bases (bookworm); networkd bases have none
     printf 'source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n' > "$root/etc/network/interfaces"
 fi
-if [ -x "$root/usr/lib/systemd/systemd-networkd" ]; then
+if [ ! -e "$root/sbin/ifup" ] && [ -e "$root/usr/lib/systemd/system/systemd-resolved.service" ]; then
     # trixie: cloud-init renders systemd-networkd (its fallback asks for DHCPv6 too, which ifupdown's
     # dhclient -6 waits minutes for); resolved answers DNS through the stub, which must stay linked
     chroot "$root" systemctl enable systemd-networkd.service systemd-resolved.service
