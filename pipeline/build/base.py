@@ -63,7 +63,12 @@ def prepare_base(settings: Settings, appliance: Appliance, work_dir: Path, log_f
         assert base.bootstrap is not None
         rootfs = bootstrap.make_rootfs(base.bootstrap, appliance.arch, settings.cache_dir, work_dir, log_file)
         path = disk.base_disk(
-            rootfs.tarball, rootfs.sha256, appliance.hardware.disk_gb, settings.cache_dir, work_dir, log_file,
+            rootfs.tarball,
+            rootfs.sha256,
+            appliance.hardware.disk_gb,
+            settings.cache_dir,
+            work_dir,
+            log_file,
             appliance.firmware,
         )
         return PreparedBase(path, BaseRef("bootstrap", rootfs.ref, f"sha256:{rootfs.sha256}", rootfs.sources))
