@@ -377,7 +377,7 @@ def ci_matrix(c: Context, changed_only: str | None = None, format: str = "github
     name="new-appliance", positional=["name"], help={"name": "new appliance name", "from_": "appliance to layer it on"}
 )
 @_edge
-def new_appliance(c: Context, name: str, from_: str = "debian-12") -> None:
+def new_appliance(c: Context, name: str, from_: str = "debian-13") -> None:
     """Scaffold a layered appliance (definition, template, provisioner stub) that validates and builds."""
     from pipeline.rebuild import scaffold_appliance
 

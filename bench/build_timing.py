@@ -1,7 +1,10 @@
 """Time a real build of an appliance per step, and the pipeline's own overhead over Packer.
 
-    .venv/bin/python bench/build_timing.py [--appliance debian-12] [--cold] [--output DIR]
+    .venv/bin/python bench/build_timing.py [--appliance debian-12 --appliance debian-13] [--cold] [--output DIR]
     .venv/bin/python bench/build_timing.py --smoke
+
+Builds each appliance in turn (default: debian-12 and debian-13, the two baselines), then prints their
+step times side by side.
 
 --cold empties the bootstrap/disk cache first (a build from nothing); by default the cache is kept
 and only the Packer build is redone (--force). Prints the per-step table with the machine's core
@@ -30,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.manifest import Artifact, BaseRef, BuildManifest, list_versions  # noqa: E402
+from pipeline.settings import Settings  # noqa: E402
 
 # the steps a build records (pipeline/build: step() timings and Packer's phases), in build order
 STEPS = (
@@ -61,12 +65,15 @@ def newest_manifests(output: Path) -> list[BuildManifest]:
 
 
 def fixture_manifests(folder: Path) -> list[BuildManifest]:
-    """Two small manifests (a bootstrapped appliance, one layered on it), saved and loaded for real."""
+    """Small manifests (the two baselines, one appliance layered on one), saved and loaded for real."""
     made = []
     for name, base, times in (
         ("debian-12", BaseRef("bootstrap", "bookworm http://deb.debian.org/debian", "sha256:" + "0" * 64),
          {"base": 40.0, "packer.boot": 30.0, "packer.provision": 120.0, "packer.shutdown": 5.0,
           "packer.compact": 10.0, "packer": 170.0, "manifest": 4.0, "total": 216.0}),
+        ("debian-13", BaseRef("bootstrap", "trixie http://deb.debian.org/debian", "sha256:" + "5" * 64),
+         {"base": 50.0, "packer.boot": 35.0, "packer.provision": 110.0, "packer.shutdown": 5.0,
+          "packer.compact": 10.0, "packer": 165.0, "manifest": 4.0, "total": 221.0}),
         ("fixture-layered", BaseRef("appliance", "debian-12@2026.11.22", "sha256:" + "1" * 64),
          {"base": 2.0, "packer.boot": 25.0, "packer.provision": 60.0, "packer.shutdown": 5.0,
           "packer.compact": 8.0, "packer": 100.0, "manifest": 4.0, "total": 107.0}),
@@ -124,7 +131,7 @@ def smoke() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--appliance", default="debian-12")
+    parser.add_argument("--appliance", action="append", help="appliance to build (repeat; default: both baselines)")
     parser.add_argument("--cold", action="store_true", help="empty the bootstrap and base-disk cache first")
     parser.add_argument("--output", default=str(ROOT / "work" / "bench-output"))
     parser.add_argument("--smoke", action="store_true", help="print the step times of existing manifests; no build")
@@ -133,7 +140,6 @@ def main() -> None:
         smoke()
         return
 
-    from pipeline.build import build_appliance
     from pipeline.log import setup_logging
     from pipeline.settings import load_settings
 
@@ -145,15 +151,25 @@ def main() -> None:
     setup_logging()
     print(f"before: {machine()}")
 
+    built = [_build_one(settings, name, args.cold) for name in args.appliance or ["debian-12", "debian-13"]]
+    if len(built) > 1:
+        print("\nside by side:")
+        side_by_side(built)
+    print(f"after: {machine()}")
+
+
+def _build_one(settings: Settings, name: str, cold: bool) -> BuildManifest:
+    from pipeline.build import build_appliance
+
     start = time.monotonic()
-    result = build_appliance(settings, args.appliance, force=True)
+    result = build_appliance(settings, name, force=True)
     wall = time.monotonic() - start
 
     t = result.manifest.timings
     packer = t.get("packer", 0.0)
     rows = [(label, t.get(key, 0.0)) for key, label in STEPS if key != "total"] + [("whole build (wall)", wall)]
     overhead = wall - packer - t.get("base", 0.0)
-    print(f"\nbuild of {args.appliance} {result.version} ({'cold cache' if args.cold else 'warm base cache'}, "
+    print(f"\nbuild of {name} {result.version} ({'cold cache' if cold else 'warm base cache'}, "
           f"accel {result.manifest.accel})")  # fmt: skip
     for label, seconds in rows:
         print(f"  {label:<42} {seconds:7.1f} s")
@@ -164,18 +180,18 @@ def main() -> None:
     print(f"  {'pipeline overhead (wall - packer)':<42} {wall - packer:7.1f} s")
 
     start = time.monotonic()
-    again = build_appliance(settings, args.appliance)
+    again = build_appliance(settings, name)
     noop = time.monotonic() - start
     print(f"  {'second run, nothing changed (up to date)':<42} {noop:7.2f} s (up_to_date={again.up_to_date})")
-    print(f"after: {machine()}")
 
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    record = {"appliance": args.appliance, "version": result.version, "cold": args.cold, "wall": round(wall, 1),
+    record = {"appliance": name, "version": result.version, "cold": cold, "wall": round(wall, 1),
               "timings": t, "overhead": round(overhead, 1), "noop": round(noop, 2),
               "load": os.getloadavg(), "cores": os.cpu_count()}  # fmt: skip
     with open(results / "build_timing.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+    return result.manifest
 
 
 if __name__ == "__main__":

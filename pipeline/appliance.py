@@ -93,6 +93,22 @@ class Arch(enum.StrEnum):
     AARCH64 = "aarch64"
 
 
+class Firmware(enum.StrEnum):
+    """What the disk boots with: BIOS (MBR), UEFI (GPT + ESP) or both (GPT, BIOS boot partition + ESP)."""
+
+    BIOS = "bios"
+    UEFI = "uefi"
+    HYBRID = "hybrid"
+
+    @property
+    def boots_bios(self) -> bool:
+        return self is not Firmware.UEFI
+
+    @property
+    def boots_uefi(self) -> bool:
+        return self is not Firmware.BIOS
+
+
 class BaseKind(enum.StrEnum):
     BOOTSTRAP = "bootstrap"  # root filesystem made here with mmdebstrap
     IMAGE = "image"  # upstream cloud image URL + checksum
@@ -169,6 +185,7 @@ class Appliance:
     arch: Arch
     base: Base
     hardware: Hardware
+    firmware: Firmware
     template: str
     variables: dict[str, str | int | float | bool]
     provisioners: tuple[str, ...]
@@ -258,6 +275,7 @@ def from_dict(
         arch=Arch(d["arch"]),
         base=base,
         hardware=Hardware(**hw),
+        firmware=Firmware(d["firmware"]),
         template=d["template"],
         variables=dict(d["variables"]),
         provisioners=tuple(d["provisioners"]),

@@ -74,6 +74,10 @@ class BuildManifest:
     format_version: int = field(default=FORMAT_VERSION)
     # why the build ran under ``accel`` (the probe's finding, or "kvm failed (...); using tcg")
     accel_note: str | None = None
+    # what the disk boots with (appliance ``firmware``) and the image properties clouds need for it
+    # (Glance: ``hw_firmware_type=uefi`` for a UEFI-only disk); absent in manifests of older builds
+    firmware: str | None = None
+    image_properties: dict[str, str] = field(default_factory=dict)
 
     def artifact(self, role: str) -> Artifact:
         """The (first) artifact with ``role``; ``ArtifactError`` if there is none."""
@@ -93,6 +97,10 @@ class BuildManifest:
         data["base"]["sources"] = list(self.base.sources)
         data["packages"] = [{k: v for k, v in p.items() if v is not None} for p in data["packages"]]
         data["artifacts"] = list(data["artifacts"])  # asdict keeps tuples; JSON Schema arrays are lists
+        if data["firmware"] is None:  # manifests of builds before the firmware field read back unchanged
+            del data["firmware"]
+        if not data["image_properties"]:
+            del data["image_properties"]
         return data
 
     def to_json(self) -> str:

@@ -4,9 +4,18 @@
 # to the throwaway account Packer logs in with. What cannot be done while that account is logged in
 # (removing it, its sudoers rule, then trimming free space) goes into /run/vmi-finish.sh, which the
 # template's shutdown_command runs: /run is tmpfs, so the script itself never reaches the disk.
-# Idempotent: every step states an end state.
+# One script for every distribution family (apt: Debian, Ubuntu; dnf: AlmaLinux and other EL), from
+# /etc/os-release. Idempotent: every step states an end state.
 set -eu
 : "${BUILD_USER:?BUILD_USER must name the build account}"
+
+. /etc/os-release
+case " ${ID:-} ${ID_LIKE:-} " in
+    *" debian "* | *" ubuntu "*) family=apt ;;
+    *" rhel "* | *" fedora "* | *" centos "*) family=dnf ;;
+    *) echo "seal: unknown distribution family (ID=${ID:-} ID_LIKE=${ID_LIKE:-})" >&2; exit 1 ;;
+esac
+default_user=${VMI_DEFAULT_USER:-$ID}
 
 say() { echo "seal: $*"; }
 fail() { echo "seal: FAILED: $*" >&2; exit 1; }
@@ -26,7 +35,7 @@ PermitUserEnvironment no
 CFG
 chmod 0644 /etc/ssh/sshd_config.d/00-vmi-hardening.conf
 # sshd -T needs host keys to run; they still exist here and are removed just below
-for who in "user=debian,host=client.example,addr=192.0.2.10" "user=root,host=client.example,addr=192.0.2.10"; do
+for who in "user=$default_user,host=client.example,addr=192.0.2.10" "user=root,host=client.example,addr=192.0.2.10"; do
     effective=$(sshd -T -C "$who")
     for want in "permitrootlogin no" "passwordauthentication no" "kbdinteractiveauthentication no" \
                 "permitemptypasswords no" "hostbasedauthentication no" "permituserenvironment no"; do
@@ -41,7 +50,8 @@ say "SSH host keys removed"
 
 # --- H8: root locked; no account with an empty password
 passwd -l root >/dev/null
-passwd -S root | awk '{ exit ($2 == "L") ? 0 : 1 }' || fail "root is not locked"
+# Debian's passwd -S says "root L ...", EL's "root LK ... (Password locked.)"
+passwd -S root | awk '{ exit ($2 == "L" || $2 == "LK") ? 0 : 1 }' || fail "root is not locked"
 if awk -F: '$2 == "" { found = 1 } END { exit found ? 0 : 1 }' /etc/shadow; then
     fail "an account has an empty password field"
 fi
@@ -78,19 +88,29 @@ cat > /etc/hosts <<'HOSTS'
 ff02::1		ip6-allnodes
 ff02::2		ip6-allrouters
 HOSTS
-rm -f /etc/resolv.conf /etc/mailname
+# a resolver file written by the build's DHCP client goes; systemd-resolved's stub link stays
+[ -L /etc/resolv.conf ] || rm -f /etc/resolv.conf
+rm -f /etc/mailname
 say "machine-id emptied, random-seed and credential.secret removed, hostname generic"
 
 # --- H16: no network identity of the build VM
 rm -f /etc/udev/rules.d/70-persistent-net.rules /etc/udev/rules.d/75-persistent-net-generator.rules
 rm -f /var/lib/dhcp/*.leases /var/lib/dhcp/dhclient*
+rm -f /etc/systemd/network/10-cloud-init-*.network /etc/netplan/50-cloud-init.yaml
+rm -f /etc/NetworkManager/system-connections/cloud-init-* /var/lib/NetworkManager/*.lease \
+      /var/lib/NetworkManager/secret_key /var/lib/dhclient/*
 say "network identity removed"
 
 # --- H12: package caches and lists
-apt-get -q clean
-rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old /var/log/installer
-install -d -m 0755 /var/lib/apt/lists/partial
-say "apt lists and caches cleaned"
+if [ "$family" = apt ]; then
+    apt-get -q clean
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old /var/log/installer
+    install -d -m 0755 /var/lib/apt/lists/partial
+else
+    dnf -q clean all
+    rm -rf /var/cache/dnf/*
+fi
+say "package lists and caches cleaned"
 
 # --- H14: temporary folders (this script lives in /tmp: the running shell keeps it open)
 find /tmp /var/tmp -mindepth 1 -delete 2>/dev/null || true  # sockets of running services may vanish under us
@@ -99,7 +119,7 @@ say "/tmp and /var/tmp emptied"
 # --- H15: logs. The journal is moved back to /run first so nothing more lands in /var/log/journal.
 journalctl --relinquish-var 2>/dev/null || true
 rm -rf /var/log/journal/*
-find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.old' \) -delete
+find /var/log -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*-[0-9]*' -o -name '*.old' \) -delete
 find /var/log -type f -exec truncate -s 0 {} +
 say "logs emptied"
 

@@ -49,3 +49,14 @@ def reference_build(reference_settings: Settings) -> tuple[Path, BuildManifest]:
     setup_logging()
     result = build_appliance(reference_settings, "debian-12")
     return result.version_dir, result.manifest
+
+
+@pytest.fixture(scope="session")
+def reference_build_13(reference_settings: Settings) -> tuple[Path, BuildManifest]:
+    """The debian-13 baseline (hybrid BIOS + UEFI disk), built once per session like ``reference_build``."""
+    from pipeline.build import build_appliance
+    from pipeline.log import setup_logging
+
+    setup_logging()
+    result = build_appliance(reference_settings, "debian-13")
+    return result.version_dir, result.manifest

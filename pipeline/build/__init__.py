@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import TextIO
 
 from pipeline import run
-from pipeline.appliance import Appliance, BaseKind, find_appliance, load_all
+from pipeline.appliance import Appliance, BaseKind, Firmware, find_appliance, load_all
 from pipeline.build import packer
-from pipeline.build.accel import Accel, QemuMachine, choose_accel, qemu_machine
+from pipeline.build.accel import UEFI_MACHINE_TYPE, Accel, QemuMachine, choose_accel, ovmf_vars_copy, qemu_machine
 from pipeline.build.base import base_component, prepare_base
 from pipeline.build.cache import compute_inputs, find_up_to_date, inputs_digest, next_version
 from pipeline.build.seed import build_user_data, generate_ssh_key, meta_data, write_seed_dir
@@ -150,12 +150,20 @@ def build_appliance(settings: Settings, name: str, version: str | None = None, f
             packages=packages,
             artifacts=(disk_artifact, _artifact(stage, LOG_NAME, "log", "text")),
             timings={**timings, "total": round(time.monotonic() - start, 3)},
+            firmware=appliance.firmware.value,
+            image_properties=image_properties(appliance),
         )
         manifest.save(stage).chmod(0o644)
         stage.chmod(0o755)  # mkdtemp/mkstemp make them private; the version is for everyone to read
         _publish(stage, final)
     log.info("%s %s ready in %s", name, version, final)
     return BuildResult(name, version, final, BuildManifest.load(final), False, time.monotonic() - start)
+
+
+def image_properties(appliance: Appliance) -> dict[str, str]:
+    """What a cloud must know to boot the disk: Glance's ``hw_firmware_type=uefi`` for a UEFI-only
+    disk (BIOS is every cloud's default, and a hybrid disk boots under either)."""
+    return {"hw_firmware_type": "uefi"} if appliance.firmware is Firmware.UEFI else {}
 
 
 def build_machine(appliance: Appliance, settings: Settings) -> QemuMachine:
@@ -209,6 +217,11 @@ def _run_packer(
     log_file: TextIO,
 ) -> packer.PackerRun:
     """Seed + key, then ``packer build``; the disk lands at ``disk_out``. The key dies with ``work``."""
+    if appliance.firmware is Firmware.UEFI and not machine.uefi:
+        # a UEFI-only disk builds under OVMF; bios and hybrid disks build under SeaBIOS (the boot tests
+        # prove a hybrid disk under both)
+        vars_copy = ovmf_vars_copy(work / f"ovmf-vars-{machine.accel}.fd")
+        machine = dataclasses.replace(machine, machine_type=UEFI_MACHINE_TYPE, ovmf_vars=vars_copy)
     key = generate_ssh_key(work / f"key-{machine.accel}")
     seed = write_seed_dir(
         work / f"seed-{machine.accel}",

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import enum
 import functools
+import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,6 +29,9 @@ from pipeline.errors import CommandError, ConfigError
 from pipeline.log import log
 
 MACHINE_TYPE = "pc"
+UEFI_MACHINE_TYPE = "q35"  # OVMF wants q35 (SMM-capable chipset); SeaBIOS guests keep the i440fx "pc"
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")  # Debian's ovmf package (scripts/setup)
+OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")  # template: every VM writes its own copy
 # KVM must reach the marker within this bound and in less than this share of TCG's time.
 KVM_PROBE_TIMEOUT = 20.0
 TCG_PROBE_TIMEOUT = 120.0
@@ -42,7 +47,10 @@ class Accel(enum.StrEnum):
 
 @dataclass(frozen=True)
 class QemuMachine:
-    """The QEMU machine a build runs: Packer gets these as template variables, the probe as argv."""
+    """The QEMU machine a build runs: Packer gets these as template variables, the probe and the boot
+    tests as argv. ``ovmf_vars`` set means UEFI: OVMF's code read-only and this VM's own copy of the
+    variable store as the two pflash devices (``-machine pflash0/pflash1`` + ``-blockdev``, so Packer's
+    own ``-drive`` arguments stay untouched)."""
 
     accel: Accel
     cpu_model: str
@@ -50,20 +58,43 @@ class QemuMachine:
     cpus: int = 2
     memory_mb: int = 1024
     note: str = ""  # why this accelerator (recorded in the build log and the manifest)
+    ovmf_vars: Path | None = None
+
+    @property
+    def uefi(self) -> bool:
+        return self.ovmf_vars is not None
+
+    def machine_option(self) -> str:
+        """``-machine`` without the accelerator (Packer appends ``,accel=`` itself)."""
+        if self.ovmf_vars is None:
+            return self.machine_type
+        return f"{self.machine_type},pflash0=vmi-ovmf-code,pflash1=vmi-ovmf-vars"
+
+    def firmware_args(self) -> list[list[str]]:
+        """The extra QEMU arguments of UEFI firmware, as Packer ``qemuargs`` pairs."""
+        if self.ovmf_vars is None:
+            return []
+        return [
+            ["-blockdev", f"driver=file,filename={OVMF_CODE},node-name=vmi-ovmf-code,read-only=on"],
+            ["-blockdev", f"driver=file,filename={self.ovmf_vars},node-name=vmi-ovmf-vars"],
+        ]
 
     def argv(self) -> list[str]:
         """The machine part of a QEMU command line, as Packer's QEMU builder writes it."""
         return [
-            "-machine", f"type={self.machine_type},accel={self.accel.value}",
+            "-machine", f"type={self.machine_option()},accel={self.accel.value}",
             "-cpu", self.cpu_model,
             "-m", f"{self.memory_mb}M",
             "-smp", str(self.cpus),
+            *[arg for pair in self.firmware_args() for arg in pair],
         ]  # fmt: skip
 
     def template_variables(self) -> dict[str, str]:
+        extra = {"firmware_qemuargs": json.dumps(self.firmware_args())} if self.uefi else {}
         return {
+            **extra,
             "accelerator": self.accel.value,
-            "machine_type": self.machine_type,
+            "machine_type": self.machine_option(),
             "cpu_model": self.cpu_model,
             "cpus": str(self.cpus),
             "memory": str(self.memory_mb),
@@ -72,9 +103,28 @@ class QemuMachine:
         }
 
 
-def qemu_machine(accel: Accel, cpus: int = 2, memory_mb: int = 1024) -> QemuMachine:
-    """KVM passes the host CPU through; TCG emulates every feature it can (``max``)."""
-    return QemuMachine(accel, "host" if accel is Accel.KVM else "max", cpus=cpus, memory_mb=memory_mb)
+def qemu_machine(accel: Accel, cpus: int = 2, memory_mb: int = 1024, ovmf_vars: Path | None = None) -> QemuMachine:
+    """KVM passes the host CPU through; TCG emulates every feature it can (``max``). With ``ovmf_vars``
+    (this VM's writable copy of ``OVMF_VARS``, see ``ovmf_vars_copy``) the machine boots UEFI on q35."""
+    return QemuMachine(
+        accel,
+        "host" if accel is Accel.KVM else "max",
+        machine_type=UEFI_MACHINE_TYPE if ovmf_vars is not None else MACHINE_TYPE,
+        cpus=cpus,
+        memory_mb=memory_mb,
+        ovmf_vars=ovmf_vars,
+    )
+
+
+def ovmf_vars_copy(target: Path) -> Path:
+    """A fresh, writable copy of OVMF's variable store for one VM (each VM writes its own)."""
+    if not OVMF_CODE.is_file() or not OVMF_VARS.is_file():
+        raise ConfigError(
+            f"{OVMF_CODE}: UEFI firmware not installed", hint="install Debian's ovmf package (scripts/setup)"
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(OVMF_VARS, target)
+    return target
 
 
 @dataclass(frozen=True)

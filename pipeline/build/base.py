@@ -17,7 +17,7 @@ from typing import TextIO
 
 import requests
 
-from pipeline.appliance import Appliance, BaseKind
+from pipeline.appliance import Appliance, BaseKind, Firmware
 from pipeline.build import bootstrap, disk
 from pipeline.build.published import fetch_published_disk, newest_base_build
 from pipeline.errors import ArtifactError, BuildError
@@ -44,7 +44,10 @@ def base_component(settings: Settings, appliance: Appliance, tools: dict[str, st
         assert base.bootstrap is not None
         key = bootstrap.bootstrap_key(base.bootstrap, appliance.arch, tools.get("mmdebstrap", ""))
         code = hashlib.sha256(Path(disk.__file__).read_bytes()).hexdigest()
-        return json.dumps({"bootstrap": key, "disk": code, "size_gb": appliance.hardware.disk_gb})
+        doc: dict[str, str | int] = {"bootstrap": key, "disk": code, "size_gb": appliance.hardware.disk_gb}
+        if appliance.firmware is not Firmware.BIOS:
+            doc["firmware"] = appliance.firmware.value
+        return json.dumps(doc)
     if base.kind is BaseKind.IMAGE:
         assert base.image is not None
         return json.dumps({"image": base.image.url, "checksum": base.image.checksum, "format": base.image.format})
@@ -61,7 +64,13 @@ def prepare_base(settings: Settings, appliance: Appliance, work_dir: Path, log_f
         assert base.bootstrap is not None
         rootfs = bootstrap.make_rootfs(base.bootstrap, appliance.arch, settings.cache_dir, work_dir, log_file)
         path = disk.base_disk(
-            rootfs.tarball, rootfs.sha256, appliance.hardware.disk_gb, settings.cache_dir, work_dir, log_file
+            rootfs.tarball,
+            rootfs.sha256,
+            appliance.hardware.disk_gb,
+            settings.cache_dir,
+            work_dir,
+            log_file,
+            appliance.firmware,
         )
         return PreparedBase(path, BaseRef("bootstrap", rootfs.ref, f"sha256:{rootfs.sha256}", rootfs.sources))
     if base.kind is BaseKind.IMAGE:

@@ -39,7 +39,15 @@ echo localhost > "$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' > "$root/etc/hosts"
 : > "$root/etc/machine-id"
 # networking: loopback here, cloud-init renders the rest (DHCP on the first NIC by default)
-printf 'source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n' > "$root/etc/network/interfaces"
+if [ -d "$root/etc/network" ]; then  # ifupdown bases (bookworm); networkd bases have none
+    printf 'source /etc/network/interfaces.d/*\n\nauto lo\niface lo inet loopback\n' > "$root/etc/network/interfaces"
+fi
+if [ ! -e "$root/sbin/ifup" ] && [ -e "$root/usr/lib/systemd/system/systemd-resolved.service" ]; then
+    # trixie: cloud-init renders systemd-networkd (its fallback asks for DHCPv6 too, which ifupdown's
+    # dhclient -6 waits minutes for); resolved answers DNS through the stub, which must stay linked
+    chroot "$root" systemctl enable systemd-networkd.service systemd-resolved.service
+    ln -sf ../run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
+fi
 # serial console and a short menu wait: clouds show the serial log, nobody picks a menu entry
 mkdir -p "$root/etc/default/grub.d"
 cat > "$root/etc/default/grub.d/50-vmi.cfg" <<'CFG'

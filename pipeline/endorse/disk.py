@@ -4,7 +4,9 @@ The audit must never run code from the image, never let qemu-img guess a format 
 a "raw" file posing as qcow2 reads host files through a backing file), and never let a symlink in
 the guest reach the host. So: ``qemu-img info/convert -f <declared format>`` to a scratch raw file,
 the MBR/GPT table parsed here, the ext2/3/4 root copied out with e2fsprogs' ``debugfs -c rdump``
-(userspace, read-only), and every path resolved inside that copy as if it were ``/``.
+(userspace, read-only), and every path resolved inside that copy as if it were ``/``. A GPT disk's
+EFI system partition (vfat) is copied out the same way with mtools (``mcopy -i raw@@offset``, no
+mount) and read as its own tree (``RootFs.esp``).
 """
 
 from __future__ import annotations
@@ -41,12 +43,22 @@ MAX_SYMLINK_HOPS = 40
 TOOL_HINTS = {"debugfs": "install Debian's 'e2fsprogs' package"}
 
 
+ESP_TYPE_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+ESP_COPY_SECONDS = 120.0
+TOOL_HINTS["mcopy"] = "install Debian's 'mtools' package"
+
+
 @dataclass(frozen=True)
 class Partition:
     number: int
     start: int  # bytes
     size: int  # bytes
     table: str  # mbr | gpt | none
+    type_guid: str = ""  # GPT partition type, upper-case text form
+
+    @property
+    def is_esp(self) -> bool:
+        return self.table == "gpt" and self.type_guid == ESP_TYPE_GUID
 
 
 @dataclass(frozen=True)
@@ -118,7 +130,10 @@ def partitions(raw: Path) -> list[Partition]:
                 if entry[:16] == bytes(16):
                     continue
                 first, last = struct.unpack_from("<QQ", entry, 32)
-                found.append(Partition(i + 1, first * SECTOR, (last - first + 1) * SECTOR, "gpt"))
+                if last < first:
+                    raise ArtifactError(f"{raw}: GPT entry {i + 1} ends before it starts")
+                type_guid = str(uuid.UUID(bytes_le=bytes(entry[:16]))).upper()
+                found.append(Partition(i + 1, first * SECTOR, (last - first + 1) * SECTOR, "gpt", type_guid))
             return found
         return [
             Partition(i + 1, start * SECTOR, sectors * SECTOR, "mbr")
@@ -144,9 +159,10 @@ def find_root_partition(raw: Path) -> Partition:
 class RootFs:
     """A copy of the guest's root filesystem, read as ``/``: symlinks resolve inside it, never on the host."""
 
-    def __init__(self, top: Path, origin: str) -> None:
+    def __init__(self, top: Path, origin: str, esp: RootFs | None = None) -> None:
         self.top = top
         self.origin = origin
+        self.esp = esp  # the EFI system partition's files (GPT disks with an ESP), read as their own tree
 
     def host_path(self, path: str, follow: bool = True) -> Path | None:
         """Where the guest's ``path`` is in the copy (symlinks resolved within the guest), None if absent."""
@@ -249,9 +265,10 @@ def open_root(
             log.debug("debugfs: %s", "; ".join(noise[:10]))
         if not any(top.iterdir()):
             raise ArtifactError(f"{disk}: the root filesystem could not be read ({'; '.join(noise[:3])})")
+        esp = _copy_esp(raw, work, disk)
         if raw != disk:
-            raw.unlink()  # the extracted tree is all we need; free the space early
-        yield RootFs(top, str(disk)), DiskInfo(fmt, virtual_size, part)
+            raw.unlink()  # the extracted trees are all we need; free the space early
+        yield RootFs(top, str(disk), esp), DiskInfo(fmt, virtual_size, part)
     finally:
         _remove_tree(work)
 
@@ -272,6 +289,50 @@ def _copy_out(debugfs: str, raw: Path, part: Partition, top: Path, disk: Path, m
     if result.returncode != 0:
         raise ArtifactError(f"{disk}: debugfs could not read the root filesystem (exit {result.returncode})")
     return result
+
+
+def find_esp(raw: Path) -> Partition | None:
+    """The EFI system partition of a GPT disk (the first one), None if it has none."""
+    size = raw.stat().st_size
+    esps = [p for p in partitions(raw) if p.is_esp]
+    if esps and esps[0].start + esps[0].size > size:
+        raise ArtifactError(f"{raw}: the EFI system partition lies beyond the end of the disk")
+    return esps[0] if esps else None
+
+
+def _copy_esp(raw: Path, work: Path, disk: Path) -> RootFs | None:
+    """Copy the ESP's files out with mtools (userspace FAT reader, no mount), bounded by the partition's
+    size and in time; None for a disk without an ESP."""
+    esp = find_esp(raw)
+    if esp is None:
+        return None
+    top = work / f"esp-{uuid.uuid4().hex[:8]}"
+    top.mkdir()
+    image = f"{raw}@@{esp.start}"
+    env = {"MTOOLS_SKIP_CHECK": "1", "MTOOLS_NO_VFAT": "0"}
+    mcopy = find_tool("mcopy", TOOL_HINTS["mcopy"])
+    listing = run([find_tool("mdir", TOOL_HINTS["mcopy"]), "-b", "-i", image, "::/"], env=env, check=False,
+                  timeout=ESP_COPY_SECONDS)  # fmt: skip
+    origin = f"{disk} (EFI system partition {esp.number})"
+    if listing.returncode == 0 and not listing.stdout.strip():
+        return RootFs(top, origin)  # an empty ESP (mcopy would call "::/*" not found)
+    if listing.returncode != 0:
+        raise ArtifactError(f"{disk}: the EFI system partition (partition {esp.number}) is not a readable FAT "
+                            f"filesystem: {(listing.stderr or listing.stdout).strip().splitlines()[:1]}")  # fmt: skip
+    try:
+        result = run(
+            [mcopy, "-s", "-n", "-p", "-m", "-Q", "-i", image, "::/*", str(top)],
+            env=env,
+            timeout=ESP_COPY_SECONDS,
+            limits=Limits(file_size_bytes=max(esp.size, 1)),
+            check=False,
+        )
+    except CommandError as e:
+        raise ArtifactError(f"{disk}: copying the EFI system partition took over {ESP_COPY_SECONDS:.0f}s") from e
+    if result.returncode != 0:
+        raise ArtifactError(f"{disk}: mcopy could not read the EFI system partition (exit {result.returncode}): "
+                            f"{result.stderr.strip().splitlines()[:1]}")  # fmt: skip
+    return RootFs(top, origin)
 
 
 def _remove_tree(path: Path) -> None:

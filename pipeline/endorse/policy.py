@@ -225,6 +225,8 @@ def no_random_seed(ctx: AuditContext) -> Finding:
 # --- cloud-init ----------------------------------------------------------------------------------
 
 CLOUD_INIT_UNITS = ("cloud-init-local.service", "cloud-init.service", "cloud-config.service", "cloud-final.service")
+# cloud-init 24.3+ (Debian 13) renamed the network stage's unit
+CLOUD_INIT_RENAMED = {"cloud-init.service": "cloud-init-network.service"}
 UNIT_DIRS = ("/etc/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system")
 
 
@@ -240,6 +242,9 @@ def cloud_init_enabled(ctx: AuditContext) -> Finding:
     problems, evidence = [], []
     wants = [d for d in ctx.root.listdir("/etc/systemd/system") if d.endswith(".wants")]
     for unit in CLOUD_INIT_UNITS:
+        renamed = CLOUD_INIT_RENAMED.get(unit)
+        if renamed and any(ctx.root.is_file(f"{d}/{renamed}") for d in UNIT_DIRS):
+            unit = renamed
         target = ctx.root.host_path(f"/etc/systemd/system/{unit}", follow=False)
         if target is not None and target.is_symlink() and os.readlink(target) == "/dev/null":
             problems.append(f"/etc/systemd/system/{unit} masks the unit (-> /dev/null)")
@@ -402,6 +407,52 @@ def package_list_recorded(ctx: AuditContext) -> Finding:
     return verdict(problems, f"manifest.json records the {len(recorded)} packages /var/lib/dpkg/status lists")
 
 
+# --- EFI system partition -----------------------------------------------------------------------
+
+ESP_LOADERS = ("/efi/boot/bootx64.efi", "/efi/boot/bootaa64.efi")  # the removable-media path firmware boots
+ESP_KEY_SUFFIXES = (".pem", ".key", ".der", ".crt", ".cer", ".auth", ".esl", ".p12", ".pfx")
+# what GRUB's own grub-install leaves next to grubx64.efi: a stub that finds the root and reads its menu
+ESP_STUB_COMMANDS = ("search", "search.fs_uuid", "search.fs_label", "set", "configfile", "insmod")
+ESP_STUB_MAX_BYTES = 4096
+
+
+def _esp_file_problem(ctx: AuditContext, path: str, size: int) -> str | None:
+    """Why an ESP file should not be there (None if it belongs: EFI binaries, shim's CSV, GRUB's stub)."""
+    esp = ctx.root.esp
+    assert esp is not None
+    lower = path.lower()
+    if lower.endswith(ESP_KEY_SUFFIXES):
+        return "key or certificate file"
+    data = esp.read_bytes(path, SCAN_LIMIT) or b""
+    if b"PRIVATE KEY" in data and PRIVATE_KEY.search(data):
+        return "holds a private key"
+    if not lower.startswith("/efi/"):
+        return "outside /EFI"
+    if lower.endswith(".efi"):
+        return None if data[:2] == b"MZ" else "not an EFI (PE) binary"
+    if lower.endswith(".csv") and lower.count("/") == 3:
+        return None  # shim's BOOTX64.CSV (fallback boot entry)
+    if lower.endswith("/grub.cfg") and lower.count("/") == 3 and size <= ESP_STUB_MAX_BYTES:
+        lines = [ln.strip() for ln in data.decode("utf-8", "replace").splitlines()]
+        odd = [ln for ln in lines if ln and not ln.startswith("#") and ln.split()[0] not in ESP_STUB_COMMANDS]
+        return f"GRUB config does more than find the root filesystem ({odd[0]!r})" if odd else None
+    return "stray file (config, script or data)"
+
+
+def esp_contents(ctx: AuditContext) -> Finding:
+    """A GPT disk's EFI system partition holds a boot loader at the removable path and nothing else:
+    EFI binaries (GRUB, shim), shim's CSV and GRUB's stub config only; no keys, scripts or configs."""
+    esp = ctx.root.esp
+    if esp is None:
+        return passed("no EFI system partition (a BIOS disk)")
+    files = [(path, st.st_size) for path, st in esp.walk("/") if stat.S_ISREG(st.st_mode)]
+    problems = [f"ESP {path}: {why}" for path, size in files if (why := _esp_file_problem(ctx, path, size))]
+    loaders = [path for path, _ in files if path.lower() in ESP_LOADERS]
+    if not loaders:
+        problems.insert(0, f"ESP: no boot loader at {' or '.join(p.upper() for p in ESP_LOADERS)}")
+    return verdict(problems, f"ESP holds {len(files)} file(s): boot loader {', '.join(loaders)}")
+
+
 @dataclass(frozen=True)
 class Check:
     id: str
@@ -430,5 +481,6 @@ CHECKS = (
     Check("private-keys", "no private keys or credential files", no_private_keys),
     Check("security-updates", "no pending security updates", no_pending_security_updates),
     Check("package-list", "package list recorded", package_list_recorded),
+    Check("esp", "EFI system partition holds only the boot loader", esp_contents),
 )
 CHECK_IDS = frozenset(c.id for c in CHECKS) | {"disk-format"}

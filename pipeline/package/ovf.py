@@ -15,7 +15,7 @@ from pathlib import Path
 
 from lxml import etree
 
-from pipeline.appliance import Appliance, Arch, OsFamily
+from pipeline.appliance import Appliance, Arch, Firmware, OsFamily
 from pipeline.errors import ConfigError
 
 OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
@@ -269,6 +269,13 @@ def build_descriptor(
             "ResourceType": str(int(ResourceType.ETHERNET)),
         },
     )
+    if appliance.firmware is Firmware.UEFI:
+        # VMware and virt-v2v read the firmware from here; BIOS is every importer's default, and a hybrid
+        # disk boots under either, so only a UEFI-only image says anything
+        config = _sub(vhs, "Config", ns=VMW_NS)
+        config.set(_q(OVF_NS, "required"), "false")
+        config.set(_q(VMW_NS, "key"), "firmware")
+        config.set(_q(VMW_NS, "value"), "efi")
     return bytes(etree.tostring(env, xml_declaration=True, encoding="UTF-8", pretty_print=True))
 
 
@@ -307,6 +314,18 @@ def parse_descriptor(data: bytes) -> etree._ElementTree:
 def _schema() -> etree.XMLSchema:
     parser = etree.XMLParser(no_network=True, resolve_entities=False)
     return etree.XMLSchema(etree.parse(str(SCHEMA_FILE), parser))
+
+
+def descriptor_firmware(tree: etree._ElementTree) -> str:
+    """The firmware a descriptor asks for: ``efi`` or ``bios`` (VMware's ``vmw:Config firmware``; BIOS
+    when absent, as every importer assumes)."""
+    for el in tree.iter(_q(VMW_NS, "Config")):
+        if el.get(_q(VMW_NS, "key")) == "firmware":
+            value = el.get(_q(VMW_NS, "value"), "")
+            if value not in ("efi", "bios"):
+                raise ConfigError(f"vmw:Config firmware: {value!r} is not efi or bios")
+            return value
+    return "bios"
 
 
 def strip_optional_vendor_sections(tree: etree._ElementTree) -> etree._ElementTree:

@@ -36,6 +36,7 @@ os:
   name: {os_name}
   version: "{os_version}"{codename}
 arch: {arch}
+firmware: {firmware}  # the base's disk layout (bios: MBR; uefi/hybrid: GPT + ESP); new baselines use hybrid
 base:
   appliance: {base}  # built from {base}'s newest version; a new {base} version triggers a rebuild
 hardware:
@@ -74,12 +75,12 @@ printf '%s\\n' "{name} (layered on {base})" > /etc/{name}/release
 """
 
 
-def scaffold_appliance(settings: Settings, name: str, base: str = "debian-12") -> str:
+def scaffold_appliance(settings: Settings, name: str, base: str = "debian-13") -> str:
     """Create ``packer_templates/NAME/`` layered on ``base``; returns what was made and what to do next."""
     if not NAME.match(name):
         raise ConfigError(
             f"new-appliance: name {name!r}: must match {NAME.pattern}",
-            hint="lower-case letters, digits, '.' and '-', e.g. debian-12-science",
+            hint="lower-case letters, digits, '.' and '-', e.g. debian-13-science",
         )
     target = settings.templates_dir / name
     if target.exists():
@@ -129,6 +130,7 @@ def _files(parent: Appliance, name: str) -> dict[str, str]:
         os_version=parent.os.version,
         codename=codename,
         arch=parent.arch.value,
+        firmware=parent.firmware.value,
         cores_min=parent.hardware.cores_min,
         cores_recommended=parent.hardware.cores_recommended,
         ram_min_mb=parent.hardware.ram_min_mb,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.build.accel import choose_accel, qemu_machine
+from pipeline.build.accel import choose_accel, ovmf_vars_copy, qemu_machine
 from pipeline.run import spawn
 
 SSH_OPTIONS = [
@@ -55,8 +55,11 @@ class Guest:
 
 
 @contextlib.contextmanager
-def boot(disk: Path, seed_iso: Path, key: Path, workdir: Path, memory_mb: int = 1024) -> Iterator[Guest]:
-    """Boot ``disk`` (qcow2) through an overlay with ``seed_iso`` as CD; yields a ``Guest``."""
+def boot(
+    disk: Path, seed_iso: Path, key: Path, workdir: Path, memory_mb: int = 1024, firmware: str = "bios"
+) -> Iterator[Guest]:
+    """Boot ``disk`` (qcow2) through an overlay with ``seed_iso`` as CD under ``firmware`` (``bios``:
+    SeaBIOS; ``uefi``: OVMF on q35 with this guest's own copy of the variable store); yields a ``Guest``."""
     overlay = workdir / "overlay.qcow2"
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(disk.resolve()), "-F", "qcow2", str(overlay)], check=True
@@ -64,7 +67,9 @@ def boot(disk: Path, seed_iso: Path, key: Path, workdir: Path, memory_mb: int = 
     port = free_port()
     serial = workdir / "serial.log"
     # the machine the build itself runs on this host (auto: KVM only where the probe proves it)
-    machine = qemu_machine(choose_accel("auto", 2, memory_mb).accel, 2, memory_mb)
+    # (the same QemuMachine, firmware included, that Packer gets: pipeline.build.accel)
+    ovmf_vars = ovmf_vars_copy(workdir / "OVMF_VARS.fd") if firmware == "uefi" else None
+    machine = qemu_machine(choose_accel("auto", 2, memory_mb).accel, 2, memory_mb, ovmf_vars=ovmf_vars)
     argv = [
         "qemu-system-x86_64",
         *machine.argv(),
@@ -74,7 +79,7 @@ def boot(disk: Path, seed_iso: Path, key: Path, workdir: Path, memory_mb: int = 
         "-drive", f"file={overlay},if=virtio,format=qcow2,discard=unmap",
         "-cdrom", str(seed_iso),
         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
-        "-device", "virtio-net-pci,netdev=n0",
+        "-device", "virtio-net-pci,netdev=n0,romfile=",  # no PXE ROM: OVMF would try the network first
     ]  # fmt: skip
     with spawn(argv, log_path=workdir / "qemu.log"):
         yield Guest(port, key, serial)

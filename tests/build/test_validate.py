@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -12,7 +15,30 @@ from pipeline.settings import Settings
 
 def test_project_appliances_validate(scratch_project: Settings) -> None:
     lines = validate_appliances(scratch_project)
-    assert any(line.startswith("debian-12: ok") for line in lines), lines
+    names = sorted(p.parent.name for p in scratch_project.templates_dir.glob("*/appliance.yaml"))
+    assert {"debian-12", "debian-13", "ubuntu-24.04", "almalinux-9"} <= set(names)
+    assert sorted(line.split(":")[0] for line in lines if ": ok (" in line) == names, lines
+
+
+def test_no_provisioner_exists_in_two_places() -> None:
+    """One set of provisioners: no appliance folder keeps a script of its own that shadows (or copies)
+    one in provisioners/, and no two scripts anywhere have the same content."""
+    root = Path(__file__).resolve().parents[2]
+    shared = {p.name: p for p in (root / "provisioners").glob("*.sh")}
+    assert {"upgrade.sh", "cloud-init.sh", "seal.sh"} <= set(shared)
+    seen: dict[bytes, Path] = {}
+    clashes = []
+    for script in sorted([*shared.values(), *(root / "packer_templates").glob("*/**/*.sh")]):
+        if script.parent.parent.name == "packer_templates" and script.name in shared:
+            clashes.append(f"{script} shadows provisioners/{script.name}")
+        digest = hashlib.sha256(script.read_bytes()).digest()
+        if digest in seen:
+            clashes.append(f"{script} is a copy of {seen[digest]}")
+        seen.setdefault(digest, script)
+    assert clashes == []
+    for definition in (root / "packer_templates").glob("*/appliance.yaml"):
+        for name in yaml.safe_load(definition.read_text()).get("provisioners", []):
+            assert (root / "provisioners" / name).is_file() or (definition.parent / name).is_file(), definition
 
 
 def test_broken_template_is_reported_by_packer(scratch_project: Settings) -> None:

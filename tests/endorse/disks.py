@@ -1,5 +1,7 @@
 """Small but real disks for the audit tests: a rootfs tree in tmp_path, then a partitioned raw
-disk (sfdisk + ``mkfs.ext4 -E offset=... -d ROOT``: no mount needed), converted to qcow2."""
+disk (sfdisk + ``mkfs.ext4 -E offset=... -d ROOT``: no mount needed), converted to qcow2. A
+``gpt-esp`` disk also has an EFI system partition: ``mkfs.vfat -C`` on a file, filled with mcopy,
+copied into place (what the pipeline's hybrid disks look like)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,13 @@ from pipeline.manifest import InstalledPackage
 MIB = 1024 * 1024
 LINUX_FS_GUID = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 BIOS_BOOT_GUID = "21686148-6449-6E6F-744E-656564494648"
+ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+ESP_START, ESP_MIB = 4096, 8  # sectors, MiB: the ESP at 2 MiB, the root after it
+PE_STUB = b"MZ" + bytes(510)  # enough of a PE header for the audit's "is it an EFI binary" test
+GRUB_STUB = (
+    "search.fs_uuid 0f6f1d5e-6a53-4a0e-9a51-6d1f0b7a2c11 root\nset prefix=($root)'/boot/grub'\n"
+    "configfile $prefix/grub.cfg\n"
+)
 
 PACKAGES = (
     InstalledPackage("base-files", "12.4+deb12u8", "amd64"),
@@ -107,8 +116,35 @@ def good_rootfs(root: Path) -> Path:
     return root
 
 
-def make_disk(rootdir: Path, out: Path, table: str = "mbr", fmt: str = "qcow2", size_mib: int = 40) -> Path:
-    """``rootdir`` as an ext4 root on a partitioned disk (``table``: mbr, gpt or none), in ``fmt``."""
+def good_esp(esp: Path) -> Path:
+    """What the pipeline puts on a hybrid disk's ESP: GRUB at the removable path and as Debian's loader,
+    plus the stub config grub-install leaves beside it."""
+    write(esp, "EFI/BOOT/BOOTX64.EFI", PE_STUB)
+    write(esp, "EFI/debian/grubx64.efi", PE_STUB)
+    write(esp, "EFI/debian/grub.cfg", GRUB_STUB)
+    return esp
+
+
+def _write_esp(raw: Path, esp_dir: Path) -> None:
+    image = raw.with_suffix(".esp")
+    image.unlink(missing_ok=True)
+    subprocess.run(["mkfs.vfat", "-C", str(image), str(ESP_MIB * 1024)], check=True, capture_output=True)
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    for entry in sorted(esp_dir.rglob("*")):
+        target = "::/" + entry.relative_to(esp_dir).as_posix()
+        argv = ["mmd", "-i", str(image), target] if entry.is_dir() else ["mcopy", "-i", str(image), str(entry), target]
+        subprocess.run(argv, check=True, capture_output=True, env=env)
+    with open(image, "rb") as src, open(raw, "r+b") as dst:
+        dst.seek(ESP_START * 512)
+        dst.write(src.read())
+    image.unlink()
+
+
+def make_disk(
+    rootdir: Path, out: Path, table: str = "mbr", fmt: str = "qcow2", size_mib: int = 40, esp: Path | None = None
+) -> Path:
+    """``rootdir`` as an ext4 root on a partitioned disk (``table``: mbr, gpt, gpt-esp or none), in ``fmt``.
+    ``gpt-esp`` adds an EFI system partition holding ``esp`` (a folder; default: ``good_esp``)."""
     raw = out.with_suffix(".raw")
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(raw, "wb") as f:
@@ -118,8 +154,16 @@ def make_disk(rootdir: Path, out: Path, table: str = "mbr", fmt: str = "qcow2", 
         layout = "label: dos\nstart=2048, type=83\n"
         if table == "gpt":
             layout = f"label: gpt\nstart=2048, size=2048, type={BIOS_BOOT_GUID}\nstart=4096, type={LINUX_FS_GUID}\n"
+        root_start = {"mbr": 2048, "gpt": 4096, "gpt-esp": ESP_START + ESP_MIB * 2048}[table]
+        if table == "gpt-esp":
+            layout = (
+                f"label: gpt\nstart=2048, size=2048, type={BIOS_BOOT_GUID}\n"
+                f"start={ESP_START}, size={ESP_MIB * 2048}, type={ESP_GUID}\nstart={root_start}, type={LINUX_FS_GUID}\n"
+            )
         subprocess.run(["sfdisk", "-q", str(raw)], input=layout, text=True, check=True)
-        offset = (4096 if table == "gpt" else 2048) * 512
+        if table == "gpt-esp":
+            _write_esp(raw, esp if esp is not None else good_esp(out.parent / f"{out.stem}-esp"))
+        offset = root_start * 512
         fs_mib = size_mib - offset // MIB - 1
     subprocess.run(
         ["mkfs.ext4", "-q", "-F", "-E", f"offset={offset}", "-d", str(rootdir), str(raw), f"{fs_mib}M"],

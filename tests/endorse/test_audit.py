@@ -43,15 +43,15 @@ def run_audit(
     )
 
 
-@pytest.mark.parametrize("table", ["mbr", "gpt", "none"])
+@pytest.mark.parametrize("table", ["mbr", "gpt", "gpt-esp", "none"])
 def test_sealed_image_passes_every_check(tmp_path: Path, mirror: str, table: str) -> None:
     report = run_audit(tmp_path, mirror, table=table)
     assert report.passed, report.summary()
     assert [c.result for c in report.checks] == [CheckStatus.PASS] * len(report.checks)
-    assert len(report.checks) == 21
+    assert len(report.checks) == 22
     sshd = report.check("sshd-password-auth").evidence
     assert "passwordauthentication no (/etc/ssh/sshd_config.d/00-vmi-hardening.conf:2, first match wins)" in sshd
-    assert "audit passed: 21 checks, 0 waived" in report.summary()
+    assert "audit passed: 22 checks, 0 waived" in report.summary()
     assert not list((tmp_path / "scratch").iterdir())  # scratch copy removed
 
 
@@ -172,10 +172,11 @@ BROKEN = {
 }  # fmt: skip
 
 
+@pytest.mark.parametrize("table", ["mbr", "gpt-esp"])
 @pytest.mark.parametrize("case", list(BROKEN), ids=list(BROKEN))
-def test_each_broken_check_fails_naming_the_file(tmp_path: Path, mirror: str, case: str) -> None:
+def test_each_broken_check_fails_naming_the_file(tmp_path: Path, mirror: str, case: str, table: str) -> None:
     check_id, mutate, evidence = BROKEN[case]
-    report = run_audit(tmp_path, mirror, mutate)
+    report = run_audit(tmp_path, mirror, mutate, table=table)
     assert not report.passed
     assert [c.id for c in report.failures] == [check_id], report.summary()
     assert any(evidence in line for line in report.check(check_id).evidence), report.check(check_id).evidence
@@ -232,7 +233,7 @@ def test_waiver_file_errors_name_file_and_field(tmp_path: Path) -> None:
     assert err.value.problems == [
         f"{path}: waivers[0].reason: must say why (at least 10 characters)",
         f"{path}: waivers[1].check: 'nope' is not a check id (one of authorized-keys, build-leftovers, build-user, "
-        "cloud-init-clean, cloud-init-enabled, cloud-init-installed, disk-format, empty-passwords, extra-uid0, "
+        "cloud-init-clean, cloud-init-enabled, cloud-init-installed, disk-format, empty-passwords, esp, extra-uid0, "
         "histories, logs, machine-id, package-list, private-keys, random-seed, root-locked, security-updates, "
         "ssh-host-keys, "
         "sshd-password-auth, sshd-root-login, tmp)",

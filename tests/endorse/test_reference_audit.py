@@ -34,4 +34,4 @@ def test_reference_image_passes_without_waivers(reference_build: tuple[Path, Bui
         version=manifest.version,
     )
     assert [c.id for c in report.checks if c.result != CheckStatus.PASS] == [], report.summary()
-    assert len(report.checks) == 21
+    assert len(report.checks) == 22

@@ -8,10 +8,11 @@ import shutil
 import pytest
 import yaml
 
-from pipeline.appliance import BaseKind, load_all
+from pipeline.appliance import BaseKind, Firmware, load_all
 from pipeline.errors import ConfigError
 from pipeline.rebuild.scaffold import scaffold_appliance
 from pipeline.settings import Settings
+from tests.rebuild.conftest import ROOT
 
 
 def test_scaffold_layered_appliance_validates(project: Settings) -> None:
@@ -68,3 +69,13 @@ def test_scaffold_refuses_bad_input_and_leaves_nothing(project: Settings, name: 
     with pytest.raises(ConfigError, match=message):
         scaffold_appliance(project, name, base)
     assert sorted(p.name for p in project.templates_dir.iterdir()) == before
+
+
+def test_scaffold_defaults_to_debian_13_and_keeps_its_firmware(project: Settings) -> None:
+    shutil.copytree(ROOT / "packer_templates" / "debian-13", project.templates_dir / "debian-13")
+    scaffold_appliance(project, "trixie-science")
+    apps = load_all(project.templates_dir, project.provisioners_dir)
+    new = apps["trixie-science"]
+    assert new.base.appliance == "debian-13"
+    assert new.os.codename == "trixie"
+    assert new.firmware is Firmware.HYBRID is apps["debian-13"].firmware
