@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
+from pipeline.catalogue import services
+from pipeline.catalogue.contract import AppliancePayload, ImagePayload, VersionPayload
 from pipeline.catalogue.db import alembic_config, downgrade, migrate
 from pipeline.catalogue.models import Base
+from tests.catalogue.conftest import Api
 
 
 def _tables(url: str) -> set[str]:
@@ -58,3 +63,29 @@ def test_processes_opening_a_new_database_at_once_migrate_in_turn(database_url: 
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
     assert _tables(database_url) == set(Base.metadata.tables)
+
+
+def test_upgrade_records_the_base_of_versions_registered_before_the_base_ref_column(
+    api: Api, publish_file: Callable[..., ImagePayload]
+) -> None:
+    """Migration 0003 fills ``versions.base_ref`` from the first manifest, so lineage never reads manifests."""
+    services.ensure_appliance(api.uow, "alice", AppliancePayload("science", "Science", "layered", ()))
+    base = {"kind": "appliance", "ref": "debian-12@2026.11.22", "digest": "sha256:" + "0" * 64}
+    for version, manifest in (("1", {"base": base}), ("2", {"base": {"kind": "image", "ref": "debian-12.qcow2"}})):
+        images = (publish_file("science", version, "qcow2", manifest=manifest),)
+        services.register_version(api.uow, "alice", VersionPayload("science", version, "v", images), api.settings)
+    url = api.settings.database_url
+    downgrade(url, "0002_audit_roles_token_expiry")  # as a catalogue upgraded from before the column
+    migrate(url)
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT version, base_ref FROM versions ORDER BY version")).all()
+        images = conn.execute(text("SELECT count(*) FROM images")).scalar_one()
+    engine.dispose()
+    assert [tuple(r) for r in rows] == [("1", "debian-12@2026.11.22"), ("2", None)]
+    assert images == 2  # down and up again keeps every image (no table copy cascading to them)
+    lineage = api.client.get("/api/v1/appliances/science/versions/1").json()["lineage"]
+    assert lineage == {
+        "base_appliance": "debian-12", "base_version": "2026.11.22", "outdated": True,
+        "reason": "debian-12 2026.11.22 is not in the catalogue",
+    }  # fmt: skip

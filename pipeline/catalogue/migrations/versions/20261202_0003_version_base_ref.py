@@ -41,9 +41,12 @@ def _base_ref(manifest: Any) -> str | None:
     return f"{name}@{version}" if at and name and version and len(name) + len(version) < 100 else None
 
 
+# Plain ALTER TABLE, never SQLite's batch copy: dropping the old ``versions`` table would cascade to its
+# images, endorsements and audits (foreign keys are on). SQLite adds and drops a plain column in place.
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("versions", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("base_ref", sa.String(length=100), nullable=True))
+    op.add_column("versions", sa.Column("base_ref", sa.String(length=100), nullable=True))
     bind = op.get_bind()
     rows = bind.execute(
         sa.text("SELECT version_id, manifest FROM images WHERE manifest IS NOT NULL ORDER BY version_id, id")
@@ -59,5 +62,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("versions", schema=None) as batch_op:
-        batch_op.drop_column("base_ref")
+    op.drop_column("versions", "base_ref")
