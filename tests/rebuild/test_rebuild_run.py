@@ -4,20 +4,13 @@ the others are decided and skipped, the table and the exit code say so. Plus the
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-
 from pipeline.appliance import build_order, load_all
-from pipeline.build import build_appliance
-from pipeline.catalogue.client import open_catalogue
-from pipeline.endorse.pki import make_dev_ca
-from pipeline.manifest import Artifact, BaseRef, BuildManifest
+from pipeline.manifest import Artifact, BaseRef
 from pipeline.rebuild import rebuild_appliances
 from pipeline.rebuild.decide import Reason
 from pipeline.rebuild.execute import Outcome
@@ -25,7 +18,7 @@ from pipeline.rebuild.inputs import current_inputs
 from pipeline.rebuild.scaffold import scaffold_appliance
 from pipeline.settings import Settings
 
-from .conftest import ROOT, Mirror, make_settings, manifest, save
+from .conftest import ROOT, Mirror, manifest, save
 
 CURRENT = (("openssl", "3.0.22-1~deb12u2"), ("libc6", "2.36-9+deb12u14"))
 VERSION = "2026.11.21"
@@ -101,60 +94,3 @@ def test_cli_exit_codes_and_dry_run(project: Settings, tmp_path: Path) -> None:
     assert not (tmp_path / "c.db").exists()  # a dry run creates no catalogue
     bad = invoke("rebuild", "--appliance", "no-such")
     assert bad.returncode == 2 and "--appliance no-such: no appliance named 'no-such'" in bad.stderr
-
-
-@pytest.mark.slow
-@pytest.mark.build
-def test_end_to_end_rebuilds_exactly_the_changed_appliance(
-    reference_build: tuple[Path, BuildManifest], short_work: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """debian-12 (the real reference build) and a community appliance layered on it; after its
-    provisioner changes, `rebuild` over both rebuilds only the community one, through every stage."""
-    ref_dir, ref = reference_build
-    root = short_work / "p"
-    (root / "packer_templates").mkdir(parents=True)
-    shutil.copytree(ROOT / "packer_templates" / "debian-12", root / "packer_templates" / "debian-12")
-    shutil.copytree(ROOT / "provisioners", root / "provisioners")
-    settings = dataclasses.replace(
-        make_settings(root, short_work / "w"),
-        cache_dir=ROOT / ".cache" / "vmi",  # the reference build's bootstrap cache
-    )
-    ca = make_dev_ca(short_work / "ca")
-    monkeypatch.setenv("VMI_SIGNING_KEY", str(ca.endorser_key))
-    monkeypatch.setenv("VMI_SIGNING_CERT", str(ca.endorser_cert))
-    # debian-12 as built by the reference build (hard links: the disk is 0.5 GiB)
-    shutil.copytree(ref_dir, settings.version_dir("debian-12", ref.version), copy_function=os.link)
-    scaffold_appliance(settings, "science", "debian-12")
-    definition = settings.templates_dir / "science" / "appliance.yaml"
-    definition.write_text(definition.read_text().replace("auto_endorse: false", "auto_endorse: true"))
-    first = build_appliance(settings, "science")
-    assert not first.up_to_date
-
-    script = settings.templates_dir / "science" / "science.sh"
-    script.write_text(script.read_text() + "echo 'numpy would go here' > /etc/science/extra\n")
-    # decided from output/ (offline use): debian-12 and science were built here, never published;
-    # deciding from the catalogue on fresh runners is test_scheduled_runs.py
-    report = rebuild_appliances(settings, None, offline=True)
-    sys.stderr.write(report.summary() + "\n")  # shown with -s: the table a maintainer sees
-
-    by = {r.decision.appliance: r for r in report.results}
-    assert by["debian-12"].outcome is Outcome.SKIPPED, by["debian-12"].decision.why()
-    science = by["science"]
-    assert science.decision.reasons == [Reason.INPUTS_CHANGED]
-    assert "(provisioner:science.sh)" in science.decision.why()
-    assert science.outcome is Outcome.ENDORSED, science.detail
-    assert science.steps == ["build", "package", "audit", "publish", "endorse"]
-    assert science.version is not None and science.version != first.version and report.ok
-
-    catalogue = open_catalogue(settings)
-    try:
-        versions = {v.version: v for v in catalogue.list_versions("science")}
-        assert set(versions) == {science.version} and versions[science.version].active_vos == ("vo.example.org",)
-        listed = catalogue.image_list("vo.example.org").decode()
-        assert f"science/{science.version}/" in listed
-    finally:
-        catalogue.close()
-
-    # nothing changed since: the next scheduled run is a no-op
-    again = rebuild_appliances(settings, None, offline=True)
-    assert [r.outcome for r in again.results] == [Outcome.SKIPPED, Outcome.SKIPPED] and again.ok
