@@ -33,8 +33,9 @@ def test_release_ends_in_the_catalogue(
     assert result.summary().endswith(f"run `invoke serve`, then open {url}")
 
     manifest = BuildManifest.load(version_dir)  # now with the package artifacts
-    published = {a.role: a for a in manifest.artifacts if a.role in ("ova", "qcow2", "sha256sums", "sha512sums")}
-    assert len(published) == 4
+    roles = ("ova", "qcow2", "sbom", "sha256sums", "sha512sums")
+    published = {a.role: a for a in manifest.artifacts if a.role in roles}
+    assert len(published) == 5  # the CycloneDX SBOM travels with the images
     stored = tmp_path / "repository" / "debian-12" / version
     assert sorted(p.name for p in stored.iterdir()) == sorted(a.name for a in published.values())
     for artifact in published.values():
@@ -55,4 +56,4 @@ def test_release_ends_in_the_catalogue(
 
     again = release_appliance(settings, "debian-12")  # a rerun: nothing is built, packaged or sent again
     assert f"debian-12 {version} is already packaged" in again.summary()
-    assert again.summary().count("already there, verified") == 4
+    assert again.summary().count("already there, verified") == 5
