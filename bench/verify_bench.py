@@ -179,7 +179,7 @@ def make_disk(work: Path, size_gib: float, data_gib: float) -> Path:
 
 def reference_ova() -> Path | None:
     output = Path(os.environ.get("VMI_TEST_OUTPUT", ROOT / "work" / "test-output"))
-    found = sorted(output.glob("output/debian-12/*/*.ova"))
+    found = sorted(output.glob("debian-12/*/*.ova"))
     return found[-1] if found else None
 
 
