@@ -63,7 +63,7 @@ def _edge(func: F) -> F:
 @_edge
 def validate(c: Context) -> None:
     """Check every appliance definition (all mistakes at once, with file and field) and `packer validate` it."""
-    from pipeline.build import validate_appliances
+    from pipeline.builder import validate_appliances
 
     for line in validate_appliances(_settings(c)):
         print(line)
@@ -80,7 +80,7 @@ def validate(c: Context) -> None:
 @_edge
 def build(c: Context, appliance: str, version: str | None = None, force: bool = False) -> None:
     """Build an appliance with Packer + QEMU into output/<appliance>/<version>/ (qcow2 + manifest.json)."""
-    from pipeline.build import build_appliance
+    from pipeline.builder import build_appliance
 
     result = build_appliance(_settings(c), appliance, version=version, force=force)
     print(result.summary())
@@ -212,7 +212,7 @@ def audit(c: Context) -> None:
 @_edge
 def audit_image(c: Context, appliance: str, version: str | None = None) -> None:
     """Inspect a built disk offline against the endorsement policy; exit 0 only if every check passes."""
-    from pipeline.endorse.audit import audit_version
+    from pipeline.audit.report import audit_version
 
     report = audit_version(_settings(c), appliance, version=version)
     print(report.summary())
@@ -277,9 +277,9 @@ def verify_list(
     crl: str | None = None,
 ) -> None:
     """Verify a signed HEPiX image list the way a site does (signature, signer, dates, version, images)."""
-    from pipeline.endorse.crl import check_revocation
     from pipeline.endorse.pki import parse_dn
-    from pipeline.endorse.verify import verify_image_list
+    from pipeline.site.crl import check_revocation
+    from pipeline.site.verify import verify_image_list
 
     checked = check_revocation(source, crl, Path(ca)) if crl else None
     report = verify_image_list(

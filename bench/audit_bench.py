@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.endorse.audit import SecuritySource, audit_disk  # noqa: E402
+from pipeline.audit.report import SecuritySource, audit_disk  # noqa: E402
 from pipeline.manifest import BuildManifest, list_versions  # noqa: E402
 from pipeline.run import run  # noqa: E402
 

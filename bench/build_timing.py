@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.manifest import Artifact, BaseRef, BuildManifest, list_versions  # noqa: E402
 from pipeline.settings import Settings  # noqa: E402
 
-# the steps a build records (pipeline/build: step() timings and Packer's phases), in build order
+# the steps a build records (pipeline/builder: step() timings and Packer's phases), in build order
 STEPS = (
     ("base", "bootstrap + base disk"),
     ("packer.boot", "packer: boot until SSH"),
@@ -159,7 +159,7 @@ def main() -> None:
 
 
 def _build_one(settings: Settings, name: str, cold: bool) -> BuildManifest:
-    from pipeline.build import build_appliance
+    from pipeline.builder import build_appliance
 
     start = time.monotonic()
     result = build_appliance(settings, name, force=True)

@@ -41,7 +41,7 @@ YAML_LIMITS = YamlLimits(max_bytes=64 * 1024, max_depth=8, max_nodes=5000)
 MULTILINE_FIELDS = frozenset({"description"})
 SIBLING = "../"  # a provisioner path into another appliance's folder: ../NAME/script.sh
 
-# The Packer variables the pipeline sets for every build (pipeline.build.template_variables, README
+# The Packer variables the pipeline sets for every build (pipeline.builder.template_variables, README
 # "Building an image"): an appliance's ``variables`` may not override them. Not even cpus or memory:
 # the build VM's memory follows hardware.ram_min_mb and its CPUs the build host, one place each.
 PIPELINE_VARIABLES = frozenset(

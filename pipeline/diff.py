@@ -245,7 +245,7 @@ def read_changelog(doc: Path, names: Sequence[str]) -> str | None:
 @contextlib.contextmanager
 def doc_tree(disk: Path, fmt: str, scratch: Path) -> Iterator[Path]:
     """``/usr/share/doc`` of a disk image copied out read-only (qemu-img + debugfs, no mount, no root)."""
-    from pipeline.endorse.disk import TOOL_HINTS, _remove_tree, find_root_partition, inspect_format
+    from pipeline.audit.disk import TOOL_HINTS, _remove_tree, find_root_partition, inspect_format
 
     inspect_format(disk, fmt)
     scratch.mkdir(parents=True, exist_ok=True)
@@ -292,7 +292,7 @@ def diff_versions(settings: Settings, appliance: str, old: str, new: str, change
     """Compare two built versions in the output folder (manifests, audits, the newer image's changelogs)."""
     import json
 
-    from pipeline.endorse.audit import AUDIT_FILE
+    from pipeline.audit.report import AUDIT_FILE
     from pipeline.manifest import find_version
 
     old_dir, before = find_version(settings.output_dir, appliance, old)

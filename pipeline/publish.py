@@ -314,7 +314,7 @@ class ReleaseResult:
 
 def release_appliance(settings: Settings, name: str, tuning: UploadTuning | None = None) -> ReleaseResult:
     """Build (or reuse an up-to-date build), package and publish an appliance in one go."""
-    from pipeline.build import build_appliance
+    from pipeline.builder import build_appliance
     from pipeline.package import package_appliance
 
     built = build_appliance(settings, name)

@@ -302,7 +302,8 @@ _PLANE_NONCHARS = "".join(chr(p * 0x10000 + 0xFFFE) + chr(p * 0x10000 + 0xFFFF) 
 _ALWAYS_BAD = (
     "\x00-\x08\x0b-\x1f\x7f-\x9f"  # C0 controls but tab/newline, DEL, C1 controls
     "\ud800-\udfff"  # lone surrogates (no encoding can carry them)
-    "\ufdd0-\ufdef\ufffe\uffff" + _PLANE_NONCHARS  # non-characters (XML refuses U+FFFE/U+FFFF)
+    "\ufdd0-\ufdef\ufffe\uffff"
+    + _PLANE_NONCHARS  # non-characters (XML refuses U+FFFE/U+FFFF)
     + "\u2028\u2029"  # line/paragraph separators
     "\u202a-\u202e\u2066-\u2069"  # bidirectional overrides and isolates (text that reads backwards)
 )

@@ -43,7 +43,7 @@ def reference_build(reference_settings: Settings) -> tuple[Path, BuildManifest]:
     Returns ``(version_dir, manifest)``. The first run builds (about 5 minutes here); afterwards the
     content-addressed build cache makes this instant until an input changes.
     """
-    from pipeline.build import build_appliance
+    from pipeline.builder import build_appliance
     from pipeline.log import setup_logging
 
     setup_logging()
@@ -54,7 +54,7 @@ def reference_build(reference_settings: Settings) -> tuple[Path, BuildManifest]:
 @pytest.fixture(scope="session")
 def reference_build_13(reference_settings: Settings) -> tuple[Path, BuildManifest]:
     """The debian-13 baseline (hybrid BIOS + UEFI disk), built once per session like ``reference_build``."""
-    from pipeline.build import build_appliance
+    from pipeline.builder import build_appliance
     from pipeline.log import setup_logging
 
     setup_logging()

@@ -308,7 +308,7 @@ def test_variable_names_and_values_are_shaped(tmp_path: Path) -> None:
     )
     assert problems(project(tmp_path, text)) == [
         ": variables.bell: contains the character U+0007 at position 4",
-        ': variables."x y": \'x y\' a variable name must be letters, digits and _ (not starting with a digit)',
+        ": variables.\"x y\": 'x y' a variable name must be letters, digits and _ (not starting with a digit)",
         ": variables.9lives: '9lives' a variable name must be letters, digits and _ (not starting with a digit)",
         f': variables."{"v" * 40}...": must be at most 64 characters (has 65)',
         ": variables.empty: must be of type ['string', 'number', 'boolean']",
@@ -325,7 +325,7 @@ def test_good_variables_load(tmp_path: Path) -> None:
 
 def test_every_variable_the_pipeline_sets_is_reserved(tmp_path: Path, reference_settings: Any) -> None:
     """If the build starts passing a new variable to templates, appliances must not be able to set it."""
-    from pipeline.build import template_variables
+    from pipeline.builder import template_variables
 
     a = load_appliance(ROOT / "packer_templates" / "debian-12", ROOT / "provisioners")
     given = template_variables(a, reference_settings, tmp_path, tmp_path, tmp_path, "x", tmp_path, tmp_path)

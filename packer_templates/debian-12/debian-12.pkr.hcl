@@ -1,7 +1,7 @@
 # debian-12: boot the patched base disk (made by the pipeline from an mmdebstrap rootfs) under QEMU,
 # run the provisioners over SSH as a throwaway build user, record the installed packages, seal.
 # Written for Debian's packer 1.6.6: HCL2 without `packer init` or required_plugins.
-# Every variable without a default is passed by the pipeline (pipeline/build/packer.py).
+# Every variable without a default is passed by the pipeline (pipeline/builder/packer.py).
 
 variable "base_image" {
   type        = string

@@ -2,7 +2,7 @@
 # SSH as a throwaway build user, record the installed packages, seal.
 # Not built on the development machine (no access to cloud-images.ubuntu.com): see appliance.yaml.
 # Written for Debian's packer 1.6.6: HCL2 without `packer init` or required_plugins.
-# Every variable without a default is passed by the pipeline (pipeline/build), as for debian-12.
+# Every variable without a default is passed by the pipeline (pipeline/builder), as for debian-12.
 
 variable "base_image" {
   type        = string

@@ -1,6 +1,6 @@
 """The catalogue's side of signed VO image lists: catalogue rows in, S/MIME bytes out.
 
-Building and signing the HEPiX document is ``pipeline.endorse.imagelist``'s job; this module only
+Building and signing the HEPiX document is ``pipeline.formats.imagelist``'s job; this module only
 maps versions and images to its ``ImageListEntry`` and holds the endorser's identity, loaded from
 ``VMI_SIGNING_KEY``/``VMI_SIGNING_CERT`` (files outside the repository), never from the database.
 """
@@ -14,7 +14,7 @@ from datetime import datetime
 from pipeline.catalogue.contract import ImageInfo, VersionInfo
 from pipeline.catalogue.pages.links import download_url
 from pipeline.catalogue.settings import CatalogueSettings
-from pipeline.endorse.imagelist import (
+from pipeline.formats.imagelist import (
     ImageListEntry,
     SigningIdentity,
     build_image_list,

@@ -17,7 +17,7 @@ from pipeline.log import log, step
 from pipeline.manifest import MANIFEST_FILE
 from pipeline.settings import Settings
 
-if TYPE_CHECKING:  # the catalogue imports pipeline.endorse.imagelist: import it lazily, never at module load
+if TYPE_CHECKING:  # the catalogue imports pipeline.formats.imagelist: import it lazily, never at module load
     from pipeline.catalogue.contract import ImageListInfo
 
 AUDIT_REUSE = dt.timedelta(hours=24)  # an audit of the same disk with the same waivers this recent is reused
@@ -52,8 +52,8 @@ def endorse_version(settings: Settings, name: str, version: str, vo: str, revoke
     local build of the version, the audit stored in the catalogue decides (it refuses versions
     without a passing one).
     """
+    from pipeline.audit.report import AUDIT_FILE, audit_version, recent_audit
     from pipeline.catalogue.client import open_catalogue
-    from pipeline.endorse.audit import AUDIT_FILE, audit_version, recent_audit
 
     catalogue = open_catalogue(settings)
     try:

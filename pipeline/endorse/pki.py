@@ -153,7 +153,7 @@ class DevCa:
 
 def make_dev_ca(out: Path) -> DevCa:
     """Write ``ca.pem``, ``ca.key``, ``endorser.key``, ``endorser.pem`` and a warning README into ``out``."""
-    from pipeline.endorse.imagelist import openssl_dn
+    from pipeline.formats.imagelist import openssl_dn
 
     ca = make_ca()
     endorser = issue_endorser(ca)
@@ -194,7 +194,7 @@ def parse_dn(text: str, what: str = "--endorser-dn") -> str:
     whose order is the reverse, so both spellings of one certificate's subject give the same string.
     Bad input: one line naming ``what``.
     """
-    from pipeline.endorse.imagelist import openssl_dn
+    from pipeline.formats.imagelist import openssl_dn
 
     value = text.strip()
     if value.startswith("/"):

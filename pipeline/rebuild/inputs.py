@@ -18,9 +18,9 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-import pipeline.build
+import pipeline.builder
 from pipeline.appliance import Appliance
-from pipeline.build import build_inputs, tool_versions
+from pipeline.builder import build_inputs, tool_versions
 from pipeline.fsutil import write_text_atomic
 from pipeline.rebuild.plan import InputsOf
 from pipeline.run import TOOL_HINTS
@@ -29,7 +29,7 @@ from pipeline.settings import Settings
 
 def tools_fingerprint() -> str:
     """Changes whenever a tool binary or the build's choice of tools changes."""
-    parts = [hashlib.sha256(inspect.getsource(pipeline.build).encode()).hexdigest()]
+    parts = [hashlib.sha256(inspect.getsource(pipeline.builder).encode()).hexdigest()]
     for name in sorted(TOOL_HINTS):
         found = shutil.which(name)
         if found is None:
@@ -41,7 +41,7 @@ def tools_fingerprint() -> str:
 
 
 def current_inputs(settings: Settings) -> InputsOf:
-    """``appliance -> (digest, components)`` from ``pipeline.build.build_inputs``."""
+    """``appliance -> (digest, components)`` from ``pipeline.builder.build_inputs``."""
     cache_file = settings.cache_dir / "rebuild" / "tool-versions.json"
     fingerprint = tools_fingerprint()
     known = _load(cache_file, fingerprint)

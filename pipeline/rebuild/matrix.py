@@ -20,7 +20,7 @@ from pipeline.run import run
 from pipeline.settings import Settings
 
 # Changes here alter every build: all appliances are in the matrix.
-BUILD_WIDE = ("pipeline/build/", "pipeline/appliance.py", "pipeline/schemas/appliance.schema.json", "scripts/setup")
+BUILD_WIDE = ("pipeline/builder/", "pipeline/appliance.py", "pipeline/schemas/appliance.schema.json", "scripts/setup")
 GITLAB_JOB_TEMPLATE = ".gitlab/vmi-jobs.yml"
 GITLAB_JOB = ".vmi-appliances"
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pipeline.build import build_appliance
+from pipeline.audit.report import AuditReport, audit_version, store_if_registered
+from pipeline.builder import build_appliance
 from pipeline.catalogue.client import open_catalogue
 from pipeline.catalogue.contract import VersionConflict
 from pipeline.endorse import endorse_version
-from pipeline.endorse.audit import AuditReport, audit_version, store_if_registered
 from pipeline.errors import UploadError
 from pipeline.manifest import BuildManifest
 from pipeline.package import package_appliance

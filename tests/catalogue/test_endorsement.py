@@ -1,7 +1,7 @@
 """Audits gate endorsements; endorsing, revoking, archival and expiry each publish a new signed list.
 
 Lists are signed with a real throwaway CA (``pipeline.endorse.pki``) and checked as a site does
-(``pipeline.endorse.verify``, which runs ``openssl smime -verify``).
+(``pipeline.site.verify``, which runs ``openssl smime -verify``).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from pipeline.catalogue.client import InProcessCatalogue
 from pipeline.catalogue.contract import ImageListInfo, InvalidPayload, NotEndorsable, NotFound, VersionPayload
 from pipeline.catalogue.settings import CatalogueSettings
-from pipeline.endorse.verify import verify_image_list
+from pipeline.site.verify import verify_image_list
 from tests.catalogue.conftest import APPLIANCE, FAILING_AUDIT, PASSING_AUDIT, WAIVED_AUDIT
 
 VO = "vo.example.org"

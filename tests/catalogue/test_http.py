@@ -25,8 +25,8 @@ from pipeline.catalogue.db import make_engine, session_factory
 from pipeline.catalogue.http_client import HttpCatalogue
 from pipeline.catalogue.models import Role
 from pipeline.catalogue.uow import UnitOfWork
-from pipeline.endorse.verify import verify_image_list
 from pipeline.settings import load_settings
+from pipeline.site.verify import verify_image_list
 from tests.catalogue.conftest import PASSING_AUDIT, LiveServer
 
 VO = "vo.example.org"

@@ -139,9 +139,9 @@ def test_a_site_configured_only_from_the_vo_page_verifies_the_list(
 ) -> None:
     import yaml
 
-    from pipeline.endorse.imagelist import list_identifier
     from pipeline.endorse.pki import parse_dn
-    from pipeline.endorse.verify import verify_image_list
+    from pipeline.formats.imagelist import list_identifier
+    from pipeline.site.verify import verify_image_list
 
     _seed(live_server)
     page: Page = browser.new_page(viewport={"width": 1280, "height": 1400})

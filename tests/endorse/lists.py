@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 
-from pipeline.endorse.imagelist import Endorser, ImageListEntry, build_image_list
+from pipeline.formats.imagelist import Endorser, ImageListEntry, build_image_list
 
 LIST_URI = "http://127.0.0.1:8080/vo/vo.example.org/image.list"
 

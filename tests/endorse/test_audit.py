@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.endorse.audit import CheckStatus, SecuritySource, audit_disk, load_waivers
-from pipeline.endorse.disk import RootFs
+from pipeline.audit.disk import RootFs
+from pipeline.audit.report import CheckStatus, SecuritySource, audit_disk, load_waivers
 from pipeline.errors import ArtifactError, ConfigError
 from tests.endorse.disks import PACKAGES, TEST_KEY, good_rootfs, make_disk, write
 
@@ -284,7 +284,7 @@ def test_disk_without_an_ext_root_is_refused(tmp_path: Path) -> None:
 def test_implausible_gpt_is_refused(tmp_path: Path) -> None:
     import struct
 
-    from pipeline.endorse.disk import partitions
+    from pipeline.audit.disk import partitions
 
     raw = tmp_path / "gpt.raw"
     with open(raw, "wb") as f:

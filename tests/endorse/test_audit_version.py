@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.endorse.audit import AUDIT_FILE, audit_version
+from pipeline.audit.report import AUDIT_FILE, audit_version
 from pipeline.fsutil import hash_file
 from pipeline.manifest import Artifact, BaseRef, BuildManifest
 from pipeline.settings import Settings, load_settings
@@ -93,8 +93,8 @@ def test_audit_before_publish_is_not_stored_and_an_unreachable_catalogue_only_wa
 ) -> None:
     import logging
 
+    from pipeline.audit.report import store_if_registered
     from pipeline.catalogue.client import open_catalogue
-    from pipeline.endorse.audit import store_if_registered
 
     settings = project(tmp_path, mirror)
     built_version(settings, good_rootfs(tmp_path / "rootfs"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.endorse.audit import SecuritySource, audit_disk
+from pipeline.audit.report import SecuritySource, audit_disk
 from tests.endorse.disks import PACKAGES, good_rootfs, make_disk, write
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.endorse.crl import load_crls, revocation_problems, signer_certificates, trusted_cas
-from pipeline.endorse.imagelist import Endorser, sign_image_list
 from pipeline.endorse.pki import DevCa, Issued, issue_crl, make_ca
+from pipeline.formats.imagelist import Endorser, sign_image_list
+from pipeline.site.crl import load_crls, revocation_problems, signer_certificates, trusted_cas
 from tests.endorse.lists import make_entry, make_list
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.endorse.disk import MAX_VIRTUAL_BYTES, open_root
+from pipeline.audit.disk import MAX_VIRTUAL_BYTES, open_root
 from pipeline.errors import ArtifactError
 from tests.endorse.disks import make_disk
 
@@ -44,7 +44,8 @@ def test_files_under_the_cap_are_copied(tmp_path: Path) -> None:
 def test_an_absurd_virtual_size_is_refused_before_any_conversion(tmp_path: Path) -> None:
     disk = tmp_path / "huge.qcow2"
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), str(MAX_VIRTUAL_BYTES + 512)], check=True)
-    with pytest.raises(ArtifactError, match=r"virtual size \d+ bytes is over the audit's cap"), open_root(
-        disk, "qcow2", tmp_path / "scratch"
+    with (
+        pytest.raises(ArtifactError, match=r"virtual size \d+ bytes is over the audit's cap"),
+        open_root(disk, "qcow2", tmp_path / "scratch"),
     ):
         pass

@@ -14,14 +14,14 @@ import pytest
 import yaml
 
 from pipeline.appliance import find_appliance
+from pipeline.audit.report import SecuritySource, audit_disk, audit_version
 from pipeline.catalogue.client import open_catalogue
 from pipeline.catalogue.contract import ImagePayload, VersionPayload, appliance_payload
 from pipeline.endorse import endorse_version
-from pipeline.endorse.audit import SecuritySource, audit_disk, audit_version
 from pipeline.endorse.pki import DevCa
-from pipeline.endorse.verify import verify_image_list
 from pipeline.errors import PolicyError, VerificationError
 from pipeline.settings import Settings, load_settings
+from pipeline.site.verify import verify_image_list
 from tests.endorse.conftest import serve_folder
 from tests.endorse.disks import PACKAGES, good_rootfs, make_disk, write
 from tests.endorse.test_audit_version import built_version, project

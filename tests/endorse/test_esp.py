@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.appliance import find_appliance
-from pipeline.endorse.audit import CheckStatus, SecuritySource, audit_disk, security_source
-from pipeline.endorse.disk import ESP_TYPE_GUID, find_esp, open_root, partitions
+from pipeline.audit.disk import ESP_TYPE_GUID, find_esp, open_root, partitions
+from pipeline.audit.report import CheckStatus, SecuritySource, audit_disk, security_source
 from pipeline.manifest import BuildManifest
 from tests.endorse.disks import PACKAGES, PE_STUB, TEST_KEY, good_esp, good_rootfs, make_disk, write
 

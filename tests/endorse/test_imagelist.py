@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from pipeline.endorse.imagelist import (
+from pipeline.endorse.pki import DevCa, Issued
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.formats.imagelist import (
     ENDORSER_REQUIRED,
     IMAGE_REQUIRED,
     LIST_REQUIRED,
@@ -21,8 +23,6 @@ from pipeline.endorse.imagelist import (
     parse_date,
     sign_image_list,
 )
-from pipeline.endorse.pki import DevCa, Issued
-from pipeline.errors import ConfigError, PipelineError
 from pipeline.settings import load_settings
 from tests.endorse.lists import LIST_URI, make_entry, make_list
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.appliance import find_appliance
-from pipeline.endorse.audit import CheckStatus, audit_disk, security_source
+from pipeline.audit.report import CheckStatus, audit_disk, security_source
 from pipeline.manifest import BuildManifest
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.endorse.imagelist import Endorser, sign_image_list
 from pipeline.endorse.pki import DevCa, Issued, issue_endorser
-from pipeline.endorse.verify import verify_image_list
 from pipeline.errors import VerificationError
+from pipeline.formats.imagelist import Endorser, sign_image_list
+from pipeline.site.verify import verify_image_list
 from tests.endorse.conftest import serve_folder
 from tests.endorse.lists import make_entry, make_list
 

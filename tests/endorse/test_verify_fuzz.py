@@ -19,9 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.endorse.imagelist import Endorser, sign_image_list
 from pipeline.endorse.pki import DevCa, Issued
-from pipeline.endorse.verify import (
+from pipeline.errors import VerificationError
+from pipeline.formats.imagelist import Endorser, sign_image_list
+from pipeline.site.verify import (
     _binding_problems,
     _history_problems,
     _load_state,
@@ -30,7 +31,6 @@ from pipeline.endorse.verify import (
     state_key,
     verify_image_list,
 )
-from pipeline.errors import VerificationError
 from tests.endorse.lists import make_entry, make_list
 from tests.fuzzing import bounded
 

@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pipeline.endorse.imagelist import Endorser, format_date, list_identifier, sign_image_list
 from pipeline.endorse.pki import DevCa, Issued, issue_endorser
-from pipeline.endorse.verify import address_problem, smime_verify_argv, verify_image_list
 from pipeline.errors import ConfigError, VerificationError
+from pipeline.formats.imagelist import Endorser, format_date, list_identifier, sign_image_list
+from pipeline.site.verify import address_problem, smime_verify_argv, verify_image_list
 from tests.endorse.conftest import serve_folder
 from tests.endorse.lists import LIST_URI, make_entry, make_list
 from tests.fuzzing import bounded
@@ -664,7 +664,7 @@ def test_operator_paths_that_are_the_wrong_kind(tmp_path: Path, endorser_pair: I
 def test_the_connection_guard_refuses_a_private_peer_before_sending(scheme: str) -> None:
     """Behind the name check: a host that re-resolves to a private address between our lookup and the
     connection (DNS rebinding) is caught on the socket, before the request is written."""
-    from pipeline.endorse.verify import _Fetcher, _PrivateAddress
+    from pipeline.site.verify import _Fetcher, _PrivateAddress
 
     fetcher = _Fetcher(allow_private=False)
     with hostile_server({"/img": send(200, b"image bytes")}) as (base, seen):

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from pipeline.appliance import find_appliance
-from pipeline.build.bootstrap import apt_sources
+from pipeline.builder.bootstrap import apt_sources
 from pipeline.manifest import InstalledPackage
 from pipeline.rebuild.archive import ArchiveIndex, parse_source
 

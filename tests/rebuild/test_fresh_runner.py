@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.appliance import load_all
-from pipeline.build.published import fetch_published_disk, newest_base_build
+from pipeline.builder.published import fetch_published_disk, newest_base_build
 from pipeline.catalogue.client import open_catalogue
 from pipeline.catalogue.contract import AppliancePayload, BuildRecord
 from pipeline.errors import BuildError, CatalogueError, ConfigError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from pipeline.build.published import fetch_published_disk, newest_base_build
+from pipeline.builder.published import fetch_published_disk, newest_base_build
 from pipeline.publish import publish_version
 from tests.publish.oci_registry import Registry
 from tests.publish.test_oci import oci_env, project, registry  # noqa: F401 -- fixtures

@@ -70,8 +70,8 @@ def test_changed_since_narrows_to_changed_appliances_and_dependants(repo: Settin
     (repo.root / "docs").mkdir()
     (repo.root / "docs" / "x.md").write_text("x\n")
     assert groups(repo, "HEAD") == [{"group": "debian-12", "appliances": "new-one"}]
-    (repo.root / "pipeline" / "build").mkdir(parents=True)
-    (repo.root / "pipeline" / "build" / "x.py").write_text("\n")
+    (repo.root / "pipeline" / "builder").mkdir(parents=True)
+    (repo.root / "pipeline" / "builder" / "x.py").write_text("\n")
     assert groups(repo, "HEAD")[0]["appliances"] == "debian-12 a-science new-one z-gpu"
 
 

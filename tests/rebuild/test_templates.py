@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from pipeline.appliance import BaseKind, load_all
-from pipeline.build import validate_appliances
+from pipeline.builder import validate_appliances
 from pipeline.errors import ConfigError
 from pipeline.rebuild.scaffold import scaffold_appliance
 from pipeline.settings import Settings

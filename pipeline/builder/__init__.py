@@ -26,11 +26,11 @@ from typing import TextIO
 
 from pipeline import run
 from pipeline.appliance import Appliance, BaseKind, Firmware, find_appliance, load_all
-from pipeline.build import packer
-from pipeline.build.accel import UEFI_MACHINE_TYPE, Accel, QemuMachine, choose_accel, ovmf_vars_copy, qemu_machine
-from pipeline.build.base import base_component, prepare_base
-from pipeline.build.cache import compute_inputs, find_up_to_date, inputs_digest, next_version
-from pipeline.build.seed import build_user_data, generate_ssh_key, meta_data, write_seed_dir
+from pipeline.builder import packer
+from pipeline.builder.accel import UEFI_MACHINE_TYPE, Accel, QemuMachine, choose_accel, ovmf_vars_copy, qemu_machine
+from pipeline.builder.base import base_component, prepare_base
+from pipeline.builder.cache import compute_inputs, find_up_to_date, inputs_digest, next_version
+from pipeline.builder.seed import build_user_data, generate_ssh_key, meta_data, write_seed_dir
 from pipeline.errors import BuildError, ConfigError, PipelineError
 from pipeline.fsutil import hash_file
 from pipeline.log import log, step

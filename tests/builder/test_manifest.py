@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build import read_package_list
+from pipeline.builder import read_package_list
 from pipeline.errors import ArtifactError, BuildError, ConfigError
 from pipeline.fsutil import Digests
 from pipeline.manifest import Artifact, BaseRef, BuildManifest, InstalledPackage

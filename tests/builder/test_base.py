@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from pipeline.appliance import find_appliance
-from pipeline.build import build_appliance, build_inputs
-from pipeline.build.base import base_component, fetch_image, prepare_base
+from pipeline.builder import build_appliance, build_inputs
+from pipeline.builder.base import base_component, fetch_image, prepare_base
 from pipeline.errors import BuildError
 from pipeline.fsutil import hash_file
 from pipeline.settings import Settings

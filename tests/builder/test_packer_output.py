@@ -1,5 +1,5 @@
 """Packer's -machine-readable output, parsed from lines a real `packer build` / `packer validate`
-of debian-12 printed on this machine (tests/build/data/)."""
+of debian-12 printed on this machine (tests/builder/data/)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build.packer import PackerRun, packer_build, parse_line, parse_output, unescape
+from pipeline.builder.packer import PackerRun, packer_build, parse_line, parse_output, unescape
 from pipeline.errors import BuildError
 
 DATA = Path(__file__).parent / "data"
@@ -101,7 +101,7 @@ def test_failure_names_packers_error(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_packer_tmpdir_stays_short_enough_for_plugin_sockets(tmp_path: Path) -> None:
-    from pipeline.build.packer import packer_tmpdir
+    from pipeline.builder.packer import packer_tmpdir
 
     deep = tmp_path / ("x" * 80) / "tmp"
     with packer_tmpdir(deep) as tmp:

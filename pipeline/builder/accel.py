@@ -8,7 +8,7 @@ the same QEMU machine the build runs (``qemu_machine()`` builds both: machine ty
 accelerator, memory, vCPUs) and a guest that does real work: the host's Linux kernel boots until it
 panics for want of a root filesystem (it initialises every CPU feature, timer and device on the way)
 and must print that marker within a bound. KVM is chosen only if it reaches the marker clearly faster
-than TCG does. The build still retries once under TCG if KVM fails later (``pipeline.build``).
+than TCG does. The build still retries once under TCG if KVM fails later (``pipeline.builder``).
 """
 
 from __future__ import annotations

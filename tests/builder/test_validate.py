@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.build import validate_appliances
+from pipeline.builder import validate_appliances
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from debian.deb822 import Deb822
 from debian.debian_support import Version
 
-from pipeline.endorse.disk import RootFs
-from pipeline.endorse.sshd import read_sshd_config
+from pipeline.audit.disk import RootFs
+from pipeline.audit.sshd import read_sshd_config
 from pipeline.manifest import InstalledPackage
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build.seed import generate_ssh_key, meta_data, multipart_user_data, write_seed_iso
+from pipeline.builder.seed import generate_ssh_key, meta_data, multipart_user_data, write_seed_iso
 from pipeline.log import log
 from pipeline.manifest import BuildManifest
 

@@ -39,7 +39,8 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from requests.adapters import HTTPAdapter
 
-from pipeline.endorse.imagelist import (
+from pipeline.errors import CommandError, ConfigError, PipelineError, VerificationError
+from pipeline.formats.imagelist import (
     IDENTIFIER,
     LIST_VERSION,
     ImageListEntry,
@@ -50,7 +51,6 @@ from pipeline.endorse.imagelist import (
     text_problem,
     url_problem,
 )
-from pipeline.errors import CommandError, ConfigError, PipelineError, VerificationError
 from pipeline.fsutil import CHUNK, atomic_path, write_text_atomic
 from pipeline.log import log
 from pipeline.manifest import version_sort_key

@@ -55,7 +55,7 @@ def _published(settings: Settings, name: str) -> BuildRecord | None:
 def fetch_published_disk(settings: Settings, record: BuildRecord) -> Path:
     """The published qcow2 of ``record`` from the repository (any backend), verified against the
     catalogue's sha512 and cached content-addressed under ``<cache_dir>/images/``."""
-    from pipeline.build.base import MAX_BASE_IMAGE_BYTES, fetch_image
+    from pipeline.builder.base import MAX_BASE_IMAGE_BYTES, fetch_image
     from pipeline.repository import open_repository
 
     image = next((i for i in record.images if i.format == "qcow2"), None)

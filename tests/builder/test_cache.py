@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pipeline.appliance import Appliance, load_appliance
-from pipeline.build.cache import compute_inputs, find_up_to_date, inputs_digest, next_version
+from pipeline.builder.cache import compute_inputs, find_up_to_date, inputs_digest, next_version
 from pipeline.fsutil import hash_file
 
 from .test_manifest import sample_manifest
@@ -120,7 +120,7 @@ def test_find_up_to_date_needs_same_digest_and_intact_disk(tmp_path: Path) -> No
 
 
 def test_rootfs_digest_is_remembered_until_the_tarball_changes(tmp_path: Path) -> None:
-    from pipeline.build.bootstrap import tarball_sha256
+    from pipeline.builder.bootstrap import tarball_sha256
 
     tarball = tmp_path / "rootfs.tar"
     tarball.write_bytes(b"one")

@@ -13,7 +13,7 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 
-from pipeline.endorse.disk import RootFs
+from pipeline.audit.disk import RootFs
 
 CONFIG = "/etc/ssh/sshd_config"
 MAX_DEPTH = 16

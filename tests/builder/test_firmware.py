@@ -12,7 +12,7 @@ import yaml
 from lxml import etree
 
 from pipeline.appliance import Firmware, find_appliance, load_appliance
-from pipeline.build.accel import OVMF_CODE, Accel, qemu_machine
+from pipeline.builder.accel import OVMF_CODE, Accel, qemu_machine
 from pipeline.errors import ConfigError
 from pipeline.package.ovf import DiskRef, HardwareProfile, build_descriptor, descriptor_firmware, schema_problems
 from pipeline.package.verify import descriptor_facts
@@ -82,7 +82,7 @@ def test_a_descriptor_with_a_nonsense_firmware_is_named() -> None:
 
 
 def test_the_manifest_records_firmware_and_glance_properties(tmp_path: Path) -> None:
-    from pipeline.build import image_properties
+    from pipeline.builder import image_properties
     from pipeline.manifest import Artifact, BaseRef, BuildManifest
 
     base = find_appliance(ROOT / "packer_templates", "debian-13")

@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import pkcs7
 
-from pipeline.endorse.imagelist import openssl_dn
+from pipeline.formats.imagelist import openssl_dn
 
 MAX_CRL_BYTES = 16 * 1024 * 1024  # large national CAs publish CRLs of a few MB
 _SIGNATURE_TYPES = ("application/pkcs7-signature", "application/x-pkcs7-signature")
@@ -112,8 +112,8 @@ def revocation_problems(
 def check_revocation(source: str, crl_source: str, ca: Path, now: dt.datetime | None = None) -> tuple[str, ...]:
     """Refuse (``VerificationError``) the list at ``source`` if its signer is revoked or no usable CRL
     covers it; else the signer DNs that were checked, so the caller can bind them to its own verification."""
-    from pipeline.endorse.verify import read_source
     from pipeline.errors import VerificationError
+    from pipeline.site.verify import read_source
 
     crls, problems = load_crls(read_source(crl_source, MAX_CRL_BYTES), crl_source)
     signers = signer_certificates(read_source(source))

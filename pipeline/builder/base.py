@@ -18,8 +18,8 @@ from typing import TextIO
 import requests
 
 from pipeline.appliance import Appliance, BaseKind, Firmware
-from pipeline.build import bootstrap, disk
-from pipeline.build.published import fetch_published_disk, newest_base_build
+from pipeline.builder import bootstrap, disk
+from pipeline.builder.published import fetch_published_disk, newest_base_build
 from pipeline.errors import ArtifactError, BuildError
 from pipeline.fsutil import CHUNK, HashingWriter, atomic_write, hash_file
 from pipeline.log import log

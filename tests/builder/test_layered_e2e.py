@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.build import build_appliance
+from pipeline.builder import build_appliance
 from pipeline.manifest import BuildManifest
 from pipeline.rebuild.scaffold import scaffold_appliance
 from pipeline.settings import Settings, load_settings
@@ -44,9 +44,7 @@ def test_layered_appliance_builds_on_the_reference(
     shutil.copytree(project_root / "packer_templates" / "debian-12", root / "packer_templates" / "debian-12")
     shutil.copytree(project_root / "provisioners", root / "provisioners")
     config = yaml.safe_load((project_root / "invoke.yaml").read_text())["vmi"]
-    settings: Settings = load_settings(
-        config, root, environ={"VMI_CACHE_DIR": str(project_root / ".cache" / "vmi")}
-    )
+    settings: Settings = load_settings(config, root, environ={"VMI_CACHE_DIR": str(project_root / ".cache" / "vmi")})
     shutil.copytree(base_dir, settings.output_dir / "debian-12" / base_manifest.version)
 
     scaffold_appliance(settings, "layer-demo", "debian-12")

@@ -22,8 +22,8 @@ import requests
 import yaml
 
 from pipeline.appliance import Appliance, BaseKind, find_appliance
-from pipeline.endorse.disk import open_root
-from pipeline.endorse.policy import CHECK_IDS, CHECKS, AuditContext
+from pipeline.audit.disk import open_root
+from pipeline.audit.policy import CHECK_IDS, CHECKS, AuditContext
 from pipeline.errors import CatalogueError, ConfigError
 from pipeline.formats import debian_index
 from pipeline.fsutil import write_text_atomic

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.build.accel import choose_accel, ovmf_vars_copy, qemu_machine
+from pipeline.builder.accel import choose_accel, ovmf_vars_copy, qemu_machine
 from pipeline.run import spawn
 
 SSH_OPTIONS = [
@@ -67,7 +67,7 @@ def boot(
     port = free_port()
     serial = workdir / "serial.log"
     # the machine the build itself runs on this host (auto: KVM only where the probe proves it)
-    # (the same QemuMachine, firmware included, that Packer gets: pipeline.build.accel)
+    # (the same QemuMachine, firmware included, that Packer gets: pipeline.builder.accel)
     ovmf_vars = ovmf_vars_copy(workdir / "OVMF_VARS.fd") if firmware == "uefi" else None
     machine = qemu_machine(choose_accel("auto", 2, memory_mb).accel, 2, memory_mb, ovmf_vars=ovmf_vars)
     argv = [

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.appliance import find_appliance
-from pipeline.build import run_packer_with_fallback, template_variables
-from pipeline.build.accel import (
+from pipeline.builder import run_packer_with_fallback, template_variables
+from pipeline.builder.accel import (
     Accel,
     choose_accel,
     probe,

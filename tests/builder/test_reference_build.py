@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build import build_appliance
+from pipeline.builder import build_appliance
 from pipeline.fsutil import hash_file
 from pipeline.manifest import BuildManifest
 from pipeline.settings import Settings
