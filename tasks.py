@@ -277,7 +277,7 @@ def verify_list(
     crl: str | None = None,
 ) -> None:
     """Verify a signed HEPiX image list the way a site does (signature, signer, dates, version, images)."""
-    from pipeline.endorse.pki import parse_dn
+    from pipeline.formats.dn import parse_dn
     from pipeline.site.crl import check_revocation
     from pipeline.site.verify import verify_image_list
 

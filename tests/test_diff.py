@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.diff import Kind, diff_versions, package_changes, parse_changelog
+from pipeline.diff import diff_versions
+from pipeline.formats.versiondiff import Kind, package_changes, parse_changelog
 from pipeline.fsutil import hash_file
 from pipeline.manifest import Artifact, BaseRef, BuildManifest, InstalledPackage
 from pipeline.settings import Settings, load_settings

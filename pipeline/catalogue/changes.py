@@ -1,7 +1,8 @@
 """What changed since the previous version, from what the catalogue holds (version page and API).
 
 Package lists, stored audits and the build manifests' inputs of two registered versions, compared by
-``pipeline.diff``. Changelog entries need the image itself: ``invoke diff`` reads them where it was built.
+``pipeline.formats.versiondiff``. Changelog entries need the image itself: ``invoke diff`` reads them
+where it was built.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 from pipeline.catalogue import services
 from pipeline.catalogue.contract import NotFound, VersionInfo
 from pipeline.catalogue.uow import UnitOfWork
-from pipeline.diff import Changed, VersionDiff, audit_results, mapping_changes, package_changes
+from pipeline.formats.versiondiff import Changed, VersionDiff, audit_results, mapping_changes, package_changes
 from pipeline.manifest import version_sort_key
 
 CHANGELOG_NOTE = "changelog entries are read from the image: `invoke diff --appliance {name} {old} {new}`"

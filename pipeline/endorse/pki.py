@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from pipeline.errors import ConfigError
+from pipeline.formats.dn import rfc4514_dn
 from pipeline.fsutil import atomic_write, write_text_atomic
 from pipeline.log import log
 
@@ -175,41 +175,6 @@ def make_dev_ca(out: Path) -> DevCa:
     return DevCa(
         out, out / "ca.pem", out / "endorser.key", out / "endorser.pem", openssl_dn(subject), rfc4514_dn(subject)
     )
-
-
-# --- distinguished names in both spellings sites meet ---------------------------------------------
-
-_RFC4514_NAMES = {"emailAddress": NameOID.EMAIL_ADDRESS, "E": NameOID.EMAIL_ADDRESS, "UID": NameOID.USER_ID}
-
-
-def rfc4514_dn(name: x509.Name) -> str:
-    """A Name as RFC 4514 text, most specific first (``CN=y,O=x,DC=org``): LDAP's and Python's spelling."""
-    return name.rfc4514_string({NameOID.EMAIL_ADDRESS: "emailAddress"})
-
-
-def parse_dn(text: str, what: str = "--endorser-dn") -> str:
-    """A DN given as OpenSSL's slash form or as RFC 4514, returned in the slash form image lists use.
-
-    ``/DC=org/DC=x/CN=y`` is kept as it is (certificate order); ``CN=y,DC=x,DC=org`` is read as RFC 4514,
-    whose order is the reverse, so both spellings of one certificate's subject give the same string.
-    Bad input: one line naming ``what``.
-    """
-    from pipeline.formats.imagelist import openssl_dn
-
-    value = text.strip()
-    if value.startswith("/"):
-        if "=" not in value or any("=" not in part for part in value[1:].split("/") if part):
-            raise ConfigError(f"{what}: {text!r} is not a DN: each /-separated part must be KEY=value")
-        return value
-    try:
-        name = x509.Name.from_rfc4514_string(value, _RFC4514_NAMES)
-    except ValueError as e:
-        raise ConfigError(
-            f"{what}: {text!r} is neither an OpenSSL DN (/DC=org/CN=name) nor an RFC 4514 DN (CN=name,DC=org)"
-        ) from e
-    if not name.rdns:
-        raise ConfigError(f"{what}: the DN is empty")
-    return openssl_dn(name)  # the parser already returns the RDNs in certificate order
 
 
 def issue_crl(

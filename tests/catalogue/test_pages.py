@@ -139,7 +139,7 @@ def test_a_site_configured_only_from_the_vo_page_verifies_the_list(
 ) -> None:
     import yaml
 
-    from pipeline.endorse.pki import parse_dn
+    from pipeline.formats.dn import parse_dn
     from pipeline.formats.imagelist import list_identifier
     from pipeline.site.verify import verify_image_list
 

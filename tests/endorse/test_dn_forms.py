@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.endorse.pki import DevCa, Issued, make_dev_ca, parse_dn, rfc4514_dn
+from pipeline.endorse.pki import DevCa, Issued, make_dev_ca
 from pipeline.errors import ConfigError
+from pipeline.formats.dn import parse_dn, rfc4514_dn
 from pipeline.formats.imagelist import Endorser, sign_image_list
 from tests.endorse.lists import make_entry, make_list
 

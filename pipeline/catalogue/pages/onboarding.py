@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from pipeline.catalogue.endorsements import ListSigner
-from pipeline.endorse.pki import rfc4514_dn
+from pipeline.formats.dn import rfc4514_dn
 from pipeline.formats.imagelist import list_identifier, openssl_dn
 
 IGTF_CA_DIR = "/etc/grid-security/certificates"  # where all three consumers look for trust anchors
