@@ -115,7 +115,7 @@ def get_version(
     found = lineage_of(uow, base_ref)
     lineage = None if found is None else LineagePublic.model_validate(found, from_attributes=True)
     if found is not None and found.until is not None:  # outdated once the base expires, with no write
-        response.headers["X-Vmi-Cache-Until"] = f"{found.until.timestamp():.0f}"
+        response.headers["X-Vmi-Cache-Until"] = str(int(found.until.timestamp()))
     return VersionDetailPublic(**public, images=images, links=links, lineage=lineage)
 
 

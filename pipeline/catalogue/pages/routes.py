@@ -123,7 +123,7 @@ def version(request: Request, name: Name, version: Version, uow: UowDep, state: 
         local_admin=LOCAL_ADMIN,
     )
     if lineage is not None and lineage.until is not None:  # "outdated" once the base expires, with no write
-        page.headers["X-Vmi-Cache-Until"] = f"{lineage.until.timestamp():.0f}"
+        page.headers["X-Vmi-Cache-Until"] = str(int(lineage.until.timestamp()))
     return page
 
 
