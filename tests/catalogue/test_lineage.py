@@ -27,10 +27,7 @@ from pipeline.catalogue.contract import (
     RevokedEndorsement,
     VersionPayload,
 )
-from pipeline.catalogue.db import make_engine, session_factory
 from pipeline.catalogue.http_client import payload_json
-from pipeline.catalogue.models import Role
-from pipeline.catalogue.uow import UnitOfWork
 from pipeline.site.verify import verify_image_list
 from tests.catalogue.conftest import PASSING_AUDIT, Api, LiveServer
 from tests.catalogue.test_pages import browser  # noqa: F401 -- the headless Chromium fixture
@@ -232,21 +229,19 @@ def _file_image(server: LiveServer, name: str, version: str, fmt: str, on: str |
 
 
 def _seed_family(server: LiveServer) -> None:
-    """debian-12 N and science on it, both endorsed for VO, then N revoked with --cascade."""
-    engine = make_engine(server.settings.database_url)
-    uow = UnitOfWork(session_factory(engine))
-    auth.ensure_user(uow, "alice", "alice@example.org", Role.ADMIN)
-    ctx = make_context(server.settings)
-    for name, version, on in (("debian-12", N, None), ("science", "2026.11.23", f"debian-12@{N}")):
-        services.ensure_appliance(uow, "alice", AppliancePayload(name, name, f"{name} appliance", (VO,)))
-        images = tuple(_file_image(server, name, version, fmt, on) for fmt in ("ova", "qcow2"))
-        services.register_version(
-            uow, "alice", VersionPayload(name, version, f"{name} {version}", images), server.settings
-        )
-        services.store_audit(uow, "alice", name, version, PASSING_AUDIT)
-        endorsements.endorse(uow, "alice", name, version, VO, ctx)
-    endorsements.revoke_cascade(uow, "alice", "debian-12", N, VO, ctx)
-    engine.dispose()
+    """debian-12 N and science on it, both endorsed for VO, then N revoked with --cascade: through the
+    in-process catalogue, as `invoke publish` and `invoke endorse` do with a database URL (the local admin)."""
+    catalogue = InProcessCatalogue(server.settings)
+    try:
+        for name, version, on in (("debian-12", N, None), ("science", "2026.11.23", f"debian-12@{N}")):
+            catalogue.ensure_appliance(AppliancePayload(name, name, f"{name} appliance", (VO,)))
+            images = tuple(_file_image(server, name, version, fmt, on) for fmt in ("ova", "qcow2"))
+            catalogue.register_version(VersionPayload(name, version, f"{name} {version}", images))
+            catalogue.store_audit(name, version, PASSING_AUDIT)
+            catalogue.endorse(name, version, VO)
+        catalogue.revoke_cascade("debian-12", N, VO)
+    finally:
+        catalogue.close()
 
 
 @pytest.mark.browser
@@ -258,7 +253,10 @@ def test_the_version_page_shows_outdated_in_chromium(live_server: LiveServer, br
     lineage = page.locator("#lineage")
     expect(lineage.locator(".badge")).to_have_text("outdated")
     expect(lineage).to_contain_text(f"debian-12 {N} is revoked ({VO}): rebuild it on a current base")
-    expect(page.locator("#endorsements")).to_contain_text("revoked")  # the cascade withdrew science too
+    endorsement = page.locator("#endorsements")
+    expect(endorsement).to_contain_text("revoked")  # the cascade withdrew science too
+    expect(endorsement).to_contain_text("from the command line (invoke endorse)")  # not "by local-admin"
+    expect(endorsement).not_to_contain_text("local-admin")
     lineage.get_by_role("link", name=f"debian-12 {N}").click()
     expect(page.locator("h1")).to_contain_text(f"debian-12 {N}")
     expect(page.locator("#lineage")).to_have_count(0)  # the base itself is not layered
