@@ -227,13 +227,19 @@ def audit_image(c: Context, appliance: str, version: str | None = None) -> None:
         "version": "published version",
         "vo": "the VO to endorse it for",
         "revoke": "withdraw the endorsement instead",
+        "cascade": "with --revoke: also every version layered on it, in every VO (each list re-signed once)",
     },
 )
 @_edge
-def endorse(c: Context, appliance: str, version: str, vo: str, revoke: bool = False) -> None:
+def endorse(c: Context, appliance: str, version: str, vo: str, revoke: bool = False, cascade: bool = False) -> None:
     """Endorse (or revoke) a published version for a VO: audit, then a new signed VO image list."""
-    from pipeline.endorse import endorse_version
+    from pipeline.endorse import endorse_version, revoke_cascade
 
+    if cascade and not revoke:
+        raise Exit("error: --cascade goes with --revoke: endorsing never cascades", code=2)
+    if cascade:
+        print(revoke_cascade(_settings(c), appliance, version, vo).summary())
+        return
     print(endorse_version(_settings(c), appliance, version, vo, revoke=revoke).summary())
 
 

@@ -32,6 +32,7 @@ from pipeline.formats.sbom import sbom_file_name, sbom_json
 from pipeline.fsutil import Digests
 from pipeline.log import log, step
 from pipeline.manifest import Artifact, BuildManifest, find_version
+from pipeline.publicurls import public_url_warning
 from pipeline.repository import PutOutcome, PutResult, Repository, UploadJournal, UploadTuning, open_repository
 from pipeline.repository.journal import exclusive
 from pipeline.repository.oci import OciImagePlan, OciPush, OciRepository
@@ -196,6 +197,8 @@ def publish_version(
 
     ``insecure``: plain HTTP to a registry on a loopback address (tests); refused for any other host.
     """
+    if (warning := public_url_warning(settings)) is not None:  # the defaults name this machine
+        log.warning("%s", warning)
     repository = open_repository(settings, tuning, insecure)
     if isinstance(repository, OciRepository):
         return _publish_oci(settings, repository, name, version, dry_run)

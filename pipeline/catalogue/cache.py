@@ -8,7 +8,9 @@ gets ``304 Not Modified`` (also after a write that did not change that answer).
 The generation is read from the database when this process committed a write (at once) and at most
 every ``recheck`` seconds otherwise, so a write by another process on the same database (an
 in-process publish) is visible within that time. Pages also show how close versions are to expiry,
-so their entries live at most ``page_ttl`` seconds. Memory is bounded (entries and bytes, LRU).
+so their entries live at most ``page_ttl`` seconds. A route whose answer goes stale at a known time
+without any write (a list due for re-signing, a layered version whose base expires) says when in
+``X-Vmi-Cache-Until``. Memory is bounded (entries and bytes, LRU).
 """
 
 from __future__ import annotations
@@ -142,12 +144,11 @@ class ResponseCache:
         # the content decides the tag: after a write that did not change this answer, clients still get 304s
         etag = sent.get(b"etag") or b'"' + hashlib.sha256(body).hexdigest()[:32].encode() + b'"'
         headers += [(b"etag", etag), (b"cache-control", b"no-cache")]
-        if scope["path"].startswith(API_PREFIXES):
-            ttl = float("inf")
-        elif scope["path"].startswith(LIST_PREFIX):
-            ttl = float(sent.get(CACHE_UNTIL, b"0")) - time.time()
-        else:
-            ttl = self.page_ttl
+        is_list = scope["path"].startswith(LIST_PREFIX)
+        ttl = float("inf") if is_list or scope["path"].startswith(API_PREFIXES) else self.page_ttl
+        until = sent.get(CACHE_UNTIL)  # a list due again, a version whose base expires: the route says when
+        if until is not None or is_list:
+            ttl = min(ttl, float(until or b"0") - time.time())
         entry = Entry(generation, time.monotonic() + ttl, etag, headers, body)
         self._store(key, entry)
         await self._answer(scope, send, entry)

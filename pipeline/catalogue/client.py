@@ -19,6 +19,7 @@ from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.contract import (
     AppliancePayload,
     BuildRecord,
+    CascadeInfo,
     Catalogue,
     ImageInfo,
     ImageListInfo,
@@ -84,6 +85,9 @@ class InProcessCatalogue:
 
     def revoke(self, appliance: str, version: str, vo: str) -> ImageListInfo:
         return endorsements.revoke(self.uow, self.actor, appliance, version, vo, self.ctx)
+
+    def revoke_cascade(self, appliance: str, version: str, vo: str) -> CascadeInfo:
+        return endorsements.revoke_cascade(self.uow, self.actor, appliance, version, vo, self.ctx)
 
     def archive_version(self, appliance: str, version: str) -> None:
         endorsements.archive_version(self.uow, self.actor, appliance, version, self.ctx)

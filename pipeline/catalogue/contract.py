@@ -190,6 +190,22 @@ class ImageListInfo:
 
 
 @dataclass(frozen=True)
+class RevokedEndorsement:
+    appliance: str
+    version: str
+    vo: str
+
+
+@dataclass(frozen=True)
+class CascadeInfo:
+    """What ``revoke --cascade`` withdrew: the version's own endorsement first (unless it was already
+    revoked), then those of every version layered on it, in every VO; and one new signed list per VO."""
+
+    revoked: tuple[RevokedEndorsement, ...]
+    image_lists: tuple[ImageListInfo, ...]
+
+
+@dataclass(frozen=True)
 class BuildRecord:
     """What was built, read back from the catalogue: the build manifest stored with a version's images.
 
@@ -247,6 +263,11 @@ class Catalogue(Protocol):
     def store_audit(self, appliance: str, version: str, report: Mapping[str, Any]) -> None: ...
     def endorse(self, appliance: str, version: str, vo: str) -> ImageListInfo: ...
     def revoke(self, appliance: str, version: str, vo: str) -> ImageListInfo: ...
+    def revoke_cascade(self, appliance: str, version: str, vo: str) -> CascadeInfo:
+        """``revoke``, and every version layered on this one (directly or not) in every VO where it is
+        endorsed; each VO list is re-signed once."""
+        ...
+
     def archive_version(self, appliance: str, version: str) -> None: ...
     def image_list(self, vo: str) -> bytes: ...
     def build_record(self, appliance: str, version: str | None = None) -> BuildRecord | None:

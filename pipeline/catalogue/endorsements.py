@@ -16,7 +16,15 @@ from typing import Protocol
 
 from pipeline.catalogue import models as m
 from pipeline.catalogue import views
-from pipeline.catalogue.contract import ImageListInfo, NotEndorsable, NotFound, PermissionDenied, VersionInfo
+from pipeline.catalogue.contract import (
+    CascadeInfo,
+    ImageListInfo,
+    NotEndorsable,
+    NotFound,
+    PermissionDenied,
+    RevokedEndorsement,
+    VersionInfo,
+)
 from pipeline.catalogue.models import utcnow
 from pipeline.catalogue.services import actor_user, find_appliance, find_version, find_vo, maintained
 from pipeline.catalogue.settings import CatalogueSettings
@@ -107,6 +115,57 @@ def revoke(uow: UnitOfWork, actor: str, appliance: str, version: str, vo_name: s
         info = _publish_list(uow, vo, ctx, now, f"revoke {appliance} {version}")
         uow.commit()
         return info
+
+
+def revoke_cascade(
+    uow: UnitOfWork, actor: str, appliance: str, version: str, vo_name: str, ctx: Context
+) -> CascadeInfo:
+    """Revoke a version for a VO and every version layered on it (directly or not) wherever those are
+    endorsed, in one transaction: each VO concerned gets ONE new signed list. The caller must be an
+    admin or manage every VO concerned; otherwise nothing is revoked."""
+    now = utcnow()
+    with uow.writing():
+        user, vo, v = _endorsement_target(uow, actor, appliance, version, vo_name)
+        row = uow.repo.endorsement(v, vo)
+        if row is None:
+            raise NotFound(f"{appliance} {version} was never endorsed for {vo_name}")
+        rows = [(v, row)] if row.revoked_at is None else []  # already revoked: its descendants may not be
+        layered = _descendants(uow, v)
+        below = [(d, e) for d in layered for e in d.endorsements if e.revoked_at is None]
+        rows += below
+        if not rows:
+            raise NotFound(f"{appliance} {version} and the {len(layered)} version(s) layered on it are not endorsed")
+        names = sorted({e.vo.name for _, e in rows})
+        vos = {name: find_vo(uow, name, for_update=True) for name in names}
+        admin = user.role is m.Role.ADMIN
+        denied = [n for n, o in vos.items() if not admin and all(u.id != user.id for u in o.managers)]
+        if denied:
+            raise PermissionDenied(
+                f"{actor} is not a manager of VO {', '.join(denied)}, where versions layered on {appliance} "
+                f"{version} are endorsed: nothing was revoked",
+                hint="an admin or a manager of every VO concerned revokes with --cascade; or revoke without --cascade",
+            )
+        for _, e in rows:
+            e.revoked_at, e.revoked_by_id = now, user.id
+        uow.repo.flush()
+        reason = f"revoke {appliance} {version} and {len(below)} endorsement(s) layered on it (cascade)"
+        lists = tuple(_publish_list(uow, vos[name], ctx, now, reason) for name in names)
+        uow.commit()
+        revoked = tuple(RevokedEndorsement(d.appliance.name, d.version, e.vo.name) for d, e in rows)
+        return CascadeInfo(revoked, lists)
+
+
+def _descendants(uow: UnitOfWork, version: m.Version) -> list[m.Version]:
+    """Every version layered on ``version``, directly or through other layered versions (by ``base_ref``)."""
+    found: list[m.Version] = []
+    seen = {version.id}
+    frontier = [f"{version.appliance.name}@{version.version}"]
+    while frontier:
+        layer = [d for d in uow.repo.versions_based_on(frontier) if d.id not in seen]
+        seen |= {d.id for d in layer}
+        found += layer
+        frontier = [f"{d.appliance.name}@{d.version}" for d in layer]
+    return found
 
 
 def archive_version(uow: UnitOfWork, actor: str, appliance: str, version: str, ctx: Context) -> list[ImageListInfo]:

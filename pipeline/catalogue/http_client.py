@@ -21,6 +21,7 @@ from pipeline.catalogue import contract
 from pipeline.catalogue.contract import (
     AppliancePayload,
     BuildRecord,
+    CascadeInfo,
     ImageInfo,
     ImageListInfo,
     VersionInfo,
@@ -50,6 +51,7 @@ _VERSIONS = TypeAdapter(list[VersionInfo])
 _IMAGES = TypeAdapter(list[ImageInfo])
 _LIST = TypeAdapter(ImageListInfo)
 _BUILD = TypeAdapter(BuildRecord)
+_CASCADE = TypeAdapter(CascadeInfo)
 
 
 def payload_json(payload: VersionPayload) -> dict[str, Any]:
@@ -150,6 +152,10 @@ class HttpCatalogue:
     def revoke(self, appliance: str, version: str, vo: str) -> ImageListInfo:
         response = self._call("DELETE", self._v(appliance, version) + f"/endorsements/{quote(vo, safe='')}")
         return _LIST.validate_python(response.json())
+
+    def revoke_cascade(self, appliance: str, version: str, vo: str) -> CascadeInfo:
+        path = self._v(appliance, version) + f"/endorsements/{quote(vo, safe='')}/cascade-revoke"
+        return _CASCADE.validate_python(self._call("POST", path).json())
 
     def archive_version(self, appliance: str, version: str) -> None:
         self._call("POST", self._v(appliance, version) + "/archive")

@@ -2,7 +2,8 @@
 
 The build manifest records the base as ``{"kind": "appliance", "ref": "<name>@<version>"}``; the catalogue
 keeps that ref in ``versions.base_ref`` at registration, so pages never read manifests for it. A version
-is outdated when that base version is archived, expired, or had endorsements that are all revoked now.
+is outdated when that base version is archived, expired, or had endorsements that are all revoked now
+(``outdated_reason``: the one rule, also what ``invoke rebuild`` applies to the versions it reads back).
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipeline.catalogue import services
-from pipeline.catalogue.contract import NotFound, manifest_base_ref
-from pipeline.catalogue.uow import UnitOfWork
+from pipeline.catalogue.contract import NotFound, VersionInfo, manifest_base_ref
+
+if TYPE_CHECKING:
+    from pipeline.catalogue.uow import UnitOfWork
 
 
 @dataclass(frozen=True)
@@ -23,35 +25,46 @@ class Lineage:
     base_version: str
     outdated: bool
     reason: str | None  # why it is outdated
+    until: datetime | None = None  # when a current base expires (this answer goes stale then)
 
 
 def base_version(manifest: Mapping[str, Any] | None) -> tuple[str, str] | None:
     """``(appliance, version)`` of the base a layered build records, else None (bootstrap or image)."""
     ref = manifest_base_ref(manifest)
-    return None if ref is None else _split(ref)
+    return None if ref is None else split_ref(ref)
 
 
-def _split(ref: str) -> tuple[str, str]:
+def split_ref(ref: str) -> tuple[str, str]:
+    """``"<appliance>@<version>"`` -> ``(appliance, version)``."""
     name, _, version = ref.partition("@")
     return name, version
 
 
+def outdated_reason(base: VersionInfo, now: datetime) -> str | None:
+    """Why ``base`` is no longer a version to build on (archived, expired, revoked wherever it was
+    endorsed), or None while it is current."""
+    name, version = base.appliance, base.version
+    if base.archived:
+        return f"{name} {version} is archived"
+    if base.expires <= now:
+        return f"{name} {version} expired on {base.expires:%Y-%m-%d}"
+    if base.endorsements and all(e.revoked_at is not None for e in base.endorsements):
+        vos = ", ".join(sorted(e.vo for e in base.endorsements))
+        return f"{name} {version} is revoked ({vos})"
+    return None
+
+
 def lineage_of(uow: UnitOfWork, base_ref: str | None, now: datetime | None = None) -> Lineage | None:
     """The lineage of a version whose ``versions.base_ref`` is ``base_ref`` (None: not layered)."""
+    from pipeline.catalogue import services  # the rule above is also used where no database is open
+
     if base_ref is None:
         return None
-    name, version = _split(base_ref)
+    name, version = split_ref(base_ref)
     now = now or datetime.now(UTC)
     try:
         base = services.get_version(uow, name, version)
     except NotFound:
         return Lineage(name, version, True, f"{name} {version} is not in the catalogue")
-    reason = None
-    if base.archived:
-        reason = f"{name} {version} is archived"
-    elif base.expires <= now:
-        reason = f"{name} {version} expired on {base.expires:%Y-%m-%d}"
-    elif base.endorsements and all(e.revoked_at is not None for e in base.endorsements):
-        vos = ", ".join(sorted(e.vo for e in base.endorsements))
-        reason = f"{name} {version} is revoked ({vos})"
-    return Lineage(name, version, reason is not None, reason)
+    reason = outdated_reason(base, now)
+    return Lineage(name, version, reason is not None, reason, None if reason else base.expires)

@@ -130,6 +130,11 @@ class Repository:
         query = select(Version.version).where(Version.appliance_id == appliance.id, Version.archived.is_(False))
         return self.session.scalars(query).all()
 
+    def versions_based_on(self, refs: Sequence[str]) -> Sequence[Version]:
+        """Versions layered directly on one of ``refs`` (``"<appliance>@<version>"``, as in ``base_ref``)."""
+        query = select(Version).where(Version.base_ref.in_(refs)).options(*_VERSION_LOADS).order_by(Version.id)
+        return self.session.scalars(query).all() if refs else []
+
     def build_images(self, version: Version) -> Sequence[Image]:
         """A version's images with their manifests and package lists (reading back what was built)."""
         return self.session.scalars(

@@ -18,7 +18,7 @@ from pipeline.manifest import MANIFEST_FILE
 from pipeline.settings import Settings
 
 if TYPE_CHECKING:  # the catalogue imports pipeline.formats.imagelist: import it lazily, never at module load
-    from pipeline.catalogue.contract import ImageListInfo
+    from pipeline.catalogue.contract import CascadeInfo, ImageListInfo
 
 AUDIT_REUSE = dt.timedelta(hours=24)  # an audit of the same disk with the same waivers this recent is reused
 
@@ -86,3 +86,33 @@ def endorse_version(settings: Settings, name: str, version: str, vo: str, revoke
     finally:
         catalogue.close()
     return EndorseResult(name, version, vo, revoke, info, audit_text)
+
+
+@dataclass(frozen=True)
+class CascadeResult:
+    appliance: str
+    version: str
+    done: CascadeInfo
+
+    def summary(self) -> str:
+        lines = [f"revoked {r.appliance} {r.version} for {r.vo}" for r in self.done.revoked]
+        for info in self.done.image_lists:
+            lines += [
+                f"signed image list of {info.vo} version {info.hv_version}: {info.entries} image(s), "
+                f"expires {info.expires:%Y-%m-%dT%H:%M:%SZ}",
+                f"  {info.url}",
+            ]
+        return "\n".join(lines)
+
+
+def revoke_cascade(settings: Settings, name: str, version: str, vo: str) -> CascadeResult:
+    """Revoke ``name`` ``version`` for ``vo`` and every version layered on it, in every VO where those
+    are endorsed; the catalogue re-signs each VO list once (``invoke endorse --revoke --cascade``)."""
+    from pipeline.catalogue.client import open_catalogue
+
+    catalogue = open_catalogue(settings)
+    try:
+        with step(f"revoke {name} {version} for {vo} and every version layered on it"):
+            return CascadeResult(name, version, catalogue.revoke_cascade(name, version, vo))
+    finally:
+        catalogue.close()

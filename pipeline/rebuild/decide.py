@@ -3,9 +3,11 @@
 Like EC2 Image Builder's "expression match and dependency updates available": the schedule only
 asks; an appliance is rebuilt when something changed. The reasons, checked in this order:
 never built; its inputs changed (the build's content-addressed inputs digest differs from the newest
-version's manifest); its base appliance has a newer version than the one it was built on (or is
-being rebuilt in this run); packages in its newest version have newer versions in the archive
-(security suites first); it is older than ``rebuild.max_age_days``. Otherwise: skip, and say why.
+version's manifest); the base version it was built on is outdated (archived, expired or revoked in
+the catalogue, ``catalogue.lineage``) and a current one exists; its base appliance has a newer version
+than the one it was built on (or is being rebuilt in this run); packages in its newest version have
+newer versions in the archive (security suites first); it is older than ``rebuild.max_age_days``.
+Otherwise: skip, and say why.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ SHOWN_UPDATES = 5
 class Reason(enum.StrEnum):
     NEVER_BUILT = "never-built"
     INPUTS_CHANGED = "inputs-changed"
+    BASE_OUTDATED = "base-outdated"
     BASE_UPDATED = "base-updated"
     BASE_REBUILDING = "base-rebuilding"
     SECURITY_UPDATES = "security-updates"
@@ -34,9 +37,10 @@ class Reason(enum.StrEnum):
     # not reasons to rebuild: what was checked and found current, or could not be checked
     UP_TO_DATE = "up-to-date"
     UNCHECKED = "unchecked"
+    NO_CURRENT_BASE = "no-current-base"  # outdated, but the base has no current version to rebuild on
 
 
-REBUILD_REASONS = frozenset(Reason) - {Reason.UP_TO_DATE, Reason.UNCHECKED}
+REBUILD_REASONS = frozenset(Reason) - {Reason.UP_TO_DATE, Reason.UNCHECKED, Reason.NO_CURRENT_BASE}
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,10 @@ class ApplianceState:
     last: BuildManifest | None  # the newest built version
     base_latest: str | None = None  # newest version of the base appliance (layered appliances only)
     inputs: Mapping[str, str] = field(default_factory=dict)  # component -> digest, to name what changed
+    # why the base version ``last`` was built on, and ``base_latest``, are no longer current (None: current,
+    # or unknown offline): archived, expired, revoked wherever endorsed (``catalogue.lineage.outdated_reason``)
+    base_outdated: str | None = None
+    base_latest_outdated: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,18 +111,9 @@ def decide(
     else:
         current.append(Finding(Reason.UP_TO_DATE, f"inputs unchanged ({state.inputs_digest[:12]})"))
     if a.base.appliance is not None:
-        built_on = last.base.ref.partition("@")[2] if last.base.kind == "appliance" else ""
-        if base_rebuilding:
-            found.append(Finding(Reason.BASE_REBUILDING, f"base {a.base.appliance} is rebuilt first in this run"))
-        elif state.base_latest and (not built_on or version_sort_key(state.base_latest) > version_sort_key(built_on)):
-            found.append(
-                Finding(
-                    Reason.BASE_UPDATED,
-                    f"base {a.base.appliance} {state.base_latest} is newer than {built_on or last.base.ref}",
-                )
-            )
-        else:
-            current.append(Finding(Reason.UP_TO_DATE, f"base {last.base.ref} is the newest"))
+        found_base, current_base = _base_findings(a.base.appliance, last, state, base_rebuilding)
+        found += found_base
+        current += current_base
     found_pkgs, current_pkgs = _package_findings(last, archive)
     found += found_pkgs
     current += current_pkgs
@@ -125,6 +124,32 @@ def decide(
     else:
         current.append(Finding(Reason.UP_TO_DATE, f"{last.version} is {days}"))
     return Decision(a.name, bool(found), (*found, *current), last.version)
+
+
+def _base_findings(
+    base: str, last: BuildManifest, state: ApplianceState, base_rebuilding: bool
+) -> tuple[list[Finding], list[Finding]]:
+    """A layered appliance: is its base being rebuilt, outdated (lineage) or newer than it was built on?"""
+    built_on = last.base.ref.partition("@")[2] if last.base.kind == "appliance" else ""
+    latest = state.base_latest
+    outdated = f"{last.version} is outdated: {state.base_outdated}" if state.base_outdated else None
+    if base_rebuilding:
+        found = [Finding(Reason.BASE_REBUILDING, f"base {base} is rebuilt first in this run")]
+        return found + ([Finding(Reason.BASE_OUTDATED, outdated)] if outdated else []), []
+    if outdated:
+        if latest and latest != built_on and not state.base_latest_outdated:
+            return [Finding(Reason.BASE_OUTDATED, f"{outdated}; rebuild on {base} {latest}")], []
+        why_not = f" ({state.base_latest_outdated})" if latest and latest != built_on else ""
+        return [], [
+            Finding(
+                Reason.NO_CURRENT_BASE,
+                f"{outdated}, and {base} has no current version to rebuild on{why_not}: "
+                f"build one first (invoke rebuild --appliance {base})",
+            )
+        ]
+    if latest and (not built_on or version_sort_key(latest) > version_sort_key(built_on)):
+        return [Finding(Reason.BASE_UPDATED, f"base {base} {latest} is newer than {built_on or last.base.ref}")], []
+    return [], [Finding(Reason.UP_TO_DATE, f"base {last.base.ref} is the newest")]
 
 
 def _changed_inputs(last: BuildManifest, state: ApplianceState) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol
 
 from pipeline.catalogue.contract import Catalogue, NotFound
+from pipeline.catalogue.lineage import outdated_reason
 from pipeline.errors import ConfigError
 from pipeline.manifest import BuildManifest, list_versions
 from pipeline.settings import Settings
@@ -33,6 +34,10 @@ class History(Protocol):
         """Every version name of ``name`` in use (a new build must not reuse one)."""
         ...
 
+    def outdated(self, name: str, version: str, now: dt.datetime) -> str | None:
+        """Why ``name`` ``version`` is no longer a base to build on (archived, expired, revoked), else None."""
+        ...
+
 
 class LocalHistory:
     def __init__(self, output_dir: Path) -> None:
@@ -47,6 +52,9 @@ class LocalHistory:
         folder = self.output_dir / name
         return {p.name for p in folder.iterdir()} if folder.is_dir() else set()
 
+    def outdated(self, name: str, version: str, now: dt.datetime) -> str | None:
+        return None  # endorsements, revocations and archival live in the catalogue, not in output/
+
 
 class CatalogueHistory:
     def __init__(self, catalogue: Catalogue, url: str, output_dir: Path) -> None:
@@ -54,6 +62,7 @@ class CatalogueHistory:
         self.source = f"the catalogue {url}"
         self._local = LocalHistory(output_dir)
         self._newest: dict[str, BuildManifest | None] = {}
+        self._outdated: dict[tuple[str, str], str | None] = {}
 
     def newest(self, name: str) -> BuildManifest | None:
         if name not in self._newest:
@@ -71,6 +80,14 @@ class CatalogueHistory:
         except NotFound:  # never registered
             published = set()
         return published | self._local.taken(name)
+
+    def outdated(self, name: str, version: str, now: dt.datetime) -> str | None:
+        if (name, version) not in self._outdated:
+            info = self.catalogue.get_version(name, version)
+            self._outdated[name, version] = (
+                f"{name} {version} is not in the catalogue" if info is None else outdated_reason(info, now)
+            )
+        return self._outdated[name, version]
 
 
 def free_version(history: History, name: str, today: dt.date) -> str:

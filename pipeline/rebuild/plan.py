@@ -56,18 +56,26 @@ def newest_manifest(output_dir: Path, name: str) -> BuildManifest | None:
     return LocalHistory(output_dir).newest(name)
 
 
-def gather_state(settings: Settings, appliance: Appliance, inputs_of: InputsOf, history: History) -> ApplianceState:
+def gather_state(
+    settings: Settings, appliance: Appliance, inputs_of: InputsOf, history: History, now: datetime
+) -> ApplianceState:
     digest, components = inputs_of(appliance)
-    base_latest = None
+    last = history.newest(appliance.name)
+    base_latest = built_on = None
     if appliance.base.appliance is not None:
         base = history.newest(appliance.base.appliance)
         base_latest = base.version if base is not None else None
+        if last is not None and last.base.kind == "appliance":
+            built_on = last.base.ref.partition("@")[2] or None
+    name = appliance.base.appliance or ""
     return ApplianceState(
         appliance=appliance,
         inputs_digest=digest,
-        last=history.newest(appliance.name),
+        last=last,
         base_latest=base_latest,
         inputs=dict(components),
+        base_outdated=history.outdated(name, built_on, now) if built_on else None,
+        base_latest_outdated=history.outdated(name, base_latest, now) if base_latest else None,
     )
 
 
@@ -88,7 +96,7 @@ def make_plan(
     for appliance in build_order(appliances.values()):
         base_rebuilding = appliance.base.appliance in rebuilding
         try:
-            state = gather_state(settings, appliance, inputs_of, history)
+            state = gather_state(settings, appliance, inputs_of, history, now)
         except (ArtifactError, ConfigError) as e:
             # no base output yet (it is built first in this run), or an unreadable manifest or
             # definition: rebuilding is the way to repair either

@@ -129,6 +129,13 @@ def cases(make: Callable[..., ImagePayload]) -> list[Case]:
             {"admin": 200, "mia": 200},
             reset=_endorsed,
         ),
+        Case(
+            "cascade revoke for managed VO",  # nothing layered on 1.0: managing this VO is enough
+            "POST",
+            f"/api/v1/appliances/debian-12/versions/1.0/endorsements/{VO}/cascade-revoke",
+            {"admin": 200, "mia": 200},
+            reset=_endorsed,
+        ),
         Case("archive own version", "POST", "/api/v1/appliances/debian-12/versions/2.0/archive", _owned(200)),
         Case("archive foreign version", "POST", "/api/v1/appliances/centos-7/versions/1.0/archive", {"admin": 200}),
         Case("create VO", "POST", "/api/v1/vos", {"admin": 201}, lambda r: {"name": f"vo{next(_n)}.example.org"}),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 import requests
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from pipeline.catalogue import endorsements, services
+from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.contract import AppliancePayload, PackageInfo, VersionPayload
 from pipeline.catalogue.db import make_engine, session_factory
 from pipeline.catalogue.models import Role
@@ -207,10 +208,20 @@ def test_a_site_configured_only_from_the_vo_page_verifies_the_list(
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_unknown_names_give_commands_not_internal_function_names(live_server: LiveServer) -> None:
     unknown_vo = requests.get(f"{live_server.url}/vo/vo.nowhere/image.list", timeout=10).json()
-    assert unknown_vo["hint"] == (
-        'an admin creates it: POST /api/v1/vos {"name": "vo.nowhere", "description": "..."} with an admin token, '
+    command = unknown_vo["hint"].removeprefix("an admin creates it: ").partition(", or ")[0]
+    assert command.startswith("curl ") and unknown_vo["hint"].endswith(
         "or `invoke publish` an appliance listing it under vos: with a sqlite:// or postgresql:// catalogue"
     )
+    # the command, pasted as printed by an admin whose VMI_CATALOGUE* are set as for `invoke publish`
+    engine = make_engine(live_server.settings.database_url)
+    uow = UnitOfWork(session_factory(engine))
+    auth.ensure_user(uow, "root", "root@example.org", Role.ADMIN)
+    token = auth.issue_token(uow, "root", "root", "tests").token
+    engine.dispose()
+    env = {"PATH": os.environ["PATH"], "VMI_CATALOGUE": live_server.url, "VMI_CATALOGUE_TOKEN": token}
+    made = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert made.returncode == 0, made.stderr
+    assert requests.get(f"{live_server.url}/api/v1/vos/vo.nowhere", timeout=10).json()["name"] == "vo.nowhere"
     unknown = requests.get(f"{live_server.url}/api/v1/appliances/nope/versions", timeout=10).json()
     assert unknown["hint"] == "publish it first: `invoke publish --appliance nope`"
 

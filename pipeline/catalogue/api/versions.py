@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from pipeline.catalogue import endorsements, services
@@ -81,7 +81,9 @@ class VersionDetailPublic(VersionPublic):
 
 
 @router.get("/{version}")
-def get_version(name: Name, version: VersionStr, uow: UowDep, state: StateDep, request: Request) -> VersionDetailPublic:
+def get_version(
+    name: Name, version: VersionStr, uow: UowDep, state: StateDep, request: Request, response: Response
+) -> VersionDetailPublic:
     """One version; each image carries its id and links to its packages, manifest, page and download."""
     info, ids, base_ref = services.get_version_with_image_ids(uow, name, version)
     api = f"{API}/appliances/{name}"
@@ -112,6 +114,8 @@ def get_version(name: Name, version: VersionStr, uow: UowDep, state: StateDep, r
     )
     found = lineage_of(uow, base_ref)
     lineage = None if found is None else LineagePublic.model_validate(found, from_attributes=True)
+    if found is not None and found.until is not None:  # outdated once the base expires, with no write
+        response.headers["X-Vmi-Cache-Until"] = str(int(found.until.timestamp()))
     return VersionDetailPublic(**public, images=images, links=links, lineage=lineage)
 
 
@@ -179,3 +183,24 @@ def endorse(
 def revoke(name: Name, version: VersionStr, vo: Name, uow: UowDep, actor: ActorDep, state: StateDep) -> ImageListPublic:
     """Revoke an endorsement: publishes a new signed list without the version."""
     return ImageListPublic.model_validate(endorsements.revoke(uow, actor, name, version, vo, state.ctx))
+
+
+class RevokedPublic(BaseModel):
+    appliance: str
+    version: str
+    vo: str
+
+
+class CascadePublic(BaseModel):
+    revoked: list[RevokedPublic] = Field(description="the version's own endorsement first, then those layered on it")
+    image_lists: list[ImageListPublic] = Field(description="one new signed list per VO concerned")
+
+
+@router.post("/{version}/endorsements/{vo}/cascade-revoke", tags=["endorsements"])
+def revoke_cascade(
+    name: Name, version: VersionStr, vo: Name, uow: UowDep, actor: ActorDep, state: StateDep
+) -> CascadePublic:
+    """Revoke an endorsement and those of every version layered on this one, in every VO where they are
+    endorsed (an admin, or a manager of each VO): each VO list is re-signed once."""
+    info = endorsements.revoke_cascade(uow, actor, name, version, vo, state.ctx)
+    return CascadePublic.model_validate(info, from_attributes=True)

@@ -109,7 +109,8 @@ def appliance(request: Request, name: Name, uow: UowDep) -> HTMLResponse:
 @router.get("/appliances/{name}/{version}", response_class=HTMLResponse)
 def version(request: Request, name: Name, version: Version, uow: UowDep, state: StateDep) -> HTMLResponse:
     found = services.version_page(uow, name, version)
-    return _render(
+    lineage = lineage_of(uow, found.base_ref)
+    page = _render(
         request,
         "version.html",
         appliance=found.appliance,
@@ -118,9 +119,12 @@ def version(request: Request, name: Name, version: Version, uow: UowDep, state: 
         audit=found.audit,
         endorser=endorser_of(state.ctx.signer),
         changes=changes_since(uow, name, version),
-        lineage=lineage_of(uow, found.base_ref),
+        lineage=lineage,
         local_admin=LOCAL_ADMIN,
     )
+    if lineage is not None and lineage.until is not None:  # "outdated" once the base expires, with no write
+        page.headers["X-Vmi-Cache-Until"] = str(int(lineage.until.timestamp()))
+    return page
 
 
 @router.get("/appliances/{name}/{version}/images/{image}", response_class=HTMLResponse)
