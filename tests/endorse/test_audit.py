@@ -13,7 +13,8 @@ import pytest
 from pipeline.audit.disk import RootFs
 from pipeline.audit.report import CheckStatus, SecuritySource, audit_disk, load_waivers
 from pipeline.errors import ArtifactError, ConfigError
-from tests.endorse.disks import PACKAGES, TEST_KEY, good_rootfs, make_disk, write
+from pipeline.manifest import InstalledPackage
+from tests.endorse.disks import PACKAGES, TEST_KEY, dpkg_status, good_rootfs, make_disk, write
 
 Mutation = Callable[[Path], object]
 
@@ -26,6 +27,7 @@ def run_audit(
     table: str = "mbr",
     waivers: dict[str, str] | None = None,
     packages: tuple = PACKAGES,  # type: ignore[type-arg]
+    unattended_upgrades: bool = False,
 ):  # type: ignore[no-untyped-def]
     root = good_rootfs(tmp_path / "rootfs")
     if mutate is not None:
@@ -40,6 +42,7 @@ def run_audit(
         waivers=waivers,
         appliance="test",
         version="1",
+        unattended_upgrades=unattended_upgrades,
     )
 
 
@@ -371,3 +374,42 @@ def test_implausible_gpt_is_refused(tmp_path: Path) -> None:
         f.write(struct.pack("<I", 1_000_000))
     with pytest.raises(ArtifactError, match="implausible GPT"):
         partitions(raw)
+
+
+AUTO_UPGRADES = 'APT::Periodic::Update-Package-Lists "1";\nAPT::Periodic::Unattended-Upgrade "1";\n'
+UU_ORIGINS = 'Unattended-Upgrade::Origins-Pattern {\n  "origin=Debian,codename=${distro_codename}-security";\n};\n'
+UU_PACKAGE = InstalledPackage("unattended-upgrades", "2.9.1+nmu3", "all")
+
+
+def _with_unattended(config: str) -> Mutation:
+    return _both(
+        _append("/var/lib/dpkg/status", "\n" + dpkg_status((UU_PACKAGE,))),
+        _file("/etc/apt/apt.conf.d/50unattended-upgrades", UU_ORIGINS),
+        _file("/etc/apt/apt.conf.d/20auto-upgrades", config),
+    )
+
+
+@pytest.mark.parametrize(
+    ("declared", "mutate", "evidence"),
+    [
+        (True, None, "/var/lib/dpkg/status: unattended-upgrades is not installed"),
+        (True, _with_unattended(AUTO_UPGRADES.replace('Upgrade "1"', 'Upgrade "0"')),
+         'APT::Periodic::Unattended-Upgrade is not enabled in /etc/apt/apt.conf.d'),
+        (False, _with_unattended(AUTO_UPGRADES),
+         "APT::Periodic::Unattended-Upgrade 1 (/etc/apt/apt.conf.d/20auto-upgrades)"),
+    ],
+    ids=["declared-but-absent", "declared-but-switched-off", "on-but-not-declared"],
+)  # fmt: skip
+def test_unattended_upgrades_as_declared(tmp_path: Path, mirror: str, declared: bool, mutate: Mutation | None,
+                                         evidence: str) -> None:  # fmt: skip
+    packages = PACKAGES + ((UU_PACKAGE,) if mutate else ())
+    report = run_audit(tmp_path, mirror, mutate, packages=packages, unattended_upgrades=declared)
+    assert [c.id for c in report.failures] == ["unattended-upgrades"], report.summary()
+    assert any(evidence in line for line in report.check("unattended-upgrades").evidence), report.summary()
+
+
+def test_declared_unattended_upgrades_pass(tmp_path: Path, mirror: str) -> None:
+    report = run_audit(tmp_path, mirror, _with_unattended(AUTO_UPGRADES), packages=PACKAGES + (UU_PACKAGE,),
+                       unattended_upgrades=True)  # fmt: skip
+    assert report.passed, report.summary()
+    assert report.check("unattended-upgrades").evidence[0].startswith("unattended security upgrades on, as declared")
