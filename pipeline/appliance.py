@@ -191,6 +191,7 @@ class Appliance:
     provisioners: tuple[str, ...]
     vos: tuple[str, ...]
     rebuild: RebuildPolicy
+    unattended_upgrades: bool
     directory: Path  # the appliance folder; not part of the definition itself
 
     @property
@@ -281,6 +282,7 @@ def from_dict(
         provisioners=tuple(d["provisioners"]),
         vos=tuple(d["vos"]),
         rebuild=RebuildPolicy(**d["rebuild"]),
+        unattended_upgrades=bool(d["unattended_upgrades"]),
         directory=directory,
     )
 

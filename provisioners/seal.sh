@@ -101,7 +101,14 @@ rm -f /etc/NetworkManager/system-connections/cloud-init-* /var/lib/NetworkManage
       /var/lib/NetworkManager/secret_key /var/lib/dhclient/*
 say "network identity removed"
 
-# --- H12: package caches and lists
+# --- H12: package caches and lists. Each Debian source names its archive key (signed-by), so a key
+# another repository adds to trusted.gpg.d can never vouch for Debian's packages (the audit's
+# apt-signed-by check). The bootstrap writes one-line entries without options.
+keyring=/usr/share/keyrings/debian-archive-keyring.gpg
+if [ "${ID:-}" = debian ] && [ -f /etc/apt/sources.list ] && [ -f "$keyring" ]; then
+    sed -i -E "s#^(deb(-src)?)[[:space:]]+((https?|file|cdrom):)#\1 [signed-by=$keyring] \3#" /etc/apt/sources.list
+    say "apt sources pinned to $keyring"
+fi
 if [ "$family" = apt ]; then
     apt-get -q clean
     rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old /var/log/installer

@@ -41,6 +41,7 @@ def test_good_definition_gets_schema_defaults(tmp_path: Path) -> None:
     assert a.hardware.ram_recommended_mb == 512 and a.hardware.cores_recommended == 1
     assert a.rebuild.keep_versions == 4 and a.rebuild.expires_days == 365
     assert a.arch == "x86_64"
+    assert a.unattended_upgrades is False  # the audit then requires them off
 
 
 def test_round_trip_through_yaml_and_json(tmp_path: Path) -> None:
@@ -76,6 +77,7 @@ def _with(path: str, value: Any) -> dict[str, Any]:
         (_with("base", {"image": {"url": "https://x/y.qcow2", "checksum": "md5:abc"}}), "base.image.checksum"),
         (_with("template", "x.json"), "template: 'x.json' must be a file name ending in .pkr.hcl"),
         (_with("colour", "blue"), "colour: is not a known field"),
+        (_with("unattended_upgrades", "yes"), "unattended_upgrades: "),
         (_with("hardware.ram_recommended_mb", 300), "hardware.ram_recommended_mb: must be >= hardware.ram_min_mb"),
     ],
 )

@@ -14,13 +14,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import stat
 import struct
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -41,6 +42,21 @@ COPY_SECONDS_FLOOR = 300.0
 COPY_SECONDS_PER_GIB = 120.0
 MAX_SYMLINK_HOPS = 40
 TOOL_HINTS = {"debugfs": "install Debian's 'e2fsprogs' package"}
+
+
+UNKNOWN_ID = 0xFFFFFFFF  # (uid_t)-1: no owner recorded for a path (the audit reports it)
+MAX_INODES = 2_000_000  # a Debian root holds some 30,000; a hostile image gets no more than this
+MAX_DEPTH = 256
+# `debugfs ls -p`: "/ino/mode/uid/gid/name/size/" per entry (a name never holds "/", but may hold "\n"),
+# and with -f each command echoed first as "debugfs: ls -p <ino>"
+LS_TOKEN = re.compile(r"debugfs: ls -p <(\d+)>\n|/(\d+)/([0-7]{6})/(\d+)/(\d+)/([^/]*)/\d*/\n|\n")
+
+
+@dataclass(frozen=True)
+class Inode:
+    mode: int  # st_mode: file type and permission bits, set-id and sticky bits included
+    uid: int
+    gid: int
 
 
 ESP_TYPE_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
@@ -159,10 +175,24 @@ def find_root_partition(raw: Path) -> Partition:
 class RootFs:
     """A copy of the guest's root filesystem, read as ``/``: symlinks resolve inside it, never on the host."""
 
-    def __init__(self, top: Path, origin: str, esp: RootFs | None = None) -> None:
+    def __init__(
+        self, top: Path, origin: str, esp: RootFs | None = None, meta: Mapping[str, Inode] | None = None
+    ) -> None:
         self.top = top
         self.origin = origin
         self.esp = esp  # the EFI system partition's files (GPT disks with an ESP), read as their own tree
+        # guest path -> mode and owners as the filesystem records them (None: the copy's own are right,
+        # e.g. a FAT ESP or a test tree); the copy's owners and set-id bits are not the guest's
+        self.meta = meta
+
+    def _real(self, host: Path, st: os.stat_result) -> os.stat_result:
+        """``st`` of the copy with the guest's mode, uid and gid (unknown owners: ``UNKNOWN_ID``)."""
+        if self.meta is None:
+            return st
+        guest = "/" + host.relative_to(self.top).as_posix()
+        inode = self.meta.get("/" if guest == "/." else guest)
+        mode, uid, gid = (inode.mode, inode.uid, inode.gid) if inode else (st.st_mode, UNKNOWN_ID, UNKNOWN_ID)
+        return os.stat_result((mode, st.st_ino, st.st_dev, st.st_nlink, uid, gid, *tuple(st)[6:10]))
 
     def host_path(self, path: str, follow: bool = True) -> Path | None:
         """Where the guest's ``path`` is in the copy (symlinks resolved within the guest), None if absent."""
@@ -196,7 +226,7 @@ class RootFs:
 
     def lstat(self, path: str) -> os.stat_result | None:
         host = self.host_path(path, follow=False)
-        return host.lstat() if host is not None else None
+        return self._real(host, host.lstat()) if host is not None else None
 
     def is_file(self, path: str) -> bool:
         host = self.host_path(path)
@@ -229,7 +259,7 @@ class RootFs:
             rel = "/" if rel == "/." else rel
             for name in sorted(dirnames + filenames):
                 entry = Path(dirpath, name)
-                yield (rel.rstrip("/") + "/" + name, entry.lstat())
+                yield (rel.rstrip("/") + "/" + name, self._real(entry, entry.lstat()))
 
 
 @contextlib.contextmanager
@@ -265,10 +295,12 @@ def open_root(
             log.debug("debugfs: %s", "; ".join(noise[:10]))
         if not any(top.iterdir()):
             raise ArtifactError(f"{disk}: the root filesystem could not be read ({'; '.join(noise[:3])})")
+        meta = read_inodes(debugfs, raw, part, disk, work)
+        _make_readable(top)
         esp = _copy_esp(raw, work, disk)
         if raw != disk:
             raw.unlink()  # the extracted trees are all we need; free the space early
-        yield RootFs(top, str(disk), esp), DiskInfo(fmt, virtual_size, part)
+        yield RootFs(top, str(disk), esp, meta), DiskInfo(fmt, virtual_size, part)
     finally:
         _remove_tree(work)
 
@@ -289,6 +321,60 @@ def _copy_out(debugfs: str, raw: Path, part: Partition, top: Path, disk: Path, m
     if result.returncode != 0:
         raise ArtifactError(f"{disk}: debugfs could not read the root filesystem (exit {result.returncode})")
     return result
+
+
+def read_inodes(debugfs: str, raw: Path, part: Partition, disk: Path, work: Path) -> dict[str, Inode]:
+    """Mode, uid and gid of every path, as the filesystem records them: ``debugfs ls -p`` by inode
+    number, one run per directory level. ``rdump`` cannot give them: it drops set-id and sticky bits,
+    and a user who is not root cannot ``chown`` its copy. Directory inodes come from the listing
+    itself (``<ino>``), so no guest name is ever quoted into a debugfs command."""
+    meta: dict[str, Inode] = {}
+    level: dict[int, str] = {2: "/"}  # ext's root directory inode
+    seen = {2}
+    for _depth in range(MAX_DEPTH):
+        if not level:
+            return meta
+        commands = work / "ls.cmd"
+        commands.write_text("".join(f"ls -p <{ino}>\n" for ino in level))
+        out = run([debugfs, "-c", "-f", str(commands), f"{raw}?offset={part.start}"], timeout=COPY_SECONDS_FLOOR,
+                  check=False).stdout  # fmt: skip
+        following: dict[int, str] = {}
+        directory, pos = "", 0
+        while pos < len(out):
+            m = LS_TOKEN.match(out, pos)
+            if m is None:  # debugfs's own messages (a corrupt directory): skip the line
+                pos = out.find("\n", pos) + 1 or len(out)
+                continue
+            pos = m.end()
+            if m.group(1):
+                directory = level.get(int(m.group(1)), "")
+                continue
+            if not m.group(2) or not directory or m.group(6) in (".", ".."):
+                continue
+            ino, mode, name = int(m.group(2)), int(m.group(3), 8), m.group(6)
+            path = directory.rstrip("/") + "/" + name
+            meta[path] = Inode(mode, int(m.group(4)), int(m.group(5)))
+            if stat.S_ISDIR(mode) and ino not in seen:
+                seen.add(ino)
+                following[ino] = path
+        if len(meta) > MAX_INODES:
+            raise ArtifactError(f"{disk}: the root filesystem lists over {MAX_INODES} entries (the audit's cap)")
+        level = following
+    raise ArtifactError(f"{disk}: directories nest deeper than {MAX_DEPTH} levels (the audit's cap)")
+
+
+def _make_readable(top: Path) -> None:
+    """Let the auditing user read every copied file and folder (``rdump`` keeps a mode-000 file's mode,
+    and a user who is not root could not open it); the guest's real modes are in ``RootFs.meta``."""
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):  # chmod follows links: never touch what a guest link names
+                os.chmod(path, 0o700)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o600)
 
 
 def find_esp(raw: Path) -> Partition | None:

@@ -14,7 +14,7 @@ import hashlib
 import os
 import re
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from debian.deb822 import Deb822
@@ -56,6 +56,7 @@ class AuditContext:
     security_index: SecurityIndex | None = None
     security_source: str = ""
     security_error: str | None = None
+    unattended_upgrades: bool = False  # what the appliance declares (its unattended_upgrades field)
     _entries: list[tuple[str, os.stat_result]] | None = field(default=None, repr=False)
 
     @property
@@ -68,6 +69,11 @@ class AuditContext:
     @functools.cached_property
     def passwd(self) -> list[list[str]]:
         return _table(self.root.read_text("/etc/passwd"), 7)
+
+    @functools.cached_property
+    def group_names(self) -> dict[int, str]:
+        """gid -> group name from /etc/group."""
+        return {int(r[2]): r[0] for r in _table(self.root.read_text("/etc/group"), 4) if r[2].isdigit()}
 
     @functools.cached_property
     def shadow(self) -> list[list[str]]:
@@ -451,36 +457,3 @@ def esp_contents(ctx: AuditContext) -> Finding:
     if not loaders:
         problems.insert(0, f"ESP: no boot loader at {' or '.join(p.upper() for p in ESP_LOADERS)}")
     return verdict(problems, f"ESP holds {len(files)} file(s): boot loader {', '.join(loaders)}")
-
-
-@dataclass(frozen=True)
-class Check:
-    id: str
-    title: str
-    run: Callable[[AuditContext], Finding]
-
-
-CHECKS = (
-    Check("ssh-host-keys", "no SSH host keys", no_host_keys),
-    Check("authorized-keys", "no authorized_keys anywhere", no_authorized_keys),
-    Check("sshd-root-login", "sshd refuses root logins (effective setting)", sshd_no_root_login),
-    Check("sshd-password-auth", "sshd refuses passwords (effective settings)", sshd_no_password_auth),
-    Check("root-locked", "root password locked", root_locked),
-    Check("empty-passwords", "no empty passwords", no_empty_passwords),
-    Check("extra-uid0", "no UID 0 account but root", only_root_uid0),
-    Check("build-user", "no build or regular user left", no_build_user),
-    Check("machine-id", "machine-id empty", machine_id_empty),
-    Check("random-seed", "no random-seed or credential.secret", no_random_seed),
-    Check("cloud-init-installed", "cloud-init installed", cloud_init_installed),
-    Check("cloud-init-enabled", "cloud-init enabled at boot", cloud_init_enabled),
-    Check("cloud-init-clean", "cloud-init state clean", cloud_init_clean),
-    Check("histories", "no shell histories", no_histories),
-    Check("logs", "logs empty", logs_empty),
-    Check("tmp", "/tmp and /var/tmp empty", tmp_empty),
-    Check("build-leftovers", "no build leftovers", no_build_leftovers),
-    Check("private-keys", "no private keys or credential files", no_private_keys),
-    Check("security-updates", "no pending security updates", no_pending_security_updates),
-    Check("package-list", "package list recorded", package_list_recorded),
-    Check("esp", "EFI system partition holds only the boot loader", esp_contents),
-)
-CHECK_IDS = frozenset(c.id for c in CHECKS) | {"disk-format"}

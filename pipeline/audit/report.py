@@ -22,8 +22,9 @@ import requests
 import yaml
 
 from pipeline.appliance import Appliance, BaseKind, find_appliance
+from pipeline.audit.checks import CHECK_IDS, CHECKS
 from pipeline.audit.disk import open_root
-from pipeline.audit.policy import CHECK_IDS, CHECKS, AuditContext
+from pipeline.audit.policy import AuditContext
 from pipeline.errors import CatalogueError, ConfigError
 from pipeline.formats import debian_index
 from pipeline.fsutil import write_text_atomic
@@ -202,8 +203,10 @@ def audit_disk(
     version: str = "",
     waivers_file: str | None = None,
     disk_sha256: str | None = None,
+    unattended_upgrades: bool = False,
 ) -> AuditReport:
-    """Run every policy check against ``disk`` (declared format ``fmt``) and apply ``waivers``."""
+    """Run every policy check against ``disk`` (declared format ``fmt``) and apply ``waivers``;
+    ``unattended_upgrades`` is what the appliance declares (the image must match it)."""
     started = time.monotonic()
     waivers = waivers or {}
     ctx_kwargs: dict[str, Any] = {}
@@ -221,7 +224,7 @@ def audit_disk(
         results.append(
             CheckResult("disk-format", "disk opened with its declared format", CheckStatus.PASS, (info.describe(),))
         )
-        ctx = AuditContext(root, packages, **ctx_kwargs)
+        ctx = AuditContext(root, packages, unattended_upgrades=unattended_upgrades, **ctx_kwargs)
         for check in CHECKS:
             finding = check.run(ctx)
             status = CheckStatus.PASS if finding.ok else CheckStatus.FAIL
@@ -305,6 +308,7 @@ def audit_build(settings: Settings, appliance: Appliance, version_dir: Path, man
         version=manifest.version,
         waivers_file=str(waivers_path) if waivers else None,
         disk_sha256=disk.sha256,
+        unattended_upgrades=appliance.unattended_upgrades,
     )
 
 

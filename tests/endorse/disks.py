@@ -57,6 +57,32 @@ KbdInteractiveAuthentication no
 PermitEmptyPasswords no
 """
 
+GRUB_CFG = """\
+serial --speed=115200
+terminal_output console serial
+menuentry 'Debian GNU/Linux' {
+\tlinux\t/boot/vmlinuz-6.1.0-57-cloud-amd64 root=UUID=0c12 ro console=tty0 console=ttyS0,115200n8 quiet
+}
+submenu 'Advanced options for Debian GNU/Linux' {
+\tmenuentry 'Debian GNU/Linux, with Linux 6.1.0-57-cloud-amd64 (recovery mode)' {
+\t\tlinux\t/boot/vmlinuz-6.1.0-57-cloud-amd64 root=UUID=0c12 ro single console=tty0 console=ttyS0,115200n8
+\t}
+}
+"""
+DEBIAN_SOURCES = """\
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://deb.debian.org/debian-security
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+"""
+
 
 def write(root: Path, path: str, text: str | bytes, mode: int = 0o644) -> Path:
     target = root / path.lstrip("/")
@@ -93,6 +119,17 @@ def good_rootfs(root: Path) -> Path:
         "nobody:*:19000:0:99999:7:::\n",
         0o640,
     )
+    write(root, "etc/group", "root:x:0:\ndaemon:x:1:\nshadow:x:42:\nnogroup:x:65534:\n")
+    write(root, "etc/gshadow", "root:*::\ndaemon:*::\nshadow:*::\nnogroup:*::\n", 0o640)
+    write(root, "etc/sudoers", "root ALL=(ALL:ALL) ALL\n@includedir /etc/sudoers.d\n", 0o440)
+    write(root, "boot/grub/grub.cfg", GRUB_CFG, 0o600)
+    write(root, "etc/apt/sources.list.d/debian.sources", DEBIAN_SOURCES)
+    write(root, "usr/share/keyrings/debian-archive-keyring.gpg", b"\x99\x02\x0d")
+    write(root, "usr/bin/passwd", b"\x7fELF", 0o4755)
+    write(root, "usr/bin/chage", b"\x7fELF", 0o2755)
+    os.chown(root / "usr/bin/chage", 0, 42)
+    for shadow in ("etc/shadow", "etc/gshadow"):
+        os.chown(root / shadow, 0, 42)
     write(root, "etc/ssh/sshd_config", SSHD_CONFIG)
     write(root, "etc/ssh/sshd_config.d/00-vmi-hardening.conf", HARDENING)
     write(root, "etc/ssh/moduli", "# moduli\n")

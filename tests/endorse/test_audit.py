@@ -13,7 +13,8 @@ import pytest
 from pipeline.audit.disk import RootFs
 from pipeline.audit.report import CheckStatus, SecuritySource, audit_disk, load_waivers
 from pipeline.errors import ArtifactError, ConfigError
-from tests.endorse.disks import PACKAGES, TEST_KEY, good_rootfs, make_disk, write
+from pipeline.manifest import InstalledPackage
+from tests.endorse.disks import PACKAGES, TEST_KEY, dpkg_status, good_rootfs, make_disk, write
 
 Mutation = Callable[[Path], object]
 
@@ -26,6 +27,7 @@ def run_audit(
     table: str = "mbr",
     waivers: dict[str, str] | None = None,
     packages: tuple = PACKAGES,  # type: ignore[type-arg]
+    unattended_upgrades: bool = False,
 ):  # type: ignore[no-untyped-def]
     root = good_rootfs(tmp_path / "rootfs")
     if mutate is not None:
@@ -40,6 +42,7 @@ def run_audit(
         waivers=waivers,
         appliance="test",
         version="1",
+        unattended_upgrades=unattended_upgrades,
     )
 
 
@@ -48,10 +51,10 @@ def test_sealed_image_passes_every_check(tmp_path: Path, mirror: str, table: str
     report = run_audit(tmp_path, mirror, table=table)
     assert report.passed, report.summary()
     assert [c.result for c in report.checks] == [CheckStatus.PASS] * len(report.checks)
-    assert len(report.checks) == 22
+    assert len(report.checks) == 35
     sshd = report.check("sshd-password-auth").evidence
     assert "passwordauthentication no (/etc/ssh/sshd_config.d/00-vmi-hardening.conf:2, first match wins)" in sshd
-    assert "audit passed: 22 checks, 0 waived" in report.summary()
+    assert "audit passed: 35 checks, 0 waived" in report.summary()
     assert not list((tmp_path / "scratch").iterdir())  # scratch copy removed
 
 
@@ -71,8 +74,24 @@ def _prepend(path: str, text: str) -> Mutation:
     return mutate
 
 
-def _file(path: str, text: str | bytes = "x\n") -> Mutation:
-    return lambda root: write(root, path, text)
+def _file(path: str, text: str | bytes = "x\n", mode: int = 0o644) -> Mutation:
+    return lambda root: write(root, path, text, mode)
+
+
+def _chmod(path: str, mode: int) -> Mutation:
+    return lambda root: (root / path.lstrip("/")).chmod(mode)
+
+
+def _chown(path: str, uid: int, gid: int) -> Mutation:
+    return lambda root: os.chown(root / path.lstrip("/"), uid, gid)
+
+
+def _link(path: str, target: str) -> Mutation:
+    def mutate(root: Path) -> None:
+        (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, root / path.lstrip("/"))
+
+    return mutate
 
 
 def _replace(path: str, old: str, new: str) -> Mutation:
@@ -134,7 +153,7 @@ BROKEN = {
     "build user": (
         "build-user", _both(_append("/etc/passwd", "packer:x:1000:1000::/home/packer:/bin/bash\n"),
                             _file("/home/packer/.profile"),
-                            _file("/etc/sudoers.d/packer", "packer ALL=(ALL) NOPASSWD:ALL\n")),
+                            _file("/etc/sudoers.d/packer", "packer ALL=(ALL) NOPASSWD:ALL\n", 0o440)),
         "/etc/passwd: build or default account packer exists"),
     "machine-id": (
         "machine-id", _file("/etc/machine-id", "0123456789abcdef0123456789abcdef\n"), "/etc/machine-id holds an id"),
@@ -169,6 +188,64 @@ BROKEN = {
     "package list drift": (
         "package-list", _replace("/var/lib/dpkg/status", "Version: 3.0.15-1~deb12u1", "Version: 3.0.14-1~deb12u1"),
         "openssl 3.0.14-1~deb12u1 is installed but not in manifest.json"),
+    "setuid shell": (
+        "setid-files", _file("/usr/local/bin/rootsh", b"\x7fELF", 0o4755),
+        "/usr/local/bin/rootsh: setuid (mode 4755, uid 0) is not on Debian's set-id allow-list"),
+    "extra set-id bit": (
+        "setid-files", _chmod("/usr/bin/passwd", 0o6755),
+        "/usr/bin/passwd: mode 6755 has more bits than Debian's 4755"),
+    "world-writable file": (
+        "world-writable", _file("/etc/cron.d/job", "* * * * * root sh\n", 0o666),
+        "/etc/cron.d/job: world-writable file (mode 0666)"),
+    "world-writable folder": (
+        "world-writable", _both(_file("/srv/drop/.keep"), _chmod("/srv/drop", 0o777)),
+        "/srv/drop: world-writable folder without the sticky bit (mode 0777)"),
+    "readable shadow": (
+        "shadow-modes", _chmod("/etc/shadow", 0o644), "/etc/shadow: mode 0644, owner 0:shadow: must be at most 0640"),
+    "gshadow owned by a user": (
+        "shadow-modes", _chown("/etc/gshadow", 1, 42),
+        "/etc/gshadow: mode 0640, owner 1:shadow: must be owned by root"),
+    "sudoers drop-in mode": (
+        "sudoers-modes", _file("/etc/sudoers.d/ops", "%sudo ALL=(ALL) ALL\n", 0o644),
+        "/etc/sudoers.d/ops: mode 0644, owner 0:root: must be at most 0440"),
+    "sshd drop-in group-writable": (
+        "sshd-config-modes", _file("/etc/ssh/sshd_config.d/10-extra.conf", "X11Forwarding no\n", 0o664),
+        "/etc/ssh/sshd_config.d/10-extra.conf: mode 0664, owner 0:root: must be at most 0644"),
+    "file of a removed user": (
+        "unowned-files", _both(_file("/opt/tool/run.sh", "#!/bin/sh\n", 0o755), _chown("/opt/tool/run.sh", 1000, 1000)),
+        "/opt/tool/run.sh: uid 1000 is not in /etc/passwd"),
+    "debug shell at boot": (
+        "boot-services", _link("/etc/systemd/system/sysinit.target.wants/debug-shell.service",
+                               "/lib/systemd/system/debug-shell.service"),
+        "/etc/systemd/system/sysinit.target.wants/debug-shell.service: enabled at boot, not in the expected set"),
+    "init=/bin/sh": (
+        "kernel-cmdline", _replace("/boot/grub/grub.cfg", "quiet\n", "quiet init=/bin/sh\n"),
+        "/boot/grub/grub.cfg:4: 'init=/bin/sh' on the kernel command line"),
+    "debug shell on the command line": (
+        "kernel-cmdline", _append("/etc/default/grub", 'GRUB_CMDLINE_LINUX_DEFAULT="quiet systemd.debug-shell=1"\n'),
+        "/etc/default/grub:2 GRUB_CMDLINE_LINUX_DEFAULT: 'systemd.debug-shell=1' on the kernel command line"),
+    "no serial console": (
+        "serial-console", _replace("/etc/default/grub", "console=ttyS0", "console=tty0"),
+        "/etc/default/grub{,.d/*.cfg}: no console=ttyS*/ttyAMA*/hvc* in GRUB_CMDLINE_LINUX*"),
+    "plain GRUB password": (
+        "grub-password", _prepend("/boot/grub/grub.cfg", "set superusers=root\npassword root hunter2\n"),
+        "/boot/grub/grub.cfg:2: plain-text GRUB password (use password_pbkdf2)"),
+    "grub.cfg writable": (
+        "grub-password", _chmod("/boot/grub/grub.cfg", 0o664),
+        "/boot/grub/grub.cfg: mode 0664, uid 0: must be root's and not writable by others"),
+    "source without key": (
+        "apt-signed-by", _file("/etc/apt/sources.list.d/vendor.list", "deb https://repo.example.org/apt stable main\n"),
+        "/etc/apt/sources.list.d/vendor.list:1: https://repo.example.org/apt has no signed-by"),
+    "deb822 key missing": (
+        "apt-signed-by", _file("/etc/apt/sources.list.d/vendor.sources",
+                               "Types: deb\nURIs: https://repo.example.org/apt\nSuites: stable\nComponents: main\n"
+                               "Signed-By: /usr/share/keyrings/vendor.gpg\n"),
+        "vendor.sources stanza 1: signed-by /usr/share/keyrings/vendor.gpg is not in the image"),
+    "third party over http": (
+        "apt-transport", _file("/etc/apt/sources.list",
+                               "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://repo.example.org/apt"
+                               " stable main\n"),
+        "/etc/apt/sources.list:1: http://repo.example.org/apt: third-party repository over http (must be https)"),
 }  # fmt: skip
 
 
@@ -232,11 +309,13 @@ def test_waiver_file_errors_name_file_and_field(tmp_path: Path) -> None:
         load_waivers(path)
     assert err.value.problems == [
         f"{path}: waivers[0].reason: must say why (at least 10 characters)",
-        f"{path}: waivers[1].check: 'nope' is not a check id (one of authorized-keys, build-leftovers, build-user, "
-        "cloud-init-clean, cloud-init-enabled, cloud-init-installed, disk-format, empty-passwords, esp, extra-uid0, "
-        "histories, logs, machine-id, package-list, private-keys, random-seed, root-locked, security-updates, "
-        "ssh-host-keys, "
-        "sshd-password-auth, sshd-root-login, tmp)",
+        f"{path}: waivers[1].check: 'nope' is not a check id (one of "
+        "apt-signed-by, apt-transport, authorized-keys, boot-services, build-leftovers, build-user, "
+        "cloud-init-clean, cloud-init-enabled, cloud-init-installed, disk-format, empty-passwords, esp, "
+        "extra-uid0, grub-password, histories, kernel-cmdline, logs, machine-id, package-list, "
+        "private-keys, random-seed, root-locked, security-updates, serial-console, setid-files, "
+        "shadow-modes, ssh-host-keys, sshd-config-modes, sshd-password-auth, sshd-root-login, "
+        "sudoers-modes, tmp, unattended-upgrades, unowned-files, world-writable)",
     ]
     path.write_text("waivers:\n  - check: logs\n    reason: the demo log is part of the appliance\n")
     assert load_waivers(path) == {"logs": "the demo log is part of the appliance"}
@@ -295,3 +374,42 @@ def test_implausible_gpt_is_refused(tmp_path: Path) -> None:
         f.write(struct.pack("<I", 1_000_000))
     with pytest.raises(ArtifactError, match="implausible GPT"):
         partitions(raw)
+
+
+AUTO_UPGRADES = 'APT::Periodic::Update-Package-Lists "1";\nAPT::Periodic::Unattended-Upgrade "1";\n'
+UU_ORIGINS = 'Unattended-Upgrade::Origins-Pattern {\n  "origin=Debian,codename=${distro_codename}-security";\n};\n'
+UU_PACKAGE = InstalledPackage("unattended-upgrades", "2.9.1+nmu3", "all")
+
+
+def _with_unattended(config: str) -> Mutation:
+    return _both(
+        _append("/var/lib/dpkg/status", "\n" + dpkg_status((UU_PACKAGE,))),
+        _file("/etc/apt/apt.conf.d/50unattended-upgrades", UU_ORIGINS),
+        _file("/etc/apt/apt.conf.d/20auto-upgrades", config),
+    )
+
+
+@pytest.mark.parametrize(
+    ("declared", "mutate", "evidence"),
+    [
+        (True, None, "/var/lib/dpkg/status: unattended-upgrades is not installed"),
+        (True, _with_unattended(AUTO_UPGRADES.replace('Upgrade "1"', 'Upgrade "0"')),
+         'APT::Periodic::Unattended-Upgrade is not enabled in /etc/apt/apt.conf.d'),
+        (False, _with_unattended(AUTO_UPGRADES),
+         "APT::Periodic::Unattended-Upgrade 1 (/etc/apt/apt.conf.d/20auto-upgrades)"),
+    ],
+    ids=["declared-but-absent", "declared-but-switched-off", "on-but-not-declared"],
+)  # fmt: skip
+def test_unattended_upgrades_as_declared(tmp_path: Path, mirror: str, declared: bool, mutate: Mutation | None,
+                                         evidence: str) -> None:  # fmt: skip
+    packages = PACKAGES + ((UU_PACKAGE,) if mutate else ())
+    report = run_audit(tmp_path, mirror, mutate, packages=packages, unattended_upgrades=declared)
+    assert [c.id for c in report.failures] == ["unattended-upgrades"], report.summary()
+    assert any(evidence in line for line in report.check("unattended-upgrades").evidence), report.summary()
+
+
+def test_declared_unattended_upgrades_pass(tmp_path: Path, mirror: str) -> None:
+    report = run_audit(tmp_path, mirror, _with_unattended(AUTO_UPGRADES), packages=PACKAGES + (UU_PACKAGE,),
+                       unattended_upgrades=True)  # fmt: skip
+    assert report.passed, report.summary()
+    assert report.check("unattended-upgrades").evidence[0].startswith("unattended security upgrades on, as declared")

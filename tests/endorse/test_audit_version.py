@@ -130,7 +130,7 @@ def test_audit_image_task_exit_codes(tmp_path: Path, mirror: str) -> None:
 
     ok = audit_image("2026.11.22")
     assert ok.returncode == 0, ok.stderr
-    assert "audit passed: 22 checks, 0 waived" in ok.stdout
+    assert "audit passed: 35 checks, 0 waived" in ok.stdout
     failing = audit_image("2026.11.22.1")
     assert failing.returncode == 1
     assert "FAIL   histories" in failing.stdout and "/root/.bash_history exists" in failing.stdout

@@ -97,7 +97,7 @@ def test_endorse_then_a_site_verifies_and_downloads(
     finally:
         catalogue.close()
     result = endorse_version(settings, "debian-12", "2026.11.22", VO)
-    assert "policy audit passed: 22 checks, 0 waived" in result.summary()
+    assert "policy audit passed: 35 checks, 0 waived" in result.summary()
     assert f"endorsed debian-12 2026.11.22 for {VO}" in result.summary()
     first = result.image_list.hv_version
 
