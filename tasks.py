@@ -170,7 +170,7 @@ def publish(
 @_edge
 def release(c: Context, appliance: str) -> None:
     """Build, package and publish in one go; prints the catalogue URL of the new version."""
-    from pipeline.publish import release_appliance
+    from pipeline.recipe import release_appliance
 
     print(release_appliance(_settings(c), appliance).summary())
 
