@@ -7,8 +7,6 @@ Data flows one way: validate -> build -> package -> publish -> endorse -> (sites
 from __future__ import annotations
 
 import functools
-import inspect
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +20,15 @@ from pipeline.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent
 F = TypeVar("F", bound=Callable[..., Any])
+# Invoke checks required arguments only for positional ones (which still take `--name value`), but its
+# parser gives a missing positional the next token, `--help` included: when help is asked for, no
+# argument is positional, so Invoke's own help answers `invoke <task> --help`.
+_HELP_ASKED = not {"--help", "-h"}.isdisjoint(sys.argv[1:])
+
+
+def _required(*names: str) -> list[str]:
+    """The task's required arguments, in the order they may be given without their flag."""
+    return [] if _HELP_ASKED else list(names)
 
 
 def _settings(c: Context) -> Settings:
@@ -33,17 +40,6 @@ def _edge(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(c: Context, *args: Any, **kwargs: Any) -> Any:
-        if any(v in ("--help", "-h") for v in [*args, *kwargs.values()]):
-            # invoke takes `--help` after a task as the value of its first positional argument
-            name = func.__name__.replace("_", "-")
-            os.execv(sys.executable, [sys.executable, sys.argv[0], "--help", name])
-        missing = [
-            "--" + name.replace("_", "-")
-            for name, param in list(inspect.signature(func).parameters.items())[1:]
-            if param.default is inspect.Parameter.empty and kwargs.get(name) is None
-        ]
-        if missing and not args:
-            raise Exit(f"error: missing required option(s): {', '.join(missing)} (see --help)", code=2)
         setup_logging(verbose=bool(c.config.get("run", {}).get("echo")))
         try:
             return func(c, *args, **kwargs)
@@ -70,7 +66,7 @@ def validate(c: Context) -> None:
 
 
 @task(
-    positional=[],
+    positional=_required("appliance"),
     help={
         "appliance": "appliance name (folder under packer_templates/)",
         "version": "version to build (default: today's date, YYYY.MM.DD[.N])",
@@ -87,7 +83,7 @@ def build(c: Context, appliance: str, version: str | None = None, force: bool = 
 
 
 @task(
-    positional=[],
+    positional=_required("appliance"),
     help={
         "appliance": "appliance whose metadata describes the image",
         "version": "built version to package (default: the newest)",
@@ -131,7 +127,7 @@ def package(
 
 @task(
     name="verify-ova",
-    positional=["path"],
+    positional=_required("path"),
     help={
         "path": "the .ova to check",
         "max_capacity_gib": "refuse disks whose declared capacity is larger (default 16384 GiB = 16 TiB)",
@@ -148,7 +144,7 @@ def verify_ova(c: Context, path: str, max_capacity_gib: int = 16384, max_members
 
 
 @task(
-    positional=[],
+    positional=_required("appliance"),
     help={
         "appliance": "appliance to publish",
         "version": "packaged version (default: the newest)",
@@ -166,11 +162,11 @@ def publish(
     print(publish_version(_settings(c), appliance, version=version, dry_run=dry_run, insecure=insecure).summary())
 
 
-@task(positional=[], help={"appliance": "appliance to release"})
+@task(positional=_required("appliance"), help={"appliance": "appliance to release"})
 @_edge
 def release(c: Context, appliance: str) -> None:
     """Build, package and publish in one go; prints the catalogue URL of the new version."""
-    from pipeline.publish import release_appliance
+    from pipeline.recipe import release_appliance
 
     print(release_appliance(_settings(c), appliance).summary())
 
@@ -207,7 +203,9 @@ def audit(c: Context) -> None:
 
 
 @task(
-    name="audit-image", positional=[], help={"appliance": "appliance", "version": "built version (default: the newest)"}
+    name="audit-image",
+    positional=_required("appliance"),
+    help={"appliance": "appliance", "version": "built version (default: the newest)"},
 )
 @_edge
 def audit_image(c: Context, appliance: str, version: str | None = None) -> None:
@@ -221,7 +219,7 @@ def audit_image(c: Context, appliance: str, version: str | None = None) -> None:
 
 
 @task(
-    positional=[],
+    positional=_required("appliance", "version", "vo"),
     help={
         "appliance": "appliance",
         "version": "published version",
@@ -258,7 +256,7 @@ def dev_ca(c: Context, out: str = "~/.vmi-dev-ca") -> None:
 
 @task(
     name="verify-list",
-    positional=["source"],
+    positional=_required("source", "ca"),
     help={
         "source": "image list file or URL",
         "ca": "CA certificate(s) (PEM) to trust",
@@ -303,7 +301,7 @@ def verify_list(
 
 
 @task(
-    positional=["old", "new"],
+    positional=_required("old", "new", "appliance"),
     help={
         "appliance": "appliance whose two built versions to compare",
         "old": "the earlier version (e.g. 2026.11.22)",
@@ -380,7 +378,9 @@ def ci_matrix(c: Context, changed_only: str | None = None, format: str = "github
 
 
 @task(
-    name="new-appliance", positional=["name"], help={"name": "new appliance name", "from_": "appliance to layer it on"}
+    name="new-appliance",
+    positional=_required("name"),
+    help={"name": "new appliance name", "from_": "appliance to layer it on"},
 )
 @_edge
 def new_appliance(c: Context, name: str, from_: str = "debian-13") -> None:

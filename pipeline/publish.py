@@ -31,7 +31,8 @@ from pipeline.errors import ArtifactError, UploadError
 from pipeline.formats.sbom import sbom_file_name, sbom_json
 from pipeline.fsutil import Digests
 from pipeline.log import log, step
-from pipeline.manifest import Artifact, BuildManifest, find_version
+from pipeline.manifest import Artifact, BuildManifest
+from pipeline.package import PackageResult
 from pipeline.publicurls import public_url_warning
 from pipeline.repository import PutOutcome, PutResult, Repository, UploadJournal, UploadTuning, open_repository
 from pipeline.repository.journal import exclusive
@@ -136,10 +137,10 @@ def payload_json(payload: VersionPayload) -> dict[str, Any]:
     return data
 
 
-def plan_publish(settings: Settings, name: str, version: str | None, repository: Repository) -> PublishPlan:
+def plan_publish(packaged: PackageResult, repository: Repository) -> PublishPlan:
     """Check the version is packaged and its files are all there, and work out keys and payload."""
-    appliance = find_appliance(settings.templates_dir, name, settings.provisioners_dir)
-    version_dir, manifest = find_version(settings.output_dir, name, version)
+    appliance, version_dir, manifest = _built(packaged)
+    name = appliance.name
     uploads, problems = [], []
     for role, required in PUBLISHED:
         found = [a for a in manifest.artifacts if a.role == role]
@@ -181,6 +182,13 @@ def sbom_artifact(manifest: BuildManifest) -> Artifact:
     return Artifact(sbom_file_name(manifest), "sbom-derived", "json", d.size, d.sha256, d.sha512)
 
 
+def _built(packaged: PackageResult) -> tuple[Appliance, Path, BuildManifest]:
+    """What a packaged built version carries: the definition, its folder and its manifest."""
+    if packaged.manifest is None:  # packaged from --disk: no build manifest, nothing to register
+        raise ArtifactError(f"{packaged.out_dir}: not a built version", hint="publish a version `invoke build` made")
+    return packaged.definition, packaged.out_dir, packaged.manifest
+
+
 def hash_bytes(data: bytes) -> Digests:
     return Digests(len(data), hashlib.sha256(data).hexdigest(), hashlib.sha512(data).hexdigest())
 
@@ -197,12 +205,25 @@ def publish_version(
 
     ``insecure``: plain HTTP to a registry on a loopback address (tests); refused for any other host.
     """
+    appliance = find_appliance(settings.templates_dir, name, settings.provisioners_dir)
+    return publish_packaged(settings, PackageResult.load(settings, appliance, version), dry_run, tuning, insecure)
+
+
+def publish_packaged(
+    settings: Settings,
+    packaged: PackageResult,
+    dry_run: bool = False,
+    tuning: UploadTuning | None = None,
+    insecure: bool = False,
+) -> PublishResult:
+    """The recipe's publish step: ``publish_version`` for what the package step returned."""
+    name = packaged.appliance
     if (warning := public_url_warning(settings)) is not None:  # the defaults name this machine
         log.warning("%s", warning)
     repository = open_repository(settings, tuning, insecure)
     if isinstance(repository, OciRepository):
-        return _publish_oci(settings, repository, name, version, dry_run)
-    plan = plan_publish(settings, name, version, repository)
+        return _publish_oci(settings, repository, packaged, dry_run)
+    plan = plan_publish(packaged, repository)
     if dry_run:
         return PublishResult(plan, dry_run=True)
     what = f"{name} {plan.manifest.version}"
@@ -219,10 +240,10 @@ def publish_version(
     return PublishResult(plan, False, tuple(puts), registered, catalogue_page(settings, name, plan.manifest.version))
 
 
-def plan_oci(settings: Settings, name: str, version: str | None, repository: OciRepository) -> PublishPlan:
+def plan_oci(packaged: PackageResult, repository: OciRepository) -> PublishPlan:
     """The image artifact (qcow2 + EGI annotations + SBOM referrer) and the payload naming its reference."""
-    appliance = find_appliance(settings.templates_dir, name, settings.provisioners_dir)
-    version_dir, manifest = find_version(settings.output_dir, name, version)
+    appliance, version_dir, manifest = _built(packaged)
+    name = appliance.name
     disk = manifest.artifact("qcow2")
     path = version_dir / disk.name
     actual = path.stat().st_size if path.is_file() else None
@@ -242,9 +263,10 @@ def plan_oci(settings: Settings, name: str, version: str | None, repository: Oci
 
 
 def _publish_oci(
-    settings: Settings, repository: OciRepository, name: str, version: str | None, dry_run: bool
+    settings: Settings, repository: OciRepository, packaged: PackageResult, dry_run: bool
 ) -> PublishResult:
-    plan = plan_oci(settings, name, version, repository)
+    name = packaged.appliance
+    plan = plan_oci(packaged, repository)
     if dry_run or plan.oci is None:
         return PublishResult(plan, dry_run=True)
     what = f"{name} {plan.manifest.version}"
@@ -297,51 +319,6 @@ def _upload_all(repository: Repository, plan: PublishPlan) -> list[PutResult]:
 
 def catalogue_page(settings: Settings, name: str, version: str) -> str:
     return f"{settings.catalogue_public_url.rstrip('/')}/appliances/{name}/{version}"
-
-
-# -- release: build + package + publish ---------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReleaseResult:
-    steps: tuple[str, ...]  # the summary of each stage
-    publish: PublishResult
-    embedded: bool  # the default file repository + in-process catalogue: `invoke serve` shows it
-
-    def summary(self) -> str:
-        text = "\n\n".join(self.steps)
-        if self.embedded and self.publish.catalogue_url:
-            text += f"\n\nrun `invoke serve`, then open {self.publish.catalogue_url}"
-        return text
-
-
-def release_appliance(settings: Settings, name: str, tuning: UploadTuning | None = None) -> ReleaseResult:
-    """Build (or reuse an up-to-date build), package and publish an appliance in one go."""
-    from pipeline.builder import build_appliance
-    from pipeline.package import package_appliance
-
-    built = build_appliance(settings, name)
-    version = built.manifest.version
-    if _packaged(built.version_dir, built.manifest):
-        # a rerun after a failed publish: the packages are reproducible, so making them again only costs time
-        package_summary = f"{name} {version} is already packaged in {built.version_dir}"
-    else:
-        package_summary = package_appliance(settings, name, version=version).summary()
-    published = publish_version(settings, name, version=version, tuning=tuning)
-    embedded = settings.repository.startswith("file://") and not settings.catalogue.startswith(("http://", "https://"))
-    return ReleaseResult((built.summary(), package_summary, published.summary()), published, embedded)
-
-
-def _packaged(version_dir: Path, manifest: BuildManifest) -> bool:
-    """Every required package artifact is recorded and present with its recorded size."""
-    found = {a.role: a for a in manifest.artifacts}
-    return all(
-        role in found
-        and (version_dir / found[role].name).is_file()
-        and (version_dir / found[role].name).stat().st_size == found[role].size
-        for role, required in PUBLISHED
-        if required
-    )
 
 
 # -- audit: is the repository still what the catalogue says? -------------------------------------

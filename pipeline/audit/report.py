@@ -263,6 +263,13 @@ def audit_version(settings: Settings, name: str, version: str | None = None) -> 
     version in the catalogue when it is registered there. A failing check is in the report, not raised."""
     appliance = find_appliance(settings.templates_dir, name, settings.provisioners_dir)
     version_dir, manifest = find_version(settings.output_dir, name, version)
+    return audit_and_record(settings, appliance, version_dir, manifest)
+
+
+def audit_and_record(
+    settings: Settings, appliance: Appliance, version_dir: Path, manifest: BuildManifest
+) -> AuditReport:
+    """``audit_version`` for a version already loaded (the recipe's audit step)."""
     report = audit_build(settings, appliance, version_dir, manifest)
     write_text_atomic(version_dir / AUDIT_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
     log.info("audit report written to %s", version_dir / AUDIT_FILE)

@@ -34,7 +34,7 @@ from pipeline.builder.seed import build_user_data, generate_ssh_key, meta_data, 
 from pipeline.errors import BuildError, ConfigError, PipelineError
 from pipeline.fsutil import hash_file
 from pipeline.log import log, step
-from pipeline.manifest import Artifact, BuildManifest, InstalledPackage
+from pipeline.manifest import Artifact, BuildManifest, InstalledPackage, find_version
 from pipeline.settings import Settings
 
 BUILD_USER = "vmi-build"
@@ -50,6 +50,13 @@ class BuildResult:
     manifest: BuildManifest
     up_to_date: bool
     elapsed: float
+    definition: Appliance  # the parsed appliance.yaml, handed on so no later stage parses it again
+
+    @classmethod
+    def load(cls, settings: Settings, definition: Appliance, version: str | None = None) -> BuildResult:
+        """A built version as it is on disk (default: the newest): where a stopped recipe resumes."""
+        version_dir, manifest = find_version(settings.output_dir, definition.name, version)
+        return cls(definition.name, manifest.version, version_dir, manifest, True, 0.0, definition)
 
     @property
     def disk(self) -> Path:
@@ -104,14 +111,23 @@ def build_inputs(
 
 def build_appliance(settings: Settings, name: str, version: str | None = None, force: bool = False) -> BuildResult:
     """Build ``name`` into ``<output>/<name>/<version>/`` unless a build of the same inputs exists."""
+    return build_definition(
+        settings, find_appliance(settings.templates_dir, name, settings.provisioners_dir), version, force
+    )
+
+
+def build_definition(
+    settings: Settings, appliance: Appliance, version: str | None = None, force: bool = False
+) -> BuildResult:
+    """``build_appliance`` for an appliance already parsed (the recipe parses it once per release)."""
     start = time.monotonic()
-    appliance = find_appliance(settings.templates_dir, name, settings.provisioners_dir)
+    name = appliance.name
     tools = tool_versions(appliance)
     digest, inputs = build_inputs(settings, appliance, tools)
     out = settings.output_dir / name
     if not force and (found := find_up_to_date(out, digest)) and version in (None, found[1].version):
         log.info("%s: up to date (%s, inputs %s)", name, found[1].version, digest[:12])
-        return BuildResult(name, found[1].version, found[0], found[1], True, time.monotonic() - start)
+        return BuildResult(name, found[1].version, found[0], found[1], True, time.monotonic() - start, appliance)
     version = version or next_version(out, dt.datetime.now(dt.UTC).date())
     final = out / version
     if final.exists() and not force:
@@ -157,7 +173,7 @@ def build_appliance(settings: Settings, name: str, version: str | None = None, f
         stage.chmod(0o755)  # mkdtemp/mkstemp make them private; the version is for everyone to read
         _publish(stage, final)
     log.info("%s %s ready in %s", name, version, final)
-    return BuildResult(name, version, final, BuildManifest.load(final), False, time.monotonic() - start)
+    return BuildResult(name, version, final, manifest, False, time.monotonic() - start, appliance)
 
 
 def image_properties(appliance: Appliance) -> dict[str, str]:

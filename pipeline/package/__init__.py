@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.appliance import Appliance, find_appliance
 from pipeline.errors import ArtifactError, ConfigError
@@ -27,7 +28,7 @@ from pipeline.formats.sbom import write_sbom
 from pipeline.formats.vmdk_write import StreamVmdk, VmdkWriteError
 from pipeline.fsutil import Digests, atomic_path, hash_file
 from pipeline.log import log, step
-from pipeline.manifest import Artifact, BuildManifest, find_version
+from pipeline.manifest import MANIFEST_FILE, Artifact, BuildManifest, find_version
 from pipeline.package import formats
 from pipeline.package.images import DiskFormat, inspect_disk
 from pipeline.package.ova import (
@@ -42,8 +43,12 @@ from pipeline.package.ova import (
 from pipeline.package.ovf import PROFILES, DiskRef, HardwareProfile, build_descriptor, derived_id
 from pipeline.settings import Settings
 
-__all__ = ["PackageResult", "package_appliance", "package_ova"]
+if TYPE_CHECKING:  # `invoke package` need not import the build stage
+    from pipeline.builder import BuildResult
 
+__all__ = ["PackageResult", "package_appliance", "package_build", "package_ova"]
+
+BUILD_ROLES = ("build-disk", "log")  # what the build stage records; everything else is the package's
 PUBLISHED_MODE = 0o644  # outputs are meant to be downloaded; the temp files they start as are 0600
 
 
@@ -55,8 +60,27 @@ class PackageResult:
     artifacts: tuple[Artifact, ...]
     manifest_path: Path | None
     timings: dict[str, float]
+    definition: Appliance  # the parsed appliance.yaml, handed on to publish
+    manifest: BuildManifest | None = None  # a built version's manifest, package artifacts included
+    reused: bool = False  # packaged by an earlier run, found complete on disk
+
+    @classmethod
+    def of_build(cls, definition: Appliance, version_dir: Path, manifest: BuildManifest) -> PackageResult:
+        """A built version whose manifest records its packages already (nothing is checked here:
+        publish proves every file before it sends one)."""
+        packaged = tuple(a for a in manifest.artifacts if a.role not in BUILD_ROLES)
+        path = version_dir / MANIFEST_FILE
+        return cls(definition.name, manifest.version, version_dir, packaged, path, {}, definition, manifest, True)
+
+    @classmethod
+    def load(cls, settings: Settings, definition: Appliance, version: str | None = None) -> PackageResult:
+        """A packaged version as it is on disk (default: the newest): where a stopped recipe resumes."""
+        version_dir, manifest = find_version(settings.output_dir, definition.name, version)
+        return cls.of_build(definition, version_dir, manifest)
 
     def summary(self) -> str:
+        if self.reused:
+            return f"{self.appliance} {self.version} is already packaged in {self.out_dir}"
         lines = [f"packaged {self.appliance} {self.version} in {self.out_dir}"]
         for a in self.artifacts:
             lines.append(f"  {a.name:<40} {a.size:>14,} bytes  sha256 {a.sha256}")
@@ -92,6 +116,32 @@ def package_appliance(
     if sign_key is not None and sign_cert is not None:
         load_signer(sign_key, sign_cert)  # a bad pair stops us before any conversion starts
     source, fmt, version, out_dir, epoch, manifest = _inputs(settings, name, version, disk, out)
+    return _package(appliance, source, fmt, version, out_dir, epoch, manifest, raw, sign_key, sign_cert, profile)
+
+
+def package_build(built: BuildResult, profile: HardwareProfile = HardwareProfile.PORTABLE) -> PackageResult:
+    """The recipe's package step: the build result's disk, next to its manifest, no file read again."""
+    source, fmt = _build_disk(built.version_dir, built.manifest)
+    epoch = source_date_epoch(built.manifest.created)
+    return _package(
+        built.definition, source, fmt, built.version, built.version_dir, epoch, built.manifest, profile=profile
+    )
+
+
+def _package(
+    appliance: Appliance,
+    source: Path,
+    fmt: DiskFormat,
+    version: str,
+    out_dir: Path,
+    epoch: int,
+    manifest: BuildManifest | None,
+    raw: bool = False,
+    sign_key: Path | None = None,
+    sign_cert: Path | None = None,
+    profile: HardwareProfile = HardwareProfile.PORTABLE,
+) -> PackageResult:
+    name = appliance.name
     stem = f"{name}-{version}"
     timings: dict[str, float] = {}
     with step("package", timings):
@@ -124,10 +174,9 @@ def package_appliance(
             artifacts.append(Artifact.from_digests(sums_name, f"{algo}sums", "text", digests))
     manifest_path = None
     if manifest is not None:
-        manifest_path = manifest.with_artifacts(artifacts, {f"package.{k}": v for k, v in timings.items()}).save(
-            out_dir
-        )
-    return PackageResult(name, version, out_dir, tuple(artifacts), manifest_path, timings)
+        manifest = manifest.with_artifacts(artifacts, {f"package.{k}": v for k, v in timings.items()})
+        manifest_path = manifest.save(out_dir)
+    return PackageResult(name, version, out_dir, tuple(artifacts), manifest_path, timings, appliance, manifest)
 
 
 def _inputs(
@@ -138,20 +187,26 @@ def _inputs(
         if out is not None:
             raise ConfigError("--out only applies with --disk (a built version is packaged next to its manifest)")
         version_dir, manifest = find_version(settings.output_dir, name, version)
-        build_disk = manifest.artifact("build-disk")
-        source, fmt = version_dir / build_disk.name, DiskFormat(build_disk.format)
-        actual = source.stat().st_size if source.is_file() else None
-        if actual != build_disk.size:  # cheap guard; the full digest would cost another pass over the disk
-            raise ArtifactError(
-                f"{source}: the build disk is {'missing' if actual is None else f'{actual} bytes'}, "
-                f"the manifest recorded {build_disk.size} bytes",
-                hint=f"rebuild with `invoke build --appliance {name} --force`",
-            )
+        source, fmt = _build_disk(version_dir, manifest)
         return source, fmt, manifest.version, version_dir, source_date_epoch(manifest.created), manifest
     if out is None:
         raise ConfigError("--out is required with --disk: the folder to write the packages into")
     version = version or _today()
     return disk, _declared_format(disk), version, out, source_date_epoch(None, version), None
+
+
+def _build_disk(version_dir: Path, manifest: BuildManifest) -> tuple[Path, DiskFormat]:
+    """The build disk a manifest records, if it is there with its recorded size."""
+    build_disk = manifest.artifact("build-disk")
+    source, fmt = version_dir / build_disk.name, DiskFormat(build_disk.format)
+    actual = source.stat().st_size if source.is_file() else None
+    if actual != build_disk.size:  # cheap guard; the full digest would cost another pass over the disk
+        raise ArtifactError(
+            f"{source}: the build disk is {'missing' if actual is None else f'{actual} bytes'}, "
+            f"the manifest recorded {build_disk.size} bytes",
+            hint=f"rebuild with `invoke build --appliance {manifest.appliance} --force`",
+        )
+    return source, fmt
 
 
 def check_source(source: Path, fmt: DiskFormat) -> int:

@@ -1,4 +1,4 @@
-"""Carry out a rebuild plan: build -> package -> audit -> publish -> endorse, appliance by appliance.
+"""Carry out a rebuild plan: the recipe (build -> package -> audit -> publish -> endorse), appliance by appliance.
 
 Appliances run in dependency order. A failure is recorded with the step it happened in and does not
 stop the others; appliances layered on a failed one are skipped, saying why. The report's table is
@@ -10,34 +10,21 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from pipeline.appliance import Appliance
+from pipeline.builder import BuildResult
 from pipeline.errors import PipelineError
 from pipeline.log import log, step
 from pipeline.rebuild.decide import Decision
 from pipeline.rebuild.plan import Plan, format_table
 from pipeline.rebuild.retention import RetentionReport
+from pipeline.recipe import STEPS, AuditOutcome, Stages, run_recipe
 
-
-@dataclass(frozen=True)
-class AuditOutcome:
-    passed: bool
-    detail: str  # e.g. "27 checks passed" or the ids of the failing checks
+__all__ = ["AuditOutcome", "LostRace", "Outcome", "RebuildReport", "Stages", "execute"]
 
 
 class LostRace(PipelineError):
     """Another run published this version of the appliance first (raised by ``Stages.publish``)."""
-
-
-class Stages(Protocol):
-    """The other stages, as the rebuild drives them (``stages.PipelineStages`` calls the real ones)."""
-
-    def build(self, appliance: str, version: str | None = None) -> str: ...  # returns the new version
-    def package(self, appliance: str, version: str) -> None: ...
-    def audit(self, appliance: str, version: str) -> AuditOutcome: ...
-    def publish(self, appliance: str, version: str) -> None: ...
-    def endorse(self, appliance: str, version: str, vo: str) -> None: ...
 
 
 class Outcome(enum.StrEnum):
@@ -140,39 +127,38 @@ def execute(
 def _rebuild_one(appliance: Appliance, decision: Decision, stages: Stages, version: str | None) -> ApplianceResult:
     name = appliance.name
     result = ApplianceResult(decision, Outcome.FAILED)
-    current = "build"
     log.info("%s: rebuilding because %s", name, decision.why())
+
+    def done(step_name: str, outcome: object) -> None:
+        result.steps.append(step_name)
+        if isinstance(outcome, BuildResult):
+            result.version = outcome.version
+
+    vos = appliance.vos if appliance.rebuild.auto_endorse else ()
     try:
         with step(f"rebuild {name}"):
-            result.version = version = stages.build(name, version)
-            result.steps.append(current)
-            current = "package"
-            stages.package(name, version)
-            result.steps.append(current)
-            current = "audit"
-            audit = stages.audit(name, version)
-            result.steps.append(current)
-            current = "publish"
-            stages.publish(name, version)
-            result.steps.append(current)
-            current = "endorse"
-            _endorse(appliance, version, audit, stages, result)
+            cooked = run_recipe(appliance, stages, version=version, audit=True, endorse_for=vos, done=done)
+        assert cooked.audit is not None  # asked for
+        _outcome(appliance, cooked.audit, result)
     except LostRace as e:
         result.outcome = Outcome.ALREADY_BUILT
         result.detail = f"already built by another run: {e.message}"
         log.warning("%s: already built by another run: %s", name, e.message)
     except PipelineError as e:
+        current = STEPS[len(result.steps)]
         result.outcome = Outcome.FAILED
         result.detail = f"{current} failed: {e.message.splitlines()[0]}"
         log.error("%s: %s failed:\n%s", name, current, e)
     except Exception as e:  # a bug in one stage must not stop the scheduled run for the others
+        current = STEPS[len(result.steps)]
         result.outcome = Outcome.FAILED
         result.detail = f"{current} failed with an unexpected error: {type(e).__name__}: {e}"
         log.exception("%s: unexpected error in %s", name, current)
     return result
 
 
-def _endorse(appliance: Appliance, version: str, audit: AuditOutcome, stages: Stages, result: ApplianceResult) -> None:
+def _outcome(appliance: Appliance, audit: AuditOutcome, result: ApplianceResult) -> None:
+    """What the recipe's run means for the report (the recipe endorsed only after a passing audit)."""
     reasons = ", ".join(result.decision.reasons)
     if not audit.passed:
         result.outcome = Outcome.AUDIT_FAILED
@@ -183,8 +169,5 @@ def _endorse(appliance: Appliance, version: str, audit: AuditOutcome, stages: St
         policy = "no VOs" if not appliance.vos else "rebuild.auto_endorse is off"
         result.detail = f"published ({reasons}); not endorsed: {policy}"
         return
-    for vo in appliance.vos:
-        stages.endorse(appliance.name, version, vo)
-    result.steps.append("endorse")
     result.outcome = Outcome.ENDORSED
     result.detail = f"published and endorsed for {', '.join(appliance.vos)} ({reasons})"

@@ -11,7 +11,7 @@ import pytest
 from pipeline.catalogue.client import open_catalogue
 from pipeline.fsutil import hash_file
 from pipeline.manifest import BuildManifest
-from pipeline.publish import release_appliance
+from pipeline.recipe import release_appliance
 from pipeline.settings import Settings
 
 pytestmark = [pytest.mark.slow, pytest.mark.build]

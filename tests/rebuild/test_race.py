@@ -15,9 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.appliance import Appliance
+from pipeline.builder import BuildResult
 from pipeline.catalogue.http_client import HttpCatalogue
 from pipeline.fsutil import hash_file
 from pipeline.manifest import Artifact
+from pipeline.package import PackageResult
 from pipeline.rebuild import rebuild_appliances
 from pipeline.rebuild.execute import AuditOutcome, Outcome, RebuildReport
 from pipeline.rebuild.stages import PipelineStages
@@ -37,8 +40,9 @@ class PackagedByQemuImg(PipelineStages):
         self.both_built = both_built
         self.size = size
 
-    def build(self, appliance: str, version: str | None = None) -> str:
+    def build(self, definition: Appliance, version: str | None = None) -> BuildResult:
         assert version is not None  # named when the run decided
+        appliance = definition.name
         out = self.settings.version_dir(appliance, version)
         out.mkdir(parents=True)
         qcow2 = out / f"{appliance}-{version}.qcow2"
@@ -59,12 +63,12 @@ class PackagedByQemuImg(PipelineStages):
         m = dataclasses.replace(manifest(appliance, version, created="2026-12-02T06:00:00Z"), artifacts=artifacts)
         (out / "manifest.json").write_text(m.to_json())
         self.both_built.wait(60)
-        return version
+        return BuildResult.load(self.settings, definition, version)
 
-    def package(self, appliance: str, version: str) -> None:
-        pass  # packaged by build
+    def package(self, built: BuildResult) -> PackageResult:
+        return PackageResult.of_build(built.definition, built.version_dir, built.manifest)  # packaged by build
 
-    def audit(self, appliance: str, version: str) -> AuditOutcome:
+    def audit(self, packaged: PackageResult) -> AuditOutcome:
         return AuditOutcome(True, "not audited here")
 
 

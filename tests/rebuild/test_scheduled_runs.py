@@ -19,9 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.appliance import Appliance
+from pipeline.builder import BuildResult
 from pipeline.catalogue.http_client import HttpCatalogue
 from pipeline.endorse.pki import make_dev_ca
 from pipeline.manifest import BuildManifest, find_version
+from pipeline.package import PackageResult
 from pipeline.rebuild import rebuild_appliances
 from pipeline.rebuild.decide import Reason
 from pipeline.rebuild.execute import Outcome, RebuildReport
@@ -44,15 +47,17 @@ class ReferenceBaseline(PipelineStages):
         super().__init__(settings)
         self.reference, self.version = reference, version
 
-    def build(self, appliance: str, version: str | None = None) -> str:
-        if appliance != "debian-12":
+    def build(self, appliance: Appliance, version: str | None = None) -> BuildResult:
+        if appliance.name != "debian-12":
             return super().build(appliance, version)
-        shutil.copytree(self.reference, self.settings.version_dir(appliance, self.version), copy_function=os.link)
-        return self.version
+        target = self.settings.version_dir(appliance.name, self.version)
+        shutil.copytree(self.reference, target, copy_function=os.link)
+        return BuildResult.load(self.settings, appliance, self.version)
 
-    def package(self, appliance: str, version: str) -> None:
-        if appliance != "debian-12":
-            super().package(appliance, version)
+    def package(self, built: BuildResult) -> PackageResult:
+        if built.appliance != "debian-12":
+            return super().package(built)
+        return PackageResult.of_build(built.definition, built.version_dir, built.manifest)
 
 
 @pytest.mark.slow
