@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.catalogue.signing import sign_image_list
 from pipeline.endorse.pki import DevCa, Issued, make_dev_ca, parse_dn, rfc4514_dn
 from pipeline.errors import ConfigError
-from pipeline.formats.imagelist import Endorser, sign_image_list
+from pipeline.formats.imagelist import Endorser
 from tests.endorse.lists import make_entry, make_list
 
 ROOT = Path(__file__).resolve().parents[2]
