@@ -1,4 +1,9 @@
-"""``serve_catalogue``: what ``invoke serve`` runs (migrate, optional bootstrap token, uvicorn)."""
+"""``serve_catalogue``: what ``invoke serve`` runs (migrate, optional bootstrap token, uvicorn), and
+``migrate_catalogue``: what ``invoke catalogue-migrate`` runs.
+
+These two are where the schema changes: opening the catalogue in-process never migrates an existing
+database (it refuses one behind the code, naming ``invoke catalogue-migrate``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import uvicorn
 
 from pipeline.catalogue import auth
 from pipeline.catalogue.app import create_app
-from pipeline.catalogue.db import make_engine, migrate, session_factory
+from pipeline.catalogue.db import current_revision, head_revision, make_engine, migrate, session_factory
 from pipeline.catalogue.models import Role
 from pipeline.catalogue.pages.links import is_loopback_url
 from pipeline.catalogue.settings import DEFAULT_TOKEN_DAYS, CatalogueSettings, catalogue_settings
@@ -37,6 +42,18 @@ def bootstrap_token(database_url: str, spec: str, token_days: int = DEFAULT_TOKE
         return issued.token, issued.info.expires
     finally:
         engine.dispose()
+
+
+def migrate_catalogue(settings: Settings) -> tuple[str | None, str]:
+    """Bring the catalogue database to the newest schema; (revision before, revision now)."""
+    url = catalogue_settings(settings).database_url
+    engine = make_engine(url)
+    try:
+        before = current_revision(engine)
+    finally:
+        engine.dispose()
+    migrate(url)
+    return before, head_revision()
 
 
 def demo_settings(cat: CatalogueSettings, host: str, port: int, local_demo: bool) -> CatalogueSettings:
