@@ -18,6 +18,7 @@ from pipeline.catalogue.db import current_revision, head_revision, make_engine, 
 from pipeline.catalogue.models import Role
 from pipeline.catalogue.pages.links import is_loopback_url
 from pipeline.catalogue.settings import DEFAULT_TOKEN_DAYS, CatalogueSettings, catalogue_settings
+from pipeline.catalogue.signing import ImageListSigner
 from pipeline.catalogue.uow import UnitOfWork
 from pipeline.errors import ConfigError
 from pipeline.log import log
@@ -92,8 +93,12 @@ def serve_catalogue(
             f"{expires:%Y-%m-%d %H:%M}",
             token,
         )
-    if cat.signing_key is None:
+    if cat.signing_key is None or cat.signing_cert is None:
         log.warning("no VMI_SIGNING_KEY/VMI_SIGNING_CERT: endorsements (signed image lists) are refused")
+    elif not cat.signing_key.expanduser().is_file():  # fail at start; the key itself is read at the first list
+        raise ConfigError(f"VMI_SIGNING_KEY: {cat.signing_key}: signing key file not found")
+    else:
+        ImageListSigner(cat, cat.signing_key, cat.signing_cert).certificate()  # a wrong certificate fails here
     log.info(
         "catalogue on http://%s:%d/ (API docs at /api/v1/docs), database %s",
         host,
