@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from pipeline.errors import ConfigError
-from pipeline.formats.imagelist import openssl_dn, rfc4514_dn
 from pipeline.fsutil import atomic_write, write_text_atomic
 from pipeline.log import log
 
@@ -154,6 +153,8 @@ class DevCa:
 
 def make_dev_ca(out: Path) -> DevCa:
     """Write ``ca.pem``, ``ca.key``, ``endorser.key``, ``endorser.pem`` and a warning README into ``out``."""
+    from pipeline.formats.imagelist import openssl_dn
+
     ca = make_ca()
     endorser = issue_endorser(ca)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,6 +182,11 @@ def make_dev_ca(out: Path) -> DevCa:
 _RFC4514_NAMES = {"emailAddress": NameOID.EMAIL_ADDRESS, "E": NameOID.EMAIL_ADDRESS, "UID": NameOID.USER_ID}
 
 
+def rfc4514_dn(name: x509.Name) -> str:
+    """A Name as RFC 4514 text, most specific first (``CN=y,O=x,DC=org``): LDAP's and Python's spelling."""
+    return name.rfc4514_string({NameOID.EMAIL_ADDRESS: "emailAddress"})
+
+
 def parse_dn(text: str, what: str = "--endorser-dn") -> str:
     """A DN given as OpenSSL's slash form or as RFC 4514, returned in the slash form image lists use.
 
@@ -188,6 +194,8 @@ def parse_dn(text: str, what: str = "--endorser-dn") -> str:
     whose order is the reverse, so both spellings of one certificate's subject give the same string.
     Bad input: one line naming ``what``.
     """
+    from pipeline.formats.imagelist import openssl_dn
+
     value = text.strip()
     if value.startswith("/"):
         if "=" not in value or any("=" not in part for part in value[1:].split("/") if part):

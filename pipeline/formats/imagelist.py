@@ -373,11 +373,6 @@ def openssl_dn(name: x509.Name) -> str:
     return "".join(parts)
 
 
-def rfc4514_dn(name: x509.Name) -> str:
-    """A Name as RFC 4514 text, most specific first (``CN=y,O=x,DC=org``): LDAP's and Python's spelling."""
-    return name.rfc4514_string({NameOID.EMAIL_ADDRESS: "emailAddress"})
-
-
 def _first(name: x509.Name, oid: x509.ObjectIdentifier) -> str | None:
     attrs = name.get_attributes_for_oid(oid)
     if not attrs:

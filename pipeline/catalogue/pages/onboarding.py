@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from pipeline.catalogue.endorsements import ListSigner
-from pipeline.catalogue.signing import ImageListSigner
-from pipeline.formats.imagelist import list_identifier, openssl_dn, rfc4514_dn
+from pipeline.endorse.pki import rfc4514_dn
+from pipeline.formats.imagelist import list_identifier, openssl_dn
 
 IGTF_CA_DIR = "/etc/grid-security/certificates"  # where all three consumers look for trust anchors
 
@@ -41,6 +41,8 @@ class Endorser:
 
 def endorser_of(signer: ListSigner | None) -> Endorser | None:
     """The identity this catalogue signs lists with, or None when it has none configured."""
+    from pipeline.catalogue.signing import ImageListSigner
+
     if not isinstance(signer, ImageListSigner):
         return None
     return Endorser.of(signer.certificate())
