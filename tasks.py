@@ -190,6 +190,16 @@ def serve(
     serve_catalogue(_settings(c), host=host, port=port, create_token=create_token, local_demo=local_demo)
 
 
+@task(name="catalogue-migrate", positional=[])
+@_edge
+def catalogue_migrate(c: Context) -> None:
+    """Migrate the catalogue database (vmi.catalogue) to the newest schema; `invoke serve` does this at start."""
+    from pipeline.catalogue.server import migrate_catalogue
+
+    before, after = migrate_catalogue(_settings(c))
+    print(f"catalogue schema: {before or 'empty'} -> {after}" if before != after else f"catalogue schema at {after}")
+
+
 @task(positional=[])
 @_edge
 def audit(c: Context) -> None:

@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.catalogue import auth, endorsements, services  # noqa: E402
-from pipeline.catalogue.client import make_context  # noqa: E402
 from pipeline.catalogue.contract import AppliancePayload, ImagePayload, PackageInfo, VersionPayload  # noqa: E402
 from pipeline.catalogue.db import make_engine, migrate, session_factory  # noqa: E402
+from pipeline.catalogue.inprocess import make_context  # noqa: E402
 from pipeline.catalogue.models import Role  # noqa: E402
 from pipeline.catalogue.settings import CatalogueSettings  # noqa: E402
 from pipeline.catalogue.uow import UnitOfWork  # noqa: E402

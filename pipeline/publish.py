@@ -19,14 +19,7 @@ from typing import Any, TypeVar
 
 from pipeline.appliance import Appliance, find_appliance
 from pipeline.catalogue.client import open_catalogue
-from pipeline.catalogue.contract import (
-    Catalogue,
-    VersionConflict,
-    VersionInfo,
-    VersionPayload,
-    appliance_payload,
-    version_payload_from_build,
-)
+from pipeline.catalogue.contract import Catalogue, VersionConflict, VersionInfo, VersionPayload
 from pipeline.errors import ArtifactError, UploadError
 from pipeline.formats.sbom import sbom_file_name, sbom_json
 from pipeline.fsutil import Digests
@@ -34,6 +27,7 @@ from pipeline.log import log, step
 from pipeline.manifest import Artifact, BuildManifest
 from pipeline.package import PackageResult
 from pipeline.publicurls import public_url_warning
+from pipeline.registration import appliance_payload, version_payload_from_build
 from pipeline.repository import PutOutcome, PutResult, Repository, UploadJournal, UploadTuning, open_repository
 from pipeline.repository.journal import exclusive
 from pipeline.repository.oci import OciImagePlan, OciPush, OciRepository

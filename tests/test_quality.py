@@ -46,6 +46,7 @@ def test_every_task_has_help() -> None:
         "publish",
         "release",
         "serve",
+        "catalogue-migrate",
         "audit",
         "audit-image",
         "endorse",

@@ -258,22 +258,25 @@ def security_source(appliance: Appliance, arch: str) -> SecuritySource | None:
     return SecuritySource(mirror, f"{appliance.os.codename}-security", DEBIAN_ARCH.get(arch, arch), components)
 
 
-def audit_version(settings: Settings, name: str, version: str | None = None) -> AuditReport:
-    """Audit a built version's disk; writes ``<version_dir>/audit.json`` and stores the report with the
-    version in the catalogue when it is registered there. A failing check is in the report, not raised."""
+def audit_version(settings: Settings, name: str, version: str | None = None, store: bool = True) -> AuditReport:
+    """Audit a built version's disk; writes ``<version_dir>/audit.json`` and (``store``) stores the report
+    with the version in the catalogue when it is registered there. A failing check is in the report, not
+    raised. ``invoke endorse`` passes ``store=False``: it stores the report itself, on the catalogue it
+    already holds open."""
     appliance = find_appliance(settings.templates_dir, name, settings.provisioners_dir)
     version_dir, manifest = find_version(settings.output_dir, name, version)
-    return audit_and_record(settings, appliance, version_dir, manifest)
+    return audit_and_record(settings, appliance, version_dir, manifest, store)
 
 
 def audit_and_record(
-    settings: Settings, appliance: Appliance, version_dir: Path, manifest: BuildManifest
+    settings: Settings, appliance: Appliance, version_dir: Path, manifest: BuildManifest, store: bool = True
 ) -> AuditReport:
     """``audit_version`` for a version already loaded (the recipe's audit step)."""
     report = audit_build(settings, appliance, version_dir, manifest)
     write_text_atomic(version_dir / AUDIT_FILE, json.dumps(report.to_dict(), indent=2) + "\n")
     log.info("audit report written to %s", version_dir / AUDIT_FILE)
-    store_if_registered(settings, report)
+    if store:
+        store_if_registered(settings, report)
     return report
 
 

@@ -28,7 +28,6 @@ from pipeline.catalogue.api import appliances, builds, images, users, versions, 
 from pipeline.catalogue.api.deps import AppState, StateDep, UowDep
 from pipeline.catalogue.api.query import known_query_only
 from pipeline.catalogue.cache import ResponseCache
-from pipeline.catalogue.client import make_context
 from pipeline.catalogue.contract import (
     InvalidPayload,
     NotAuthenticated,
@@ -42,6 +41,7 @@ from pipeline.catalogue.pages import apidocs
 from pipeline.catalogue.pages import routes as pages
 from pipeline.catalogue.schemas import ErrorPublic, Name, error_lines
 from pipeline.catalogue.settings import CatalogueSettings
+from pipeline.catalogue.signing import load_signer
 from pipeline.errors import CatalogueError, PipelineError
 from pipeline.log import log
 
@@ -228,7 +228,7 @@ def public_router() -> APIRouter:
 def create_app(settings: CatalogueSettings, refresh_seconds: float | None = REFRESH_SECONDS) -> FastAPI:
     """The service for one database. The schema must be migrated already (``db.migrate``)."""
     engine = make_engine(settings.database_url)
-    state = AppState(settings, session_factory(engine), make_context(settings))
+    state = AppState(settings, session_factory(engine), endorsements.Context(settings, load_signer(settings)))
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -5,8 +5,9 @@ implementation (SQLAlchemy URL, acting as the local admin) and the HTTP implemen
 token from ``VMI_CATALOGUE_TOKEN``) are interchangeable. Get one with
 ``pipeline.catalogue.client.open_catalogue(settings, token=None)``.
 
-Note for callers (publish engineer): build the payload with ``version_payload_from_build(...)`` and
-call ``register_version``; it is one transaction, idempotent for an identical payload, and raises
+Plain payloads only: this module knows neither the appliance model nor the build manifest (publish
+turns those into payloads, ``pipeline.registration``). Note for callers: ``register_version`` is one
+transaction, idempotent for an identical payload, and raises
 ``VersionConflict`` (a ``CatalogueError``) for a different payload under an existing version. For
 images in the served ``file://`` repository the server hashes the file itself and refuses a payload
 whose size or checksums differ (``InvalidPayload``); the stored checksums are always the server's.
@@ -25,12 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from pipeline.appliance import Appliance
 from pipeline.errors import CatalogueError
-from pipeline.manifest import BuildManifest
-
-# Roles of manifest artifacts that are published as images, and their catalogue format.
-PUBLISHED_ROLES: Mapping[str, str] = {"ova": "ova", "qcow2": "qcow2", "raw": "raw", "vmdk": "vmdk"}
 
 
 class Integrity(enum.StrEnum):
@@ -275,59 +271,3 @@ class Catalogue(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-def appliance_payload(appliance: Appliance) -> AppliancePayload:
-    """The catalogue entry of an appliance definition."""
-    return AppliancePayload(appliance.name, appliance.title, appliance.description, tuple(appliance.vos))
-
-
-def version_payload_from_build(
-    appliance: Appliance,
-    manifest: BuildManifest,
-    uris: Mapping[str, str],
-    notes: str | None = None,
-    expires: datetime | None = None,
-) -> VersionPayload:
-    """The registration of a built version: one image per published artifact in ``uris``.
-
-    ``uris`` maps an artifact name (as in the manifest) to where it was uploaded. Artifacts whose role
-    is not a published image (build disk, sums, logs) are refused, so a typo cannot register a log.
-    """
-    by_name = {a.name: a for a in manifest.artifacts}
-    problems = [
-        f"{name}: not an artifact of {manifest.appliance} {manifest.version}" for name in uris if name not in by_name
-    ]
-    problems += [
-        f"{name}: role {by_name[name].role} is not a published image role ({', '.join(PUBLISHED_ROLES)})"
-        for name in uris
-        if name in by_name and by_name[name].role not in PUBLISHED_ROLES
-    ]
-    if problems:
-        raise InvalidPayload(problems)
-    manifest_json = manifest.to_dict()
-    packages = tuple(PackageInfo(p.name, p.version, p.arch) for p in manifest.packages)
-    hw = appliance.hardware
-    images = tuple(
-        ImagePayload(
-            uri=uri,
-            format=PUBLISHED_ROLES[by_name[name].role],
-            size=by_name[name].size,
-            sha512=by_name[name].sha512,
-            sha256=by_name[name].sha256,
-            arch=manifest.arch,
-            os_family=manifest.os.get("family", appliance.os.family.value),
-            os_name=manifest.os.get("name", appliance.os.name),
-            os_version=manifest.os.get("version", appliance.os.version),
-            min_cores=hw.cores_min,
-            recommended_cores=hw.cores_recommended,
-            min_ram_mb=hw.ram_min_mb,
-            recommended_ram_mb=hw.ram_recommended_mb,
-            title=f"{appliance.title} ({PUBLISHED_ROLES[by_name[name].role]})",
-            manifest=manifest_json,
-            packages=packages,
-        )
-        for name, uri in sorted(uris.items())
-    )
-    text = notes if notes is not None else f"{appliance.title} {manifest.version}, built {manifest.created}"
-    return VersionPayload(manifest.appliance, manifest.version, text, images, expires)

@@ -12,9 +12,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
+
+from pipeline.errors import CatalogueError
 
 WRITE_OPTION = "vmi_write"  # execution option a writing unit of work sets on its connection
 
@@ -68,3 +72,56 @@ def migrate(url: str, revision: str = "head") -> None:
 def downgrade(url: str, revision: str = "base") -> None:
     with _ALEMBIC_LOCK:
         command.downgrade(alembic_config(url), revision)
+
+
+MIGRATE_HINT = "run `invoke catalogue-migrate` (or restart `invoke serve`, which migrates at start)"
+
+
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(alembic_config("sqlite://"))
+
+
+def head_revision() -> str:
+    """The newest schema revision this code knows (read from the migration scripts, nothing is run)."""
+    return str(_scripts().get_current_head())
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at; None for a database without a schema (no tables at all)."""
+    with engine.connect() as conn:
+        revision = MigrationContext.configure(conn).get_current_revision()
+        if revision is None and inspect(conn).get_table_names():
+            raise CatalogueError(
+                f"vmi.catalogue: {engine.url.render_as_string(hide_password=True)}: has tables but no "
+                "Alembic revision: not a catalogue database",
+                hint="point vmi.catalogue at the catalogue's database, or at a new file/database",
+            )
+    return revision
+
+
+def ensure_schema(url: str, engine: Engine) -> None:
+    """Open a catalogue database without migrating it as a side effect.
+
+    At the newest revision: nothing to do (one cheap query). Empty or new (the first start): the
+    schema is created by the migrations. Behind: refused with one line naming the command that
+    migrates it, because an upgrade of a shared database is the operator's decision, not publish's.
+    """
+    revision = current_revision(engine)
+    if revision is None:
+        migrate(url)
+        return
+    scripts = _scripts()
+    head = scripts.get_current_head()
+    if revision == head:
+        return
+    if revision not in {s.revision for s in scripts.walk_revisions()}:
+        raise CatalogueError(
+            f"vmi.catalogue: {engine.url.render_as_string(hide_password=True)}: the catalogue schema is at revision "
+            f"{revision}, newer than this code knows (newest: {head})",
+            hint="update vmi-pipeline to the version the catalogue service runs",
+        )
+    raise CatalogueError(
+        f"vmi.catalogue: {engine.url.render_as_string(hide_password=True)}: the catalogue schema is at revision "
+        f"{revision}, this code needs {head}",
+        hint=MIGRATE_HINT,
+    )

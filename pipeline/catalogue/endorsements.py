@@ -33,7 +33,7 @@ from pipeline.manifest import version_sort_key
 
 
 class ListSigner(Protocol):
-    """Builds and signs one VO image list (``signing.ImageListSigner`` wraps ``pipeline.endorse``)."""
+    """Builds and signs one VO image list (``signing.ImageListSigner``, which loads the key at its first list)."""
 
     def sign(
         self, vo: str, versions: Sequence[VersionInfo], hv_version: int, created: datetime, expires: datetime

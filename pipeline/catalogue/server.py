@@ -1,4 +1,9 @@
-"""``serve_catalogue``: what ``invoke serve`` runs (migrate, optional bootstrap token, uvicorn)."""
+"""``serve_catalogue``: what ``invoke serve`` runs (migrate, optional bootstrap token, uvicorn), and
+``migrate_catalogue``: what ``invoke catalogue-migrate`` runs.
+
+These two are where the schema changes: opening the catalogue in-process never migrates an existing
+database (it refuses one behind the code, naming ``invoke catalogue-migrate``).
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,11 @@ import uvicorn
 
 from pipeline.catalogue import auth
 from pipeline.catalogue.app import create_app
-from pipeline.catalogue.db import make_engine, migrate, session_factory
+from pipeline.catalogue.db import current_revision, head_revision, make_engine, migrate, session_factory
 from pipeline.catalogue.models import Role
 from pipeline.catalogue.pages.links import is_loopback_url
 from pipeline.catalogue.settings import DEFAULT_TOKEN_DAYS, CatalogueSettings, catalogue_settings
+from pipeline.catalogue.signing import ImageListSigner
 from pipeline.catalogue.uow import UnitOfWork
 from pipeline.errors import ConfigError
 from pipeline.log import log
@@ -37,6 +43,18 @@ def bootstrap_token(database_url: str, spec: str, token_days: int = DEFAULT_TOKE
         return issued.token, issued.info.expires
     finally:
         engine.dispose()
+
+
+def migrate_catalogue(settings: Settings) -> tuple[str | None, str]:
+    """Bring the catalogue database to the newest schema; (revision before, revision now)."""
+    url = catalogue_settings(settings).database_url
+    engine = make_engine(url)
+    try:
+        before = current_revision(engine)
+    finally:
+        engine.dispose()
+    migrate(url)
+    return before, head_revision()
 
 
 def demo_settings(cat: CatalogueSettings, host: str, port: int, local_demo: bool) -> CatalogueSettings:
@@ -75,8 +93,12 @@ def serve_catalogue(
             f"{expires:%Y-%m-%d %H:%M}",
             token,
         )
-    if cat.signing_key is None:
+    if cat.signing_key is None or cat.signing_cert is None:
         log.warning("no VMI_SIGNING_KEY/VMI_SIGNING_CERT: endorsements (signed image lists) are refused")
+    elif not cat.signing_key.expanduser().is_file():  # fail at start; the key itself is read at the first list
+        raise ConfigError(f"VMI_SIGNING_KEY: {cat.signing_key}: signing key file not found")
+    else:
+        ImageListSigner(cat, cat.signing_key, cat.signing_cert).certificate()  # a wrong certificate fails here
     log.info(
         "catalogue on http://%s:%d/ (API docs at /api/v1/docs), database %s",
         host,

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from pipeline.audit.report import AUDIT_FILE, audit_version, recent_audit
+from pipeline.catalogue.client import CascadeInfo, ImageListInfo, open_catalogue
 from pipeline.errors import PolicyError
 from pipeline.log import log, step
 from pipeline.manifest import MANIFEST_FILE
 from pipeline.settings import Settings
-
-if TYPE_CHECKING:  # the catalogue imports pipeline.formats.imagelist: import it lazily, never at module load
-    from pipeline.catalogue.contract import CascadeInfo, ImageListInfo
 
 AUDIT_REUSE = dt.timedelta(hours=24)  # an audit of the same disk with the same waivers this recent is reused
 
@@ -50,11 +48,8 @@ def endorse_version(settings: Settings, name: str, version: str, vo: str, revoke
 
     The catalogue checks that the caller manages ``vo`` and signs the VO's next list. Without a
     local build of the version, the audit stored in the catalogue decides (it refuses versions
-    without a passing one).
+    without a passing one). The catalogue is opened once and the report stored once.
     """
-    from pipeline.audit.report import AUDIT_FILE, audit_version, recent_audit
-    from pipeline.catalogue.client import open_catalogue
-
     catalogue = open_catalogue(settings)
     try:
         audit_text = None
@@ -68,7 +63,7 @@ def endorse_version(settings: Settings, name: str, version: str, vo: str, revoke
                     log.info("reusing the audit of %s (same disk, same waivers)", report["audited_at"])
                 else:
                     with step(f"policy audit of {name} {version}"):
-                        report = audit_version(settings, name, version).to_dict()
+                        report = audit_version(settings, name, version, store=False).to_dict()
                 catalogue.store_audit(name, version, report)
                 failed = [c["id"] for c in report["checks"] if c["result"] == "fail"]
                 if failed:
@@ -108,8 +103,6 @@ class CascadeResult:
 def revoke_cascade(settings: Settings, name: str, version: str, vo: str) -> CascadeResult:
     """Revoke ``name`` ``version`` for ``vo`` and every version layered on it, in every VO where those
     are endorsed; the catalogue re-signs each VO list once (``invoke endorse --revoke --cascade``)."""
-    from pipeline.catalogue.client import open_catalogue
-
     catalogue = open_catalogue(settings)
     try:
         with step(f"revoke {name} {version} for {vo} and every version layered on it"):

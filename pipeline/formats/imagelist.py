@@ -1,15 +1,16 @@
 """Signed HEPiX image lists: the document sites (vmcatcher, cloudkeeper, atrope) trust.
 
-The catalogue calls ``build_image_list`` + ``sign_image_list`` for each new VO list version;
-``verify.py`` reads lists back the way a site does.
+A pure format: documents and certificates in, documents and text out; no environment, no files, no
+settings. The catalogue's signer (``pipeline.catalogue.signing``) loads the endorser's key and calls
+``build_image_list`` then signs ``serialise_image_list``'s bytes; ``pipeline.site.verify`` reads lists
+back the way a site does.
 
 Contract notes (additions to docs/architecture.md, all backwards compatible):
 - ``build_image_list`` takes optional keyword-only ``identifier``, ``title``, ``description``
   (default: a uuid5 of ``uri``, and a text naming the VO), so a list keeps its ``dc:identifier``
   across versions without the caller storing it.
-- ``load_signing_identity(settings=None, key=None, cert=None, environ=None)`` returns a
-  ``SigningIdentity`` with ``.key_pem``, ``.cert_pem`` and ``.endorser`` (DN/CA taken from the
-  certificate, so the list's ``hv:endorser`` always matches the signer).
+- ``Endorser.from_certificate(cert)``: DN/CA taken from the certificate, so the list's ``hv:endorser``
+  always matches the signer.
 - Numbers (``hv:size``, ``hv:ram_minimum``, ...) are JSON integers as in hepixvmitrust; the
   reader (``ImageListEntry.from_hepix``) also accepts AppDB's (ASCII) digit strings.
 - The reader is strict, because a site acts on what strangers serve: ``load_list_json`` (unique keys,
@@ -23,24 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
 from pipeline.errors import ConfigError, PipelineError
-from pipeline.settings import Settings
 
 DATE_FORMAT = "%Y-%m-%dT%H:%M:%SZ"  # hepixvmitrust's time_format_definition
 DEFAULT_SOURCE = "https://appdb.egi.eu/"  # AppDB's default dc:source, kept when the caller has none
@@ -109,11 +104,6 @@ _UNFIT = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\
 _UNFIT_LINES = re.compile(  # tab, LF and CR allowed
     r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]"
 )
-
-ENV_KEY = "VMI_SIGNING_KEY"
-ENV_CERT = "VMI_SIGNING_CERT"
-ENV_KEY_PASSWORD = "VMI_SIGNING_KEY_PASSWORD"
-ENV_EMAIL = "VMI_SIGNING_EMAIL"
 
 
 def format_date(when: datetime) -> str:
@@ -588,83 +578,3 @@ def build_image_list(
 def serialise_image_list(document: Mapping[str, Any]) -> bytes:
     """The exact bytes that get signed: sorted keys, 2-space indent, as hepixvmitrust's signer writes."""
     return (json.dumps(document, sort_keys=True, indent=2) + "\n").encode()
-
-
-def sign_image_list(document: Mapping[str, Any], key_pem: bytes, cert_pem: bytes) -> bytes:
-    """S/MIME ``multipart/signed`` message: the JSON list plus a detached SHA-256 CMS signature.
-
-    Verifies with ``openssl smime -verify``, vmcatcher and atrope.
-    """
-    try:
-        key = serialization.load_pem_private_key(key_pem, password=None)
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError as e:
-        raise PipelineError(f"cannot load the signing key or certificate: {e}") from e
-    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
-        raise PipelineError("the signing key must be RSA or EC")
-    if _public_der(key.public_key()) != _public_der(cert.public_key()):
-        raise PipelineError("the signing key does not belong to the signing certificate")
-    return (
-        pkcs7.PKCS7SignatureBuilder()
-        .set_data(serialise_image_list(document))
-        .add_signer(cert, key, hashes.SHA256())
-        .sign(serialization.Encoding.SMIME, [pkcs7.PKCS7Options.DetachedSignature])
-    )
-
-
-def _public_der(public: Any) -> bytes:
-    return bytes(public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
-
-
-@dataclass(frozen=True)
-class SigningIdentity:
-    """The endorser's key and certificate, loaded from outside the repository."""
-
-    key_pem: bytes
-    cert_pem: bytes
-    endorser: Endorser
-    not_after: datetime
-
-
-def load_signing_identity(
-    settings: Settings | None = None,
-    key: Path | None = None,
-    cert: Path | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> SigningIdentity:
-    """Key + certificate from ``key``/``cert`` or ``$VMI_SIGNING_KEY``/``$VMI_SIGNING_CERT`` (paths).
-
-    Files inside the project checkout are refused: an endorser key never lives in the repository.
-    ``$VMI_SIGNING_KEY_PASSWORD`` decrypts an encrypted key; ``$VMI_SIGNING_EMAIL`` sets ``hv:email``
-    when the certificate carries none.
-    """
-    env = os.environ if environ is None else environ
-    key_path = key or (Path(env[ENV_KEY]) if env.get(ENV_KEY) else None)
-    cert_path = cert or (Path(env[ENV_CERT]) if env.get(ENV_CERT) else None)
-    if key_path is None or cert_path is None:
-        raise ConfigError(
-            f"no endorser signing identity: set {ENV_KEY} and {ENV_CERT} to the key and certificate files",
-            hint="for local use, `invoke dev-ca` makes a throwaway pair (never for production)",
-        )
-    problems = []
-    for what, path in (("key", key_path), ("certificate", cert_path)):
-        resolved = path.expanduser().resolve()
-        if settings is not None and resolved.is_relative_to(settings.root):
-            problems.append(f"{path}: the signing {what} must not live inside the repository ({settings.root})")
-        elif not resolved.is_file():
-            problems.append(f"{path}: signing {what} file not found")
-    if problems:
-        raise ConfigError(problems)
-    key_pem, cert_pem = key_path.expanduser().read_bytes(), cert_path.expanduser().read_bytes()
-    password = env.get(ENV_KEY_PASSWORD)
-    try:
-        private = serialization.load_pem_private_key(key_pem, password.encode() if password else None)
-        certificate = x509.load_pem_x509_certificate(cert_pem)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{key_path} / {cert_path}: cannot load the signing key or certificate: {e}") from e
-    if password:  # hand the signer an unencrypted copy in memory only
-        key_pem = private.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    endorser = Endorser.from_certificate(certificate, email=env.get(ENV_EMAIL))
-    return SigningIdentity(key_pem, cert_pem, endorser, certificate.not_valid_after_utc)

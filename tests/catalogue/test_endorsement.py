@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from pipeline.catalogue.client import InProcessCatalogue
 from pipeline.catalogue.contract import ImageListInfo, InvalidPayload, NotEndorsable, NotFound, VersionPayload
+from pipeline.catalogue.inprocess import InProcessCatalogue
 from pipeline.catalogue.settings import CatalogueSettings
 from pipeline.site.verify import verify_image_list
 from tests.catalogue.conftest import APPLIANCE, FAILING_AUDIT, PASSING_AUDIT, WAIVED_AUDIT

@@ -40,7 +40,7 @@ def _seed(server: LiveServer) -> str:
     payload = VersionPayload("debian-12", "1.0", "seed", (_image(server, "1.0", "qcow2"),))
     services.register_version(uow, "admin", payload, server.settings)
     services.store_audit(uow, "admin", "debian-12", "1.0", PASSING_AUDIT)
-    from pipeline.catalogue.client import make_context
+    from pipeline.catalogue.inprocess import make_context
 
     endorsements.endorse(uow, "admin", "debian-12", "1.0", "vo.example.org", make_context(server.settings))
     engine.dispose()

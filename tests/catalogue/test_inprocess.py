@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalogue.client import InProcessCatalogue, open_catalogue
+from pipeline.catalogue.client import open_catalogue
 from pipeline.catalogue.contract import (
     ImagePayload,
     Integrity,
@@ -19,6 +19,7 @@ from pipeline.catalogue.contract import (
     VersionConflict,
     VersionPayload,
 )
+from pipeline.catalogue.inprocess import InProcessCatalogue
 from pipeline.catalogue.settings import CatalogueSettings
 from pipeline.settings import load_settings
 from tests.catalogue.conftest import APPLIANCE, PUBLIC

@@ -38,7 +38,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
 
 def _seed(server: LiveServer) -> VersionPayload:
     from pipeline.catalogue import auth
-    from pipeline.catalogue.client import make_context
+    from pipeline.catalogue.inprocess import make_context
 
     engine = make_engine(server.settings.database_url)
     uow = UnitOfWork(session_factory(engine))

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import Engine, text
 
 from pipeline.catalogue import auth, endorsements, services
-from pipeline.catalogue.client import make_context
 from pipeline.catalogue.contract import AppliancePayload, NotFound, PermissionDenied, VersionPayload
 from pipeline.catalogue.db import make_engine, migrate, session_factory
+from pipeline.catalogue.inprocess import make_context
 from pipeline.catalogue.models import Role, User, utcnow
 from pipeline.catalogue.settings import CatalogueSettings
 from pipeline.catalogue.uow import UnitOfWork

@@ -58,7 +58,7 @@ def _one(payload: VersionPayload, **changes: Any) -> VersionPayload:
 def test_only_urls_under_the_public_base_are_registered(
     cat_settings: CatalogueSettings, version_payload: Callable[..., VersionPayload], uri: str, reason: str
 ) -> None:
-    from pipeline.catalogue.client import InProcessCatalogue
+    from pipeline.catalogue.inprocess import InProcessCatalogue
     from tests.catalogue.conftest import APPLIANCE
 
     cat = InProcessCatalogue(cat_settings)

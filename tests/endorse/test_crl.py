@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.catalogue.signing import sign_image_list
 from pipeline.endorse.pki import DevCa, Issued, issue_crl, make_ca
-from pipeline.formats.imagelist import Endorser, sign_image_list
+from pipeline.formats.imagelist import Endorser
 from pipeline.site.crl import load_crls, revocation_problems, signer_certificates, trusted_cas
 from tests.endorse.lists import make_entry, make_list
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.catalogue.signing import sign_image_list
 from pipeline.endorse.pki import DevCa, Issued, make_dev_ca
 from pipeline.errors import ConfigError
 from pipeline.formats.dn import parse_dn, rfc4514_dn
-from pipeline.formats.imagelist import Endorser, sign_image_list
+from pipeline.formats.imagelist import Endorser
 from tests.endorse.lists import make_entry, make_list
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -16,10 +16,11 @@ import yaml
 from pipeline.appliance import find_appliance
 from pipeline.audit.report import SecuritySource, audit_disk, audit_version
 from pipeline.catalogue.client import open_catalogue
-from pipeline.catalogue.contract import ImagePayload, VersionPayload, appliance_payload
+from pipeline.catalogue.contract import ImagePayload, VersionPayload
 from pipeline.endorse import endorse_version
 from pipeline.endorse.pki import DevCa
 from pipeline.errors import PolicyError, VerificationError
+from pipeline.registration import appliance_payload
 from pipeline.settings import Settings, load_settings
 from pipeline.site.verify import verify_image_list
 from tests.endorse.conftest import serve_folder

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from pipeline.catalogue.signing import load_signing_identity, sign_image_list
 from pipeline.endorse.pki import DevCa, Issued
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.formats.imagelist import (
@@ -19,9 +20,7 @@ from pipeline.formats.imagelist import (
     LIST_REQUIRED,
     Endorser,
     ImageListEntry,
-    load_signing_identity,
     parse_date,
-    sign_image_list,
 )
 from pipeline.settings import load_settings
 from tests.endorse.lists import LIST_URI, make_entry, make_list

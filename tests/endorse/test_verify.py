@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.catalogue.signing import sign_image_list
 from pipeline.endorse.pki import DevCa, Issued, issue_endorser
 from pipeline.errors import VerificationError
-from pipeline.formats.imagelist import Endorser, sign_image_list
+from pipeline.formats.imagelist import Endorser
 from pipeline.site.verify import verify_image_list
 from tests.endorse.conftest import serve_folder
 from tests.endorse.lists import make_entry, make_list

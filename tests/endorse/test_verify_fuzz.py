@@ -19,9 +19,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.catalogue.signing import sign_image_list
 from pipeline.endorse.pki import DevCa, Issued
 from pipeline.errors import VerificationError
-from pipeline.formats.imagelist import Endorser, sign_image_list
+from pipeline.formats.imagelist import Endorser
 from pipeline.site.verify import (
     _binding_problems,
     _history_problems,

@@ -24,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from pipeline.catalogue.signing import sign_image_list
 from pipeline.endorse.pki import DevCa, Issued, issue_endorser
 from pipeline.errors import ConfigError, VerificationError
-from pipeline.formats.imagelist import Endorser, format_date, list_identifier, sign_image_list
+from pipeline.formats.imagelist import Endorser, format_date, list_identifier
 from pipeline.site.verify import address_problem, smime_verify_argv, verify_image_list
 from tests.endorse.conftest import serve_folder
 from tests.endorse.lists import LIST_URI, make_entry, make_list

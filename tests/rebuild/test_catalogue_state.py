@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalogue.client import InProcessCatalogue
 from pipeline.catalogue.contract import AppliancePayload, Catalogue, PackageInfo
 from pipeline.catalogue.http_client import HttpCatalogue
+from pipeline.catalogue.inprocess import InProcessCatalogue
 from pipeline.catalogue.settings import CatalogueSettings
 from pipeline.manifest import BaseRef
 from tests.rebuild.conftest import manifest

@@ -15,8 +15,9 @@ import pytest
 
 from pipeline.appliance import Appliance, load_all
 from pipeline.catalogue.auth import ensure_user
-from pipeline.catalogue.client import InProcessCatalogue, open_catalogue
+from pipeline.catalogue.client import open_catalogue
 from pipeline.catalogue.contract import AppliancePayload, Catalogue, ImagePayload, VersionPayload
+from pipeline.catalogue.inprocess import InProcessCatalogue
 from pipeline.catalogue.models import Role
 from pipeline.endorse.pki import make_dev_ca
 from pipeline.fsutil import hash_file

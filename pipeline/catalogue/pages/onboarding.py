@@ -45,7 +45,7 @@ def endorser_of(signer: ListSigner | None) -> Endorser | None:
 
     if not isinstance(signer, ImageListSigner):
         return None
-    return Endorser.of(x509.load_pem_x509_certificate(signer.identity.cert_pem))
+    return Endorser.of(signer.certificate())
 
 
 def _yaml(value: str) -> str:
