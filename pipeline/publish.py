@@ -35,7 +35,7 @@ from pipeline.manifest import Artifact, BuildManifest, find_version
 from pipeline.repository import PutOutcome, PutResult, Repository, UploadJournal, UploadTuning, open_repository
 from pipeline.repository.journal import exclusive
 from pipeline.repository.oci import OciImagePlan, OciPush, OciRepository
-from pipeline.settings import Settings
+from pipeline.settings import Settings, repository_urls
 
 # What goes to the repository, in this order (images first, their checksum files last), and
 # which of those become catalogue images. A role marked False may be absent (raw is optional).
@@ -62,16 +62,41 @@ class PlannedUpload:
 
 
 @dataclass(frozen=True)
+class PublishTarget:
+    """What goes to one repository: files by key (file://, s3://), or image artifacts (oci://)."""
+
+    repository: str
+    uploads: tuple[PlannedUpload, ...] = ()
+    images: tuple[OciImagePlan, ...] = ()  # qcow2 first, then the OVA
+
+    def locations(self) -> dict[str, str]:
+        """Artifact name -> where this repository serves it (the URL, or ``oci://`` + reference)."""
+        found = {u.artifact.name: u.url for u in self.uploads if u.artifact.role in IMAGE_ROLES}
+        return found | {i.disk.name: f"oci://{i.reference}" for i in self.images}
+
+
+@dataclass(frozen=True)
 class PublishPlan:
     """Everything a publish will write, worked out before anything is written (what --dry-run shows)."""
 
     appliance: Appliance
     manifest: BuildManifest
     version_dir: Path
-    repository: str
-    uploads: tuple[PlannedUpload, ...]
     payload: VersionPayload
-    oci: OciImagePlan | None = None  # an oci:// repository: the image artifact instead of uploads
+    targets: tuple[PublishTarget, ...]  # the primary repository first
+
+    @property
+    def repository(self) -> str:
+        return " ".join(t.repository for t in self.targets)
+
+    @property
+    def uploads(self) -> tuple[PlannedUpload, ...]:
+        return self.targets[0].uploads
+
+    @property
+    def oci(self) -> OciImagePlan | None:
+        """The qcow2 artifact of the first registry (the one EGI's atrope syncs), if any."""
+        return next((t.images[0] for t in self.targets if t.images), None)
 
     @property
     def journal_path(self) -> Path:
@@ -95,9 +120,10 @@ class PublishResult:
         m = self.plan.manifest
         if self.dry_run:
             lines = [f"dry run: would publish {m.appliance} {m.version} to {self.plan.repository}"]
-            lines += [f"  {u.key}  ({u.artifact.size} bytes, sha256 {u.artifact.sha256})" for u in self.plan.uploads]
-            if self.plan.oci is not None:
-                lines.append(self.plan.oci.describe())
+            for target in self.plan.targets:
+                lines.append(f" {target.repository}:")
+                lines += [f"  {u.key}  ({u.artifact.size} bytes, sha256 {u.artifact.sha256})" for u in target.uploads]
+                lines += [image.describe() for image in target.images]
             lines.append("catalogue payload:")
             lines.append(json.dumps(payload_json(self.plan.payload), indent=2, sort_keys=True))
             return "\n".join(lines)
@@ -163,9 +189,9 @@ def plan_publish(settings: Settings, name: str, version: str | None, repository:
             f"{name} {manifest.version} is not ready to publish:\n  " + "\n  ".join(problems),
             hint=f"run `invoke package --appliance {name} --version {manifest.version}`",
         )
-    uris = {u.artifact.name: u.url for u in uploads if u.artifact.role in IMAGE_ROLES}
-    payload = version_payload_from_build(appliance, manifest, uris)
-    return PublishPlan(appliance, manifest, version_dir, repository.url, tuple(uploads), payload)
+    target = PublishTarget(repository.url, tuple(uploads))
+    payload = version_payload_from_build(appliance, manifest, target.locations())
+    return PublishPlan(appliance, manifest, version_dir, payload, (target,))
 
 
 def sbom_artifact(manifest: BuildManifest) -> Artifact:
@@ -196,68 +222,80 @@ def publish_version(
 
     ``insecure``: plain HTTP to a registry on a loopback address (tests); refused for any other host.
     """
-    repository = open_repository(settings, tuning, insecure)
-    if isinstance(repository, OciRepository):
-        return _publish_oci(settings, repository, name, version, dry_run)
-    plan = plan_publish(settings, name, version, repository)
+    repositories = [open_repository(settings, tuning, insecure, url) for url in repository_urls(settings)]
+    plan = plan_targets(settings, name, version, repositories)
     if dry_run:
         return PublishResult(plan, dry_run=True)
     what = f"{name} {plan.manifest.version}"
+    puts: list[PutResult] = []
+    pushes: list[OciPush] = []
     with exclusive(plan.lock_path, what), step(f"publish {what}"):
-        repository.preflight()
+        for repository in repositories:
+            repository.preflight()
         catalogue = open_catalogue(settings)
         try:
-            puts = _upload_all(repository, plan)
-            with step("register in the catalogue"):
-                _once_more_on_conflict(lambda: catalogue.ensure_appliance(appliance_payload(plan.appliance)))
-                registered = _once_more_on_conflict(lambda: catalogue.register_version(plan.payload))
-        finally:
-            catalogue.close()
-    return PublishResult(plan, False, tuple(puts), registered, catalogue_page(settings, name, plan.manifest.version))
-
-
-def plan_oci(settings: Settings, name: str, version: str | None, repository: OciRepository) -> PublishPlan:
-    """The image artifact (qcow2 + EGI annotations + SBOM referrer) and the payload naming its reference."""
-    appliance = find_appliance(settings.templates_dir, name, settings.provisioners_dir)
-    version_dir, manifest = find_version(settings.output_dir, name, version)
-    disk = manifest.artifact("qcow2")
-    path = version_dir / disk.name
-    actual = path.stat().st_size if path.is_file() else None
-    if actual != disk.size:
-        raise ArtifactError(
-            f"{path}: {'missing' if actual is None else f'{actual} bytes'}; the manifest says {disk.size} bytes",
-            hint=f"run `invoke package --appliance {name} --version {manifest.version}`",
-        )
-    sbom = sbom_artifact(manifest)
-    sbom_path = version_dir / sbom.name
-    data = sbom_path.read_bytes() if sbom.role == "sbom" else sbom_json(manifest)
-    if hash_bytes(data) != Digests(sbom.size, sbom.sha256, sbom.sha512):
-        raise ArtifactError(f"{sbom_path}: not the SBOM the manifest records", hint="package the version again")
-    oci = repository.plan_image(appliance, manifest, data, sbom.name)
-    payload = version_payload_from_build(appliance, manifest, {disk.name: f"oci://{oci.reference}"})
-    return PublishPlan(appliance, manifest, version_dir, repository.url, (), payload, oci)
-
-
-def _publish_oci(
-    settings: Settings, repository: OciRepository, name: str, version: str | None, dry_run: bool
-) -> PublishResult:
-    plan = plan_oci(settings, name, version, repository)
-    if dry_run or plan.oci is None:
-        return PublishResult(plan, dry_run=True)
-    what = f"{name} {plan.manifest.version}"
-    with exclusive(plan.lock_path, what), step(f"publish {what} to {repository.url}"):
-        repository.preflight()
-        catalogue = open_catalogue(settings)
-        try:
-            with step(f"push {plan.oci.reference}"):
-                push = repository.push_image(plan.oci, plan.version_dir / plan.oci.disk.name)
+            # every repository written and verified before the one registration: a failure in any
+            # leaves no catalogue entry (running publish again completes the others)
+            for repository, target in zip(repositories, plan.targets, strict=True):
+                if isinstance(repository, OciRepository):
+                    for image in target.images:
+                        with step(f"push {image.reference}"):
+                            pushes.append(repository.push_image(image, plan.version_dir / image.disk.name))
+                else:
+                    puts += _upload_all(repository, plan, target)
             with step("register in the catalogue"):
                 _once_more_on_conflict(lambda: catalogue.ensure_appliance(appliance_payload(plan.appliance)))
                 registered = _once_more_on_conflict(lambda: catalogue.register_version(plan.payload))
         finally:
             catalogue.close()
     url = catalogue_page(settings, name, plan.manifest.version)
-    return PublishResult(plan, False, (), registered, url, (push,))
+    return PublishResult(plan, False, tuple(puts), registered, url, tuple(pushes))
+
+
+def plan_targets(settings: Settings, name: str, version: str | None, repositories: list[Repository]) -> PublishPlan:
+    """The plan for every repository; the catalogue payload names the primary's URLs as the images'
+    URIs and every repository's in their ``locations``."""
+    targets: list[PublishTarget] = []
+    plan: PublishPlan | None = None
+    for repository in repositories:
+        if isinstance(repository, OciRepository):
+            one = plan_oci(settings, name, version, repository)
+        else:
+            one = plan_publish(settings, name, version, repository)
+        plan = plan or one
+        targets += one.targets
+    assert plan is not None
+    located: dict[str, list[str]] = {}
+    for target in targets:
+        for artifact, where in target.locations().items():
+            located.setdefault(artifact, []).append(where)
+    payload = version_payload_from_build(plan.appliance, plan.manifest, targets[0].locations(), locations=located)
+    return dataclasses.replace(plan, payload=payload, targets=tuple(targets))
+
+
+def plan_oci(settings: Settings, name: str, version: str | None, repository: OciRepository) -> PublishPlan:
+    """The image artifacts (qcow2, then OVA; EGI annotations + SBOM referrer) and the payload naming
+    their references."""
+    appliance = find_appliance(settings.templates_dir, name, settings.provisioners_dir)
+    version_dir, manifest = find_version(settings.output_dir, name, version)
+    for role in ("qcow2", "ova"):
+        disk = manifest.artifact(role)
+        path = version_dir / disk.name
+        actual = path.stat().st_size if path.is_file() else None
+        if actual != disk.size:
+            raise ArtifactError(
+                f"{path}: {'missing' if actual is None else f'{actual} bytes'}; the manifest says {disk.size} bytes",
+                hint=f"run `invoke package --appliance {name} --version {manifest.version}`",
+            )
+    sbom = sbom_artifact(manifest)
+    sbom_path = version_dir / sbom.name
+    data = sbom_path.read_bytes() if sbom.role == "sbom" else sbom_json(manifest)
+    if hash_bytes(data) != Digests(sbom.size, sbom.sha256, sbom.sha512):
+        raise ArtifactError(f"{sbom_path}: not the SBOM the manifest records", hint="package the version again")
+    images = tuple(repository.plan_image(appliance, manifest, data, sbom.name, role) for role in ("qcow2", "ova"))
+    target = PublishTarget(repository.url, (), images)
+    payload = version_payload_from_build(appliance, manifest, target.locations())
+    return PublishPlan(appliance, manifest, version_dir, payload, (target,))
 
 
 def _once_more_on_conflict(call: Callable[[], T]) -> T:
@@ -269,12 +307,15 @@ def _once_more_on_conflict(call: Callable[[], T]) -> T:
         return call()
 
 
-def _upload_all(repository: Repository, plan: PublishPlan) -> list[PutResult]:
-    journal = UploadJournal(plan.journal_path, repository.url)
+def _upload_all(repository: Repository, plan: PublishPlan, target: PublishTarget) -> list[PutResult]:
+    path = plan.journal_path
+    if repository.url != plan.targets[0].repository:  # a mirror keeps its own journal
+        path = path.with_name(f"{path.stem}-{hashlib.sha256(repository.url.encode()).hexdigest()[:12]}.json")
+    journal = UploadJournal(path, repository.url)
     if journal.keys():
         log.info("resuming a publish that stopped: %s", ", ".join(journal.keys()))
     puts = []
-    for upload in plan.uploads:
+    for upload in target.uploads:
         path = plan.version_dir / upload.artifact.name
         with step(f"upload {upload.key}"):
             result = repository.put(upload.key, path, upload.digests, journal)

@@ -114,6 +114,7 @@ class ImagePayload:
     title: str = ""
     manifest: Mapping[str, Any] | None = field(default=None, hash=False)  # the build manifest JSON
     packages: tuple[PackageInfo, ...] = ()
+    locations: tuple[str, ...] = ()  # every repository holding this image (uri, the primary's, first)
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,7 @@ class ImageInfo:
     recommended_ram_mb: int
     title: str
     integrity: Integrity
+    locations: tuple[str, ...] = ()  # every repository holding it, uri first
 
 
 @dataclass(frozen=True)
@@ -267,11 +269,13 @@ def version_payload_from_build(
     uris: Mapping[str, str],
     notes: str | None = None,
     expires: datetime | None = None,
+    locations: Mapping[str, Sequence[str]] | None = None,
 ) -> VersionPayload:
     """The registration of a built version: one image per published artifact in ``uris``.
 
     ``uris`` maps an artifact name (as in the manifest) to where it was uploaded. Artifacts whose role
     is not a published image (build disk, sums, logs) are refused, so a typo cannot register a log.
+    ``locations`` maps an artifact name to every repository URL of it (publish to several repositories).
     """
     by_name = {a.name: a for a in manifest.artifacts}
     problems = [
@@ -305,6 +309,7 @@ def version_payload_from_build(
             title=f"{appliance.title} ({PUBLISHED_ROLES[by_name[name].role]})",
             manifest=manifest_json,
             packages=packages,
+            locations=tuple(dict.fromkeys([uri, *(locations or {}).get(name, ())])) if locations else (),
         )
         for name, uri in sorted(uris.items())
     )

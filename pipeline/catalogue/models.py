@@ -195,6 +195,8 @@ class Image(Base):
     title: Mapped[str] = mapped_column(String(200))
     integrity: Mapped[str] = mapped_column(String(16))  # contract.Integrity
     manifest: Mapped[dict[str, Any] | None]
+    # every repository holding the image (publish to several), uri first; NULL: only uri (migration 0004)
+    locations: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     version: Mapped[Version] = relationship(back_populates="images")
     packages: Mapped[list[ImagePackage]] = relationship(order_by="ImagePackage.name", cascade="all, delete-orphan")
 

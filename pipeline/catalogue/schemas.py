@@ -210,18 +210,28 @@ class ImageCreate(_In):
     title: OptionalLine200 = ""
     manifest: JsonObject | None = None
     packages: Annotated[list[PackageIn], Field(max_length=20000)] = []
+    locations: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=2048, pattern=LINE), AfterValidator(_uri_shape)]],
+        Field(max_length=16, description="every repository holding the image (publish to several); uri first"),
+    ] = []
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
         for low, high in (("min_cores", "recommended_cores"), ("min_ram_mb", "recommended_ram_mb")):
             if getattr(self, low) > getattr(self, high):
                 raise ValueError(f"{low} must not exceed {high}")
+        if self.locations and self.locations[0] != self.uri:
+            raise ValueError("locations.0: must be the image's uri (the primary repository's)")
+        if len(set(self.locations)) != len(self.locations):
+            raise ValueError("locations: names a location twice")
         return self
 
     def to_payload(self) -> contract.ImagePayload:
-        data = {name: getattr(self, name) for name in type(self).model_fields if name != "packages"}
+        data = {name: getattr(self, name) for name in type(self).model_fields if name not in ("packages", "locations")}
         return contract.ImagePayload(
-            **data, packages=tuple(contract.PackageInfo(p.name, p.version, p.arch) for p in self.packages)
+            **data,
+            packages=tuple(contract.PackageInfo(p.name, p.version, p.arch) for p in self.packages),
+            locations=tuple(self.locations),
         )
 
 
@@ -378,6 +388,7 @@ class ImagePublic(_Out):
     recommended_ram_mb: int
     title: str
     integrity: str
+    locations: list[str] = Field(default=[], description="every repository holding the image, uri first")
 
 
 class EndorsementPublic(_Out):

@@ -354,6 +354,7 @@ def _image_row(appliance: str, img: ImagePayload, integrity: Integrity) -> m.Ima
         title=img.title or f"{appliance} ({img.format})",
         integrity=integrity.value,
         manifest=dict(img.manifest) if img.manifest is not None else None,
+        locations=list(img.locations) if len(img.locations) > 1 else None,
         packages=[m.ImagePackage(name=p.name, version=p.version, arch=p.arch) for p in img.packages],
     )
 

@@ -147,6 +147,7 @@ def image_info(i: m.Image, appliance: str, version: str) -> ImageInfo:
         recommended_ram_mb=i.recommended_ram_mb,
         title=i.title,
         integrity=Integrity(i.integrity),
+        locations=tuple(i.locations or (i.uri,)),
     )
 
 
