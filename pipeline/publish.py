@@ -158,6 +158,8 @@ def payload_json(payload: VersionPayload) -> dict[str, Any]:
     for image in data["images"]:
         image["manifest"] = f"<build manifest of {payload.appliance} {payload.version}>"
         image["packages"] = f"<{len(image['packages'])} packages>"
+    if payload.sbom is not None:
+        data["sbom"] = f"<CycloneDX SBOM, {len(payload.sbom.encode())} bytes>"
     return data
 
 
@@ -190,7 +192,8 @@ def plan_publish(settings: Settings, name: str, version: str | None, repository:
             hint=f"run `invoke package --appliance {name} --version {manifest.version}`",
         )
     target = PublishTarget(repository.url, tuple(uploads))
-    payload = version_payload_from_build(appliance, manifest, target.locations())
+    sbom_text = sbom_data(version_dir, manifest).decode()
+    payload = version_payload_from_build(appliance, manifest, target.locations(), sbom=sbom_text)
     return PublishPlan(appliance, manifest, version_dir, payload, (target,))
 
 
@@ -204,6 +207,16 @@ def sbom_artifact(manifest: BuildManifest) -> Artifact:
     data = sbom_json(manifest)
     d = hash_bytes(data)
     return Artifact(sbom_file_name(manifest), "sbom-derived", "json", d.size, d.sha256, d.sha512)
+
+
+def sbom_data(version_dir: Path, manifest: BuildManifest) -> bytes:
+    """The SBOM's bytes as packaged (or derived), checked against what the manifest records."""
+    sbom = sbom_artifact(manifest)
+    path = version_dir / sbom.name
+    data = path.read_bytes() if sbom.role == "sbom" else sbom_json(manifest)
+    if hash_bytes(data) != Digests(sbom.size, sbom.sha256, sbom.sha512):
+        raise ArtifactError(f"{path}: not the SBOM the manifest records", hint="package the version again")
+    return data
 
 
 def hash_bytes(data: bytes) -> Digests:
@@ -269,7 +282,10 @@ def plan_targets(settings: Settings, name: str, version: str | None, repositorie
     for target in targets:
         for artifact, where in target.locations().items():
             located.setdefault(artifact, []).append(where)
-    payload = version_payload_from_build(plan.appliance, plan.manifest, targets[0].locations(), locations=located)
+    payload = dataclasses.replace(
+        version_payload_from_build(plan.appliance, plan.manifest, targets[0].locations(), locations=located),
+        sbom=plan.payload.sbom,
+    )
     return dataclasses.replace(plan, payload=payload, targets=tuple(targets))
 
 
@@ -287,14 +303,10 @@ def plan_oci(settings: Settings, name: str, version: str | None, repository: Oci
                 f"{path}: {'missing' if actual is None else f'{actual} bytes'}; the manifest says {disk.size} bytes",
                 hint=f"run `invoke package --appliance {name} --version {manifest.version}`",
             )
-    sbom = sbom_artifact(manifest)
-    sbom_path = version_dir / sbom.name
-    data = sbom_path.read_bytes() if sbom.role == "sbom" else sbom_json(manifest)
-    if hash_bytes(data) != Digests(sbom.size, sbom.sha256, sbom.sha512):
-        raise ArtifactError(f"{sbom_path}: not the SBOM the manifest records", hint="package the version again")
+    sbom, data = sbom_artifact(manifest), sbom_data(version_dir, manifest)
     images = tuple(repository.plan_image(appliance, manifest, data, sbom.name, role) for role in ("qcow2", "ova"))
     target = PublishTarget(repository.url, (), images)
-    payload = version_payload_from_build(appliance, manifest, target.locations())
+    payload = version_payload_from_build(appliance, manifest, target.locations(), sbom=data.decode())
     return PublishPlan(appliance, manifest, version_dir, payload, (target,))
 
 

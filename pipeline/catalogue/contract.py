@@ -124,6 +124,7 @@ class VersionPayload:
     notes: str
     images: tuple[ImagePayload, ...]
     expires: datetime | None = None  # default and cap: one year after registration
+    sbom: str | None = None  # the version's CycloneDX JSON SBOM, as published (byte for byte, UTF-8)
 
 
 # --- infos (what a caller gets back) --------------------------------------------------------------
@@ -174,6 +175,7 @@ class VersionInfo:
     images: tuple[ImageInfo, ...]
     endorsements: tuple[EndorsementInfo, ...]
     audit_passed: bool | None  # None: no audit stored yet
+    sbom_sha256: str | None = None  # the stored SBOM's sha256 (GET .../versions/{version}/sbom), None: none
 
     @property
     def active_vos(self) -> tuple[str, ...]:
@@ -270,6 +272,7 @@ def version_payload_from_build(
     notes: str | None = None,
     expires: datetime | None = None,
     locations: Mapping[str, Sequence[str]] | None = None,
+    sbom: str | None = None,
 ) -> VersionPayload:
     """The registration of a built version: one image per published artifact in ``uris``.
 
@@ -314,4 +317,4 @@ def version_payload_from_build(
         for name, uri in sorted(uris.items())
     )
     text = notes if notes is not None else f"{appliance.title} {manifest.version}, built {manifest.created}"
-    return VersionPayload(manifest.appliance, manifest.version, text, images, expires)
+    return VersionPayload(manifest.appliance, manifest.version, text, images, expires, sbom)

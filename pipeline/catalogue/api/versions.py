@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from pipeline.catalogue import endorsements, services
@@ -63,6 +63,7 @@ class VersionLinks(BaseModel):
     audit: str
     versions: str
     changes: str
+    sbom: str | None = Field(default=None, description="the version's CycloneDX SBOM; null when none is stored")
 
 
 class LineagePublic(BaseModel):
@@ -109,10 +110,23 @@ def get_version(name: Name, version: VersionStr, uow: UowDep, state: StateDep, r
         audit=f"{base}/audit",
         versions=f"{api}/versions",
         changes=f"{base}/changes",
+        sbom=f"{base}/sbom" if info.sbom_sha256 else None,
     )
     found = lineage_of(uow, base_ref)
     lineage = None if found is None else LineagePublic.model_validate(found, from_attributes=True)
     return VersionDetailPublic(**public, images=images, links=links, lineage=lineage)
+
+
+@router.get(
+    "/{version}/sbom",
+    response_class=Response,
+    responses={200: {"content": {services.SBOM_TYPE: {}}, "description": "the CycloneDX JSON SBOM, as published"}},
+)
+def get_sbom(name: Name, version: VersionStr, uow: UowDep) -> Response:
+    """The version's CycloneDX SBOM, byte for byte as published (404 when none is stored)."""
+    data, media_type = services.version_sbom(uow, name, version)
+    disposition = f'attachment; filename="{name}-{version}.cdx.json"'
+    return Response(data, media_type=media_type, headers={"Content-Disposition": disposition})
 
 
 @router.get("/{version}/images/{image_id}")
