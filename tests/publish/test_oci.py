@@ -21,7 +21,7 @@ from pipeline.repository.oci import parse_oci_url
 from pipeline.repository.oci_client import load_credentials, tls_verify
 from pipeline.settings import Settings
 
-from .conftest import MiB, PackagedVersion, make_packaged_version, make_settings, run_invoke, settings_env
+from .conftest import ROOT, MiB, PackagedVersion, make_packaged_version, make_settings, run_invoke, settings_env
 from .oci_registry import PASSWORD, USER, Registry, TokenServer, start_registry, start_token_registry
 
 
@@ -394,3 +394,36 @@ def test_rebuild_retention_keeps_n_and_deletes_older_tags_with_their_referrers(
     assert report.deleted == {"debian-12 2026.11.22": ["debian-12:12-2026.11.22", "debian-12:12-2026.11.22-ova"]}
     repo = f"{project}/debian-12"
     assert registry.tags(repo) == version_tags(new)
+
+
+def test_the_tag_scheme_comes_from_the_appliance_definition(
+    tmp_path: Path, registry: Registry, project: str, oci_env: None
+) -> None:
+    import dataclasses
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "project"
+    shutil.copytree(ROOT / "packer_templates" / "debian-12", root / "packer_templates" / "debian-12")
+    shutil.copytree(ROOT / "provisioners", root / "provisioners")
+    definition = root / "packer_templates" / "debian-12" / "appliance.yaml"
+    data = yaml.safe_load(definition.read_text())
+    data["oci"] = {"tag": "{name}-{arch}-{version}", "rolling_tag": "bookworm"}
+    data["os"]["admin_user"] = "cloud"
+    definition.write_text(yaml.safe_dump(data))
+    settings = dataclasses.replace(make_settings(tmp_path, f"oci://{registry.host}/{project}"), root=root)
+    packaged = make_packaged_version(settings.output_dir)
+    result = publish_version(settings, "debian-12")
+    repo = f"{project}/debian-12"
+    long_tag = "debian-12-x86_64-2026.11.22"
+    assert registry.tags(repo) == version_tags(result)
+    assert {long_tag, "bookworm", f"{long_tag}-ova", "bookworm-ova"} <= set(registry.tags(repo))
+    raw = registry.inspect_raw(f"{repo}:bookworm")
+    assert raw == registry.inspect_raw(f"{repo}:{long_tag}")
+    [layer] = json.loads(raw)["layers"]
+    assert layer["digest"] == "sha256:" + packaged.manifest.artifact("qcow2").sha256
+    assert layer["annotations"]["org.openstack.glance.os_admin_user"] == "cloud"
+    # retention finds the rolling tag whatever its name: the current version is not deleted
+    with pytest.raises(UploadError, match=f":{long_tag}: the rolling tag bookworm still points at it"):
+        open_repository(settings).delete(f"debian-12:{long_tag}")
