@@ -3,9 +3,11 @@
 Each version becomes, in repository ``PROJECT/<appliance>``, an OCI 1.1 image manifest whose single
 layer is the qcow2 (``application/x-qemu-disk``) carrying the annotations EGI's atrope reads on
 ``layers[0]``; the config is the OCI empty descriptor. Tags: ``<os_version>-<version>`` (immutable)
-and the rolling ``<os_version>``. The CycloneDX SBOM is attached as a referrer (``subject`` = the
-image manifest) and listed under the referrers tag-schema fallback ``sha256-<hex>`` when the
-registry has no referrers API (CNCF distribution has none).
+and the rolling ``<os_version>``, or what the definition's ``oci`` templates say. The OVA is a second
+artifact of the same shape (layer ``application/ovf``) under the same tags plus ``-ova``, so a
+'-'-free sync pattern (EGI's) never takes it. The CycloneDX SBOM is attached to each as a referrer
+(``subject`` = the image manifest) and listed under the referrers tag-schema fallback ``sha256-<hex>``
+when the registry has no referrers API (CNCF distribution has none).
 
 The order is the guarantee: blobs (streamed from disk in chunks, hashed while read, skipped when a
 HEAD finds them) -> every blob read back and hashed -> the manifest put by digest and read back ->
