@@ -121,3 +121,45 @@ def test_the_repository_list_syntax_and_the_dry_run(tmp_path: Path, registry: Re
     assert registry.tags(f"{project}/debian-12") == [] and not folder.exists()
     with pytest.raises(ConfigError, match=r"^invoke.yaml: vmi.repository: .* names a repository twice"):
         load_settings({}, ROOT, {**env, "VMI_REPOSITORY": f"{oci} {oci}"})
+
+
+def test_retention_deletes_an_old_version_from_every_repository(
+    tmp_path: Path,
+    registry: Registry,  # noqa: F811
+    project: str,  # noqa: F811
+    oci_env: None,  # noqa: F811
+) -> None:
+    import datetime as dt
+
+    from pipeline.appliance import find_appliance
+    from pipeline.catalogue.client import open_catalogue
+    from pipeline.rebuild.retention import apply_retention
+    from pipeline.repository import open_repository
+
+    folder = tmp_path / "repository"
+    oci = f"oci://{registry.host}/{project}"
+    settings = dataclasses.replace(make_settings(tmp_path, folder.as_uri()), mirror_repositories=(oci,))
+    make_packaged_version(settings.output_dir)
+    make_packaged_version(settings.output_dir, version="2026.11.23", seed="newer")
+    publish_version(settings, "debian-12", version="2026.11.22")
+    new = publish_version(settings, "debian-12", version="2026.11.23")
+    appliance = find_appliance(settings.templates_dir, "debian-12")
+    keep_one = dataclasses.replace(appliance, rebuild=dataclasses.replace(appliance.rebuild, keep_versions=1))
+    catalogue = open_catalogue(settings)
+    try:
+        mirrors = [open_repository(settings, url=oci)]
+        now = dt.datetime.now(dt.UTC)
+        report = apply_retention({"debian-12": keep_one}, catalogue, open_repository(settings), now, mirrors=mirrors)
+    finally:
+        catalogue.close()
+    assert report.errors == []
+    deleted = report.deleted["debian-12 2026.11.22"]
+    assert {"debian-12:12-2026.11.22", "debian-12:12-2026.11.22-ova"} <= set(deleted)
+    assert "debian-12/2026.11.22/debian-12-2026.11.22.qcow2" in deleted
+    old_folder = folder / "debian-12" / "2026.11.22"
+    assert not old_folder.exists() or not any(old_folder.iterdir())
+    assert (folder / "debian-12" / "2026.11.23" / "debian-12-2026.11.23.qcow2").is_file()
+    images = new.plan.targets[1].images
+    assert registry.tags(f"{project}/debian-12") == sorted(
+        t for i in images for t in (*(x for x in i.tags if x), i.fallback_tag)
+    )
