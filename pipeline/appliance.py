@@ -127,6 +127,26 @@ class OsInfo:
     name: str
     version: str
     codename: str | None
+    distro: str | None = None  # Glance os_distro; None: from os.name (formats.oci.os_distro)
+    admin_user: str | None = None  # the image's default login user
+
+
+@dataclass(frozen=True)
+class OciTags:
+    """Tag templates for an OCI registry: the immutable per-version tag and the rolling one ("": none)."""
+
+    tag: str
+    rolling_tag: str
+
+    def render(self, appliance: str, os_version: str, arch: str, version: str) -> tuple[str, str | None]:
+        """(immutable tag, rolling tag or None) of one version."""
+        values = {"name": appliance, "os_version": os_version, "arch": arch, "version": version}
+        return self.tag.format_map(values), self.rolling_tag.format_map(values) or None
+
+
+# An OCI tag (distribution spec), with room for the OVA artifact's "-ova" suffix
+OCI_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,123}$")
+OVA_TAG_SUFFIX = "-ova"
 
 
 @dataclass(frozen=True)
@@ -193,6 +213,7 @@ class Appliance:
     rebuild: RebuildPolicy
     unattended_upgrades: bool
     directory: Path  # the appliance folder; not part of the definition itself
+    oci: OciTags = OciTags("{os_version}-{version}", "{os_version}")
 
     @property
     def template_path(self) -> Path:
@@ -272,6 +293,8 @@ def from_dict(
             name=d["os"]["name"],
             version=d["os"]["version"],
             codename=d["os"].get("codename"),
+            distro=d["os"].get("distro"),
+            admin_user=d["os"].get("admin_user"),
         ),
         arch=Arch(d["arch"]),
         base=base,
@@ -284,6 +307,7 @@ def from_dict(
         rebuild=RebuildPolicy(**d["rebuild"]),
         unattended_upgrades=bool(d["unattended_upgrades"]),
         directory=directory,
+        oci=OciTags(**d["oci"]),
     )
 
 
@@ -313,6 +337,7 @@ def definition_problems(data: Any, directory: Path, provisioners_dir: Path | Non
         if why := _file_problem(directory / template, (directory,)):
             problems.append(("template", f"{template} {why}"))
     problems += _variable_problems(data.get("variables"))
+    problems += _oci_tag_problems(data)
     problems += _provisioner_problems(data.get("provisioners"), directory, provisioners_dir)
     return problems
 
@@ -371,6 +396,33 @@ def _variable_problems(variables: Any) -> list[Problem]:
             problems.append((join_path("variables", key), f"is a pipeline variable and cannot be set here ({why})"))
         if isinstance(value, float) and not math.isfinite(value):
             problems.append((join_path("variables", key), "must be a finite number"))
+    return problems
+
+
+def _oci_tag_problems(data: dict[str, Any]) -> list[Problem]:
+    """The tag templates, rendered with this definition's values, make valid and distinct OCI tags."""
+    oci, os_info = data.get("oci"), data.get("os")
+    if not isinstance(oci, dict):
+        return []
+    problems: list[Problem] = []
+    tag, rolling = oci.get("tag", "{os_version}-{version}"), oci.get("rolling_tag", "{os_version}")
+    tags = ("properties", "oci", "properties")
+    if not (isinstance(tag, str) and _pattern(*tags, "tag").match(tag)):
+        return []  # the schema says why
+    if not (isinstance(rolling, str) and _pattern(*tags, "rolling_tag").match(rolling)):
+        return []
+    if "{version}" not in tag:
+        problems.append(("oci.tag", f"{brief(tag)} must contain {{version}}: the tag names one version for good"))
+    os_version = os_info.get("version") if isinstance(os_info, dict) else None
+    name, arch = data.get("name"), data.get("arch", "x86_64")
+    if not all(isinstance(v, str) for v in (os_version, name, arch)):
+        return problems
+    # the longest version a build makes: YYYY.MM.DD plus a same-day counter
+    sample = OciTags(tag, rolling).render(str(name), str(os_version), str(arch), "2026.12.02.99")
+    for field, value in (("oci.tag", sample[0]), ("oci.rolling_tag", sample[1])):
+        if value is not None and not OCI_TAG.match(value):
+            why = "not a valid OCI tag (at most 124 characters, not starting with . or -)"
+            problems.append((field, f"makes {brief(value)}, {why}"))
     return problems
 
 

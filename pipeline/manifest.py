@@ -45,6 +45,8 @@ class InstalledPackage:
     version: str
     arch: str
     source: str | None = None
+    # what /usr/share/doc/<name>/copyright declares (machine-readable files only; SPDX ids where known)
+    licenses: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,9 @@ class BuildManifest:
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["base"]["sources"] = list(self.base.sources)
-        data["packages"] = [{k: v for k, v in p.items() if v is not None} for p in data["packages"]]
+        data["packages"] = [
+            {k: list(v) if isinstance(v, tuple) else v for k, v in p.items() if v is not None} for p in data["packages"]
+        ]
         data["artifacts"] = list(data["artifacts"])  # asdict keeps tuples; JSON Schema arrays are lists
         if data["firmware"] is None:  # manifests of builds before the firmware field read back unchanged
             del data["firmware"]
@@ -113,7 +117,9 @@ class BuildManifest:
             raise ConfigError(problems, hint="the manifest was not written by this version of vmi-pipeline")
         d = dict(data)
         d["base"] = BaseRef(**{**d["base"], "sources": tuple(d["base"].get("sources", ()))})
-        d["packages"] = tuple(InstalledPackage(**p) for p in d["packages"])
+        d["packages"] = tuple(
+            InstalledPackage(**{**p, "licenses": tuple(p["licenses"])} if "licenses" in p else p) for p in d["packages"]
+        )
         d["artifacts"] = tuple(Artifact(**a) for a in d["artifacts"])
         return cls(**d)
 

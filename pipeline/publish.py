@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from pipeline.appliance import Appliance, find_appliance
 from pipeline.catalogue.client import open_catalogue
-from pipeline.catalogue.contract import Catalogue, VersionConflict, VersionInfo, VersionPayload
+from pipeline.catalogue.contract import VersionConflict, VersionInfo, VersionPayload
 from pipeline.errors import ArtifactError, UploadError
 from pipeline.formats.sbom import sbom_file_name, sbom_json
 from pipeline.fsutil import Digests
@@ -31,7 +31,7 @@ from pipeline.registration import appliance_payload, version_payload_from_build
 from pipeline.repository import PutOutcome, PutResult, Repository, UploadJournal, UploadTuning, open_repository
 from pipeline.repository.journal import exclusive
 from pipeline.repository.oci import OciImagePlan, OciPush, OciRepository
-from pipeline.settings import Settings
+from pipeline.settings import Settings, repository_urls
 
 # What goes to the repository, in this order (images first, their checksum files last), and
 # which of those become catalogue images. A role marked False may be absent (raw is optional).
@@ -58,16 +58,41 @@ class PlannedUpload:
 
 
 @dataclass(frozen=True)
+class PublishTarget:
+    """What goes to one repository: files by key (file://, s3://), or image artifacts (oci://)."""
+
+    repository: str
+    uploads: tuple[PlannedUpload, ...] = ()
+    images: tuple[OciImagePlan, ...] = ()  # qcow2 first, then the OVA
+
+    def locations(self) -> dict[str, str]:
+        """Artifact name -> where this repository serves it (the URL, or ``oci://`` + reference)."""
+        found = {u.artifact.name: u.url for u in self.uploads if u.artifact.role in IMAGE_ROLES}
+        return found | {i.disk.name: f"oci://{i.reference}" for i in self.images}
+
+
+@dataclass(frozen=True)
 class PublishPlan:
     """Everything a publish will write, worked out before anything is written (what --dry-run shows)."""
 
     appliance: Appliance
     manifest: BuildManifest
     version_dir: Path
-    repository: str
-    uploads: tuple[PlannedUpload, ...]
     payload: VersionPayload
-    oci: OciImagePlan | None = None  # an oci:// repository: the image artifact instead of uploads
+    targets: tuple[PublishTarget, ...]  # the primary repository first
+
+    @property
+    def repository(self) -> str:
+        return " ".join(t.repository for t in self.targets)
+
+    @property
+    def uploads(self) -> tuple[PlannedUpload, ...]:
+        return self.targets[0].uploads
+
+    @property
+    def oci(self) -> OciImagePlan | None:
+        """The qcow2 artifact of the first registry (the one EGI's atrope syncs), if any."""
+        return next((t.images[0] for t in self.targets if t.images), None)
 
     @property
     def journal_path(self) -> Path:
@@ -91,9 +116,10 @@ class PublishResult:
         m = self.plan.manifest
         if self.dry_run:
             lines = [f"dry run: would publish {m.appliance} {m.version} to {self.plan.repository}"]
-            lines += [f"  {u.key}  ({u.artifact.size} bytes, sha256 {u.artifact.sha256})" for u in self.plan.uploads]
-            if self.plan.oci is not None:
-                lines.append(self.plan.oci.describe())
+            for target in self.plan.targets:
+                lines.append(f" {target.repository}:")
+                lines += [f"  {u.key}  ({u.artifact.size} bytes, sha256 {u.artifact.sha256})" for u in target.uploads]
+                lines += [image.describe() for image in target.images]
             lines.append("catalogue payload:")
             lines.append(json.dumps(payload_json(self.plan.payload), indent=2, sort_keys=True))
             return "\n".join(lines)
@@ -128,6 +154,8 @@ def payload_json(payload: VersionPayload) -> dict[str, Any]:
     for image in data["images"]:
         image["manifest"] = f"<build manifest of {payload.appliance} {payload.version}>"
         image["packages"] = f"<{len(image['packages'])} packages>"
+    if payload.sbom is not None:
+        data["sbom"] = f"<CycloneDX SBOM, {len(payload.sbom.encode())} bytes>"
     return data
 
 
@@ -159,9 +187,10 @@ def plan_publish(packaged: PackageResult, repository: Repository) -> PublishPlan
             f"{name} {manifest.version} is not ready to publish:\n  " + "\n  ".join(problems),
             hint=f"run `invoke package --appliance {name} --version {manifest.version}`",
         )
-    uris = {u.artifact.name: u.url for u in uploads if u.artifact.role in IMAGE_ROLES}
-    payload = version_payload_from_build(appliance, manifest, uris)
-    return PublishPlan(appliance, manifest, version_dir, repository.url, tuple(uploads), payload)
+    target = PublishTarget(repository.url, tuple(uploads))
+    sbom_text = sbom_data(version_dir, manifest).decode()
+    payload = version_payload_from_build(appliance, manifest, target.locations(), sbom=sbom_text)
+    return PublishPlan(appliance, manifest, version_dir, payload, (target,))
 
 
 def sbom_artifact(manifest: BuildManifest) -> Artifact:
@@ -181,6 +210,16 @@ def _built(packaged: PackageResult) -> tuple[Appliance, Path, BuildManifest]:
     if packaged.manifest is None:  # packaged from --disk: no build manifest, nothing to register
         raise ArtifactError(f"{packaged.out_dir}: not a built version", hint="publish a version `invoke build` made")
     return packaged.definition, packaged.out_dir, packaged.manifest
+
+
+def sbom_data(version_dir: Path, manifest: BuildManifest) -> bytes:
+    """The SBOM's bytes as packaged (or derived), checked against what the manifest records."""
+    sbom = sbom_artifact(manifest)
+    path = version_dir / sbom.name
+    data = path.read_bytes() if sbom.role == "sbom" else sbom_json(manifest)
+    if hash_bytes(data) != Digests(sbom.size, sbom.sha256, sbom.sha512):
+        raise ArtifactError(f"{path}: not the SBOM the manifest records", hint="package the version again")
+    return data
 
 
 def hash_bytes(data: bytes) -> Digests:
@@ -214,69 +253,79 @@ def publish_packaged(
     name = packaged.appliance
     if (warning := public_url_warning(settings)) is not None:  # the defaults name this machine
         log.warning("%s", warning)
-    repository = open_repository(settings, tuning, insecure)
-    if isinstance(repository, OciRepository):
-        return _publish_oci(settings, repository, packaged, dry_run)
-    plan = plan_publish(packaged, repository)
+    repositories = [open_repository(settings, tuning, insecure, url) for url in repository_urls(settings)]
+    plan = plan_targets(packaged, repositories)
     if dry_run:
         return PublishResult(plan, dry_run=True)
     what = f"{name} {plan.manifest.version}"
+    puts: list[PutResult] = []
+    pushes: list[OciPush] = []
     with exclusive(plan.lock_path, what), step(f"publish {what}"):
-        repository.preflight()
+        for repository in repositories:
+            repository.preflight()
         catalogue = open_catalogue(settings)
         try:
-            puts = _upload_all(repository, plan)
-            with step("register in the catalogue"):
-                _once_more_on_conflict(lambda: catalogue.ensure_appliance(appliance_payload(plan.appliance)))
-                registered = _once_more_on_conflict(lambda: catalogue.register_version(plan.payload))
-        finally:
-            catalogue.close()
-    return PublishResult(plan, False, tuple(puts), registered, catalogue_page(settings, name, plan.manifest.version))
-
-
-def plan_oci(packaged: PackageResult, repository: OciRepository) -> PublishPlan:
-    """The image artifact (qcow2 + EGI annotations + SBOM referrer) and the payload naming its reference."""
-    appliance, version_dir, manifest = _built(packaged)
-    name = appliance.name
-    disk = manifest.artifact("qcow2")
-    path = version_dir / disk.name
-    actual = path.stat().st_size if path.is_file() else None
-    if actual != disk.size:
-        raise ArtifactError(
-            f"{path}: {'missing' if actual is None else f'{actual} bytes'}; the manifest says {disk.size} bytes",
-            hint=f"run `invoke package --appliance {name} --version {manifest.version}`",
-        )
-    sbom = sbom_artifact(manifest)
-    sbom_path = version_dir / sbom.name
-    data = sbom_path.read_bytes() if sbom.role == "sbom" else sbom_json(manifest)
-    if hash_bytes(data) != Digests(sbom.size, sbom.sha256, sbom.sha512):
-        raise ArtifactError(f"{sbom_path}: not the SBOM the manifest records", hint="package the version again")
-    oci = repository.plan_image(appliance, manifest, data, sbom.name)
-    payload = version_payload_from_build(appliance, manifest, {disk.name: f"oci://{oci.reference}"})
-    return PublishPlan(appliance, manifest, version_dir, repository.url, (), payload, oci)
-
-
-def _publish_oci(
-    settings: Settings, repository: OciRepository, packaged: PackageResult, dry_run: bool
-) -> PublishResult:
-    name = packaged.appliance
-    plan = plan_oci(packaged, repository)
-    if dry_run or plan.oci is None:
-        return PublishResult(plan, dry_run=True)
-    what = f"{name} {plan.manifest.version}"
-    with exclusive(plan.lock_path, what), step(f"publish {what} to {repository.url}"):
-        repository.preflight()
-        catalogue = open_catalogue(settings)
-        try:
-            with step(f"push {plan.oci.reference}"):
-                push = repository.push_image(plan.oci, plan.version_dir / plan.oci.disk.name)
+            # every repository written and verified before the one registration: a failure in any
+            # leaves no catalogue entry (running publish again completes the others)
+            for repository, target in zip(repositories, plan.targets, strict=True):
+                if isinstance(repository, OciRepository):
+                    for image in target.images:
+                        with step(f"push {image.reference}"):
+                            pushes.append(repository.push_image(image, plan.version_dir / image.disk.name))
+                else:
+                    puts += _upload_all(repository, plan, target)
             with step("register in the catalogue"):
                 _once_more_on_conflict(lambda: catalogue.ensure_appliance(appliance_payload(plan.appliance)))
                 registered = _once_more_on_conflict(lambda: catalogue.register_version(plan.payload))
         finally:
             catalogue.close()
     url = catalogue_page(settings, name, plan.manifest.version)
-    return PublishResult(plan, False, (), registered, url, (push,))
+    return PublishResult(plan, False, tuple(puts), registered, url, tuple(pushes))
+
+
+def plan_targets(packaged: PackageResult, repositories: list[Repository]) -> PublishPlan:
+    """The plan for every repository; the catalogue payload names the primary's URLs as the images'
+    URIs and every repository's in their ``locations``."""
+    targets: list[PublishTarget] = []
+    plan: PublishPlan | None = None
+    for repository in repositories:
+        if isinstance(repository, OciRepository):
+            one = plan_oci(packaged, repository)
+        else:
+            one = plan_publish(packaged, repository)
+        plan = plan or one
+        targets += one.targets
+    assert plan is not None
+    located: dict[str, list[str]] = {}
+    for target in targets:
+        for artifact, where in target.locations().items():
+            located.setdefault(artifact, []).append(where)
+    payload = dataclasses.replace(
+        version_payload_from_build(plan.appliance, plan.manifest, targets[0].locations(), locations=located),
+        sbom=plan.payload.sbom,
+    )
+    return dataclasses.replace(plan, payload=payload, targets=tuple(targets))
+
+
+def plan_oci(packaged: PackageResult, repository: OciRepository) -> PublishPlan:
+    """The image artifacts (qcow2, then OVA; EGI annotations + SBOM referrer) and the payload naming
+    their references."""
+    appliance, version_dir, manifest = _built(packaged)
+    name = appliance.name
+    for role in ("qcow2", "ova"):
+        disk = manifest.artifact(role)
+        path = version_dir / disk.name
+        actual = path.stat().st_size if path.is_file() else None
+        if actual != disk.size:
+            raise ArtifactError(
+                f"{path}: {'missing' if actual is None else f'{actual} bytes'}; the manifest says {disk.size} bytes",
+                hint=f"run `invoke package --appliance {name} --version {manifest.version}`",
+            )
+    sbom, data = sbom_artifact(manifest), sbom_data(version_dir, manifest)
+    images = tuple(repository.plan_image(appliance, manifest, data, sbom.name, role) for role in ("qcow2", "ova"))
+    target = PublishTarget(repository.url, (), images)
+    payload = version_payload_from_build(appliance, manifest, target.locations(), sbom=data.decode())
+    return PublishPlan(appliance, manifest, version_dir, payload, (target,))
 
 
 def _once_more_on_conflict(call: Callable[[], T]) -> T:
@@ -288,12 +337,15 @@ def _once_more_on_conflict(call: Callable[[], T]) -> T:
         return call()
 
 
-def _upload_all(repository: Repository, plan: PublishPlan) -> list[PutResult]:
-    journal = UploadJournal(plan.journal_path, repository.url)
+def _upload_all(repository: Repository, plan: PublishPlan, target: PublishTarget) -> list[PutResult]:
+    path = plan.journal_path
+    if repository.url != plan.targets[0].repository:  # a mirror keeps its own journal
+        path = path.with_name(f"{path.stem}-{hashlib.sha256(repository.url.encode()).hexdigest()[:12]}.json")
+    journal = UploadJournal(path, repository.url)
     if journal.keys():
         log.info("resuming a publish that stopped: %s", ", ".join(journal.keys()))
     puts = []
-    for upload in plan.uploads:
+    for upload in target.uploads:
         path = plan.version_dir / upload.artifact.name
         with step(f"upload {upload.key}"):
             result = repository.put(upload.key, path, upload.digests, journal)
@@ -313,54 +365,3 @@ def _upload_all(repository: Repository, plan: PublishPlan) -> list[PutResult]:
 
 def catalogue_page(settings: Settings, name: str, version: str) -> str:
     return f"{settings.catalogue_public_url.rstrip('/')}/appliances/{name}/{version}"
-
-
-# -- audit: is the repository still what the catalogue says? -------------------------------------
-
-
-@dataclass(frozen=True)
-class AuditReport:
-    repository: str
-    checked: int
-    drift: tuple[str, ...]  # one line per problem: missing, wrong size, wrong checksum, foreign URI
-    unregistered: tuple[str, ...]  # objects no registered version accounts for (informational)
-
-    @property
-    def ok(self) -> bool:
-        return not self.drift
-
-    def summary(self) -> str:
-        head = f"audit of {self.repository}: {self.checked} registered image(s) checked, "
-        head += "no drift" if self.ok else f"{len(self.drift)} problem(s)"
-        lines = [head, *(f"  DRIFT {d}" for d in self.drift)]
-        if self.unregistered:
-            lines.append(f"  {len(self.unregistered)} object(s) belong to no registered version:")
-            lines += [f"    {k}" for k in self.unregistered]
-        return "\n".join(lines)
-
-
-def audit_repository(settings: Settings, catalogue: Catalogue | None = None) -> AuditReport:
-    """Re-check every registered image against the repository: exists, size, checksums of the stored bytes."""
-    repository = open_repository(settings)
-    repository.preflight()
-    own = catalogue is None
-    cat = open_catalogue(settings) if catalogue is None else catalogue
-    try:
-        images = cat.list_images()
-    finally:
-        if own:
-            cat.close()
-    drift: list[str] = []
-    folders = set()
-    with step(f"audit {len(images)} image(s) in {repository.url}"):
-        for image in images:
-            where = f"{image.appliance} {image.version}"
-            key = repository.key_for_url(image.uri)
-            if key is None:
-                drift.append(f"{where}: {image.uri} is not in {repository.url}")
-                continue
-            folders.add(key.rsplit("/", 1)[0] + "/")
-            problems = repository.verify(key, Digests(image.size, image.sha256, image.sha512))
-            drift += [f"{where}: {p}" for p in problems]
-    unregistered = tuple(o.key for o in repository.iter_objects() if not any(o.key.startswith(f) for f in folders))
-    return AuditReport(repository.url, len(images), tuple(drift), unregistered)

@@ -7,7 +7,7 @@ contract depends on neither.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 from pipeline.appliance import Appliance
@@ -29,11 +29,14 @@ def version_payload_from_build(
     uris: Mapping[str, str],
     notes: str | None = None,
     expires: datetime | None = None,
+    locations: Mapping[str, Sequence[str]] | None = None,
+    sbom: str | None = None,
 ) -> VersionPayload:
     """The registration of a built version: one image per published artifact in ``uris``.
 
     ``uris`` maps an artifact name (as in the manifest) to where it was uploaded. Artifacts whose role
     is not a published image (build disk, sums, logs) are refused, so a typo cannot register a log.
+    ``locations`` maps an artifact name to every repository URL of it (publish to several repositories).
     """
     by_name = {a.name: a for a in manifest.artifacts}
     problems = [
@@ -67,8 +70,9 @@ def version_payload_from_build(
             title=f"{appliance.title} ({PUBLISHED_ROLES[by_name[name].role]})",
             manifest=manifest_json,
             packages=packages,
+            locations=tuple(dict.fromkeys([uri, *(locations or {}).get(name, ())])) if locations else (),
         )
         for name, uri in sorted(uris.items())
     )
     text = notes if notes is not None else f"{appliance.title} {manifest.version}, built {manifest.created}"
-    return VersionPayload(manifest.appliance, manifest.version, text, images, expires)
+    return VersionPayload(manifest.appliance, manifest.version, text, images, expires, sbom)

@@ -3,6 +3,10 @@
 Non-secret defaults are in ``invoke.yaml`` (the ``vmi:`` block); each can be overridden by an
 environment variable ``VMI_<NAME>`` (e.g. ``VMI_REPOSITORY=s3://bucket/prefix``). Secrets (tokens,
 keys, S3 credentials) come only from the environment, never from files in the repository.
+
+``repository`` may name several repositories separated by spaces (``VMI_REPOSITORY="s3://b/p
+oci://registry/project"``): publish uploads to and verifies every one; the first is the primary (its
+URLs go into the signed image lists; audit, retention and serve use it), the others are mirrors.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class Settings:
     s3_endpoint_url: str | None
     s3_profile: str | None
     accel: str  # auto | kvm | tcg
+    mirror_repositories: tuple[str, ...] = ()  # further repositories publish writes to (after the primary)
 
     @property
     def templates_dir(self) -> Path:
@@ -47,7 +52,7 @@ class Settings:
         return self.output_dir / appliance / version
 
 
-_FIELDS = [f.name for f in dataclasses.fields(Settings) if f.name != "root"]
+_FIELDS = [f.name for f in dataclasses.fields(Settings) if f.name not in ("root", "mirror_repositories")]
 _PATHS = {"output_dir", "work_dir", "cache_dir"}
 
 
@@ -73,13 +78,27 @@ def load_settings(config: Mapping[str, Any], root: Path, environ: Mapping[str, s
     for name in _PATHS:
         p = Path(str(values[name])).expanduser()
         values[name] = p if p.is_absolute() else (root / p)
-    for name in ("repository", "repository_public_url"):
-        v = str(values[name])
-        if v.startswith("file://./"):
-            values[name] = "file://" + str((root / v[len("file://./") :]).resolve())
+    urls = str(values["repository"]).split()
+    if not urls:
+        raise ConfigError("invoke.yaml: vmi.repository: is empty")
+    if len(set(urls)) != len(urls):
+        raise ConfigError(f"invoke.yaml: vmi.repository: {values['repository']!r} names a repository twice")
+    values["repository"], values["mirror_repositories"] = urls[0], tuple(urls[1:])
+
+    def local(v: str) -> str:
+        return "file://" + str((root / v[len("file://./") :]).resolve()) if v.startswith("file://./") else v
+
+    values["repository"] = local(values["repository"])
+    values["mirror_repositories"] = tuple(local(u) for u in values["mirror_repositories"])
+    values["repository_public_url"] = local(str(values["repository_public_url"]))
     cat = str(values["catalogue"])
     if cat.startswith("sqlite:///./"):
         values["catalogue"] = "sqlite:///" + str((root / cat[len("sqlite:///./") :]).resolve())
     if values["accel"] not in ("auto", "kvm", "tcg"):
         raise ConfigError(f"invoke.yaml: vmi.accel: {values['accel']!r} is not one of auto, kvm, tcg")
     return Settings(root=root.resolve(), **values)
+
+
+def repository_urls(settings: Settings) -> tuple[str, ...]:
+    """Every repository publish writes to: the primary first, then the mirrors."""
+    return (settings.repository, *settings.mirror_repositories)

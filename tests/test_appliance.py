@@ -42,6 +42,22 @@ def test_good_definition_gets_schema_defaults(tmp_path: Path) -> None:
     assert a.rebuild.keep_versions == 4 and a.rebuild.expires_days == 365
     assert a.arch == "x86_64"
     assert a.unattended_upgrades is False  # the audit then requires them off
+    assert (a.oci.tag, a.oci.rolling_tag, a.os.distro, a.os.admin_user) == (
+        "{os_version}-{version}",
+        "{os_version}",
+        None,
+        None,
+    )
+    assert a.oci.render("demo", "12", "x86_64", "2026.12.02") == ("12-2026.12.02", "12")
+
+
+def test_tag_scheme_and_image_labels_from_the_definition(tmp_path: Path) -> None:
+    data = {**GOOD, "oci": {"tag": "{name}-{os_version}-{arch}-{version}", "rolling_tag": ""}}
+    data["os"] = {**GOOD["os"], "distro": "debian", "admin_user": "cloud-user"}
+    a = load_appliance(write_appliance(tmp_path, data))
+    assert a.oci.render(a.name, a.os.version, a.arch, "2026.12.02") == ("demo-12-x86_64-2026.12.02", None)
+    assert (a.os.distro, a.os.admin_user) == ("debian", "cloud-user")
+    assert from_dict(yaml.safe_load(yaml.safe_dump(a.to_dict())), a.directory) == a
 
 
 def test_round_trip_through_yaml_and_json(tmp_path: Path) -> None:
@@ -79,6 +95,13 @@ def _with(path: str, value: Any) -> dict[str, Any]:
         (_with("colour", "blue"), "colour: is not a known field"),
         (_with("unattended_upgrades", "yes"), "unattended_upgrades: "),
         (_with("hardware.ram_recommended_mb", 300), "hardware.ram_recommended_mb: must be >= hardware.ram_min_mb"),
+        (_with("os.admin_user", "Root User"), "os.admin_user: 'Root User' must be a Unix user name"),
+        (_with("os.distro", "Debian"), "os.distro: 'Debian' must be a Glance os_distro name"),
+        (_with("oci", {"tag": "{os_version}"}), "oci.tag: '{os_version}' must contain {version}"),
+        (_with("oci", {"tag": "{version}-{colour}"}), "oci.tag: '{version}-{colour}' must be tag characters"),
+        (_with("oci", {"rolling_tag": "{version}"}), "oci.rolling_tag: '{version}' must be tag characters"),
+        (_with("oci", {"tag": "-{version}"}), "oci.tag: makes '-2026.12.02.99', not a valid OCI tag"),
+        (_with("oci", {"tag": "{version}", "rolling_tag": "x" * 100, "x": 1}), "oci.x: is not a known field"),
     ],
 )
 def test_bad_definitions_name_file_and_field(tmp_path: Path, data: dict[str, Any], expected: str) -> None:

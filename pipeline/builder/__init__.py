@@ -30,6 +30,7 @@ from pipeline.builder import packer
 from pipeline.builder.accel import UEFI_MACHINE_TYPE, Accel, QemuMachine, choose_accel, ovmf_vars_copy, qemu_machine
 from pipeline.builder.base import base_component, prepare_base
 from pipeline.builder.cache import compute_inputs, find_up_to_date, inputs_digest, next_version
+from pipeline.builder.licences import read_licences, with_licences
 from pipeline.builder.seed import build_user_data, generate_ssh_key, meta_data, write_seed_dir
 from pipeline.errors import BuildError, ConfigError, PipelineError
 from pipeline.fsutil import hash_file
@@ -150,6 +151,8 @@ def build_definition(
             with step("manifest", timings):
                 packages = read_package_list(work / "packages.tsv")
                 disk_artifact = _artifact(stage, disk_name, "build-disk", "qcow2")
+            with step("licences", timings):  # read offline from the disk: the SBOM's licence fields
+                packages = with_licences(packages, read_licences(stage / disk_name, "qcow2", packages, work))
         manifest = BuildManifest(
             appliance=name,
             version=version,

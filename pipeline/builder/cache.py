@@ -31,7 +31,8 @@ def compute_inputs(
     settings_doc = {
         "variables": appliance.variables,
         "hardware": {"disk_gb": appliance.hardware.disk_gb},
-        "os": appliance.to_dict()["os"],
+        # os.distro and os.admin_user only label the published image: not build inputs
+        "os": {k: v for k, v in appliance.to_dict()["os"].items() if k not in ("distro", "admin_user")},
         "arch": appliance.arch.value,
         "provisioners": list(appliance.provisioners),
     }

@@ -110,6 +110,7 @@ class ImagePayload:
     title: str = ""
     manifest: Mapping[str, Any] | None = field(default=None, hash=False)  # the build manifest JSON
     packages: tuple[PackageInfo, ...] = ()
+    locations: tuple[str, ...] = ()  # every repository holding this image (uri, the primary's, first)
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class VersionPayload:
     notes: str
     images: tuple[ImagePayload, ...]
     expires: datetime | None = None  # default and cap: one year after registration
+    sbom: str | None = None  # the version's CycloneDX JSON SBOM, as published (byte for byte, UTF-8)
 
 
 # --- infos (what a caller gets back) --------------------------------------------------------------
@@ -145,6 +147,7 @@ class ImageInfo:
     recommended_ram_mb: int
     title: str
     integrity: Integrity
+    locations: tuple[str, ...] = ()  # every repository holding it, uri first
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,7 @@ class VersionInfo:
     images: tuple[ImageInfo, ...]
     endorsements: tuple[EndorsementInfo, ...]
     audit_passed: bool | None  # None: no audit stored yet
+    sbom_sha256: str | None = None  # the stored SBOM's sha256 (GET .../versions/{version}/sbom), None: none
 
     @property
     def active_vos(self) -> tuple[str, ...]:

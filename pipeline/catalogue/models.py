@@ -162,6 +162,8 @@ class Version(Base):
     payload_digest: Mapped[str] = mapped_column(String(64))  # sha256 of the registration payload
     # "<appliance>@<version>" a layered build records as its base (lineage reads this, never the manifest)
     base_ref: Mapped[str | None] = mapped_column(String(100), default=None)
+    # sha256 of the version's SBOM (the bytes are in version_sboms), NULL: none stored (migration 0004)
+    sbom_sha256: Mapped[str | None] = mapped_column(String(64), default=None)
     appliance: Mapped[Appliance] = relationship()
     images: Mapped[list[Image]] = relationship(
         back_populates="version", order_by="Image.id", cascade="all, delete-orphan"
@@ -195,8 +197,19 @@ class Image(Base):
     title: Mapped[str] = mapped_column(String(200))
     integrity: Mapped[str] = mapped_column(String(16))  # contract.Integrity
     manifest: Mapped[dict[str, Any] | None]
+    # every repository holding the image (publish to several), uri first; NULL: only uri (migration 0004)
+    locations: Mapped[list[str] | None] = mapped_column(JSON, default=None)
     version: Mapped[Version] = relationship(back_populates="images")
     packages: Mapped[list[ImagePackage]] = relationship(order_by="ImagePackage.name", cascade="all, delete-orphan")
+
+
+class VersionSbom(Base):
+    """A version's CycloneDX SBOM, byte for byte as published (read only by its download route)."""
+
+    __tablename__ = "version_sboms"
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True)
+    media_type: Mapped[str] = mapped_column(String(100))
+    data: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class ImagePackage(Base):

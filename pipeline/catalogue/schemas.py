@@ -8,6 +8,7 @@ column (ids, token hashes, payload digests).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -163,6 +164,20 @@ def _uri_shape(uri: str) -> str:
     return uri
 
 
+MAX_SBOM_CHARS = 8 * 1024 * 1024  # a few thousand packages with licences stay far below
+
+
+def _cyclonedx(text: str) -> str:
+    """A CycloneDX JSON document: an object with ``bomFormat`` CycloneDX (the schema is checked at build)."""
+    try:
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        raise ValueError("must be JSON (a CycloneDX SBOM)") from None
+    if not isinstance(doc, dict) or doc.get("bomFormat") != "CycloneDX":
+        raise ValueError("must be a CycloneDX JSON SBOM (bomFormat CycloneDX)")
+    return text
+
+
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -210,18 +225,28 @@ class ImageCreate(_In):
     title: OptionalLine200 = ""
     manifest: JsonObject | None = None
     packages: Annotated[list[PackageIn], Field(max_length=20000)] = []
+    locations: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=2048, pattern=LINE), AfterValidator(_uri_shape)]],
+        Field(max_length=16, description="every repository holding the image (publish to several); uri first"),
+    ] = []
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
         for low, high in (("min_cores", "recommended_cores"), ("min_ram_mb", "recommended_ram_mb")):
             if getattr(self, low) > getattr(self, high):
                 raise ValueError(f"{low} must not exceed {high}")
+        if self.locations and self.locations[0] != self.uri:
+            raise ValueError("locations.0: must be the image's uri (the primary repository's)")
+        if len(set(self.locations)) != len(self.locations):
+            raise ValueError("locations: names a location twice")
         return self
 
     def to_payload(self) -> contract.ImagePayload:
-        data = {name: getattr(self, name) for name in type(self).model_fields if name != "packages"}
+        data = {name: getattr(self, name) for name in type(self).model_fields if name not in ("packages", "locations")}
         return contract.ImagePayload(
-            **data, packages=tuple(contract.PackageInfo(p.name, p.version, p.arch) for p in self.packages)
+            **data,
+            packages=tuple(contract.PackageInfo(p.name, p.version, p.arch) for p in self.packages),
+            locations=tuple(self.locations),
         )
 
 
@@ -230,6 +255,9 @@ class VersionCreate(_In):
     notes: Text1000
     images: Annotated[list[ImageCreate], Field(min_length=1, max_length=64)]
     expires: AwareDatetime | None = Field(default=None, description="default and cap: one year after registration")
+    sbom: Annotated[str, Field(max_length=MAX_SBOM_CHARS), AfterValidator(_cyclonedx)] | None = Field(
+        default=None, description="the version's CycloneDX JSON SBOM, as published (GET .../sbom serves it back)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -244,7 +272,7 @@ class VersionCreate(_In):
 
     def to_payload(self, appliance: str) -> contract.VersionPayload:
         return contract.VersionPayload(
-            appliance, self.version, self.notes, tuple(i.to_payload() for i in self.images), self.expires
+            appliance, self.version, self.notes, tuple(i.to_payload() for i in self.images), self.expires, self.sbom
         )
 
 
@@ -378,6 +406,7 @@ class ImagePublic(_Out):
     recommended_ram_mb: int
     title: str
     integrity: str
+    locations: list[str] = Field(default=[], description="every repository holding the image, uri first")
 
 
 class EndorsementPublic(_Out):
@@ -398,6 +427,7 @@ class VersionPublic(_Out):
     archived: bool
     images: list[ImagePublic]
     endorsements: list[EndorsementPublic]
+    sbom_sha256: str | None = Field(default=None, description="sha256 of the SBOM stored with the version, if any")
     audit_passed: bool | None
 
 

@@ -187,7 +187,8 @@ def _version_data(p: VersionPayload) -> dict[str, Any]:
         data = {f.name: getattr(img, f.name) for f in dataclasses.fields(img) if f.name != "packages"}
         data["packages"] = [{"name": k.name, "version": k.version, "arch": k.arch} for k in img.packages]
         images.append(data)
-    return {"appliance": p.appliance, "version": p.version, "notes": p.notes, "images": images, "expires": p.expires}
+    data = {"appliance": p.appliance, "version": p.version, "notes": p.notes, "images": images, "expires": p.expires}
+    return data | ({"sbom": p.sbom} if p.sbom is not None else {})
 
 
 def image_uri_problem(settings: CatalogueSettings, uri: str) -> str | None:
@@ -309,6 +310,7 @@ def register_version(uow: UnitOfWork, actor: str, payload: VersionPayload, setti
             archived=False,
             registered_by_id=user.id,
             payload_digest=digest,
+            sbom_sha256=hashlib.sha256(payload.sbom.encode()).hexdigest() if payload.sbom is not None else None,
             base_ref=next((manifest_base_ref(img.manifest) for img in payload.images if img.manifest), None),
             images=[
                 _image_row(appliance.name, img, state) for img, state in zip(payload.images, integrity, strict=True)
@@ -321,6 +323,8 @@ def register_version(uow: UnitOfWork, actor: str, payload: VersionPayload, setti
             uow.repo.flush()
         except IntegrityError as e:  # a concurrent publish of the same version won the race
             raise VersionConflict(f"{payload.appliance} {payload.version} was registered concurrently; retry") from e
+        if payload.sbom is not None:
+            uow.repo.add(m.VersionSbom(version_id=version.id, media_type=SBOM_TYPE, data=payload.sbom.encode()))
         info = views.version_info(version)
         uow.commit()
         return info
@@ -355,6 +359,7 @@ def _image_row(appliance: str, img: ImagePayload, integrity: Integrity) -> m.Ima
         title=img.title or f"{appliance} ({img.format})",
         integrity=integrity.value,
         manifest=dict(img.manifest) if img.manifest is not None else None,
+        locations=list(img.locations) if len(img.locations) > 1 else None,
         packages=[m.ImagePackage(name=p.name, version=p.version, arch=p.arch) for p in img.packages],
     )
 
@@ -371,6 +376,19 @@ def get_version_with_image_ids(
     with uow:
         v = find_version(uow, find_appliance(uow, appliance), version)
         return views.version_info(v), {i.identifier: i.id for i in v.images}, v.base_ref
+
+
+SBOM_TYPE = "application/vnd.cyclonedx+json"
+
+
+def version_sbom(uow: UnitOfWork, appliance: str, version: str) -> tuple[bytes, str]:
+    """(bytes, media type) of a version's SBOM; NotFound if the version has none."""
+    with uow:
+        v = find_version(uow, find_appliance(uow, appliance), version)
+        found = uow.repo.session.get(m.VersionSbom, v.id) if v.sbom_sha256 else None
+        if found is None:
+            raise NotFound(f"{appliance} {version} has no SBOM in the catalogue")
+        return found.data, found.media_type
 
 
 def list_versions(uow: UnitOfWork, appliance: str, offset: int, limit: int) -> views.Page[VersionInfo]:

@@ -147,6 +147,7 @@ def image_info(i: m.Image, appliance: str, version: str) -> ImageInfo:
         recommended_ram_mb=i.recommended_ram_mb,
         title=i.title,
         integrity=Integrity(i.integrity),
+        locations=tuple(i.locations or (i.uri,)),
     )
 
 
@@ -166,6 +167,7 @@ def version_info(v: m.Version) -> VersionInfo:
             EndorsementInfo(e.vo.name, e.endorsed_by.name, e.endorsed_at, e.revoked_at) for e in v.endorsements
         ),
         audit_passed=_audit_passed(v.audits),
+        sbom_sha256=v.sbom_sha256,
     )
 
 

@@ -25,10 +25,14 @@ EMPTY_DESCRIPTOR = {
     "digest": "sha256:" + hashlib.sha256(EMPTY_BLOB).hexdigest(),
     "size": 2,
 }
-DISK_TYPES = {"qcow2": "application/x-qemu-disk"}
+# layer media types, both from freedesktop's shared-mime-info (the qcow2 one is what EGI pushes):
+# *.qcow2 -> application/x-qemu-disk, *.ova -> application/ovf (alias application/x-virtualbox-ova)
+DISK_TYPES = {"qcow2": "application/x-qemu-disk", "ova": "application/ovf"}
+# Glance's (disk_format, container_format) of each artifact: an OVA is a tar of OVF + stream-optimised VMDK
+GLANCE_FORMATS = {"qcow2": ("qcow2", "bare"), "ova": ("vmdk", "ova")}
 IMAGE_ARTIFACT_TYPE = "application/vnd.unknown.artifact.v1"  # what `oras push` writes; atrope ignores it
 SBOM_TYPE = "application/vnd.cyclonedx+json"
-# what atrope maps from the layer annotations: image description, admin user, glance properties
+# the default login user of well-known distributions, for definitions that do not name os.admin_user
 ADMIN_USERS = {"debian": "debian", "ubuntu": "ubuntu", "almalinux": "almalinux", "rocky": "rocky", "fedora": "fedora"}
 
 
@@ -43,7 +47,8 @@ def sha256_digest(data: bytes) -> str:
 
 def layer_annotations(appliance: Appliance, manifest: BuildManifest, disk: Artifact) -> dict[str, str]:
     """What atrope 2.1.0 reads from ``layers[0]`` (``eu.egi.cloud.tag`` is required, else it ignores the image)."""
-    os_name = (manifest.os.get("name") or appliance.os.name).lower().split()[0]
+    os_name = appliance.os.distro or (manifest.os.get("name") or appliance.os.name).lower().split()[0]
+    disk_format, container_format = GLANCE_FORMATS[disk.format]
     annotations = {
         "eu.egi.cloud.tag": manifest.version,
         "eu.egi.cloud.description": appliance.title,
@@ -51,11 +56,11 @@ def layer_annotations(appliance: Appliance, manifest: BuildManifest, disk: Artif
         "org.openstack.glance.os_version": manifest.os.get("version") or appliance.os.version,
         "org.openstack.glance.os_type": manifest.os.get("family") or appliance.os.family.value,
         "org.openstack.glance.architecture": manifest.arch,
-        "org.openstack.glance.disk_format": disk.format,
-        "org.openstack.glance.container_format": "bare",
+        "org.openstack.glance.disk_format": disk_format,
+        "org.openstack.glance.container_format": container_format,
         "org.opencontainers.image.title": Path(disk.name).name,
     }
-    admin = appliance.variables.get("admin_user") or ADMIN_USERS.get(os_name)
+    admin = appliance.os.admin_user or ADMIN_USERS.get(os_name)
     if admin:
         annotations["org.openstack.glance.os_admin_user"] = str(admin)
     return annotations

@@ -108,8 +108,9 @@ def debian_licenses(copyright_text: str, limit: int = 64) -> tuple[str, ...]:
 
 def build_sbom(manifest: BuildManifest, licenses: Mapping[str, Sequence[str]] | None = None) -> Bom:
     """The BOM object; ``licenses`` maps a package name to what its copyright file declares (SPDX ids
-    or free names), where that is known. The manifest records no licences today."""
-    licenses = licenses or {}
+    or free names), where that is known; by default what the build recorded in the manifest."""
+    if licenses is None:
+        licenses = {p.name: p.licenses for p in manifest.packages if p.licenses}
     factory = LicenseFactory()
     components = []
     for p in sorted(manifest.packages, key=lambda p: (p.name, p.arch, p.version)):

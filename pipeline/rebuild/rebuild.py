@@ -75,7 +75,8 @@ def _retention(
     except PipelineError as e:
         return RetentionReport(errors=[f"catalogue {settings.catalogue}: {e.message}"], dry_run=dry_run)
     try:
-        return apply_retention(appliances, catalogue, open_repository(settings), now, dry_run=dry_run)
+        mirrors = [open_repository(settings, url=url) for url in settings.mirror_repositories]
+        return apply_retention(appliances, catalogue, open_repository(settings), now, dry_run=dry_run, mirrors=mirrors)
     finally:
         catalogue.close()
 

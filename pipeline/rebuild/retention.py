@@ -145,8 +145,10 @@ def apply_retention(
     repository: RepositoryLike,
     now: datetime,
     dry_run: bool = False,
+    mirrors: Sequence[RepositoryLike] = (),
 ) -> RetentionReport:
-    """Archive, then delete; one appliance's failure is reported and does not stop the others."""
+    """Archive, then delete (from the repository and every mirror publish wrote to); one appliance's
+    failure is reported and does not stop the others."""
     report = RetentionReport(dry_run=dry_run)
     for name, appliance in sorted(appliances.items()):
         try:
@@ -177,18 +179,22 @@ def apply_retention(
             except PipelineError as e:
                 report.errors.append(f"{name} {r.version}: archiving failed, objects kept: {e.message}")
                 continue
-            _delete_objects(report, repository, by_version[r.version], name)
+            for where in (repository, *mirrors):
+                _delete_objects(report, where, by_version[r.version], name)
         if not dry_run:
             # objects left behind by a run that archived but was stopped before deleting
             for v in versions:
                 if v.archived:
-                    _delete_objects(report, repository, v, name)
+                    for where in (repository, *mirrors):
+                        _delete_objects(report, where, v, name)
     return report
 
 
 def _delete_objects(report: RetentionReport, repository: RepositoryLike, version: VersionLike, name: str) -> None:
+    # every location of each image (publish to several repositories), else its uri
+    urls = {u for i in version.images for u in (getattr(i, "locations", ()) or (i.uri,))}
     try:
-        keys = {k for k in (repository.key_for_url(i.uri) for i in version.images) if k and repository.head(k)}
+        keys = {k for k in (repository.key_for_url(u) for u in sorted(urls)) if k and repository.head(k)}
         keys |= {o.key for o in repository.iter_objects(f"{name}/{version.version}/")}
         for key in sorted(keys):
             repository.delete(key)

@@ -211,10 +211,16 @@ def key_for_url(base: str, url: str) -> str | None:
     return unquote(url[len(root) :])
 
 
-def open_repository(settings: Settings, tuning: UploadTuning | None = None, insecure: bool = False) -> Repository:
+def open_repository(
+    settings: Settings, tuning: UploadTuning | None = None, insecure: bool = False, url: str | None = None
+) -> Repository:
     """The repository named by ``settings.repository`` (``file://``, ``s3://`` or ``oci://``; ``insecure``:
-    plain HTTP to a loopback registry)."""
-    url = settings.repository
+    plain HTTP to a loopback registry), or the mirror ``url``: a mirror's objects are named by its own
+    URL (``repository_public_url`` is the primary's)."""
+    public_base = settings.repository_public_url
+    if url is not None and url != settings.repository:
+        public_base = url
+    url = url or settings.repository
     parts = urlsplit(url)
     if parts.scheme == "oci":
         from pipeline.repository.oci import OciRepository
@@ -225,9 +231,7 @@ def open_repository(settings: Settings, tuning: UploadTuning | None = None, inse
 
         if parts.netloc not in ("", "localhost"):
             raise ConfigError(f"invoke.yaml: vmi.repository: {url!r}: a file:// URL needs an absolute path")
-        return FileRepository(
-            Path(unquote(parts.path)), settings.repository_public_url, tuning or UploadTuning.from_environ(os.environ)
-        )
+        return FileRepository(Path(unquote(parts.path)), public_base, tuning or UploadTuning.from_environ(os.environ))
     if parts.scheme == "s3":
         from pipeline.repository.s3 import S3Repository
 
@@ -236,7 +240,7 @@ def open_repository(settings: Settings, tuning: UploadTuning | None = None, inse
         return S3Repository(
             bucket=parts.netloc,
             prefix=parts.path.strip("/"),
-            public_base=settings.repository_public_url,
+            public_base=public_base,
             endpoint_url=settings.s3_endpoint_url,
             profile=settings.s3_profile,
             tuning=tuning or UploadTuning.from_environ(os.environ),

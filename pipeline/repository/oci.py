@@ -3,9 +3,11 @@
 Each version becomes, in repository ``PROJECT/<appliance>``, an OCI 1.1 image manifest whose single
 layer is the qcow2 (``application/x-qemu-disk``) carrying the annotations EGI's atrope reads on
 ``layers[0]``; the config is the OCI empty descriptor. Tags: ``<os_version>-<version>`` (immutable)
-and the rolling ``<os_version>``. The CycloneDX SBOM is attached as a referrer (``subject`` = the
-image manifest) and listed under the referrers tag-schema fallback ``sha256-<hex>`` when the
-registry has no referrers API (CNCF distribution has none).
+and the rolling ``<os_version>``, or what the definition's ``oci`` templates say. The OVA is a second
+artifact of the same shape (layer ``application/ovf``) under the same tags plus ``-ova``, so a
+'-'-free sync pattern (EGI's) never takes it. The CycloneDX SBOM is attached to each as a referrer
+(``subject`` = the image manifest) and listed under the referrers tag-schema fallback ``sha256-<hex>``
+when the registry has no referrers API (CNCF distribution has none).
 
 The order is the guarantee: blobs (streamed from disk in chunks, hashed while read, skipped when a
 HEAD finds them) -> every blob read back and hashed -> the manifest put by digest and read back ->
@@ -34,7 +36,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from pipeline.appliance import Appliance
+from pipeline.appliance import OVA_TAG_SUFFIX, Appliance
 from pipeline.errors import ArtifactError, ConfigError, UploadError
 from pipeline.formats.oci import (
     EMPTY_BLOB,
@@ -115,16 +117,17 @@ def parse_oci_url(url: str, insecure: bool = False) -> OciLocation:
     return OciLocation(parts.netloc, project, "http" if insecure else "https")
 
 
-def image_tags(appliance: Appliance, manifest: BuildManifest) -> tuple[str, str]:
-    """(long, rolling): ``<os_version>-<version>`` and ``<os_version>`` (atrope syncs tags without '-')."""
+def image_tags(appliance: Appliance, manifest: BuildManifest, role: str = "qcow2") -> tuple[str, str | None]:
+    """(long, rolling or None) from the definition's ``oci`` templates (default ``<os_version>-<version>``
+    and ``<os_version>``: EGI's atrope syncs only tags without '-'); the OVA's carry the suffix ``-ova``,
+    so the same repository holds both and a '-'-free tag pattern never picks the OVA."""
     os_version = manifest.os.get("version") or appliance.os.version
-    long_tag, rolling = f"{os_version}-{manifest.version}", os_version
-    for tag in (long_tag, rolling):
-        if not _TAG.match(tag) or "-" in rolling:
-            raise ConfigError(
-                f"{appliance.definition_path}: os.version: {os_version!r} does not make a valid OCI tag "
-                f"({tag!r}); the rolling tag must have no '-'"
-            )
+    long_tag, rolling = appliance.oci.render(appliance.name, os_version, manifest.arch, manifest.version)
+    if role == "ova":
+        long_tag, rolling = long_tag + OVA_TAG_SUFFIX, rolling and rolling + OVA_TAG_SUFFIX
+    for field, tag in (("oci.tag", long_tag), ("oci.rolling_tag", rolling)):
+        if tag is not None and not _TAG.match(tag):
+            raise ConfigError(f"{appliance.definition_path}: {field}: makes {tag!r}, not a valid OCI tag")
     return long_tag, rolling
 
 
@@ -137,7 +140,7 @@ class OciImagePlan:
 
     repository: str  # project/appliance
     reference: str  # host/project/appliance:long-tag@sha256:... (the catalogue's image URI)
-    tags: tuple[str, str]  # long (immutable), rolling
+    tags: tuple[str, str | None]  # long (immutable), rolling (None: the definition names none)
     disk: Artifact
     image: bytes  # the image manifest
     sbom: bytes
@@ -156,7 +159,7 @@ class OciImagePlan:
         """What --dry-run prints: references, tags, both manifests with their annotations."""
         host = self.reference.split("/", 1)[0]
         lines = [f"  image {self.reference}"]
-        lines += [f"  tag   {host}/{self.repository}:{t}" for t in self.tags]
+        lines += [f"  tag   {host}/{self.repository}:{t}" for t in self.tags if t]
         lines.append(f"  layer {self.disk.name} ({self.disk.size} bytes, sha256:{self.disk.sha256})")
         lines.append("  image manifest:")
         lines += ["    " + x for x in json.dumps(json.loads(self.image), indent=2, sort_keys=True).splitlines()]
@@ -252,18 +255,20 @@ class OciRepository:
 
     def delete(self, key: str) -> None:
         """Retention: delete a version's image manifest (so its tags) and its referrers (SBOM, fallback
-        index). Refused while the rolling tag still points at it: that would unpublish the current image."""
+        index). Refused while another tag (the rolling one) still points at it: that would unpublish
+        the current image."""
         repo, tag = self._split(key)
         found = self.client.get_manifest(repo, tag)
         if found is None:
             return
         digest = found[1]
-        rolling = tag.split("-", 1)[0]
-        if rolling != tag:
-            current = self.client.get_manifest(repo, rolling)
+        for other in self.client.list_tags(repo):
+            if other == tag or other.startswith("sha256-"):
+                continue
+            current = self.client.get_manifest(repo, other)
             if current is not None and current[1] == digest:
                 raise UploadError(
-                    f"{self.location.host}/{repo}:{tag}: the rolling tag {rolling} still points at it; not deleted",
+                    f"{self.location.host}/{repo}:{tag}: the rolling tag {other} still points at it; not deleted",
                     hint="publish a newer version first",
                 )
         index = self.client.get_manifest(repo, fallback_tag(digest))
@@ -292,10 +297,13 @@ class OciRepository:
 
     # - publishing -
 
-    def plan_image(self, appliance: Appliance, manifest: BuildManifest, sbom: bytes, sbom_name: str) -> OciImagePlan:
-        """Every manifest, tag and reference of the push, worked out before anything is sent (--dry-run)."""
-        disk = manifest.artifact("qcow2")
-        long_tag, rolling = image_tags(appliance, manifest)
+    def plan_image(
+        self, appliance: Appliance, manifest: BuildManifest, sbom: bytes, sbom_name: str, role: str = "qcow2"
+    ) -> OciImagePlan:
+        """Every manifest, tag and reference of one artifact's push (``role`` qcow2 or ova), worked out
+        before anything is sent (--dry-run)."""
+        disk = manifest.artifact(role)
+        long_tag, rolling = image_tags(appliance, manifest, role)
         image = image_manifest(appliance, manifest, disk)
         digest = sha256_digest(image)
         return OciImagePlan(
@@ -342,8 +350,8 @@ class OciRepository:
             if current is None or current[0] != index:
                 self._put_proved(repo, plan.fallback_tag, index, INDEX_TYPE)
         self._put_proved(repo, long_tag, plan.image, MANIFEST_TYPE)
-        moved = self._rolling_may_move(repo, rolling, plan)
-        if moved:  # only once the long tag is proved
+        moved = rolling is not None and self._rolling_may_move(repo, rolling, plan)
+        if moved and rolling is not None:  # only once the long tag is proved
             self._put_proved(repo, rolling, plan.image, MANIFEST_TYPE)
         outcome = PutOutcome.UPLOADED if uploaded else PutOutcome.PRESENT
         return OciPush(plan.reference, outcome, disk.size, time.monotonic() - start, rolling if moved else None)

@@ -24,7 +24,7 @@ import requests
 from requests.utils import get_environ_proxies
 
 from pipeline.errors import ConfigError, UploadError
-from pipeline.formats.oci import INDEX_TYPE, MANIFEST_TYPE, sha256_digest
+from pipeline.formats.oci import INDEX_TYPE, MANIFEST_TYPE, parse_json_object, sha256_digest
 from pipeline.fsutil import Digests
 from pipeline.log import log
 from pipeline.repository import compare
@@ -383,6 +383,23 @@ class RegistryClient:
         if claimed and claimed != sha256_digest(data):
             raise self.error(f"{repo}:{reference} stored as {claimed}, sent {sha256_digest(data)}")
         return reply
+
+    def list_tags(self, repo: str) -> list[str]:
+        """Every tag of ``repo`` (``/v2/<name>/tags/list``, following ``Link: <...>; rel="next"``)."""
+        tags: list[str] = []
+        path: str | None = f"/v2/{repo}/tags/list?n=1000"
+        while path:
+            reply = self.request("GET", path, repo, stream=True)
+            if reply.status_code == 404:
+                reply.close()
+                return tags
+            self.check(reply, f"GET tags of {repo}", (200,))
+            link = reply.headers.get("Link", "")
+            doc = parse_json_object(read_bounded(reply, MAX_MANIFEST, f"tags of {repo}"), f"tags of {repo}")
+            found = doc.get("tags")
+            tags += [t for t in found if isinstance(t, str)] if isinstance(found, list) else []
+            path = link[1 : link.index(">")] if link.startswith("<") and 'rel="next"' in link else None
+        return tags
 
     def delete_manifest(self, repo: str, digest: str) -> None:
         reply = self.request("DELETE", f"/v2/{repo}/manifests/{digest}", repo)

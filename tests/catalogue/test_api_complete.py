@@ -25,6 +25,7 @@ def test_version_json_has_image_ids_and_links(api: Api, version_payload: Callabl
         "audit": f"{V}/2026.11.22/audit",
         "versions": V,
         "changes": f"{V}/2026.11.22/changes",
+        "sbom": None,  # registered without an SBOM
     }
     assert {i["format"] for i in version["images"]} == {"ova", "qcow2"}
     for image in version["images"]:

@@ -129,7 +129,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "VMI_OUTPUT_DIR": str(settings.output_dir),
         "VMI_WORK_DIR": str(settings.work_dir),
         "VMI_CACHE_DIR": str(settings.cache_dir),
-        "VMI_REPOSITORY": settings.repository,
+        "VMI_REPOSITORY": " ".join((settings.repository, *settings.mirror_repositories)),
         "VMI_REPOSITORY_PUBLIC_URL": settings.repository_public_url,
         "VMI_CATALOGUE": settings.catalogue,
         "VMI_CATALOGUE_PUBLIC_URL": settings.catalogue_public_url,

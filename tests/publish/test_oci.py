@@ -15,13 +15,13 @@ import pytest
 from pipeline.errors import ConfigError, UploadError
 from pipeline.formats.oci import EMPTY_DESCRIPTOR, INDEX_TYPE, MANIFEST_TYPE
 from pipeline.formats.sbom import sbom_json
-from pipeline.publish import audit_repository, publish_version
+from pipeline.publish import PublishResult, audit_repository, publish_version
 from pipeline.repository import open_repository
 from pipeline.repository.oci import parse_oci_url
 from pipeline.repository.oci_client import load_credentials, tls_verify
 from pipeline.settings import Settings
 
-from .conftest import MiB, PackagedVersion, make_packaged_version, make_settings, run_invoke, settings_env
+from .conftest import ROOT, MiB, PackagedVersion, make_packaged_version, make_settings, run_invoke, settings_env
 from .oci_registry import PASSWORD, USER, Registry, TokenServer, start_registry, start_token_registry
 
 
@@ -58,6 +58,12 @@ def setup(tmp_path: Path, registry: Registry, project: str, seed: str = "") -> t
 LONG, ROLLING = "12-2026.11.22", "12"
 
 
+def version_tags(result: PublishResult) -> list[str]:
+    """Every tag a publish puts: each artifact's (qcow2, OVA) long and rolling tag and its referrers index."""
+    images = result.plan.targets[0].images
+    return sorted(t for i in images for t in (*(x for x in i.tags if x), i.fallback_tag))
+
+
 def test_publish_pushes_the_qcow2_with_egi_annotations_and_sbom(
     tmp_path: Path, registry: Registry, project: str, oci_env: None
 ) -> None:
@@ -66,7 +72,11 @@ def test_publish_pushes_the_qcow2_with_egi_annotations_and_sbom(
     repo = f"{project}/debian-12"
     qcow2 = packaged.manifest.artifact("qcow2")
 
-    assert registry.tags(repo) == sorted([LONG, ROLLING, result.plan.oci.fallback_tag])  # type: ignore[union-attr]
+    qcow2_plan, ova_plan = result.plan.targets[0].images
+    assert registry.tags(repo) == version_tags(result)
+    assert version_tags(result) == sorted(
+        [LONG, ROLLING, f"{LONG}-ova", f"{ROLLING}-ova", qcow2_plan.fallback_tag, ova_plan.fallback_tag]
+    )
     raw = registry.inspect_raw(f"{repo}:{LONG}")
     assert registry.inspect_raw(f"{repo}:{ROLLING}") == raw
     digest = "sha256:" + hashlib.sha256(raw).hexdigest()
@@ -117,9 +127,36 @@ def test_publish_pushes_the_qcow2_with_egi_annotations_and_sbom(
     registry.curl_blob(repo, referrer["layers"][0]["digest"], sbom_file)
     assert sbom_file.read_bytes() == sbom_json(packaged.manifest)
 
-    # the catalogue names the image by its reference
+    # the OVA: its own artifact in the same repository, tags with -ova (atrope's '-'-free pattern skips them)
+    ova = packaged.manifest.artifact("ova")
+    ova_raw = registry.inspect_raw(f"{repo}:{LONG}-ova")
+    assert registry.inspect_raw(f"{repo}:{ROLLING}-ova") == ova_raw
+    ova_image = json.loads(ova_raw)
+    assert ova_image["config"] == EMPTY_DESCRIPTOR and ova_image["annotations"] == image["annotations"]
+    [ova_layer] = ova_image["layers"]
+    assert (ova_layer["mediaType"], ova_layer["digest"], ova_layer["size"]) == (
+        "application/ovf",
+        "sha256:" + ova.sha256,
+        ova.size,
+    )
+    assert ova_layer["annotations"] == {
+        **layer["annotations"],
+        "org.openstack.glance.disk_format": "vmdk",
+        "org.openstack.glance.container_format": "ova",
+        "org.opencontainers.image.title": ova.name,
+    }
+    registry.curl_blob(repo, ova_layer["digest"], pulled)
+    assert hashlib.sha256(pulled.read_bytes()).hexdigest() == ova.sha256
+    ova_digest = "sha256:" + hashlib.sha256(ova_raw).hexdigest()
+    [ova_entry] = json.loads(registry.inspect_raw(f"{repo}:sha256-{ova_digest.split(':')[1]}"))["manifests"]
+    ova_referrer = json.loads(registry.inspect_raw(f"{repo}@{ova_entry['digest']}"))
+    assert ova_referrer["subject"]["digest"] == ova_digest
+    assert ova_referrer["layers"][0]["digest"] == referrer["layers"][0]["digest"]  # the same SBOM
+
+    # the catalogue names each image by its reference
     assert result.registered is not None
-    assert [i.uri for i in result.registered.images] == [f"oci://{result.pushes[0].reference}"]
+    assert sorted(i.uri for i in result.registered.images) == sorted(f"oci://{p.reference}" for p in result.pushes)
+    assert [p.reference.split("@")[1] for p in result.pushes] == [digest, ova_digest]
 
 
 def test_publishing_again_proves_what_is_there_and_changes_nothing(
@@ -287,7 +324,7 @@ def test_audit_reads_back_registered_images_and_retention_deletes_old_tags_with_
     new = publish_version(settings, "debian-12", version="2026.11.23")
     repo = f"{project}/debian-12"
     report = audit_repository(settings)
-    assert (report.ok, report.checked) == (True, 2), report.summary()
+    assert (report.ok, report.checked) == (True, 4), report.summary()
     rerun = publish_version(settings, "debian-12", version="2026.11.22")  # a rerun of the older publish
     assert "  rolling tag: left on a newer version" in rerun.summary()
     assert "  rolling tag 12: now this image" in new.summary()
@@ -298,8 +335,9 @@ def test_audit_reads_back_registered_images_and_retention_deletes_old_tags_with_
         repository.delete("debian-12:12-2026.11.23")
     old_key = repository.key_for_url(f"oci://{old.pushes[0].reference}")
     assert old_key == "debian-12:12-2026.11.22"
+    old_fallback = old.plan.targets[0].images[0].fallback_tag
     repository.delete(old_key)
-    assert registry.tags(repo) == sorted(["12", "12-2026.11.23", new.plan.oci.fallback_tag])  # type: ignore[union-attr]
+    assert registry.tags(repo) == sorted({*version_tags(new), *version_tags(old)} - {"12-2026.11.22", old_fallback})
     old_sbom = old.plan.oci.referrer  # type: ignore[union-attr]
     gone = registry.skopeo(
         "inspect", "--raw", f"docker://{registry.host}/{repo}@sha256:{hashlib.sha256(old_sbom).hexdigest()}"
@@ -353,6 +391,39 @@ def test_rebuild_retention_keeps_n_and_deletes_older_tags_with_their_referrers(
     finally:
         catalogue.close()
     assert report.errors == []
-    assert report.deleted == {"debian-12 2026.11.22": ["debian-12:12-2026.11.22"]}
+    assert report.deleted == {"debian-12 2026.11.22": ["debian-12:12-2026.11.22", "debian-12:12-2026.11.22-ova"]}
     repo = f"{project}/debian-12"
-    assert registry.tags(repo) == sorted(["12", "12-2026.11.23", new.plan.oci.fallback_tag])  # type: ignore[union-attr]
+    assert registry.tags(repo) == version_tags(new)
+
+
+def test_the_tag_scheme_comes_from_the_appliance_definition(
+    tmp_path: Path, registry: Registry, project: str, oci_env: None
+) -> None:
+    import dataclasses
+    import shutil
+
+    import yaml
+
+    root = tmp_path / "project"
+    shutil.copytree(ROOT / "packer_templates" / "debian-12", root / "packer_templates" / "debian-12")
+    shutil.copytree(ROOT / "provisioners", root / "provisioners")
+    definition = root / "packer_templates" / "debian-12" / "appliance.yaml"
+    data = yaml.safe_load(definition.read_text())
+    data["oci"] = {"tag": "{name}-{arch}-{version}", "rolling_tag": "bookworm"}
+    data["os"]["admin_user"] = "cloud"
+    definition.write_text(yaml.safe_dump(data))
+    settings = dataclasses.replace(make_settings(tmp_path, f"oci://{registry.host}/{project}"), root=root)
+    packaged = make_packaged_version(settings.output_dir)
+    result = publish_version(settings, "debian-12")
+    repo = f"{project}/debian-12"
+    long_tag = "debian-12-x86_64-2026.11.22"
+    assert registry.tags(repo) == version_tags(result)
+    assert {long_tag, "bookworm", f"{long_tag}-ova", "bookworm-ova"} <= set(registry.tags(repo))
+    raw = registry.inspect_raw(f"{repo}:bookworm")
+    assert raw == registry.inspect_raw(f"{repo}:{long_tag}")
+    [layer] = json.loads(raw)["layers"]
+    assert layer["digest"] == "sha256:" + packaged.manifest.artifact("qcow2").sha256
+    assert layer["annotations"]["org.openstack.glance.os_admin_user"] == "cloud"
+    # retention finds the rolling tag whatever its name: the current version is not deleted
+    with pytest.raises(UploadError, match=f":{long_tag}: the rolling tag bookworm still points at it"):
+        open_repository(settings).delete(f"debian-12:{long_tag}")

@@ -55,7 +55,8 @@ def test_atrope_finds_pulls_and_verifies_the_image(
     base = f"https://{registry.host}/v2/{project}/debian-12"
     tags = session.get(f"{base}/tags/list", timeout=30).json()["tags"]
     synced = [t for t in tags if TAG_PATTERN.match(t)]
-    assert synced == ["12"]  # not the long tag, not the referrers fallback tag
+    assert synced == ["12"]  # not the long tag, not the OVA's tags, not the referrers fallback tags
+    assert {"12-2026.11.22", "12-ova", "12-2026.11.22-ova"} <= set(tags)  # the OVA is there, not synced
 
     reply = session.get(f"{base}/manifests/12", headers={"Accept": ORAS_ACCEPT}, timeout=30)
     assert reply.status_code == 200

@@ -122,7 +122,7 @@ def test_a_5xx_on_the_blob_upload_is_retried_from_where_the_registry_got(
     failed = oci_proxy.add(Rule(patch_chunk, "fail", status=503))
     result = publish_version(load_settings({}, ROOT, env), "debian-12", tuning=TUNING, insecure=True)
     assert failed.acted == 1
-    assert oci_proxy.statuses(lambda m, t: m == "PATCH") == [503, 202]
+    assert oci_proxy.statuses(lambda m, t: m == "PATCH") == [503, 202, 202]  # the qcow2 twice, then the OVA
     assert oci_proxy.statuses(lambda m, t: m == "GET" and "/blobs/uploads/" in t) == [204]  # asked how far it got
     assert result.pushes and LONG in plain_registry.tags(repo)
 
@@ -204,8 +204,9 @@ def test_a_connection_cut_mid_blob_starts_the_blob_again_in_a_new_session(
         heads = bytes(cutter.client_bytes)
         # distribution 2.8 drops a session whose PATCH broke off (its status answers 404): a new session
         # from byte 0, never an append to bytes of unknown state
-        assert heads.count(b"POST /v2/") == 4  # the disk twice, the empty config and the SBOM once each
-        assert heads.count(b"PATCH /v2/") == 2
+        # the disk twice, the empty config, the SBOM and the OVA once each
+        assert heads.count(b"POST /v2/") == 5
+        assert heads.count(b"PATCH /v2/") == 3
         assert heads.count(f"Content-Range: 0-{11 * MiB - 1}".encode()) == 2
         pulled = tmp_path / "pulled"
         plain_registry.curl_blob(f"{project}/debian-12", "sha256:" + packaged.manifest.artifact("qcow2").sha256, pulled)

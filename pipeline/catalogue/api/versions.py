@@ -63,6 +63,7 @@ class VersionLinks(BaseModel):
     audit: str
     versions: str
     changes: str
+    sbom: str | None = Field(default=None, description="the version's CycloneDX SBOM; null when none is stored")
 
 
 class LineagePublic(BaseModel):
@@ -111,12 +112,25 @@ def get_version(
         audit=f"{base}/audit",
         versions=f"{api}/versions",
         changes=f"{base}/changes",
+        sbom=f"{base}/sbom" if info.sbom_sha256 else None,
     )
     found = lineage_of(uow, base_ref)
     lineage = None if found is None else LineagePublic.model_validate(found, from_attributes=True)
     if found is not None and found.until is not None:  # outdated once the base expires, with no write
         response.headers["X-Vmi-Cache-Until"] = str(int(found.until.timestamp()))
     return VersionDetailPublic(**public, images=images, links=links, lineage=lineage)
+
+
+@router.get(
+    "/{version}/sbom",
+    response_class=Response,
+    responses={200: {"content": {services.SBOM_TYPE: {}}, "description": "the CycloneDX JSON SBOM, as published"}},
+)
+def get_sbom(name: Name, version: VersionStr, uow: UowDep) -> Response:
+    """The version's CycloneDX SBOM, byte for byte as published (404 when none is stored)."""
+    data, media_type = services.version_sbom(uow, name, version)
+    disposition = f'attachment; filename="{name}-{version}.cdx.json"'
+    return Response(data, media_type=media_type, headers={"Content-Disposition": disposition})
 
 
 @router.get("/{version}/images/{image_id}")
