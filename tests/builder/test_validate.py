@@ -114,3 +114,17 @@ def test_a_missing_shared_template_is_one_line_naming_the_definition(scratch_pro
         validate_appliances(scratch_project)
     definition = scratch_project.templates_dir / "debian-12" / "appliance.yaml"
     assert f"{definition}: template: {shared} does not exist" in err.value.problems
+
+
+def test_an_appliances_variables_reach_the_shared_template(scratch_project: Settings) -> None:
+    """The shared template's own knobs are set from appliance.yaml; packer validate checks their types."""
+    path = scratch_project.templates_dir / "debian-12" / "appliance.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["variables"] = {"provisioner_env": '["VMI_DEFAULT_USER=cloud"]', "boot_wait": "2s"}
+    path.write_text(yaml.safe_dump(data))
+    assert "debian-12: ok (packer_templates/_shared/qemu.pkr.hcl)" in validate_appliances(scratch_project)
+    data["variables"] = {"ssh_handshake_attempts": "many"}
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as err:
+        validate_appliances(scratch_project)
+    assert any("packer validate" in p and "ssh_handshake_attempts" in p for p in err.value.problems), err.value.problems
