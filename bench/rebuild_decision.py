@@ -113,6 +113,7 @@ def project(root: Path, appliances: int = APPLIANCES) -> Settings:
     shutil.rmtree(root, ignore_errors=True)
     (root / "packer_templates").mkdir(parents=True)
     shutil.copytree(ROOT / "packer_templates" / "debian-12", root / "packer_templates" / "debian-12")
+    shutil.copytree(ROOT / "packer_templates" / "_shared", root / "packer_templates" / "_shared")
     shutil.copytree(ROOT / "provisioners", root / "provisioners")
     config = yaml.safe_load((ROOT / "invoke.yaml").read_text())["vmi"]
     settings = load_settings(config, root, environ={})

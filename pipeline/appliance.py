@@ -1,4 +1,5 @@
-"""Appliance definitions: ``packer_templates/<name>/appliance.yaml`` plus its Packer template.
+"""Appliance definitions: ``packer_templates/<name>/appliance.yaml``, built with the shared Packer
+template ``packer_templates/_shared/qemu.pkr.hcl`` (or, rarely, a template of the appliance's own).
 
 Loaded once into frozen dataclasses; every mistake in every file is reported together, each with
 its file and field, before anything starts.
@@ -40,6 +41,9 @@ SCHEMA = "appliance"
 YAML_LIMITS = YamlLimits(max_bytes=64 * 1024, max_depth=8, max_nodes=5000)
 MULTILINE_FIELDS = frozenset({"description"})
 SIBLING = "../"  # a provisioner path into another appliance's folder: ../NAME/script.sh
+# The template every appliance is built with unless it names its own: beside the appliance folders,
+# in a folder without appliance.yaml (so it is no appliance) whose name no appliance can take.
+SHARED_TEMPLATE = Path("_shared") / "qemu.pkr.hcl"
 
 # The Packer variables the pipeline sets for every build (pipeline.builder.template_variables, README
 # "Building an image"): an appliance's ``variables`` may not override them. Not even cpus or memory:
@@ -59,6 +63,9 @@ PIPELINE_VARIABLES = frozenset(
         "ssh_username",
         "ssh_private_key_file",
         "scripts",
+        "disk_size",
+        "skip_resize_disk",
+        "firmware_qemuargs",
         "package_list",
         "serial_log",
     }
@@ -66,6 +73,8 @@ PIPELINE_VARIABLES = frozenset(
 _RESERVED_WHY = {
     "memory": "the build VM's memory follows hardware.ram_min_mb",
     "cpus": "the build VM's CPUs follow the build host",
+    "disk_size": "the disk size follows hardware.disk_gb",
+    "firmware_qemuargs": "the firmware follows the firmware field",
 }
 _INTEGER_FIELDS = frozenset(
     {"cores_min", "cores_recommended", "ram_min_mb", "ram_recommended_mb", "disk_gb"}
@@ -206,7 +215,7 @@ class Appliance:
     base: Base
     hardware: Hardware
     firmware: Firmware
-    template: str
+    template: str | None  # None: the shared template
     variables: dict[str, str | int | float | bool]
     provisioners: tuple[str, ...]
     vos: tuple[str, ...]
@@ -217,11 +226,18 @@ class Appliance:
 
     @property
     def template_path(self) -> Path:
-        return self.directory / self.template
+        """The appliance's own template if it names one, else the shared one beside the folders."""
+        return self.directory / self.template if self.template else self.directory.parent / SHARED_TEMPLATE
 
     @property
     def definition_path(self) -> Path:
         return self.directory / DEFINITION_FILE
+
+    def template_problem(self) -> str | None:
+        """One line naming the definition if its template (the shared one by default) is not there."""
+        if self.template_path.is_file():
+            return None
+        return f"{self.definition_path}: template: {self.template_path} does not exist"
 
     def provisioner_paths(self, provisioners_dir: Path) -> list[Path]:
         """Each provisioner script: the appliance folder's own copy first, else ``provisioners/``."""
@@ -300,7 +316,7 @@ def from_dict(
         base=base,
         hardware=Hardware(**hw),
         firmware=Firmware(d["firmware"]),
-        template=d["template"],
+        template=d.get("template"),
         variables=dict(d["variables"]),
         provisioners=tuple(d["provisioners"]),
         vos=tuple(d["vos"]),

@@ -248,7 +248,7 @@ def test_a_sibling_appliances_script(tmp_path: Path) -> None:
 
 
 def test_template_symlink_that_escapes(tmp_path: Path) -> None:
-    d = project(tmp_path, REFERENCE)
+    d = project(tmp_path, REFERENCE + "template: debian-12.pkr.hcl\n")  # a template of its own
     (d / "debian-12.pkr.hcl").unlink()
     (tmp_path / "elsewhere.pkr.hcl").write_text("# not ours\n")
     (d / "debian-12.pkr.hcl").symlink_to(tmp_path / "elsewhere.pkr.hcl")

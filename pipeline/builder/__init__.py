@@ -123,6 +123,8 @@ def build_definition(
     """``build_appliance`` for an appliance already parsed (the recipe parses it once per release)."""
     start = time.monotonic()
     name = appliance.name
+    if why := appliance.template_problem():
+        raise ConfigError(why)
     tools = tool_versions(appliance)
     digest, inputs = build_inputs(settings, appliance, tools)
     out = settings.output_dir / name
@@ -274,7 +276,7 @@ def template_variables(
     seed_dir: Path,
     private_key: Path,
 ) -> dict[str, str]:
-    """The variables every appliance template receives: the appliance's own ``variables`` first, then
+    """The variables the shared template (or an appliance's own) receives: the appliance's own ``variables`` first, then
     the pipeline's (README "Building an image"), which always win (``invoke validate`` also refuses a
     definition that sets one of them). The machine's (accelerator, machine_type, cpu_model, cpus,
     memory, ssh_timeout) are replaced by ``QemuMachine`` at build time."""
@@ -293,6 +295,9 @@ def template_variables(
         "ssh_username": BUILD_USER,
         "ssh_private_key_file": str(private_key),
         "scripts": json.dumps([str(p) for p in appliance.provisioner_paths(settings.provisioners_dir)]),
+        "disk_size": f"{appliance.hardware.disk_gb}G",
+        # the pipeline made a bootstrapped or layered base at its size; an upstream image grows to it
+        "skip_resize_disk": str(appliance.base.kind is not BaseKind.IMAGE).lower(),
         "package_list": str(work / "packages.tsv"),
         "serial_log": str(work / "serial.log"),
     }
@@ -414,6 +419,9 @@ def validate_appliances(settings: Settings) -> list[str]:
         placeholder = work / "base.qcow2"
         placeholder.touch()
         for appliance in appliances.values():
+            if why := appliance.template_problem():
+                problems.append(why)
+                continue
             variables = template_variables(
                 appliance, settings, work, placeholder, work / "out", f"{appliance.name}.qcow2", seed, key.private
             )

@@ -48,11 +48,14 @@ if [ ! -e "$root/sbin/ifup" ] && [ -e "$root/usr/lib/systemd/system/systemd-reso
     chroot "$root" systemctl enable systemd-networkd.service systemd-resolved.service
     ln -sf ../run/systemd/resolve/stub-resolv.conf "$root/etc/resolv.conf"
 fi
-# serial console and a short menu wait: clouds show the serial log, nobody picks a menu entry
+# serial console, no menu wait (nobody picks an entry on a cloud; Shift/Esc still shows it) and a
+# quiet kernel: clouds show the serial log, and every console line costs time in an emulated guest
+# (under UEFI tty0 is a framebuffer drawn by the emulated CPU). Errors still reach both consoles.
 mkdir -p "$root/etc/default/grub.d"
 cat > "$root/etc/default/grub.d/50-vmi.cfg" <<'CFG'
-GRUB_TIMEOUT=1
-GRUB_CMDLINE_LINUX_DEFAULT=""
+GRUB_TIMEOUT=0
+GRUB_TIMEOUT_STYLE=hidden
+GRUB_CMDLINE_LINUX_DEFAULT="quiet"
 GRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200n8"
 GRUB_TERMINAL="console serial"
 GRUB_SERIAL_COMMAND="serial --speed=115200"

@@ -177,13 +177,13 @@ def _write_boot_config(mnt: Path, fs_uuid: str, esp_id: str | None = None) -> No
     grub_dir.mkdir(parents=True, exist_ok=True)
     (grub_dir / "grub.cfg").write_text(
         "# minimal menu written by vmi-pipeline; update-grub replaces it during provisioning\n"
-        "set timeout=1\n"
+        "set timeout=0\n"
         "serial --unit=0 --speed=115200\n"
         "terminal_input serial console\n"
         "terminal_output serial console\n"
         "menuentry 'Debian GNU/Linux' {\n"
         f"  search --no-floppy --fs-uuid --set=root {fs_uuid}\n"
-        f"  linux {kernel} root=UUID={fs_uuid} ro console=tty0 console=ttyS0,115200n8\n"
+        f"  linux {kernel} root=UUID={fs_uuid} ro quiet console=tty0 console=ttyS0,115200n8\n"
         f"  initrd {initrd}\n"
         "}\n"
     )

@@ -459,6 +459,10 @@ class ImageDetailPublic(_Out):
     image: ImagePublic
     packages: list[PackagePublic]
     manifest: dict[str, Any] | None
+    properties: dict[str, str] = Field(
+        description="image properties a cloud must set to boot it (Glance: hw_firmware_type=uefi for a UEFI-only "
+        "disk; empty for BIOS and hybrid disks), as the build manifest records them"
+    )
 
 
 class ImageListPublic(_Out):

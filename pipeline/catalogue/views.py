@@ -84,6 +84,13 @@ class ImageDetail:
     packages: tuple[PackageInfo, ...]
     manifest: dict[str, Any] | None
 
+    @property
+    def properties(self) -> dict[str, str]:
+        """The cloud image properties the build recorded (Glance's ``hw_firmware_type=uefi`` for a
+        UEFI-only disk), read from the stored manifest: no column of their own, no migration."""
+        found = (self.manifest or {}).get("image_properties")
+        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
 
 @dataclass(frozen=True)
 class ImageSummary:

@@ -22,6 +22,7 @@ OVF_NS = "http://schemas.dmtf.org/ovf/envelope/1"
 RASD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
 VSSD_NS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"
 VMW_NS = "http://www.vmware.com/schema/ovf"
+VBOX_NS = "http://www.virtualbox.org/ovf/machine"
 DMTF_PREFIX = "http://schemas.dmtf.org/"
 NSMAP = {None: OVF_NS, "ovf": OVF_NS, "rasd": RASD_NS, "vssd": VSSD_NS, "vmw": VMW_NS}
 
@@ -101,6 +102,10 @@ _OS_CODES_64 = {
 }
 LINUX_64 = 101
 OTHER_64 = 102
+# VirtualBox's guest OS type ids (its vbox:Machine OSType); anything else Linux is Linux26_64.
+_VBOX_GUEST = {"debian": "Debian_64", "ubuntu": "Ubuntu_64", "almalinux": "RedHat_64", "rhel": "RedHat_64"}
+# VirtualBox's <Firmware type=...> values and what they mean here.
+_VBOX_FIRMWARE = {"BIOS": "bios", "EFI": "efi", "EFI32": "efi", "EFI64": "efi", "EFIDUAL": "efi"}
 # vmw:osType values old enough for ESXi 6.5+ (newer guest ids are rejected by older hosts).
 _VMWARE_GUEST = {"debian": "debian10_64Guest", "ubuntu": "ubuntu64Guest", "centos": "centos7_64Guest"}
 
@@ -151,7 +156,11 @@ def build_descriptor(
     """The OVF 1.x descriptor for ``appliance`` at ``version`` with one disk; deterministic bytes."""
     spec = PROFILES[profile]
     hw = appliance.hardware
-    env = etree.Element(_q(OVF_NS, "Envelope"), nsmap=NSMAP)  # type: ignore[arg-type]
+    # VirtualBox reads the firmware only from its own machine section, which must then also attach the
+    # disk: only a UEFI-only image needs it (BIOS is every importer's default; a hybrid disk boots both)
+    vbox = appliance.firmware is Firmware.UEFI and profile is not HardwareProfile.VMWARE
+    nsmap = {**NSMAP, "vbox": VBOX_NS} if vbox else NSMAP
+    env = etree.Element(_q(OVF_NS, "Envelope"), nsmap=nsmap)  # type: ignore[arg-type]
     env.set("{http://www.w3.org/XML/1998/namespace}lang", "en-US")
 
     refs = _sub(env, "References")
@@ -168,6 +177,8 @@ def build_descriptor(
         capacityAllocationUnits="byte",
         format=STREAM_VMDK_URI,
     )
+    if vbox:
+        disks[-1].set(_q(VBOX_NS, "uuid"), derived_id(appliance.name, version, "disk"))
 
     nets = _sub(env, "NetworkSection")
     _sub(nets, "Info", "The list of logical networks")
@@ -276,7 +287,36 @@ def build_descriptor(
         config.set(_q(OVF_NS, "required"), "false")
         config.set(_q(VMW_NS, "key"), "firmware")
         config.set(_q(VMW_NS, "value"), "efi")
+    if vbox:
+        _virtualbox_machine(vs, appliance, version)
     return bytes(etree.tostring(env, xml_declaration=True, encoding="UTF-8", pretty_print=True))
+
+
+def _virtualbox_machine(vs: etree._Element, appliance: Appliance, version: str) -> None:
+    """VirtualBox's own section (``ovf:required="false"``: other importers skip it): the firmware, plus
+    what VirtualBox then takes from here instead of the DMTF items (CPUs, memory, the disk on AHCI).
+    Its children are unprefixed, in the envelope's namespace, as VirtualBox itself writes them."""
+    hw = appliance.hardware
+    guest = _VBOX_GUEST.get(
+        appliance.os.name.lower(), "Linux26_64" if appliance.os.family is OsFamily.LINUX else "Other_64"
+    )
+    machine = _sub(vs, "Machine", ns=VBOX_NS, required="false")
+    for name, value in (("name", appliance.name), ("uuid", "{" + derived_id(appliance.name, version, "vbox") + "}")):
+        machine.set(name, value)
+    machine.set("OSType", guest)
+    _sub(machine, "Info", "VirtualBox machine configuration: UEFI firmware")
+    hardware = _sub(machine, "Hardware")
+    etree.SubElement(hardware, _q(OVF_NS, "CPU"), count=str(hw.cores_recommended))
+    etree.SubElement(hardware, _q(OVF_NS, "Memory"), RAMSize=str(hw.ram_recommended_mb))
+    etree.SubElement(hardware, _q(OVF_NS, "Firmware"), type="EFI")
+    controllers = _sub(machine, "StorageControllers")
+    sata = etree.SubElement(
+        controllers, _q(OVF_NS, "StorageController"), name="SATA", type="AHCI", PortCount="1", Bootable="true"
+    )
+    attached = etree.SubElement(
+        sata, _q(OVF_NS, "AttachedDevice"), type="HardDisk", hotpluggable="false", port="0", device="0"
+    )
+    etree.SubElement(attached, _q(OVF_NS, "Image"), uuid="{" + derived_id(appliance.name, version, "disk") + "}")
 
 
 def _arch_label(arch: Arch) -> str:
@@ -317,15 +357,27 @@ def _schema() -> etree.XMLSchema:
 
 
 def descriptor_firmware(tree: etree._ElementTree) -> str:
-    """The firmware a descriptor asks for: ``efi`` or ``bios`` (VMware's ``vmw:Config firmware``; BIOS
-    when absent, as every importer assumes)."""
+    """The firmware a descriptor asks for: ``efi`` or ``bios``, from VMware's ``vmw:Config firmware``
+    and VirtualBox's ``vbox:Machine``/``Firmware type`` (either or both; BIOS when neither says, as every
+    importer assumes). ``ConfigError`` for a value neither knows, or when the two disagree."""
+    said: dict[str, str] = {}
     for el in tree.iter(_q(VMW_NS, "Config")):
         if el.get(_q(VMW_NS, "key")) == "firmware":
             value = el.get(_q(VMW_NS, "value"), "")
             if value not in ("efi", "bios"):
-                raise ConfigError(f"vmw:Config firmware: {value!r} is not efi or bios")
-            return value
-    return "bios"
+                raise ConfigError(f"vmw:Config firmware: {value[:40]!r} is not efi or bios")
+            said["vmw:Config firmware"] = value
+    for machine in tree.iter(_q(VBOX_NS, "Machine")):
+        for el in machine.iter("{*}Firmware"):
+            kind = str(el.get("type", ""))
+            if kind not in _VBOX_FIRMWARE:
+                raise ConfigError(
+                    f"vbox:Machine Firmware type: {kind[:40]!r} is not one of {', '.join(_VBOX_FIRMWARE)}"
+                )
+            said["vbox:Machine Firmware"] = _VBOX_FIRMWARE[kind]
+    if len(set(said.values())) > 1:
+        raise ConfigError("firmware: " + " but ".join(f"{k} says {v}" for k, v in sorted(said.items())))
+    return next(iter(said.values()), "bios")
 
 
 def strip_optional_vendor_sections(tree: etree._ElementTree) -> etree._ElementTree:

@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from lxml import etree
 
-from pipeline.errors import VerificationError
+from pipeline.errors import ConfigError, VerificationError
 from pipeline.formats.vmdk_read import check_extent
 from pipeline.fsutil import CHUNK
 from pipeline.package.formats import qemu_img
@@ -31,6 +31,7 @@ from pipeline.package.ovf import (
     STREAM_VMDK_URI,
     ResourceType,
     UnsafeXml,
+    descriptor_firmware,
     parse_descriptor,
     schema_problems,
 )
@@ -423,6 +424,10 @@ def descriptor_facts(tree: etree._ElementTree, max_capacity: int = DEFAULT_MAX_C
         disks.append(DiskFacts(disk_id, file_ids[ref], known[0], known[1], capacity, too_big))
     disk_ids = {attr(el, "diskId") or "" for el in tree.iterfind("ovf:DiskSection/ovf:Disk", ns)}
     problems.extend(_hardware_problems(tree, disk_ids, ns))
+    try:  # VMware's and VirtualBox's ways of asking for UEFI are both accepted; nonsense or a conflict is not
+        descriptor_firmware(tree)
+    except ConfigError as e:
+        problems.extend(e.problems)
     return DescriptorFacts(files, disks, problems)
 
 

@@ -20,7 +20,13 @@ from pipeline.run import run
 from pipeline.settings import Settings
 
 # Changes here alter every build: all appliances are in the matrix.
-BUILD_WIDE = ("pipeline/builder/", "pipeline/appliance.py", "pipeline/schemas/appliance.schema.json", "scripts/setup")
+BUILD_WIDE = (
+    "pipeline/builder/",
+    "pipeline/appliance.py",
+    "pipeline/schemas/appliance.schema.json",
+    "scripts/setup",
+    "packer_templates/_shared/",  # the template every appliance is built with
+)
 GITLAB_JOB_TEMPLATE = ".gitlab/vmi-jobs.yml"
 GITLAB_JOB = ".vmi-appliances"
 

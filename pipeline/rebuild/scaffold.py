@@ -2,8 +2,8 @@
 
 The new appliance starts from BASE's newest built version (``base.appliance``), so the community
 maintainer only writes what is theirs: one provisioner script, run between BASE's first provisioner
-(by convention the update step: BASE may be days old) and its last (the sealing step). The Packer template is BASE's own
-(every disk-image build takes the same variables from the pipeline); hardware, OS and rebuild
+(by convention the update step: BASE may be days old) and its last (the sealing step). The Packer template is the
+shared one (``packer_templates/_shared/``, every appliance's), or BASE's own if it names one; hardware, OS and rebuild
 policy are BASE's too, and auto-endorsement starts off until a VO manager has seen the appliance.
 """
 
@@ -45,8 +45,7 @@ hardware:
   ram_min_mb: {ram_min_mb}
   ram_recommended_mb: {ram_recommended_mb}
   disk_gb: {disk_gb}
-template: {name}.pkr.hcl
-# The base's update step first (the base may be days old), then yours; the base's sealing step
+{template}# The base's update step first (the base may be days old), then yours; the base's sealing step
 # last (it removes the build user, keys, logs...).
 provisioners: [{provisioners}]
 # VOs that may endorse this appliance, e.g. [vo.example.org]
@@ -141,14 +140,14 @@ def _files(parent: Appliance, name: str) -> dict[str, str]:
         max_age_days=parent.rebuild.max_age_days,
         keep_versions=parent.rebuild.keep_versions,
         expires_days=parent.rebuild.expires_days,
+        # the shared template needs no line; only a base with a template of its own passes a copy on
+        template=f"template: {name}.pkr.hcl\n" if parent.template else "",
     )
-    template = parent.template_path.read_text()
-    header = f"# {name}: layered on {parent.name}; this template is a copy of {parent.name}'s ({parent.template}).\n"
-    return {
-        DEFINITION_FILE: definition,
-        f"{name}.pkr.hcl": header + template,
-        f"{name}.sh": PROVISIONER.format(name=name, base=parent.name),
-    }
+    files = {DEFINITION_FILE: definition, f"{name}.sh": PROVISIONER.format(name=name, base=parent.name)}
+    if parent.template:
+        header = f"# {name}: layered on {parent.name}; a copy of {parent.name}'s own template ({parent.template}).\n"
+        files[f"{name}.pkr.hcl"] = header + parent.template_path.read_text()
+    return files
 
 
 def _reference(parent: Appliance, provisioners: tuple[str, ...]) -> list[str]:

@@ -49,7 +49,7 @@ class Guest:
             last = self.ssh(user, "true", timeout=60)
             if last.returncode == 0:
                 return time.monotonic() - start
-            time.sleep(5)
+            time.sleep(2)
         tail = self.serial_log.read_text(errors="replace")[-4000:] if self.serial_log.exists() else ""
         raise AssertionError(f"no SSH login as {user} within {deadline_s}s: {last and last.stderr}\n{tail}")
 

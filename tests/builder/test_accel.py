@@ -39,7 +39,9 @@ def test_one_machine_for_probe_and_packer() -> None:
 
 
 def test_every_template_runs_the_machine_the_pipeline_passes(project_root: Path) -> None:
-    for template in sorted(project_root.glob("packer_templates/*/*.pkr.hcl")):
+    templates = sorted(project_root.glob("packer_templates/*/*.pkr.hcl"))
+    assert templates == [project_root / "packer_templates/_shared/qemu.pkr.hcl"]
+    for template in templates:
         text = template.read_text()
         assert "accelerator" in text and re.search(r"machine_type\s*=\s*var\.machine_type", text), template
         assert '["-cpu", var.cpu_model]' in text and re.search(r"ssh_timeout\s*=\s*var\.ssh_timeout", text), template
@@ -133,7 +135,7 @@ build {{
 @needs_kernel
 def test_a_failed_kvm_attempt_is_retried_once_under_tcg(scratch_project: Settings, tmp_path: Path) -> None:
     settings = scratch_project
-    template = settings.templates_dir / "debian-12" / "debian-12.pkr.hcl"
+    template = settings.templates_dir / "_shared" / "qemu.pkr.hcl"
     variables = "\n".join(re.findall(r'^variable "[a-z_]+" \{.*?^\}', template.read_text(), re.S | re.M))
     template.write_text(variables + _KERNEL_SOURCE.format(kernel=KERNEL))
     appliance = find_appliance(settings.templates_dir, "debian-12", settings.provisioners_dir)

@@ -23,6 +23,7 @@ TOOLS = {"packer": "Packer v1.6.6", "qemu": "QEMU emulator version 7.2.22"}
 def appliance_dir(tmp_path: Path, project_root: Path) -> Path:
     """A copy of the debian-12 appliance and the provisioners, to change freely."""
     shutil.copytree(project_root / "packer_templates" / "debian-12", tmp_path / "templates" / "debian-12")
+    shutil.copytree(project_root / "packer_templates" / "_shared", tmp_path / "templates" / "_shared")
     shutil.copytree(project_root / "provisioners", tmp_path / "provisioners")
     return tmp_path
 
@@ -42,7 +43,7 @@ def test_same_inputs_same_digest(appliance_dir: Path) -> None:
 
 
 def _edit_template(root: Path) -> None:
-    t = root / "templates/debian-12/debian-12.pkr.hcl"
+    t = root / "templates/_shared/qemu.pkr.hcl"
     t.write_text(t.read_text() + "\n# changed\n")
 
 

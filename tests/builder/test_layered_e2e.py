@@ -42,6 +42,7 @@ def test_layered_appliance_builds_on_the_reference(
     base_dir, base_manifest = reference_build
     root = tmp_path / "project"
     shutil.copytree(project_root / "packer_templates" / "debian-12", root / "packer_templates" / "debian-12")
+    shutil.copytree(project_root / "packer_templates" / "_shared", root / "packer_templates" / "_shared")
     shutil.copytree(project_root / "provisioners", root / "provisioners")
     config = yaml.safe_load((project_root / "invoke.yaml").read_text())["vmi"]
     settings: Settings = load_settings(config, root, environ={"VMI_CACHE_DIR": str(project_root / ".cache" / "vmi")})

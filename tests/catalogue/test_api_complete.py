@@ -41,6 +41,22 @@ def test_version_json_has_image_ids_and_links(api: Api, version_payload: Callabl
         assert download.status_code == 200 and len(download.content) == image["size"]
 
 
+def test_an_images_glance_properties_come_from_its_manifest(
+    api: Api, version_payload: Callable[..., VersionPayload]
+) -> None:
+    """A UEFI-only build's manifest says ``hw_firmware_type=uefi``: the image's API entry hands it to
+    whoever uploads the image to Glance; an image without (BIOS, hybrid) has none."""
+    payload = version_payload()
+    uefi = {"appliance": "debian-12", "version": "2026.11.22", "image_properties": {"hw_firmware_type": "uefi"}}
+    images = (dataclasses.replace(payload.images[0], manifest=uefi), *payload.images[1:])
+    body = payload_json(dataclasses.replace(payload, images=images))
+    assert api.client.post(V, json=body, headers=api.headers("alice")).status_code == 201
+    found = {}
+    for image in api.client.get(f"{V}/2026.11.22").json()["images"]:
+        found[image["format"]] = api.client.get(image["links"]["self"]).json()["properties"]
+    assert found == {payload.images[0].format: {"hw_firmware_type": "uefi"}, payload.images[1].format: {}}
+
+
 @pytest.mark.parametrize(
     ("url", "name", "takes"),
     [

@@ -22,6 +22,7 @@ def project(tmp_path: Path, mirror: str, **overrides: str) -> Settings:
     """A project checkout in tmp_path whose debian-12 appliance takes security updates from ``mirror``."""
     root = tmp_path / "project"
     shutil.copytree(ROOT / "packer_templates" / "debian-12", root / "packer_templates" / "debian-12")
+    shutil.copytree(ROOT / "packer_templates" / "_shared", root / "packer_templates" / "_shared")
     shutil.copytree(ROOT / "provisioners", root / "provisioners")
     definition = root / "packer_templates" / "debian-12" / "appliance.yaml"
     data = yaml.safe_load(definition.read_text())

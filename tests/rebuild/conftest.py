@@ -94,6 +94,7 @@ def project(tmp_path: Path, short_work: Path) -> Settings:
     root = tmp_path / "project"
     (root / "packer_templates").mkdir(parents=True)
     shutil.copytree(ROOT / "packer_templates" / "debian-12", root / "packer_templates" / "debian-12")
+    shutil.copytree(ROOT / "packer_templates" / "_shared", root / "packer_templates" / "_shared")
     shutil.copytree(ROOT / "provisioners", root / "provisioners")
     return make_settings(root, short_work)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,14 +25,13 @@ CURRENT = (("openssl", "3.0.22-1~deb12u2"), ("openssh-client", "1:9.2p1-2+deb12u
 
 
 def layered(settings: Settings, name: str, base: str) -> None:
-    """A layered appliance next to ``base`` (same template), as a community maintainer would add it."""
+    """A layered appliance next to ``base`` (the shared template), as a community maintainer would add it."""
     src = settings.templates_dir / base
     dst = settings.templates_dir / name
     dst.mkdir()
     data = yaml.safe_load((src / "appliance.yaml").read_text())
-    data.update(name=name, base={"appliance": base}, template=f"{name}.pkr.hcl", provisioners=["seal.sh"])
+    data.update(name=name, base={"appliance": base}, provisioners=["seal.sh"])
     (dst / "appliance.yaml").write_text(yaml.safe_dump(data))
-    shutil.copy(src / str(yaml.safe_load((src / "appliance.yaml").read_text())["template"]), dst / f"{name}.pkr.hcl")
 
 
 def digests(values: Mapping[str, str]) -> InputsOf:

@@ -75,6 +75,14 @@ def test_changed_since_narrows_to_changed_appliances_and_dependants(repo: Settin
     assert groups(repo, "HEAD")[0]["appliances"] == "debian-12 a-science new-one z-gpu"
 
 
+def test_a_change_to_the_shared_template_rebuilds_every_appliance(repo: Settings) -> None:
+    """The one Packer template builds every appliance: changing it puts them all in the matrix."""
+    shared = repo.templates_dir / "_shared" / "qemu.pkr.hcl"
+    with shared.open("a") as f:
+        f.write("# touched\n")
+    assert groups(repo, "HEAD") == [{"group": "debian-12", "appliances": "debian-12 a-science z-gpu"}]
+
+
 def test_bad_revision_and_format(repo: Settings) -> None:
     with pytest.raises(CommandError, match="fetch-depth"):
         ci_matrix(repo, changed_since="no-such-revision")

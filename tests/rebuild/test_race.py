@@ -77,6 +77,7 @@ def _runner(root: Path, catalogue: str, repository: Path) -> Settings:
     (root / "packer_templates").mkdir(parents=True)
     here = Path(__file__).resolve().parents[2]
     shutil.copytree(here / "packer_templates" / "debian-12", root / "packer_templates" / "debian-12")
+    shutil.copytree(here / "packer_templates" / "_shared", root / "packer_templates" / "_shared")
     shutil.copytree(here / "provisioners", root / "provisioners")
     definition = root / "packer_templates" / "debian-12" / "appliance.yaml"
     text = definition.read_text()

@@ -77,6 +77,7 @@ def test_two_scheduled_runs_on_fresh_runners(
     origin = make_settings(tmp_path / "origin")
     (origin.templates_dir).mkdir(parents=True)
     shutil.copytree(ROOT / "packer_templates" / "debian-12", origin.templates_dir / "debian-12")
+    shutil.copytree(ROOT / "packer_templates" / "_shared", origin.templates_dir / "_shared")
     shutil.copytree(ROOT / "provisioners", origin.provisioners_dir)
     scaffold_appliance(origin, "science", "debian-12")
     ca = make_dev_ca(tmp_path / "ca")

@@ -43,10 +43,27 @@ def test_invoke_validate_passes_for_every_shipped_appliance_and_a_fresh_scaffold
     assert all(": ok (" in line for line in lines)
 
 
-def test_invoke_validate_catches_a_broken_scaffolded_template(project: Settings) -> None:
+def test_invoke_validate_catches_a_broken_template_of_an_appliances_own(project: Settings) -> None:
+    """An appliance may still name a template of its own (the schema's ``template``); validate checks it."""
     scaffold_appliance(project, "broken", "debian-12")
-    template = project.templates_dir / "broken" / "broken.pkr.hcl"
-    template.write_text(template.read_text().replace("var.base_image", "var.no_such_variable"))
+    folder = project.templates_dir / "broken"
+    template = folder / "broken.pkr.hcl"
+    shared = project.templates_dir / "_shared" / "qemu.pkr.hcl"
+    template.write_text(shared.read_text().replace("var.base_image", "var.no_such_variable"))
+    with (folder / "appliance.yaml").open("a") as f:
+        f.write("template: broken.pkr.hcl\n")
     with pytest.raises(ConfigError) as e:
         validate_appliances(project)
-    assert any(p.startswith(f"{template}: packer validate:") for p in e.value.problems)
+    assert [p for p in e.value.problems if p.startswith(f"{template}: packer validate:")], e.value.problems
+    assert not any(str(shared) in p for p in e.value.problems)
+
+
+def test_a_scaffold_on_a_base_with_its_own_template_gets_that_template(project: Settings) -> None:
+    scaffold_appliance(project, "own", "debian-12")
+    shared = project.templates_dir / "_shared" / "qemu.pkr.hcl"
+    (project.templates_dir / "own" / "own.pkr.hcl").write_text(shared.read_text())
+    with (project.templates_dir / "own" / "appliance.yaml").open("a") as f:
+        f.write("template: own.pkr.hcl\n")
+    scaffold_appliance(project, "on-own", "own")
+    child = load_all(project.templates_dir, project.provisioners_dir)["on-own"]
+    assert child.template == "on-own.pkr.hcl" and child.template_path.read_text().endswith(shared.read_text())

@@ -1,12 +1,15 @@
-# ubuntu-24.04: boot Canonical's cloud image under QEMU with a NoCloud seed, run the provisioners over
-# SSH as a throwaway build user, record the installed packages, seal.
-# Not built on the development machine (no access to cloud-images.ubuntu.com): see appliance.yaml.
+# The one Packer template of every appliance (packer_templates/_shared/: no appliance.yaml, so appliance
+# discovery never takes it for one). It boots the appliance's starting disk under QEMU with a NoCloud
+# seed, runs the provisioners over SSH as a throwaway build user, records the installed packages and
+# seals. What differs between appliances arrives as variables: the pipeline's (pipeline/builder:
+# template_variables and QemuMachine.template_variables; README "Building an image") and an appliance's
+# own `variables:` in its appliance.yaml. The distribution family (apt: Debian, Ubuntu; dnf: EL) is read
+# from the guest's /etc/os-release, here and in provisioners/.
 # Written for Debian's packer 1.6.6: HCL2 without `packer init` or required_plugins.
-# Every variable without a default is passed by the pipeline (pipeline/builder), as for debian-12.
 
 variable "base_image" {
   type        = string
-  description = "the verified upstream cloud image (qcow2) from the pipeline's cache"
+  description = "the disk the build starts from (qcow2): the pipeline's bootstrapped base, a verified upstream cloud image or another appliance's output"
 }
 
 variable "output_directory" {
@@ -19,9 +22,21 @@ variable "vm_name" {
   description = "file name of the output disk"
 }
 
+variable "disk_size" {
+  type        = string
+  default     = "3G"
+  description = "virtual size of the built disk (hardware.disk_gb)"
+}
+
+variable "skip_resize_disk" {
+  type        = bool
+  default     = true
+  description = "keep the starting disk's size: true when the pipeline made that disk (bootstrap, layered), false for an upstream image"
+}
+
 variable "accelerator" {
   type    = string
-  default = "kvm"
+  default = "tcg"
 }
 
 variable "machine_type" {
@@ -36,10 +51,28 @@ variable "cpu_model" {
   description = "QEMU -cpu model (host under KVM, max under TCG), the one the probe proved"
 }
 
+variable "firmware_qemuargs" {
+  type        = list(list(string))
+  default     = []
+  description = "UEFI: OVMF's pflash block devices (QemuMachine.firmware_args); empty under SeaBIOS"
+}
+
 variable "ssh_timeout" {
   type        = string
   default     = "30m"
   description = "how long to wait for the guest's SSH (short under KVM: the build then retries under TCG)"
+}
+
+variable "ssh_handshake_attempts" {
+  type        = number
+  default     = 400
+  description = "the guest's SSH resets connections until its network is up (a slow boot under TCG)"
+}
+
+variable "boot_wait" {
+  type        = string
+  default     = "1s"
+  description = "nothing is typed at the console: no reason to wait before the SSH wait starts"
 }
 
 variable "cpus" {
@@ -49,7 +82,7 @@ variable "cpus" {
 
 variable "memory" {
   type    = number
-  default = 2048
+  default = 1024
 }
 
 variable "seed_dir" {
@@ -72,6 +105,12 @@ variable "scripts" {
   description = "the appliance's provisioners, in order (the last one seals the image)"
 }
 
+variable "provisioner_env" {
+  type        = list(string)
+  default     = []
+  description = "extra NAME=value pairs for the provisioners, after BUILD_USER and the family-neutral defaults"
+}
+
 variable "package_list" {
   type        = string
   description = "host path that receives the installed package list"
@@ -84,9 +123,10 @@ variable "serial_log" {
 
 source "qemu" "appliance" {
   iso_url            = var.base_image
-  iso_checksum       = "none" # base.image.checksum is verified by the pipeline when it fetches the image
+  iso_checksum       = "none" # the pipeline verifies (upstream images) or content-addresses (its own bases) the disk
   disk_image         = true
-  disk_size          = "4G"
+  disk_size          = var.disk_size
+  skip_resize_disk   = var.skip_resize_disk
   format             = "qcow2"
   disk_interface     = "virtio"
   disk_discard       = "unmap"
@@ -101,20 +141,23 @@ source "qemu" "appliance" {
   vm_name            = var.vm_name
   cd_files           = ["${var.seed_dir}/meta-data", "${var.seed_dir}/user-data"]
   cd_label           = "cidata"
-  qemuargs = [
+  qemuargs = concat([
     ["-cpu", var.cpu_model],
+    # no option ROM on the NIC: OVMF would try a network boot before the disk (and SeaBIOS skips its ROM)
+    ["-device", "virtio-net,netdev=user.0,romfile="],
     # Packer's own port forward listens on every interface: keep the build's SSH on loopback
     ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22"],
     ["-serial", "file:${var.serial_log}"],
-  ]
+  ], var.firmware_qemuargs)
   communicator           = "ssh"
   ssh_username           = var.ssh_username
   ssh_private_key_file   = var.ssh_private_key_file
   ssh_timeout            = var.ssh_timeout
-  ssh_handshake_attempts = 400
+  ssh_handshake_attempts = var.ssh_handshake_attempts
   # seal.sh leaves the last steps (remove the build user, trim) in /run/vmi-finish.sh
   shutdown_command = "sudo -n /bin/sh /run/vmi-finish.sh"
   shutdown_timeout = "10m"
+  boot_wait        = var.boot_wait
 }
 
 build {
@@ -128,12 +171,17 @@ build {
   provisioner "shell" {
     scripts          = var.scripts
     execute_command  = "chmod +x {{ .Path }}; sudo -n env {{ .Vars }} {{ .Path }}"
-    environment_vars = ["BUILD_USER=${var.ssh_username}", "DEBIAN_FRONTEND=noninteractive"]
+    environment_vars = concat(["BUILD_USER=${var.ssh_username}", "DEBIAN_FRONTEND=noninteractive", "LANG=C.UTF-8"], var.provisioner_env)
   }
 
   provisioner "shell" {
-    # the SBOM: every installed package (status, name, version, arch, source), on tmpfs only
-    inline = ["dpkg-query -W -f '$${db:Status-Abbrev}\\t$${Package}\\t$${Version}\\t$${Architecture}\\t$${source:Package}\\n' > /dev/shm/vmi-packages.tsv"]
+    # the SBOM: every installed package (status, name, version, arch, source), on tmpfs only; the
+    # package database of the guest's family (as provisioners/ decide it, from /etc/os-release)
+    inline = [
+      ". /etc/os-release",
+      "case \" $ID $ID_LIKE \" in *\" rhel \"* | *\" fedora \"* | *\" centos \"*) family=dnf ;; *) family=apt ;; esac",
+      "if [ \"$family\" = dnf ]; then rpm -qa --queryformat 'ii \\t%%{NAME}\\t%|EPOCH?{%%{EPOCH}:}|%%{VERSION}-%%{RELEASE}\\t%%{ARCH}\\t%%{SOURCERPM}\\n'; else dpkg-query -W -f '$${db:Status-Abbrev}\\t$${Package}\\t$${Version}\\t$${Architecture}\\t$${source:Package}\\n'; fi > /dev/shm/vmi-packages.tsv",
+    ]
   }
 
   provisioner "file" {
