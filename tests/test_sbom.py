@@ -14,8 +14,9 @@ from cyclonedx.validation.json import JsonStrictValidator
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.formats.sbom import MEDIA_TYPE, debian_licenses, sbom_json, spdx_from_debian, write_sbom
+from pipeline.formats.sbom import MEDIA_TYPE, debian_licenses, sbom_json, spdx_from_debian
 from pipeline.manifest import BuildManifest, InstalledPackage
+from pipeline.package import write_sbom
 from tests.fuzzing import bounded
 from tests.publish.conftest import make_packaged_version
 

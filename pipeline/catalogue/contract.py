@@ -234,6 +234,20 @@ def manifest_base_ref(manifest: Mapping[str, Any] | None) -> str | None:
     return f"{name}@{version}" if at and name and version else None
 
 
+def outdated_reason(base: VersionInfo, now: datetime) -> str | None:
+    """Why ``base`` is no longer a version to build on (archived, expired, revoked wherever it was
+    endorsed), or None while it is current."""
+    name, version = base.appliance, base.version
+    if base.archived:
+        return f"{name} {version} is archived"
+    if base.expires <= now:
+        return f"{name} {version} expired on {base.expires:%Y-%m-%d}"
+    if base.endorsements and all(e.revoked_at is not None for e in base.endorsements):
+        vos = ", ".join(sorted(e.vo for e in base.endorsements))
+        return f"{name} {version} is revoked ({vos})"
+    return None
+
+
 def record_of(info: VersionInfo, manifest: Mapping[str, Any], packages: Sequence[PackageInfo]) -> BuildRecord:
     base = manifest.get("base") if isinstance(manifest.get("base"), dict) else {}
     assert isinstance(base, dict)

@@ -3,7 +3,8 @@
 The build manifest records the base as ``{"kind": "appliance", "ref": "<name>@<version>"}``; the catalogue
 keeps that ref in ``versions.base_ref`` at registration, so pages never read manifests for it. A version
 is outdated when that base version is archived, expired, or had endorsements that are all revoked now
-(``outdated_reason``: the one rule, also what ``invoke rebuild`` applies to the versions it reads back).
+(``contract.outdated_reason``: the one rule, also what ``invoke rebuild`` applies to the versions it
+reads back).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipeline.catalogue.contract import NotFound, VersionInfo, manifest_base_ref
+from pipeline.catalogue.contract import NotFound, manifest_base_ref, outdated_reason
 
 if TYPE_CHECKING:
     from pipeline.catalogue.uow import UnitOfWork
@@ -38,20 +39,6 @@ def split_ref(ref: str) -> tuple[str, str]:
     """``"<appliance>@<version>"`` -> ``(appliance, version)``."""
     name, _, version = ref.partition("@")
     return name, version
-
-
-def outdated_reason(base: VersionInfo, now: datetime) -> str | None:
-    """Why ``base`` is no longer a version to build on (archived, expired, revoked wherever it was
-    endorsed), or None while it is current."""
-    name, version = base.appliance, base.version
-    if base.archived:
-        return f"{name} {version} is archived"
-    if base.expires <= now:
-        return f"{name} {version} expired on {base.expires:%Y-%m-%d}"
-    if base.endorsements and all(e.revoked_at is not None for e in base.endorsements):
-        vos = ", ".join(sorted(e.vo for e in base.endorsements))
-        return f"{name} {version} is revoked ({vos})"
-    return None
 
 
 def lineage_of(uow: UnitOfWork, base_ref: str | None, now: datetime | None = None) -> Lineage | None:

@@ -1,7 +1,7 @@
 """CycloneDX SBOM of a built version: every installed package, and the image files as the top component.
 
-Pure: ``sbom_json`` takes a build manifest and returns bytes; ``write_sbom`` is the one place that
-writes them. Generated with cyclonedx-python-lib (never hand-built JSON) as CycloneDX 1.6 JSON.
+Pure: ``sbom_json`` takes a build manifest and returns bytes (``pipeline.package.write_sbom`` writes
+them next to the images). Generated with cyclonedx-python-lib (never hand-built JSON) as CycloneDX 1.6 JSON.
 Deterministic: the serial number is derived from the version's inputs and the timestamp is the
 build's, so the same manifest gives the same bytes (and the same digest in SHA256SUMS and the registry).
 """
@@ -12,7 +12,6 @@ import datetime as dt
 import re
 import uuid
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from cyclonedx.contrib.license.factories import LicenseFactory
 from cyclonedx.model import HashAlgorithm, HashType, Property
@@ -22,7 +21,6 @@ from cyclonedx.model.license import DisjunctiveLicense, LicenseExpression
 from cyclonedx.output.json import JsonV1Dot6
 from packageurl import PackageURL
 
-from pipeline.fsutil import write_text_atomic
 from pipeline.manifest import Artifact, BuildManifest
 
 MEDIA_TYPE = "application/vnd.cyclonedx+json"
@@ -175,11 +173,3 @@ def sbom_json(manifest: BuildManifest, licenses: Mapping[str, Sequence[str]] | N
     """The SBOM as CycloneDX 1.6 JSON bytes (indented, sorted keys, trailing newline)."""
     text = JsonV1Dot6(build_sbom(manifest, licenses)).output_as_string(indent=2, sort_keys=True)
     return text.encode() + b"\n"
-
-
-def write_sbom(manifest: BuildManifest, out_dir: Path, licenses: Mapping[str, Sequence[str]] | None = None) -> Path:
-    """Write ``<appliance>-<version>.cdx.json`` into ``out_dir`` (atomically); call it after the images
-    are recorded in ``manifest`` (their digests go into the SBOM) and before the checksum files."""
-    path = out_dir / sbom_file_name(manifest)
-    write_text_atomic(path, sbom_json(manifest, licenses).decode())
-    return path

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 
 from pipeline.appliance import Appliance, find_appliance
 from pipeline.errors import ArtifactError, ConfigError
-from pipeline.formats.sbom import write_sbom
+from pipeline.formats.sbom import sbom_file_name, sbom_json
 from pipeline.formats.vmdk_write import StreamVmdk, VmdkWriteError
-from pipeline.fsutil import Digests, atomic_path, hash_file
+from pipeline.fsutil import Digests, atomic_path, hash_file, write_text_atomic
 from pipeline.log import log, step
 from pipeline.manifest import MANIFEST_FILE, Artifact, BuildManifest, find_version
 from pipeline.package import formats
@@ -348,3 +348,11 @@ def source_date_epoch(created: str | None, version: str | None = None) -> int:
         except ValueError:
             pass
     return 0
+
+
+def write_sbom(manifest: BuildManifest, out_dir: Path, licenses: Mapping[str, Sequence[str]] | None = None) -> Path:
+    """Write ``<appliance>-<version>.cdx.json`` into ``out_dir`` (atomically); call it after the images
+    are recorded in ``manifest`` (their digests go into the SBOM) and before the checksum files."""
+    path = out_dir / sbom_file_name(manifest)
+    write_text_atomic(path, sbom_json(manifest, licenses).decode())
+    return path

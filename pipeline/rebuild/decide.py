@@ -62,7 +62,7 @@ class ApplianceState:
     base_latest: str | None = None  # newest version of the base appliance (layered appliances only)
     inputs: Mapping[str, str] = field(default_factory=dict)  # component -> digest, to name what changed
     # why the base version ``last`` was built on, and ``base_latest``, are no longer current (None: current,
-    # or unknown offline): archived, expired, revoked wherever endorsed (``catalogue.lineage.outdated_reason``)
+    # or unknown offline): archived, expired, revoked wherever endorsed (``catalogue.contract.outdated_reason``)
     base_outdated: str | None = None
     base_latest_outdated: str | None = None
 

@@ -16,8 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from pipeline.catalogue.contract import Catalogue, NotFound
-from pipeline.catalogue.lineage import outdated_reason
+from pipeline.catalogue.contract import Catalogue, NotFound, outdated_reason
 from pipeline.errors import ConfigError
 from pipeline.manifest import BuildManifest, list_versions
 from pipeline.settings import Settings
