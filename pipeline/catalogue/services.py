@@ -68,7 +68,7 @@ def may_maintain(user: m.User, appliance: m.Appliance) -> bool:
 
 
 VO_HINT = (  # a command to paste: VMI_CATALOGUE and VMI_CATALOGUE_TOKEN as for `invoke publish` (an admin's token)
-    "an admin creates it: curl -fsS -H \"Authorization: Bearer $VMI_CATALOGUE_TOKEN\" -H 'Content-Type: "
+    'an admin creates it: curl -fsS -H "Authorization: Bearer $VMI_CATALOGUE_TOKEN" -H \'Content-Type: '
     'application/json\' -d \'{{"name": "{name}", "description": "..."}}\' "$VMI_CATALOGUE/api/v1/vos", '
     "or `invoke publish` an appliance listing it under vos: with a sqlite:// or postgresql:// catalogue"
 )
