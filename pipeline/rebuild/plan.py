@@ -61,21 +61,23 @@ def gather_state(
 ) -> ApplianceState:
     digest, components = inputs_of(appliance)
     last = history.newest(appliance.name)
-    base_latest = built_on = None
+    base_latest = base_outdated = latest_outdated = None
     if appliance.base.appliance is not None:
         base = history.newest(appliance.base.appliance)
         base_latest = base.version if base is not None else None
-        if last is not None and last.base.kind == "appliance":
-            built_on = last.base.ref.partition("@")[2] or None
-    name = appliance.base.appliance or ""
+        if base_latest is not None:
+            latest_outdated = history.outdated(appliance.base.appliance, base_latest, now)
+        if last is not None and last.base.kind == "appliance":  # the exact base it was built on (lineage)
+            built_on, _, version = last.base.ref.partition("@")
+            base_outdated = history.outdated(built_on, version, now) if version else None
     return ApplianceState(
         appliance=appliance,
         inputs_digest=digest,
         last=last,
         base_latest=base_latest,
         inputs=dict(components),
-        base_outdated=history.outdated(name, built_on, now) if built_on else None,
-        base_latest_outdated=history.outdated(name, base_latest, now) if base_latest else None,
+        base_outdated=base_outdated,
+        base_latest_outdated=latest_outdated,
     )
 
 

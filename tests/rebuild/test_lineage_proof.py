@@ -100,6 +100,11 @@ def test_a_layered_appliance_on_n_is_flagged_outdated_when_n_is_revoked(
             assert _row(dry.stdout, "science").split()[1] == "skip"
             assert f"base debian-12@{n} is the newest" in _row(dry.stdout, "science")
 
+            refused = _invoke(project, served, "endorse", "--appliance", "debian-12", "--version", n, "--vo", VO,
+                              "--cascade")  # fmt: skip
+            assert refused.returncode == 2
+            assert refused.stderr.strip() == "error: --cascade goes with --revoke: endorsing never cascades"
+
             # the VO manager revokes N, and with --cascade what is layered on it
             revoked = _invoke(project, served, "endorse", "--appliance", "debian-12", "--version", n, "--vo", VO,
                               "--revoke", "--cascade")  # fmt: skip
