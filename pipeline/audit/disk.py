@@ -349,6 +349,8 @@ def read_inodes(debugfs: str, raw: Path, part: Partition, disk: Path, work: Path
             if m.group(1):
                 directory = level.get(int(m.group(1)), "")
                 continue
+            if m.group(2) and directory == "/" and m.group(6) == ".":
+                meta["/"] = Inode(int(m.group(3), 8), int(m.group(4)), int(m.group(5)))
             if not m.group(2) or not directory or m.group(6) in (".", ".."):
                 continue
             ino, mode, name = int(m.group(2)), int(m.group(3), 8), m.group(6)

@@ -413,3 +413,18 @@ def test_declared_unattended_upgrades_pass(tmp_path: Path, mirror: str) -> None:
                        unattended_upgrades=True)  # fmt: skip
     assert report.passed, report.summary()
     assert report.check("unattended-upgrades").evidence[0].startswith("unattended security upgrades on, as declared")
+
+
+def test_hardened_fast_boot_grub_passes(tmp_path: Path, mirror: str) -> None:
+    """What the fast-boot baseline writes (no menu wait, quiet, serial console kept) is accepted."""
+    fast = (
+        'GRUB_TIMEOUT=0\nGRUB_TIMEOUT_STYLE=hidden\nGRUB_CMDLINE_LINUX_DEFAULT="quiet"\n'
+        'GRUB_CMDLINE_LINUX="console=tty0 console=ttyS0,115200n8"\nGRUB_TERMINAL="console serial"\n'
+    )
+    report = run_audit(
+        tmp_path, mirror, _both(_file("/etc/default/grub", ""), _file("/etc/default/grub.d/50-vmi.cfg", fast))
+    )
+    assert report.passed, report.summary()
+    assert report.check("serial-console").evidence[0] == (
+        "/etc/default/grub.d/50-vmi.cfg:4 GRUB_CMDLINE_LINUX: console=ttyS0,115200n8"
+    )
