@@ -91,8 +91,8 @@ def test_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
         tracemalloc.stop()
     # expanded, it would be 9**9 (387 million) strings; refused at the anchors, it stays small
     assert peak < 8 * 2**20
-    assert found[0] == ": variables.a: anchors (&a) are not allowed (line 40)"
-    assert found[8] == ": variables.i: anchors (&i) are not allowed (line 48)"
+    assert found[0] == ": variables.a: anchors (&a) are not allowed (line 42)"
+    assert found[8] == ": variables.i: anchors (&i) are not allowed (line 50)"
     assert len(found) == 9
 
 
@@ -133,18 +133,18 @@ def test_only_json_values_are_read(tmp_path: Path, value: str, reason: str) -> N
 def test_duplicate_keys_are_refused_at_every_level(tmp_path: Path) -> None:
     text = edited("  cores_min: 1\n", "  cores_min: 1\n  cores_min: 64\n") + "title: second\n"
     assert problems(project(tmp_path, text)) == [
-        ": hardware.cores_min: is set twice (lines 26 and 27)",
-        ": title: is set twice (lines 4 and 40)",
+        ": hardware.cores_min: is set twice (lines 28 and 29)",
+        ": title: is set twice (lines 4 and 42)",
     ]
 
 
 def test_keys_must_be_text(tmp_path: Path) -> None:
     text = REFERENCE + "? [a, b]\n: 1\n1: one\nnull: x\n<<: {vendor: x}\n"
     assert problems(project(tmp_path, text)) == [
-        ": (top level): keys must be plain text (no lists, mappings, anchors, aliases) (line 39)",
-        ": (top level): the key '1' (!!int) not allowed: keys must be text (quote it) (line 41)",
-        ": (top level): the key 'null' (!!null) not allowed: keys must be text (quote it) (line 42)",
-        ": (top level): merge keys (<<) not allowed: keys must be text (quote it) (line 43)",
+        ": (top level): keys must be plain text (no lists, mappings, anchors, aliases) (line 41)",
+        ": (top level): the key '1' (!!int) not allowed: keys must be text (quote it) (line 43)",
+        ": (top level): the key 'null' (!!null) not allowed: keys must be text (quote it) (line 44)",
+        ": (top level): merge keys (<<) not allowed: keys must be text (quote it) (line 45)",
     ]
 
 
@@ -154,8 +154,8 @@ def test_keys_must_be_text(tmp_path: Path) -> None:
         ("", ": (top level): must be a mapping of fields"),
         ("- a\n- b\n", ": (top level): must be a mapping of fields"),
         ("just text\n", ": (top level): must be a mapping of fields"),
-        (REFERENCE + "---\nname: other\n", ": (top level): more than one YAML document (---) (line 39)"),
-        (REFERENCE + "x: " + "[" * 9 + "]" * 9 + "\n", ": x.0.0.0.0.0.0.0: nested deeper than 8 levels (line 39)"),
+        (REFERENCE + "---\nname: other\n", ": (top level): more than one YAML document (---) (line 41)"),
+        (REFERENCE + "x: " + "[" * 9 + "]" * 9 + "\n", ": x.0.0.0.0.0.0.0: nested deeper than 8 levels (line 41)"),
         (b"name: caf\xe9\n", ": (top level): not UTF-8 text (byte 0xe9 at offset 9)"),
         (REFERENCE + "#" * YAML_LIMITS.max_bytes, f": (top level): larger than {YAML_LIMITS.max_bytes} bytes"),
         (edited(TITLE, "title: Debian\x07"), ":4:14: not valid YAML: control characters are not allowed (U+0007)"),
@@ -454,8 +454,8 @@ def test_all_problems_at_once(tmp_path: Path) -> None:
     )
     assert problems(project(tmp_path, text)) == [
         f": title: the tag !!binary {NOT_PLAIN} (line 4)",
-        ": vendor: is set twice (lines 9 and 40)",
-        ": homepage: is set twice (lines 10 and 41)",
+        ": vendor: is set twice (lines 9 and 42)",
+        ": homepage: is set twice (lines 10 and 43)",
         ": hardware.cores_min: must be >= 1",
         f": provisioners.0: '/etc/rc.sh' {RELATIVE}",
         ": variables.memory: is a pipeline variable and cannot be set here"
@@ -527,7 +527,7 @@ def test_validate_reports_every_broken_appliance_of_a_project(tmp_path: Path) ->
     with pytest.raises(ConfigError) as err:
         load_all(templates, tmp_path / "provisioners")
     assert err.value.problems[0] == f"{alma}: title: contains the character U+001B at position 9"
-    assert err.value.problems[1] == f"{debian}: variables.a: anchors (&a) are not allowed (line 40)"
+    assert err.value.problems[1] == f"{debian}: variables.a: anchors (&a) are not allowed (line 42)"
     assert err.value.problems[-1] == (
         f"{ubuntu}: variables.ssh_private_key_file: is a pipeline variable and cannot be set here"
         " (the pipeline sets it for every build)"

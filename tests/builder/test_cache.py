@@ -83,6 +83,22 @@ def test_each_input_changes_the_digest(appliance_dir: Path, change) -> None:  # 
     assert _digest(appliance_dir) != before
 
 
+@pytest.mark.parametrize(
+    "change",
+    [
+        _edit_definition("os.admin_user", "admin"),
+        _edit_definition("os.distro", "debian-cloud"),
+        _edit_definition("oci", {"tag": "v{version}", "rolling_tag": "latest"}),
+    ],
+    ids=["admin-user", "distro", "oci-tags"],
+)
+def test_publishing_labels_leave_the_digest_alone(appliance_dir: Path, change) -> None:  # type: ignore[no-untyped-def]
+    """How the image is labelled and tagged in a registry is not a build input: no rebuild for it."""
+    before = _digest(appliance_dir)
+    change(appliance_dir)
+    assert _digest(appliance_dir) == before
+
+
 def test_base_and_tools_change_the_digest(appliance_dir: Path) -> None:
     before = _digest(appliance_dir)
     assert _digest(appliance_dir, base="base-2") != before
