@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from pipeline.appliance import Appliance, find_appliance
 from pipeline.catalogue.client import open_catalogue
-from pipeline.catalogue.contract import VersionConflict, VersionInfo, VersionPayload
+from pipeline.catalogue.contract import Catalogue, VersionConflict, VersionInfo, VersionPayload
 from pipeline.errors import ArtifactError, UploadError
 from pipeline.formats.sbom import sbom_file_name, sbom_json
 from pipeline.fsutil import Digests
@@ -365,3 +365,54 @@ def _upload_all(repository: Repository, plan: PublishPlan, target: PublishTarget
 
 def catalogue_page(settings: Settings, name: str, version: str) -> str:
     return f"{settings.catalogue_public_url.rstrip('/')}/appliances/{name}/{version}"
+
+
+# -- audit: is the repository still what the catalogue says? -------------------------------------
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    repository: str
+    checked: int
+    drift: tuple[str, ...]  # one line per problem: missing, wrong size, wrong checksum, foreign URI
+    unregistered: tuple[str, ...]  # objects no registered version accounts for (informational)
+
+    @property
+    def ok(self) -> bool:
+        return not self.drift
+
+    def summary(self) -> str:
+        head = f"audit of {self.repository}: {self.checked} registered image(s) checked, "
+        head += "no drift" if self.ok else f"{len(self.drift)} problem(s)"
+        lines = [head, *(f"  DRIFT {d}" for d in self.drift)]
+        if self.unregistered:
+            lines.append(f"  {len(self.unregistered)} object(s) belong to no registered version:")
+            lines += [f"    {k}" for k in self.unregistered]
+        return "\n".join(lines)
+
+
+def audit_repository(settings: Settings, catalogue: Catalogue | None = None) -> AuditReport:
+    """Re-check every registered image against the repository: exists, size, checksums of the stored bytes."""
+    repository = open_repository(settings)
+    repository.preflight()
+    own = catalogue is None
+    cat = open_catalogue(settings) if catalogue is None else catalogue
+    try:
+        images = cat.list_images()
+    finally:
+        if own:
+            cat.close()
+    drift: list[str] = []
+    folders = set()
+    with step(f"audit {len(images)} image(s) in {repository.url}"):
+        for image in images:
+            where = f"{image.appliance} {image.version}"
+            key = repository.key_for_url(image.uri)
+            if key is None:
+                drift.append(f"{where}: {image.uri} is not in {repository.url}")
+                continue
+            folders.add(key.rsplit("/", 1)[0] + "/")
+            problems = repository.verify(key, Digests(image.size, image.sha256, image.sha512))
+            drift += [f"{where}: {p}" for p in problems]
+    unregistered = tuple(o.key for o in repository.iter_objects() if not any(o.key.startswith(f) for f in folders))
+    return AuditReport(repository.url, len(images), tuple(drift), unregistered)

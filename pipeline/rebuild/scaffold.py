@@ -117,6 +117,9 @@ def _files(parent: Appliance, name: str) -> dict[str, str]:
     upgrade = _reference(parent, parent.provisioners[:1] if len(parent.provisioners) > 1 else ())
     sealer = _reference(parent, parent.provisioners[-1:])
     codename = f"\n  codename: {parent.os.codename}" if parent.os.codename else ""
+    # the base's image labels (Glance os_distro, the login user) carry over: same OS, same cloud user
+    codename += f"\n  distro: {parent.os.distro}" if parent.os.distro else ""
+    codename += f"\n  admin_user: {parent.os.admin_user}" if parent.os.admin_user else ""
     definition = DEFINITION.format(
         name=name,
         base=parent.name,

@@ -4,6 +4,7 @@ holds what the walkthrough made; each answers 200. Placeholders ({name}, VERSION
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,8 @@ from pipeline.catalogue.http_client import payload_json
 from tests.catalogue.conftest import PASSING_AUDIT, Api
 
 ROOT = Path(__file__).resolve().parents[2]
+# publish sends the version's SBOM (the README links GET .../sbom)
+SBOM = json.dumps({"bomFormat": "CycloneDX", "specVersion": "1.6", "version": 1, "components": []})
 APPLIANCE, OLD, NEW, VO = "debian-12-science", "2026.11.21", "2026.11.22", "vo.example.org"
 # a path on its own or after a URL's host (not "$VMI_CATALOGUE/..." or "<public>/...": those are examples)
 _PATH = re.compile(r"(?:https?://[\w.:-]+|(?<![\w.$>]))(/(?:api/v1|appliances|vos?|repo)/[^\s`)\"'<>,]*)")
@@ -35,7 +38,7 @@ def test_every_documented_catalogue_url_answers(signing_api: Api, publish_file: 
     assert api.client.put(f"/api/v1/appliances/{APPLIANCE}", json=body, headers=api.headers("admin")).status_code == 200
     for version in (OLD, NEW):
         images = tuple(publish_file(APPLIANCE, version, fmt) for fmt in ("ova", "qcow2"))
-        payload = payload_json(VersionPayload(APPLIANCE, version, "walkthrough", images))
+        payload = payload_json(VersionPayload(APPLIANCE, version, "walkthrough", images, sbom=SBOM))
         path = f"/api/v1/appliances/{APPLIANCE}/versions"
         assert api.client.post(path, json=payload, headers=api.headers("admin")).status_code == 201
         path = f"{path}/{version}"

@@ -18,7 +18,6 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from pipeline.catalogue import auth, endorsements, services
-from pipeline.catalogue.client import InProcessCatalogue, make_context
 from pipeline.catalogue.contract import (
     AppliancePayload,
     ImagePayload,
@@ -28,6 +27,7 @@ from pipeline.catalogue.contract import (
     VersionPayload,
 )
 from pipeline.catalogue.http_client import payload_json
+from pipeline.catalogue.inprocess import InProcessCatalogue, make_context
 from pipeline.site.verify import verify_image_list
 from tests.catalogue.conftest import PASSING_AUDIT, Api, LiveServer
 from tests.catalogue.test_pages import browser  # noqa: F401 -- the headless Chromium fixture

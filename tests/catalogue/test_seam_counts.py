@@ -30,7 +30,8 @@ from pipeline.endorse import endorse_version
 from pipeline.endorse.pki import DevCa, make_dev_ca
 from pipeline.errors import CatalogueError
 from pipeline.manifest import BuildManifest
-from pipeline.publish import publish_version, release_appliance
+from pipeline.publish import publish_version
+from pipeline.recipe import release_appliance
 from pipeline.settings import Settings
 from tests.endorse.conftest import serve_folder
 from tests.endorse.disks import good_rootfs, security_packages
