@@ -17,6 +17,7 @@ from typing import TypeVar
 from hypothesis import HealthCheck, settings
 
 T = TypeVar("T")
+HANG_FACTOR = 10  # a case slower than this many times its CPU bound is hung, however loaded the machine
 
 settings.register_profile(
     "ci",
@@ -37,17 +38,19 @@ settings.register_profile(
 
 @contextmanager
 def bounded(seconds: float = 2.0, memory_bytes: int = 64 * 2**20) -> Iterator[None]:
-    """Fail the case if the block takes longer than ``seconds`` or its Python allocations peak above
-    ``memory_bytes`` (tracemalloc: what the parser itself allocates)."""
+    """Fail the case if the block uses more than ``seconds`` of CPU, or hangs (wall clock over
+    ``HANG_FACTOR`` times that), or its Python allocations peak above ``memory_bytes`` (tracemalloc:
+    what the parser itself allocates). CPU time, not wall time, so a loaded machine does not fail it."""
     tracemalloc.start()
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), time.process_time()
     try:
         yield
     finally:
-        elapsed = time.monotonic() - start
+        elapsed, cpu = time.monotonic() - start, time.process_time() - cpu_start
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-    assert elapsed <= seconds, f"case took {elapsed:.2f}s (bound {seconds}s)"
+    assert cpu <= seconds, f"case used {cpu:.2f}s of CPU (bound {seconds}s)"
+    assert elapsed <= seconds * HANG_FACTOR, f"case took {elapsed:.2f}s (hang bound {seconds * HANG_FACTOR}s)"
     assert peak <= memory_bytes, f"case peaked at {peak / 2**20:.1f} MiB (bound {memory_bytes / 2**20:.0f} MiB)"
 
 
