@@ -9,12 +9,10 @@ CVE ids they name and whether they were uploaded to the security suite; audit re
 
 from __future__ import annotations
 
-import contextlib
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from pipeline.errors import ArtifactError, CommandError
+from pipeline.errors import ArtifactError
 from pipeline.formats.debian_index import BadIndex, decompress_checked
 from pipeline.formats.versiondiff import (
     MAX_ENTRIES,
@@ -28,7 +26,6 @@ from pipeline.formats.versiondiff import (
     parse_changelog,
 )
 from pipeline.log import log
-from pipeline.run import Limits, find_tool, run
 from pipeline.settings import Settings
 
 MAX_CHANGELOG_BYTES = 4 * 1024 * 1024  # one package's changelog, inflated
@@ -53,34 +50,6 @@ def read_changelog(doc: Path, names: Sequence[str]) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def doc_tree(disk: Path, fmt: str, scratch: Path) -> Iterator[Path]:
-    """``/usr/share/doc`` of a disk image copied out read-only (qemu-img + debugfs, no mount, no root)."""
-    from pipeline.audit.disk import TOOL_HINTS, _remove_tree, find_root_partition, inspect_format
-
-    inspect_format(disk, fmt)
-    scratch.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="diff-", dir=scratch))
-    try:
-        raw = disk
-        if fmt != "raw":
-            raw = work / "disk.raw"
-            argv = [find_tool("qemu-img"), "convert", "-f", fmt, "-O", "raw", str(disk), str(raw)]
-            run(argv, limits=Limits(cpu_seconds=1800), timeout=1800)
-        part = find_root_partition(raw)
-        debugfs = find_tool("debugfs", TOOL_HINTS["debugfs"])
-        argv = [debugfs, "-c", "-R", f"rdump /usr/share/doc {work}", f"{raw}?offset={part.start}"]
-        try:
-            result = run(argv, timeout=DOC_COPY_SECONDS, limits=Limits(file_size_bytes=64 * 1024**2), check=False)
-        except CommandError as e:
-            raise ArtifactError(f"{disk}: copying /usr/share/doc out took over {DOC_COPY_SECONDS}s") from e
-        if result.returncode != 0 or not (work / "doc").is_dir():
-            raise ArtifactError(f"{disk}: debugfs could not read /usr/share/doc (exit {result.returncode})")
-        yield work / "doc"
-    finally:
-        _remove_tree(work)
-
-
 def with_changelogs(changes: list[PackageChange], doc: Path, sources: Mapping[str, str]) -> list[PackageChange]:
     """Each upgrade, downgrade or addition with the changelog entries the newer image documents."""
     out = []
@@ -103,6 +72,7 @@ def diff_versions(settings: Settings, appliance: str, old: str, new: str, change
     """Compare two built versions in the output folder (manifests, audits, the newer image's changelogs)."""
     import json
 
+    from pipeline.audit.disk import folder_copy
     from pipeline.audit.report import AUDIT_FILE
     from pipeline.manifest import find_version
 
@@ -116,7 +86,8 @@ def diff_versions(settings: Settings, appliance: str, old: str, new: str, change
         disk = after.artifact("build-disk")
         path = new_dir / disk.name
         if path.is_file():
-            with doc_tree(path, disk.format, settings.work_dir / "diff") as doc:
+            with folder_copy(path, disk.format, settings.work_dir / "diff", "/usr/share/doc", DOC_COPY_SECONDS) as top:
+                doc = top / "usr" / "share" / "doc"
                 changes = with_changelogs(changes, doc, {p.name: p.source or p.name for p in after.packages})
         else:
             notes.append(f"{path}: the build disk is gone, so no changelog entries")

@@ -423,6 +423,48 @@ def _copy_esp(raw: Path, work: Path, disk: Path) -> RootFs | None:
     return RootFs(top, origin)
 
 
+@contextlib.contextmanager
+def folder_copy(
+    disk: Path, fmt: str, scratch: Path, folder: str, seconds: float, max_file_bytes: int = 64 * 1024**2
+) -> Iterator[Path]:
+    """One folder of a disk image's root filesystem (``/usr/share/doc``) copied out read-only into a
+    partial tree laid out as in the guest (qemu-img + ``debugfs -c rdump``: no mount, no root); yields
+    that tree's top. Each file is capped at ``max_file_bytes``, the copy at ``seconds``; the scratch
+    copy (raw conversion included) is removed when the block ends."""
+    inspect_format(disk, fmt)  # the declared format, never a guess (a backing file could read host files)
+    scratch.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="copy-", dir=scratch))
+    try:
+        raw = disk
+        if fmt != "raw":
+            raw = work / "disk.raw"
+            argv = [find_tool("qemu-img"), "convert", "-f", fmt, "-O", "raw", str(disk), str(raw)]
+            run(argv, limits=Limits(cpu_seconds=1800), timeout=1800)
+        part = find_root_partition(raw)
+        inside = PurePosixPath(folder)
+        top = work / "root"
+        (top / inside.parent.relative_to("/")).mkdir(parents=True)
+        debugfs = find_tool("debugfs", TOOL_HINTS["debugfs"])
+        argv = [
+            debugfs,
+            "-c",
+            "-R",
+            f"rdump {inside} {top / inside.parent.relative_to('/')}",
+            f"{raw}?offset={part.start}",
+        ]
+        try:
+            result = run(argv, timeout=seconds, limits=Limits(file_size_bytes=max_file_bytes), check=False)
+        except CommandError as e:
+            raise ArtifactError(f"{disk}: copying {inside} out took over {seconds:.0f}s") from e
+        if result.returncode != 0 or not (top / inside.relative_to("/")).is_dir():
+            raise ArtifactError(f"{disk}: debugfs could not read {inside} (exit {result.returncode})")
+        if raw != disk:
+            raw.unlink()  # the copy is made: free the space while the caller reads it
+        yield top
+    finally:
+        _remove_tree(work)
+
+
 def _remove_tree(path: Path) -> None:
     """rmtree that also copes with the read-only folders an extracted guest tree has."""
 
