@@ -203,12 +203,12 @@ def catalogue_migrate(c: Context) -> None:
 @task(positional=[])
 @_edge
 def audit(c: Context) -> None:
-    """Re-check every registered image against the repository (exists, size, checksum); report drift."""
-    from pipeline.publish import audit_repository
+    """Re-check every registered image against every repository (exists, size, checksum); report drift."""
+    from pipeline.publish import audit_repositories
 
-    report = audit_repository(_settings(c))
-    print(report.summary())
-    if not report.ok:
+    reports = audit_repositories(_settings(c))
+    print("\n".join(r.summary() for r in reports))
+    if not all(r.ok for r in reports):
         raise Exit(code=1)
 
 

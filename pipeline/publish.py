@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from pipeline.appliance import Appliance, find_appliance
 from pipeline.catalogue.client import open_catalogue
-from pipeline.catalogue.contract import Catalogue, VersionConflict, VersionInfo, VersionPayload
+from pipeline.catalogue.contract import Catalogue, ImageInfo, VersionConflict, VersionInfo, VersionPayload
 from pipeline.errors import ArtifactError, UploadError
 from pipeline.formats.sbom import sbom_file_name, sbom_json
 from pipeline.fsutil import Digests
@@ -391,10 +391,21 @@ class AuditReport:
         return "\n".join(lines)
 
 
-def audit_repository(settings: Settings, catalogue: Catalogue | None = None) -> AuditReport:
-    """Re-check every registered image against the repository: exists, size, checksums of the stored bytes."""
-    repository = open_repository(settings)
-    repository.preflight()
+def audit_repository(settings: Settings, catalogue: Catalogue | None = None, url: str | None = None) -> AuditReport:
+    """Re-check every registered image against one repository (default: the primary; ``url``: a mirror):
+    exists, size, checksums of the stored bytes. An image is found there by its URI or by one of the
+    locations the catalogue recorded for it; one that names no location there is drift."""
+    return audit_repositories(settings, catalogue, (url or settings.repository,))[0]
+
+
+def audit_repositories(
+    settings: Settings, catalogue: Catalogue | None = None, urls: tuple[str, ...] | None = None
+) -> tuple[AuditReport, ...]:
+    """``audit_repository`` for every repository publish writes to (the primary, then the mirrors), from
+    one read of the catalogue."""
+    repositories = [open_repository(settings, url=url) for url in (urls or repository_urls(settings))]
+    for repository in repositories:
+        repository.preflight()
     own = catalogue is None
     cat = open_catalogue(settings) if catalogue is None else catalogue
     try:
@@ -402,12 +413,16 @@ def audit_repository(settings: Settings, catalogue: Catalogue | None = None) -> 
     finally:
         if own:
             cat.close()
+    return tuple(_audit_one(repository, images) for repository in repositories)
+
+
+def _audit_one(repository: Repository, images: list[ImageInfo]) -> AuditReport:
     drift: list[str] = []
     folders = set()
     with step(f"audit {len(images)} image(s) in {repository.url}"):
         for image in images:
             where = f"{image.appliance} {image.version}"
-            key = repository.key_for_url(image.uri)
+            key = next((k for u in (image.uri, *image.locations) if (k := repository.key_for_url(u))), None)
             if key is None:
                 drift.append(f"{where}: {image.uri} is not in {repository.url}")
                 continue

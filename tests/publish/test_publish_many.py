@@ -163,3 +163,29 @@ def test_retention_deletes_an_old_version_from_every_repository(
     assert registry.tags(f"{project}/debian-12") == sorted(
         t for i in images for t in (*(x for x in i.tags if x), i.fallback_tag)
     )
+
+
+def test_invoke_audit_checks_every_repository(tmp_path: Path) -> None:
+    """Two folders, the second a mirror: `invoke audit` checks both; damage in the mirror is drift named
+    for the mirror alone, and the exit code says so."""
+    primary, mirror = tmp_path / "primary", tmp_path / "mirror"
+    settings = dataclasses.replace(make_settings(tmp_path, primary.as_uri()), mirror_repositories=(mirror.as_uri(),))
+    packaged = make_packaged_version(settings.output_dir)
+    publish_version(settings, "debian-12")
+    env = settings_env(settings)
+
+    done = run_invoke(["audit"], env)
+    assert done.returncode == 0, done.stderr
+    assert f"audit of {primary.as_uri()}: 2 registered image(s) checked, no drift" in done.stdout
+    assert f"audit of {mirror.as_uri()}: 2 registered image(s) checked, no drift" in done.stdout
+
+    qcow2 = packaged.manifest.artifact("qcow2").name
+    damaged = mirror / "debian-12" / "2026.11.22" / qcow2
+    damaged.write_bytes(b"\0" + damaged.read_bytes()[1:])  # same size, other bytes
+    done = run_invoke(["audit"], env)
+    assert done.returncode == 1
+    assert f"audit of {primary.as_uri()}: 2 registered image(s) checked, no drift" in done.stdout
+    assert f"audit of {mirror.as_uri()}: 2 registered image(s) checked, 2 problem(s)" in done.stdout
+    drift = [line for line in done.stdout.splitlines() if "DRIFT" in line]
+    assert [d.split(": ")[2].split()[0] for d in drift] == ["sha256", "sha512"]
+    assert all(f"debian-12 2026.11.22: debian-12/2026.11.22/{qcow2}" in d for d in drift)
