@@ -109,7 +109,8 @@ class RecipeStages:
 
     def audit(self, packaged: PackageResult) -> AuditOutcome:
         assert packaged.manifest is not None  # the recipe packages built versions only
-        report = audit_and_record(self.settings, packaged.definition, packaged.out_dir, packaged.manifest)
+        # before publish the version is not registered: the report is stored once it is (rebuild's publish)
+        report = audit_and_record(self.settings, packaged.definition, packaged.out_dir, packaged.manifest, store=False)
         if report.passed:
             return AuditOutcome(True, f"{len(report.checks)} checks passed", report)
         return AuditOutcome(False, "failed: " + ", ".join(c.id for c in report.failures), report)
