@@ -264,3 +264,27 @@ def live_server(database_url: str, repository: Path, dev_ca: Path) -> Iterator[L
     yield LiveServer(url, settings)
     server.should_exit = True
     thread.join(10)
+
+
+def served_image(
+    server: LiveServer, name: str, version: str, fmt: str, manifest: dict[str, Any] | None = None
+) -> ImagePayload:
+    """A real file in the served repository, registered under its public URL (where published files live,
+    wherever the server happens to listen)."""
+    key = f"{name}/{version}/{name}-{version}.{fmt}"
+    path = server.settings.repository_root / key  # type: ignore[operator]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = f"{key}\n".encode() * 1000
+    path.write_bytes(data)
+    return ImagePayload(
+        uri=f"{str(server.settings.repository_public_url).rstrip('/')}/{key}",
+        format=fmt,
+        size=len(data),
+        sha512=hashlib.sha512(data).hexdigest(),
+        sha256=hashlib.sha256(data).hexdigest(),
+        arch="x86_64",
+        os_family="linux",
+        os_name="Debian",
+        os_version="12",
+        manifest=manifest,
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -27,29 +26,13 @@ from pipeline.catalogue.models import Role
 from pipeline.catalogue.uow import UnitOfWork
 from pipeline.settings import load_settings
 from pipeline.site.verify import verify_image_list
-from tests.catalogue.conftest import PASSING_AUDIT, LiveServer
+from tests.catalogue.conftest import PASSING_AUDIT, LiveServer, served_image
 
 VO = "vo.example.org"
 
 
 def _image(server: LiveServer, version: str, fmt: str) -> ImagePayload:
-    key = f"debian-12/{version}/debian-12-{version}.{fmt}"
-    path = server.settings.repository_root / key  # type: ignore[operator]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = f"{key}\n".encode() * 1000
-    path.write_bytes(data)
-    return ImagePayload(
-        # published files only: under the repository's public URL, wherever the server happens to listen
-        uri=f"{str(server.settings.repository_public_url).rstrip('/')}/{key}",
-        format=fmt,
-        size=len(data),
-        sha512=hashlib.sha512(data).hexdigest(),
-        sha256=hashlib.sha256(data).hexdigest(),
-        arch="x86_64",
-        os_family="linux",
-        os_name="Debian",
-        os_version="12",
-    )
+    return served_image(server, "debian-12", version, fmt)
 
 
 def _tokens(server: LiveServer) -> dict[str, str]:

@@ -7,7 +7,6 @@ site does (``pipeline.site.verify``, ``openssl smime -verify``). The page test d
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -29,7 +28,7 @@ from pipeline.catalogue.contract import (
 from pipeline.catalogue.http_client import payload_json
 from pipeline.catalogue.inprocess import InProcessCatalogue, make_context
 from pipeline.site.verify import verify_image_list
-from tests.catalogue.conftest import PASSING_AUDIT, Api, LiveServer
+from tests.catalogue.conftest import PASSING_AUDIT, Api, LiveServer, served_image
 from tests.catalogue.test_pages import browser  # noqa: F401 -- the headless Chromium fixture
 
 VO, OTHER = "vo.example.org", "other.vo"
@@ -208,24 +207,7 @@ def test_an_expiring_base_makes_its_descendants_outdated_without_any_write(
 
 
 def _file_image(server: LiveServer, name: str, version: str, fmt: str, on: str | None) -> ImagePayload:
-    """A real file in the served repository, registered under its public URL."""
-    key = f"{name}/{version}/{name}-{version}.{fmt}"
-    path = server.settings.repository_root / key  # type: ignore[operator]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = f"{key}\n".encode() * 1000
-    path.write_bytes(data)
-    return ImagePayload(
-        uri=f"{str(server.settings.repository_public_url).rstrip('/')}/{key}",
-        format=fmt,
-        size=len(data),
-        sha512=hashlib.sha512(data).hexdigest(),
-        sha256=hashlib.sha256(data).hexdigest(),
-        arch="x86_64",
-        os_family="linux",
-        os_name="Debian",
-        os_version="12",
-        manifest=_base(on) if on else None,
-    )
+    return served_image(server, name, version, fmt, _base(on) if on else None)
 
 
 def _seed_family(server: LiveServer) -> None:
