@@ -146,9 +146,8 @@ def build_definition(
             with step("base", timings):
                 base = prepare_base(settings, appliance, work / "base", log_file)
             with step("packer", timings):
-                packer_run, machine, accel_note = run_packer_with_fallback(
-                    appliance, settings, base.disk, stage / disk_name, machine, work, log_file
-                )
+                job = PackerJob(appliance, settings, base.disk, stage / disk_name, work, log_file)
+                packer_run, machine, accel_note = run_packer_with_fallback(job, machine)
             timings.update({f"packer.{k}": v for k, v in packer_run.phase_durations().items()})
             with step("manifest", timings):
                 packages = read_package_list(work / "packages.tsv")
@@ -202,20 +201,24 @@ def build_machine(appliance: Appliance, settings: Settings) -> QemuMachine:
 _ACCEL_FAILURES = re.compile(r"Qemu failed to start|Error launching VM|Timeout waiting for SSH", re.IGNORECASE)
 
 
-def run_packer_with_fallback(
-    appliance: Appliance,
-    settings: Settings,
-    base_disk: Path,
-    disk_out: Path,
-    machine: QemuMachine,
-    work: Path,
-    log_file: TextIO,
-) -> tuple[packer.PackerRun, QemuMachine, str]:
+@dataclass(frozen=True)
+class PackerJob:
+    """What one Packer run of a build works on, whatever machine runs it (the TCG retry reuses it)."""
+
+    appliance: Appliance
+    settings: Settings
+    base_disk: Path
+    disk_out: Path  # where the finished disk lands
+    work: Path  # the build's scratch folder: seed, build key, Packer's output and TMPDIR
+    log_file: TextIO
+
+
+def run_packer_with_fallback(job: PackerJob, machine: QemuMachine) -> tuple[packer.PackerRun, QemuMachine, str]:
     """Run Packer on ``machine``; if KVM fails to start QEMU or to reach SSH, say so in one line and
     retry once under TCG. Returns the run, the machine that produced the disk, and the note for the
     manifest."""
     try:
-        return _run_packer(appliance, settings, base_disk, disk_out, machine, work, log_file), machine, machine.note
+        return _run_packer(job, machine), machine, machine.note
     except BuildError as e:
         said = [ln.strip() for ln in (e.message + "\n" + e.log_tail).splitlines() if _ACCEL_FAILURES.search(ln)]
         if machine.accel is not Accel.KVM or not said:
@@ -224,45 +227,39 @@ def run_packer_with_fallback(
     note = f"kvm failed ({reason}); using tcg"
     log.warning("accelerator: %s", note)
     tcg = dataclasses.replace(qemu_machine(Accel.TCG, machine.cpus, machine.memory_mb), note=note)
-    shutil.rmtree(work / "packer-out", ignore_errors=True)
-    return _run_packer(appliance, settings, base_disk, disk_out, tcg, work, log_file), tcg, note
+    shutil.rmtree(job.work / "packer-out", ignore_errors=True)
+    return _run_packer(job, tcg), tcg, note
 
 
-def _run_packer(
-    appliance: Appliance,
-    settings: Settings,
-    base_disk: Path,
-    disk_out: Path,
-    machine: QemuMachine,
-    work: Path,
-    log_file: TextIO,
-) -> packer.PackerRun:
-    """Seed + key, then ``packer build``; the disk lands at ``disk_out``. The key dies with ``work``."""
-    if appliance.firmware is Firmware.UEFI and not machine.uefi:
+def _run_packer(job: PackerJob, machine: QemuMachine) -> packer.PackerRun:
+    """Seed + key, then ``packer build``; the disk lands at ``job.disk_out``. The key dies with ``job.work``."""
+    if job.appliance.firmware is Firmware.UEFI and not machine.uefi:
         # a UEFI-only disk builds under OVMF; bios and hybrid disks build under SeaBIOS (the boot tests
         # prove a hybrid disk under both)
-        vars_copy = ovmf_vars_copy(work / f"ovmf-vars-{machine.accel}.fd")
+        vars_copy = ovmf_vars_copy(job.work / f"ovmf-vars-{machine.accel}.fd")
         machine = dataclasses.replace(machine, machine_type=UEFI_MACHINE_TYPE, ovmf_vars=vars_copy)
-    key = generate_ssh_key(work / f"key-{machine.accel}")
+    key = generate_ssh_key(job.work / f"key-{machine.accel}")
     seed = write_seed_dir(
-        work / f"seed-{machine.accel}",
+        job.work / f"seed-{machine.accel}",
         meta_data(f"vmi-build-{uuid.uuid4()}", "vmi-build"),
         build_user_data(BUILD_USER, key.public_text),
     )
-    out_dir = work / "packer-out"
-    variables = template_variables(appliance, settings, work, base_disk, out_dir, disk_out.name, seed, key.private)
+    out_dir = job.work / "packer-out"
+    variables = template_variables(
+        job.appliance, job.settings, job.work, job.base_disk, out_dir, job.disk_out.name, seed, key.private
+    )
     variables.update(machine.template_variables())
     try:
-        result = packer.packer_build(appliance.template_path, variables, work / "tmp", log_file)
+        result = packer.packer_build(job.appliance.template_path, variables, job.work / "tmp", job.log_file)
     finally:
-        serial = work / "serial.log"
+        serial = job.work / "serial.log"
         if serial.is_file():
-            log_file.write("---- guest serial console ----\n" + serial.read_text(errors="replace") + "----\n")
+            job.log_file.write("---- guest serial console ----\n" + serial.read_text(errors="replace") + "----\n")
     produced = Path(result.artifacts[0])
     if not produced.is_file():
         raise BuildError("packer", f"Packer reported {produced} but it does not exist")
-    disk_out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(produced, disk_out)
+    job.disk_out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(produced, job.disk_out)
     return result
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.appliance import find_appliance
-from pipeline.builder import run_packer_with_fallback, template_variables
+from pipeline.builder import PackerJob, run_packer_with_fallback, template_variables
 from pipeline.builder.accel import (
     Accel,
     choose_accel,
@@ -146,9 +146,8 @@ def test_a_failed_kvm_attempt_is_retried_once_under_tcg(scratch_project: Setting
     # a KVM machine QEMU cannot start on any host (as `-cpu host` aborts on this project's machines)
     kvm = dataclasses.replace(qemu_machine(Accel.KVM), cpu_model="vmi-no-such-cpu", note="kvm (as configured)")
     log = io.StringIO()
-    result, machine, note = run_packer_with_fallback(
-        appliance, settings, base, tmp_path / "out" / "disk.qcow2", kvm, work, log
-    )
+    job = PackerJob(appliance, settings, base, tmp_path / "out" / "disk.qcow2", work, log)
+    result, machine, note = run_packer_with_fallback(job, kvm)
     assert machine.accel is Accel.TCG and machine.cpu_model == "max"
     assert re.fullmatch(r"kvm failed \(.*Qemu failed to start.*\); using tcg", note), note
     assert (tmp_path / "out" / "disk.qcow2").is_file() and result.artifacts
