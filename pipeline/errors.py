@@ -87,3 +87,7 @@ class CatalogueError(PipelineError):
 
 class PolicyError(PipelineError):
     """An image fails the endorsement policy, or an action is not allowed."""
+
+
+class ReceiptError(PipelineError):
+    """A step's receipt is missing (the step never finished) or cannot be read back."""

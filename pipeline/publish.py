@@ -5,6 +5,8 @@ an immutable key and verified there (size, sha256, sha512 of the stored bytes) b
 is registered, in one catalogue transaction. A publish killed at any point is completed by running
 it again: uploads resume from the journal, objects already there are proved rather than sent, and
 registration is idempotent. So the catalogue never lists an image that is not in the repository.
+Last, once the registration succeeded, ``published.json`` is written beside the manifest: the
+receipt ``PublishResult.load`` rebuilds the result from, offline (``invoke endorse`` resumes from it).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,13 +22,14 @@ from typing import Any, TypeVar
 from pipeline.appliance import Appliance, find_appliance
 from pipeline.catalogue.client import open_catalogue
 from pipeline.catalogue.contract import Catalogue, ImageInfo, VersionConflict, VersionInfo, VersionPayload
-from pipeline.errors import ArtifactError, UploadError
+from pipeline.errors import ArtifactError, CatalogueError, ReceiptError, UploadError
 from pipeline.formats.sbom import sbom_file_name, sbom_json
 from pipeline.fsutil import Digests
 from pipeline.log import log, step
 from pipeline.manifest import Artifact, BuildManifest
 from pipeline.package import PackageResult
 from pipeline.publicurls import public_url_warning
+from pipeline.receipt import from_json, read_receipt, reading, to_json, write_receipt
 from pipeline.registration import appliance_payload, version_payload_from_build
 from pipeline.repository import PutOutcome, PutResult, Repository, UploadJournal, UploadTuning, open_repository
 from pipeline.repository.journal import exclusive
@@ -43,6 +46,7 @@ PUBLISHED: tuple[tuple[str, bool], ...] = (
     ("sha512sums", True),
 )
 IMAGE_ROLES = ("ova", "qcow2")
+PUBLISHED_FILE = "published.json"  # the receipt of a finished publish, beside the manifest
 T = TypeVar("T")
 
 
@@ -111,6 +115,49 @@ class PublishResult:
     registered: VersionInfo | None = None
     catalogue_url: str | None = None
     pushes: tuple[OciPush, ...] = ()
+
+    @classmethod
+    def load(cls, settings: Settings, definition: Appliance, version: str | None = None) -> PublishResult:
+        """A published version (default: the newest built one) as its receipt records it, rebuilt
+        without asking the repository or the catalogue: where a stopped recipe resumes after publish.
+
+        The plan is worked out again from the package and the repositories the receipt names (files
+        only; nothing is opened over the network), and must name the keys the receipt recorded; the
+        registered images must be this package's bytes."""
+        packaged = PackageResult.load(settings, definition) if version is None else None
+        version = version or (packaged.version if packaged else "")
+        name = definition.name
+        path = settings.version_dir(name, version) / PUBLISHED_FILE
+        hint = f"run `invoke publish {name} --version {version}`"
+        data = read_receipt(
+            path, "publish", f"{name} {version} was never published (or its publish did not finish)", hint
+        )
+        packaged = packaged or PackageResult.load(settings, definition, version)
+        with reading(path, hint):
+            urls = [str(u) for u in data["repositories"]]
+            recorded = dataclasses.replace(
+                settings,
+                repository=urls[0],
+                mirror_repositories=tuple(urls[1:]),
+                repository_public_url=str(data["repository_public_url"]),
+            )
+            insecure = bool(data["insecure"])
+            plan = plan_targets(packaged, [open_repository(recorded, None, insecure, url) for url in urls])
+            result = cls(
+                plan,
+                False,
+                tuple(from_json(PutResult, p) for p in data["puts"]),
+                from_json(VersionInfo, data["registered"]),
+                data["catalogue_url"],
+                tuple(from_json(OciPush, p) for p in data["pushes"]),
+            )
+            keys = data["keys"]
+        if keys != receipt_keys(plan):
+            raise ReceiptError(f"{path}: records other keys than the plan for {packaged.out_dir} now names", hint)
+        ours = {a.sha512 for a in plan.manifest.artifacts}
+        if result.registered is None or not all(i.sha512 in ours for i in result.registered.images):
+            raise ReceiptError(f"{path}: records images that are not this package's (packaged again since?)", hint)
+        return result
 
     def summary(self) -> str:
         m = self.plan.manifest
@@ -248,8 +295,15 @@ def publish_packaged(
     dry_run: bool = False,
     tuning: UploadTuning | None = None,
     insecure: bool = False,
+    *,
+    catalogue: Catalogue | None = None,
+    audit: Mapping[str, Any] | None = None,
 ) -> PublishResult:
-    """The recipe's publish step: ``publish_version`` for what the package step returned."""
+    """The recipe's publish step: ``publish_version`` for what the package step returned.
+
+    ``catalogue``: one the caller holds open (and closes), so a rebuild opens it once for its race
+    check, this registration and the audit; ``audit``: a policy audit report (``AuditReport.to_dict()``)
+    made before publish, stored with the version once it is registered."""
     name = packaged.appliance
     if (warning := public_url_warning(settings)) is not None:  # the defaults name this machine
         log.warning("%s", warning)
@@ -260,10 +314,12 @@ def publish_packaged(
     what = f"{name} {plan.manifest.version}"
     puts: list[PutResult] = []
     pushes: list[OciPush] = []
+    receipt = plan.version_dir / PUBLISHED_FILE
     with exclusive(plan.lock_path, what), step(f"publish {what}"):
+        receipt.unlink(missing_ok=True)  # present again only once this publish has finished
         for repository in repositories:
             repository.preflight()
-        catalogue = open_catalogue(settings)
+        cat = open_catalogue(settings) if catalogue is None else catalogue
         try:
             # every repository written and verified before the one registration: a failure in any
             # leaves no catalogue entry (running publish again completes the others)
@@ -275,12 +331,49 @@ def publish_packaged(
                 else:
                     puts += _upload_all(repository, plan, target)
             with step("register in the catalogue"):
-                _once_more_on_conflict(lambda: catalogue.ensure_appliance(appliance_payload(plan.appliance)))
-                registered = _once_more_on_conflict(lambda: catalogue.register_version(plan.payload))
+                _once_more_on_conflict(lambda: cat.ensure_appliance(appliance_payload(plan.appliance)))
+                registered = _once_more_on_conflict(lambda: cat.register_version(plan.payload))
+            if audit is not None:
+                _store_audit(cat, name, plan.manifest.version, audit)
         finally:
-            catalogue.close()
-    url = catalogue_page(settings, name, plan.manifest.version)
-    return PublishResult(plan, False, tuple(puts), registered, url, tuple(pushes))
+            if catalogue is None:
+                cat.close()
+        url = catalogue_page(settings, name, plan.manifest.version)
+        result = PublishResult(plan, False, tuple(puts), registered, url, tuple(pushes))
+        write_receipt(receipt, "publish", receipt_body(settings, result, insecure))
+    return result
+
+
+def receipt_body(settings: Settings, result: PublishResult, insecure: bool) -> dict[str, Any]:
+    """What ``published.json`` records: where the version went (so ``load`` plans it again the same way),
+    the keys written there, what each put did, and the version as the catalogue registered it."""
+    return {
+        "appliance": result.plan.appliance.name,
+        "version": result.plan.manifest.version,
+        "repositories": list(repository_urls(settings)),
+        "repository_public_url": settings.repository_public_url,
+        "insecure": insecure,
+        "keys": receipt_keys(result.plan),
+        "puts": to_json(result.puts),
+        "pushes": to_json(result.pushes),
+        "registered": to_json(result.registered),
+        "catalogue_url": result.catalogue_url,
+    }
+
+
+def receipt_keys(plan: PublishPlan) -> dict[str, list[str]]:
+    """Repository -> the keys (or OCI references) a publish of ``plan`` writes there."""
+    return {t.repository: [u.key for u in t.uploads] + [i.reference for i in t.images] for t in plan.targets}
+
+
+def _store_audit(catalogue: Catalogue, name: str, version: str, report: Mapping[str, Any]) -> None:
+    """Store an audit made before the version was registered; the audit stands on its own if the
+    catalogue refuses (``audit.json`` keeps it, ``invoke endorse`` stores it again)."""
+    try:
+        catalogue.store_audit(name, version, report)
+        log.info("audit stored with %s %s in the catalogue", name, version)
+    except CatalogueError as e:
+        log.warning("audit not stored in the catalogue: %s", e)
 
 
 def plan_targets(packaged: PackageResult, repositories: list[Repository]) -> PublishPlan:
