@@ -6,7 +6,10 @@ EndorseResult`` -- so the appliance definition is parsed once and the build mani
 run, and nothing hands a ``(name, version)`` pair to the next step to look up again. Each step
 decides for itself whether it applies (an up-to-date build is reused, a complete package is not
 made again); each result can be reloaded from its version folder (``BuildResult.load``,
-``PackageResult.load``), which is how ``invoke package``/``publish`` start half-way through.
+``PackageResult.load``, and from their receipts ``PublishResult.load``, ``EndorseResult.load``), which
+is how ``invoke package``/``publish``/``endorse`` start half-way through. Publish always runs again
+(it is idempotent): a receipt says what was done, but only the repository and the catalogue can say
+it still holds, and publish proves both.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from typing import Protocol
 from pipeline.appliance import Appliance, find_appliance
 from pipeline.audit.report import AuditReport, audit_and_record
 from pipeline.builder import BuildResult, build_definition
-from pipeline.endorse import EndorseResult, endorse_version
+from pipeline.catalogue.client import Catalogue
+from pipeline.endorse import EndorseResult, endorse_published
 from pipeline.manifest import BuildManifest
 from pipeline.package import PackageResult, package_build
 from pipeline.publish import PUBLISHED, PublishResult, publish_packaged
@@ -97,6 +101,7 @@ class RecipeStages:
         self.settings = settings
         self.force = force
         self.tuning = tuning
+        self._audits: dict[tuple[str, str], AuditReport] = {}  # audited, to store once registered
 
     def build(self, appliance: Appliance, version: str | None = None) -> BuildResult:
         return build_definition(self.settings, appliance, version, force=self.force)
@@ -109,17 +114,25 @@ class RecipeStages:
 
     def audit(self, packaged: PackageResult) -> AuditOutcome:
         assert packaged.manifest is not None  # the recipe packages built versions only
-        # before publish the version is not registered: the report is stored once it is (rebuild's publish)
+        # before publish the version is not registered: the publish step stores the report with it
         report = audit_and_record(self.settings, packaged.definition, packaged.out_dir, packaged.manifest, store=False)
+        self._audits[packaged.appliance, packaged.version] = report
         if report.passed:
             return AuditOutcome(True, f"{len(report.checks)} checks passed", report)
         return AuditOutcome(False, "failed: " + ", ".join(c.id for c in report.failures), report)
 
     def publish(self, packaged: PackageResult) -> PublishResult:
-        return publish_packaged(self.settings, packaged, tuning=self.tuning)
+        return self.publish_with(packaged, None)
+
+    def publish_with(self, packaged: PackageResult, catalogue: Catalogue | None) -> PublishResult:
+        """Publish on ``catalogue`` if the caller holds one open (else publish opens its own), storing the
+        audit report of this version, if the audit step made one, in the same session."""
+        report = self._audits.pop((packaged.appliance, packaged.version), None)
+        audit = report.to_dict() if report is not None else None
+        return publish_packaged(self.settings, packaged, tuning=self.tuning, catalogue=catalogue, audit=audit)
 
     def endorse(self, published: PublishResult, vo: str) -> EndorseResult:
-        return endorse_version(self.settings, published.plan.appliance.name, published.plan.manifest.version, vo)
+        return endorse_published(self.settings, published, vo)
 
 
 def packaged(version_dir: Path, manifest: BuildManifest) -> bool:

@@ -322,10 +322,10 @@ def audit_build(settings: Settings, appliance: Appliance, version_dir: Path, man
     )
 
 
-def recent_audit(settings: Settings, name: str, version: str, max_age: dt.timedelta) -> dict[str, Any] | None:
+def recent_audit(
+    appliance: Appliance, version_dir: Path, manifest: BuildManifest, max_age: dt.timedelta
+) -> dict[str, Any] | None:
     """The saved ``audit.json`` if it audited the current build disk with today's waivers within ``max_age``."""
-    appliance = find_appliance(settings.templates_dir, name, settings.provisioners_dir)
-    version_dir, manifest = find_version(settings.output_dir, name, version)
     path = version_dir / AUDIT_FILE
     try:
         saved = json.loads(path.read_text())

@@ -1,4 +1,4 @@
-"""The catalogue seam, counted: how often publish, release and endorse open the catalogue, run Alembic,
+"""The catalogue seam, counted: how often publish, release, rebuild and endorse open the catalogue, run Alembic,
 load the endorser's signing key and store an audit.
 
 The real functions run; each is wrapped by a counter that calls through (nothing is mocked away):
@@ -21,6 +21,7 @@ import pytest
 from pydantic import BaseModel
 from sqlalchemy import create_engine, text
 
+from pipeline.appliance import find_appliance
 from pipeline.catalogue import contract, schemas, signing
 from pipeline.catalogue.client import open_catalogue
 from pipeline.catalogue.db import downgrade, head_revision
@@ -31,12 +32,13 @@ from pipeline.endorse.pki import DevCa, make_dev_ca
 from pipeline.errors import CatalogueError
 from pipeline.manifest import BuildManifest
 from pipeline.publish import publish_version
-from pipeline.recipe import release_appliance
+from pipeline.recipe import release_appliance, run_recipe
 from pipeline.settings import Settings
 from tests.endorse.conftest import serve_folder
 from tests.endorse.disks import good_rootfs, security_packages
 from tests.endorse.test_audit_version import built_version, project
 from tests.endorse.test_endorse_flow import publish as register_version
+from tests.endorse.test_resume import ResumedStages
 from tests.publish.conftest import make_packaged_version, make_settings
 
 VO = "vo.example.org"
@@ -153,6 +155,25 @@ def test_endorse_opens_once_and_stores_the_audit_once(
     assert "policy audit passed" in result.summary()  # audited here, not reused
     # one open, one audit stored, no migration; the key is loaded once, to sign the VO's list
     assert counts == Counter({"opens": 1, "audits stored": 1, "key loads": 1})
+
+
+def test_a_rebuild_opens_the_catalogue_once_for_its_race_check_publish_and_audit(
+    tmp_path: Path, security_mirror: str, signing_key: DevCa, counts: Counter[str]
+) -> None:
+    """The rebuild's recipe with its audit (build resumed from the version on disk; packaging, audit and
+    publish for real): the race check, the registration and the audit's storage share one open."""
+    root = tmp_path / "project" / "repository"
+    root.mkdir(parents=True)
+    with serve_folder(root) as url:
+        settings = project(tmp_path, security_mirror, repository_public_url=url)
+        built_version(settings, good_rootfs(tmp_path / "rootfs"))
+        first_start(settings)
+        appliance = find_appliance(settings.templates_dir, "debian-12", settings.provisioners_dir)
+        counts.clear()
+        cooked = run_recipe(appliance, ResumedStages(settings), version="2026.11.22", audit=True)
+    assert cooked.audit is not None and cooked.audit.passed
+    assert cooked.published.registered is not None and cooked.published.registered.version == "2026.11.22"
+    assert counts == Counter({"opens": 1, "audits stored": 1})
 
 
 @pytest.mark.slow
