@@ -124,8 +124,10 @@ class PublishResult:
         The plan is worked out again from the package and the repositories the receipt names (files
         only; nothing is opened over the network), and must name the keys the receipt recorded; the
         registered images must be this package's bytes."""
-        packaged = PackageResult.load(settings, definition) if version is None else None
-        version = version or (packaged.version if packaged else "")
+        packaged = None
+        if version is None:
+            packaged = PackageResult.load(settings, definition)
+            version = packaged.version
         name = definition.name
         path = settings.version_dir(name, version) / PUBLISHED_FILE
         hint = f"run `invoke publish {name} --version {version}`"
@@ -148,7 +150,7 @@ class PublishResult:
                 False,
                 tuple(from_json(PutResult, p) for p in data["puts"]),
                 from_json(VersionInfo, data["registered"]),
-                data["catalogue_url"],
+                str(data["catalogue_url"]),
                 tuple(from_json(OciPush, p) for p in data["pushes"]),
             )
             keys = data["keys"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.appliance import find_appliance
 from pipeline.errors import ConfigError, UploadError
 from pipeline.formats.oci import EMPTY_DESCRIPTOR, INDEX_TYPE, MANIFEST_TYPE
 from pipeline.formats.sbom import sbom_json
@@ -62,6 +63,17 @@ def version_tags(result: PublishResult) -> list[str]:
     """Every tag a publish puts: each artifact's (qcow2, OVA) long and rolling tag and its referrers index."""
     images = result.plan.targets[0].images
     return sorted(t for i in images for t in (*(x for x in i.tags if x), i.fallback_tag))
+
+
+def test_an_oci_publish_reloads_from_its_receipt(
+    tmp_path: Path, registry: Registry, project: str, oci_env: None
+) -> None:
+    """The receipt names the registry; the load plans the same images (manifests, tags, references)."""
+    settings, packaged = setup(tmp_path, registry, project)
+    published = publish_version(settings, "debian-12")
+    definition = find_appliance(ROOT / "packer_templates", "debian-12", ROOT / "provisioners")
+    loaded = PublishResult.load(settings, definition, packaged.version)
+    assert loaded == published and loaded.pushes and loaded.plan.targets[0].images
 
 
 def test_publish_pushes_the_qcow2_with_egi_annotations_and_sbom(
