@@ -115,6 +115,7 @@ class PublishResult:
     registered: VersionInfo | None = None
     catalogue_url: str | None = None
     pushes: tuple[OciPush, ...] = ()
+    audit_stored: bool = False  # the audit report publish was given is stored with the version
 
     @classmethod
     def load(cls, settings: Settings, definition: Appliance, version: str | None = None) -> PublishResult:
@@ -152,6 +153,7 @@ class PublishResult:
                 from_json(VersionInfo, data["registered"]),
                 str(data["catalogue_url"]),
                 tuple(from_json(OciPush, p) for p in data["pushes"]),
+                from_json(bool, data["audit_stored"]),
             )
             keys = data["keys"]
         if keys != receipt_keys(plan):
@@ -335,13 +337,12 @@ def publish_packaged(
             with step("register in the catalogue"):
                 _once_more_on_conflict(lambda: cat.ensure_appliance(appliance_payload(plan.appliance)))
                 registered = _once_more_on_conflict(lambda: cat.register_version(plan.payload))
-            if audit is not None:
-                _store_audit(cat, name, plan.manifest.version, audit)
+            stored = audit is not None and _store_audit(cat, name, plan.manifest.version, audit)
         finally:
             if catalogue is None:
                 cat.close()
         url = catalogue_page(settings, name, plan.manifest.version)
-        result = PublishResult(plan, False, tuple(puts), registered, url, tuple(pushes))
+        result = PublishResult(plan, False, tuple(puts), registered, url, tuple(pushes), stored)
         write_receipt(receipt, "publish", receipt_body(settings, result, insecure))
     return result
 
@@ -360,6 +361,7 @@ def receipt_body(settings: Settings, result: PublishResult, insecure: bool) -> d
         "pushes": to_json(result.pushes),
         "registered": to_json(result.registered),
         "catalogue_url": result.catalogue_url,
+        "audit_stored": result.audit_stored,
     }
 
 
@@ -368,14 +370,16 @@ def receipt_keys(plan: PublishPlan) -> dict[str, list[str]]:
     return {t.repository: [u.key for u in t.uploads] + [i.reference for i in t.images] for t in plan.targets}
 
 
-def _store_audit(catalogue: Catalogue, name: str, version: str, report: Mapping[str, Any]) -> None:
+def _store_audit(catalogue: Catalogue, name: str, version: str, report: Mapping[str, Any]) -> bool:
     """Store an audit made before the version was registered; the audit stands on its own if the
     catalogue refuses (``audit.json`` keeps it, ``invoke endorse`` stores it again)."""
     try:
         catalogue.store_audit(name, version, report)
-        log.info("audit stored with %s %s in the catalogue", name, version)
     except CatalogueError as e:
         log.warning("audit not stored in the catalogue: %s", e)
+        return False
+    log.info("audit stored with %s %s in the catalogue", name, version)
+    return True
 
 
 def plan_targets(packaged: PackageResult, repositories: list[Repository]) -> PublishPlan:

@@ -87,10 +87,11 @@ class LocalBuild:
 
 def endorse_published(settings: Settings, published: PublishResult, vo: str) -> EndorseResult:
     """The recipe's endorse step: audit the build the publish step registered (no file read again), then
-    endorse it for ``vo``."""
+    endorse it for ``vo``. The audit the recipe made before publish, which publish stored, is not stored
+    again."""
     plan = published.plan
     local = LocalBuild(plan.appliance, plan.version_dir, plan.manifest)
-    return _endorse(settings, plan.appliance.name, plan.manifest.version, vo, local)
+    return _endorse(settings, plan.appliance.name, plan.manifest.version, vo, local, published.audit_stored)
 
 
 def endorse_version(settings: Settings, name: str, version: str, vo: str, revoke: bool = False) -> EndorseResult:
@@ -116,7 +117,10 @@ def endorse_version(settings: Settings, name: str, version: str, vo: str, revoke
     return _endorse(settings, name, version, vo, local)
 
 
-def _endorse(settings: Settings, name: str, version: str, vo: str, local: LocalBuild | None) -> EndorseResult:
+def _endorse(
+    settings: Settings, name: str, version: str, vo: str, local: LocalBuild | None, stored: bool = False
+) -> EndorseResult:
+    """``stored``: the saved ``audit.json`` is in the catalogue already (publish stored it in this run)."""
     catalogue = open_catalogue(settings)
     try:
         audit_text = None
@@ -128,7 +132,9 @@ def _endorse(settings: Settings, name: str, version: str, vo: str, local: LocalB
                 with step(f"policy audit of {name} {version}"):
                     made = audit_and_record(settings, local.definition, local.version_dir, local.manifest, False)
                     report = made.to_dict()
-            catalogue.store_audit(name, version, report)
+                stored = False
+            if not stored:
+                catalogue.store_audit(name, version, report)
             failed = [c["id"] for c in report["checks"] if c["result"] == "fail"]
             if failed:
                 raise PolicyError(

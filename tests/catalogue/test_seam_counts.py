@@ -160,8 +160,9 @@ def test_endorse_opens_once_and_stores_the_audit_once(
 def test_a_rebuild_opens_the_catalogue_once_for_its_race_check_publish_and_audit(
     tmp_path: Path, security_mirror: str, signing_key: DevCa, counts: Counter[str]
 ) -> None:
-    """The rebuild's recipe with its audit (build resumed from the version on disk; packaging, audit and
-    publish for real): the race check, the registration and the audit's storage share one open."""
+    """The rebuild's recipe with its audit (build resumed from the version on disk; packaging, audit,
+    publish and endorse for real): the race check, the registration and the audit's storage share one
+    open; endorsing opens it once more, stores nothing again and loads the key to sign the list."""
     root = tmp_path / "project" / "repository"
     root.mkdir(parents=True)
     with serve_folder(root) as url:
@@ -169,11 +170,17 @@ def test_a_rebuild_opens_the_catalogue_once_for_its_race_check_publish_and_audit
         built_version(settings, good_rootfs(tmp_path / "rootfs"))
         first_start(settings)
         appliance = find_appliance(settings.templates_dir, "debian-12", settings.provisioners_dir)
+        stages = ResumedStages(settings)
         counts.clear()
-        cooked = run_recipe(appliance, ResumedStages(settings), version="2026.11.22", audit=True)
-    assert cooked.audit is not None and cooked.audit.passed
-    assert cooked.published.registered is not None and cooked.published.registered.version == "2026.11.22"
-    assert counts == Counter({"opens": 1, "audits stored": 1})
+        cooked = run_recipe(appliance, stages, version="2026.11.22", audit=True)
+        assert cooked.audit is not None and cooked.audit.passed
+        assert cooked.published.registered is not None and cooked.published.audit_stored
+        assert counts == Counter({"opens": 1, "audits stored": 1})
+
+        counts.clear()
+        endorsed = stages.endorse(cooked.published, VO)  # the recipe's last step, for one VO
+    assert f"endorsed debian-12 2026.11.22 for {VO}" in endorsed.summary()
+    assert counts == Counter({"opens": 1, "key loads": 1})
 
 
 @pytest.mark.slow
