@@ -261,8 +261,8 @@ def security_source(appliance: Appliance, arch: str) -> SecuritySource | None:
 def audit_version(settings: Settings, name: str, version: str | None = None, store: bool = True) -> AuditReport:
     """Audit a built version's disk; writes ``<version_dir>/audit.json`` and (``store``) stores the report
     with the version in the catalogue when it is registered there. A failing check is in the report, not
-    raised. ``invoke endorse`` passes ``store=False``: it stores the report itself, on the catalogue it
-    already holds open."""
+    raised. The recipe and ``invoke endorse`` audit with ``store=False`` (``audit_and_record``): they store
+    the report themselves, on the catalogue they already hold open (publish's, endorse's)."""
     appliance = find_appliance(settings.templates_dir, name, settings.provisioners_dir)
     version_dir, manifest = find_version(settings.output_dir, name, version)
     return audit_and_record(settings, appliance, version_dir, manifest, store)

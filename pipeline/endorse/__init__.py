@@ -107,13 +107,13 @@ def endorse_version(settings: Settings, name: str, version: str, vo: str, revoke
         return _revoke(settings, name, version, vo)
     version_dir = settings.version_dir(name, version)
     local = None
-    if (version_dir / PUBLISHED_FILE).exists():
+    if (version_dir / MANIFEST_FILE).exists():
         definition = find_appliance(settings.templates_dir, name, settings.provisioners_dir)
-        plan = PublishResult.load(settings, definition, version).plan
-        local = LocalBuild(definition, plan.version_dir, plan.manifest)
-    elif (version_dir / MANIFEST_FILE).exists():
-        definition = find_appliance(settings.templates_dir, name, settings.provisioners_dir)
-        local = LocalBuild(definition, *find_version(settings.output_dir, name, version))
+        if (version_dir / PUBLISHED_FILE).exists():  # published from here: resume from the receipt
+            plan = PublishResult.load(settings, definition, version).plan
+            local = LocalBuild(definition, plan.version_dir, plan.manifest)
+        else:
+            local = LocalBuild(definition, *find_version(settings.output_dir, name, version))
     return _endorse(settings, name, version, vo, local)
 
 
