@@ -58,14 +58,20 @@ def test_appliance_ownership_and_vo_creation(uow: UnitOfWork) -> None:
         services.ensure_appliance(uow, "alice", APPLIANCE)
     assert services.list_appliances(uow, 0, 10).total == 0  # and nothing was half-created
     view = services.ensure_appliance(uow, "admin", APPLIANCE)  # admins can
-    assert view.owner == "admin" and view.vos == ("vo.example.org",)
-    mine = services.ensure_appliance(uow, "alice", AppliancePayload("alices", "T", "D", ("vo.example.org",)))
+    assert view.owner == "admin" and view.vos == ["vo.example.org"]
+    mine = services.ensure_appliance(
+        uow, "alice", AppliancePayload(name="alices", title="T", description="D", vos=("vo.example.org",))
+    )
     assert mine.owner == "alice"
     with pytest.raises(PermissionDenied):
-        services.ensure_appliance(uow, "bob", AppliancePayload("alices", "Taken over", "D", ()))
+        services.ensure_appliance(
+            uow, "bob", AppliancePayload(name="alices", title="Taken over", description="D", vos=())
+        )
     services.set_maintainer(uow, "alice", "alices", "bob", present=True)
-    updated = services.ensure_appliance(uow, "bob", AppliancePayload("alices", "Now by bob", "D", ()))
-    assert updated.owner == "alice" and updated.title == "Now by bob" and updated.maintainers == ("bob",)
+    updated = services.ensure_appliance(
+        uow, "bob", AppliancePayload(name="alices", title="Now by bob", description="D", vos=())
+    )
+    assert updated.owner == "alice" and updated.title == "Now by bob" and updated.maintainers == ["bob"]
     with pytest.raises(PermissionDenied, match="only the owner"):
         services.set_maintainer(uow, "bob", "alices", "bob", present=False)
 
