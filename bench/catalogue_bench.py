@@ -39,6 +39,7 @@ from pipeline.catalogue.contract import AppliancePayload, ImagePayload, PackageI
 from pipeline.catalogue.db import make_engine, migrate, session_factory  # noqa: E402
 from pipeline.catalogue.inprocess import make_context  # noqa: E402
 from pipeline.catalogue.models import Role  # noqa: E402
+from pipeline.catalogue.schemas import AuditIn  # noqa: E402
 from pipeline.catalogue.settings import CatalogueSettings  # noqa: E402
 from pipeline.catalogue.uow import UnitOfWork  # noqa: E402
 from pipeline.endorse.pki import make_dev_ca  # noqa: E402
@@ -95,7 +96,7 @@ def seed(settings: CatalogueSettings, versions: int) -> None:
         services.register_version(
             uow, "admin", VersionPayload(appliance="debian-12", version=version, notes="bench", images=images), settings
         )
-    services.store_audit(uow, "admin", "debian-12", version, AUDIT)
+    services.store_audit(uow, "admin", "debian-12", version, AuditIn.model_validate(AUDIT))
     endorsements.endorse(uow, "admin", "debian-12", version, VO, make_context(settings))
     engine.dispose()
 

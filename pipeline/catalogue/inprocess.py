@@ -28,7 +28,7 @@ from pipeline.catalogue.contract import (
     validated,
 )
 from pipeline.catalogue.db import ensure_schema, make_engine, session_factory
-from pipeline.catalogue.schemas import Paged
+from pipeline.catalogue.schemas import AuditIn, Paged
 from pipeline.catalogue.settings import CatalogueSettings
 from pipeline.catalogue.signing import load_signer
 from pipeline.catalogue.uow import UnitOfWork
@@ -78,7 +78,7 @@ class InProcessCatalogue:
         return _all_pages(lambda offset: services.list_images(self.uow, offset, PAGE))
 
     def store_audit(self, appliance: str, version: str, report: Mapping[str, Any]) -> None:
-        services.store_audit(self.uow, self.actor, appliance, version, report)
+        services.store_audit(self.uow, self.actor, appliance, version, validated(AuditIn, dict(report), "audit report"))
 
     def endorse(self, appliance: str, version: str, vo: str) -> ImageListInfo:
         return endorsements.endorse(self.uow, self.actor, appliance, version, vo, self.ctx)

@@ -15,10 +15,9 @@ import ipaddress
 import json
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.exc import IntegrityError
@@ -33,7 +32,6 @@ from pipeline.catalogue.contract import (
     VersionConflict,
     manifest_base_ref,
     record_of,
-    validated,
 )
 from pipeline.catalogue.models import utcnow
 from pipeline.catalogue.schemas import (
@@ -490,14 +488,14 @@ def audit_role(user: m.User, appliance: m.Appliance, managed_vos: int) -> m.Audi
     raise PermissionDenied(f"{user.name} is not a maintainer of appliance {appliance.name}, a VO manager or an admin")
 
 
-def store_audit(uow: UnitOfWork, actor: str, appliance: str, version: str, report: Mapping[str, Any]) -> AuditPublic:
+def store_audit(uow: UnitOfWork, actor: str, appliance: str, version: str, report: AuditIn) -> AuditPublic:
     """Store the caller's policy audit of a version (replacing the caller's previous one).
 
     Maintainers, VO managers and admins may; who stored it, and as what, is recorded. Only an
     admin's or a manager's audit of the VO being endorsed gates an endorsement (``endorsements``).
+    The report arrives validated (the API's body, the in-process adapter: ``schemas.AuditIn``).
     """
-    checked = validated(AuditIn, dict(report), "audit report")
-    checks = _audit_checks(checked)
+    checks = _audit_checks(report)
     with uow.writing():
         user = actor_user(uow, actor)
         found = find_appliance(uow, appliance)
@@ -513,7 +511,7 @@ def store_audit(uow: UnitOfWork, actor: str, appliance: str, version: str, repor
             stored_by_id=user.id,
             stored_as=role.value,
             passed=all(c.result in ("pass", "waived") for c in checks),
-            report=checked.model_dump(mode="json", exclude_none=True),
+            report=report.model_dump(mode="json", exclude_none=True),
             checks=checks,
         )
         uow.repo.add(row)

@@ -16,6 +16,7 @@ from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.contract import ImagePayload, VersionPayload
 from pipeline.catalogue.http_client import payload_json
 from pipeline.catalogue.models import Role
+from pipeline.catalogue.schemas import AuditIn
 from tests.catalogue.conftest import PASSING_AUDIT, Api
 
 ROLES = ("anonymous", "admin", "alice", "max", "bob", "mia")
@@ -182,7 +183,9 @@ def test_authorisation_matrix(signing_api: Api, publish_file: Callable[..., Imag
                 appliance=appliance, version=version, notes="v", images=(publish_file(appliance, version, "ova"),)
             )
             services.register_version(api.uow, owner, payload, api.settings)
-            services.store_audit(api.uow, "admin", appliance, version, PASSING_AUDIT)  # counts for endorsement
+            services.store_audit(
+                api.uow, "admin", appliance, version, AuditIn.model_validate(PASSING_AUDIT)
+            )  # counts for endorsement
     _endorsed(api)
 
     wrong = []

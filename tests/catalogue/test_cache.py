@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 
 from pipeline.catalogue import endorsements, services
 from pipeline.catalogue.contract import AppliancePayload, VersionPayload
+from pipeline.catalogue.schemas import AuditIn
 from tests.catalogue.conftest import PASSING_AUDIT, Api
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -88,7 +89,7 @@ def test_a_write_by_another_process_is_seen_within_the_recheck(api: Api) -> None
 def test_signed_image_lists_carry_an_etag(signing_api: Api, version_payload: Callable[..., VersionPayload]) -> None:
     api = signing_api
     services.register_version(api.uow, "alice", version_payload(version="1.0"), api.settings)
-    services.store_audit(api.uow, "admin", "debian-12", "1.0", PASSING_AUDIT)
+    services.store_audit(api.uow, "admin", "debian-12", "1.0", AuditIn.model_validate(PASSING_AUDIT))
     endorsements.endorse(api.uow, "mia", "debian-12", "1.0", VO, api.client.app.state.catalogue.ctx)
     first = api.client.get(f"/vo/{VO}/image.list")
     assert first.status_code == 200 and b"multipart/signed" in first.content

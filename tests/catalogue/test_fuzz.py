@@ -20,6 +20,7 @@ from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.contract import AppliancePayload, VersionPayload
 from pipeline.catalogue.db import make_engine, session_factory
 from pipeline.catalogue.models import Role
+from pipeline.catalogue.schemas import AuditIn
 from pipeline.catalogue.uow import UnitOfWork
 from tests.catalogue.conftest import PASSING_AUDIT, LiveServer
 from tests.catalogue.test_http import _image
@@ -45,7 +46,7 @@ def _seed(server: LiveServer) -> str:
         appliance="debian-12", version="1.0", notes="seed", images=(_image(server, "1.0", "qcow2"),)
     )
     services.register_version(uow, "admin", payload, server.settings)
-    services.store_audit(uow, "admin", "debian-12", "1.0", PASSING_AUDIT)
+    services.store_audit(uow, "admin", "debian-12", "1.0", AuditIn.model_validate(PASSING_AUDIT))
     from pipeline.catalogue.inprocess import make_context
 
     endorsements.endorse(uow, "admin", "debian-12", "1.0", "vo.example.org", make_context(server.settings))

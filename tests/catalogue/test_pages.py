@@ -17,6 +17,7 @@ from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.contract import AppliancePayload, PackageInfo, VersionPayload
 from pipeline.catalogue.db import make_engine, session_factory
 from pipeline.catalogue.models import Role
+from pipeline.catalogue.schemas import AuditIn
 from pipeline.catalogue.uow import UnitOfWork
 from tests.catalogue.conftest import WAIVED_AUDIT, LiveServer
 from tests.catalogue.test_http import _image
@@ -67,7 +68,7 @@ def _seed(server: LiveServer) -> VersionPayload:
         appliance="debian-12", version="2026.11.22", notes="Monthly rebuild with security updates.", images=images
     )
     services.register_version(uow, "alice", payload, server.settings)
-    services.store_audit(uow, "alice", "debian-12", "2026.11.22", WAIVED_AUDIT)
+    services.store_audit(uow, "alice", "debian-12", "2026.11.22", AuditIn.model_validate(WAIVED_AUDIT))
     endorsements.endorse(uow, "alice", "debian-12", "2026.11.22", "vo.example.org", make_context(server.settings))
     engine.dispose()
     return payload

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.catalogue import endorsements, services
 from pipeline.catalogue.contract import ImagePayload, PackageInfo, VersionPayload
+from pipeline.catalogue.schemas import AuditIn
 from tests.catalogue.conftest import PASSING_AUDIT, Api
 
 VO = "vo.example.org"
@@ -55,7 +56,7 @@ def _add(api: Api, make: Callable[..., ImagePayload], version: str) -> None:
     services.register_version(
         api.uow, "alice", VersionPayload(appliance="debian-12", version=version, notes="v", images=images), api.settings
     )
-    services.store_audit(api.uow, "admin", "debian-12", version, PASSING_AUDIT)
+    services.store_audit(api.uow, "admin", "debian-12", version, AuditIn.model_validate(PASSING_AUDIT))
     endorsements.endorse(api.uow, "mia", "debian-12", version, VO, api.client.app.state.catalogue.ctx)
 
 

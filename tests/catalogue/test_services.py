@@ -13,6 +13,7 @@ from pipeline.catalogue.contract import AppliancePayload, NotFound, PermissionDe
 from pipeline.catalogue.db import make_engine, migrate, session_factory
 from pipeline.catalogue.inprocess import make_context
 from pipeline.catalogue.models import Role, User, utcnow
+from pipeline.catalogue.schemas import AuditIn
 from pipeline.catalogue.settings import CatalogueSettings
 from pipeline.catalogue.uow import UnitOfWork
 from tests.catalogue.conftest import APPLIANCE, PASSING_AUDIT
@@ -86,7 +87,7 @@ def test_background_refresh_resigns_only_due_lists(
     auth.ensure_user(uow, "admin", "a@x", Role.ADMIN)
     services.ensure_appliance(uow, "admin", APPLIANCE)
     services.register_version(uow, "admin", version_payload(), signing_settings)
-    services.store_audit(uow, "admin", "debian-12", "2026.11.22", PASSING_AUDIT)
+    services.store_audit(uow, "admin", "debian-12", "2026.11.22", AuditIn.model_validate(PASSING_AUDIT))
     first = endorsements.endorse(uow, "admin", "debian-12", "2026.11.22", "vo.example.org", ctx)
     assert endorsements.refresh_all_image_lists(uow, ctx) == []  # nothing due yet
     future = datetime.now(UTC) + signing_settings.list_lifetime - signing_settings.resign_margin + timedelta(minutes=1)

@@ -19,6 +19,7 @@ from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.contract import Integrity, InvalidPayload, NotEndorsable, VersionPayload, validated
 from pipeline.catalogue.http_client import payload_json
 from pipeline.catalogue.models import Role
+from pipeline.catalogue.schemas import AuditIn
 from pipeline.catalogue.settings import CatalogueSettings, catalogue_settings
 from pipeline.errors import ConfigError
 from pipeline.settings import load_settings
@@ -149,7 +150,10 @@ def test_a_maintainers_own_audit_never_gates_endorsement(
     # a manager of another VO is an endorser, but not for this VO
     auth.ensure_user(api.uow, "otto", "otto@example.org", Role.USER)
     auth.set_vo_manager(api.uow, "admin", "other.vo", "otto", present=True)
-    assert services.store_audit(api.uow, "otto", "debian-12", "1.0", PASSING_AUDIT).stored_as == "endorser"
+    assert (
+        services.store_audit(api.uow, "otto", "debian-12", "1.0", AuditIn.model_validate(PASSING_AUDIT)).stored_as
+        == "endorser"
+    )
     with pytest.raises(NotEndorsable, match=f"no policy audit stored by an admin or a manager of VO {VO}"):
         endorsements.endorse(api.uow, "mia", "debian-12", "1.0", VO, ctx)
 
@@ -166,7 +170,7 @@ def test_a_maintainers_own_audit_never_gates_endorsement(
 
     # an admin's audit counts for any VO; bob (no role at all) may not store one
     services.register_version(api.uow, "alice", version_payload(version="2.0"), api.settings)
-    services.store_audit(api.uow, "admin", "debian-12", "2.0", PASSING_AUDIT)
+    services.store_audit(api.uow, "admin", "debian-12", "2.0", AuditIn.model_validate(PASSING_AUDIT))
     endorsements.endorse(api.uow, "mia", "debian-12", "2.0", VO, ctx)
     r = api.client.put(f"{V}/2.0/audit", json=PASSING_AUDIT, headers=api.headers("bob"))
     assert r.status_code == 403
@@ -304,12 +308,12 @@ def test_nesting_inside_strings_does_not_count_and_29_levels_are_kept(
     body = '{"checks":[{"id":"a","result":"pass","evidence":' + evidence + ',"x":' + _deep(29) + "}]}"
     r = api.client.put(f"{V}/1.0/audit", content=body, headers=headers)
     assert r.status_code == 200, r.text
-    # the in-process path checks the same bound on the parsed report
+    # the in-process path (the adapter validates with the same schema) checks the same bound
     deep: Any = "leaf"
     for _ in range(40):
         deep = [deep]
     with pytest.raises(InvalidPayload, match=r"audit report: .*nested deeper than 32 levels"):
-        services.store_audit(api.uow, "admin", "debian-12", "1.0", {"checks": PASSING_AUDIT["checks"], "x": deep})
+        validated(AuditIn, {"checks": PASSING_AUDIT["checks"], "x": deep}, "audit report")
 
 
 SURROGATE_BODIES: list[tuple[str, str, dict[str, Any], str]] = [

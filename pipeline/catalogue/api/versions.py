@@ -127,8 +127,7 @@ def get_changes(
 @router.put("/{version}/audit")
 def store_audit(name: Name, version: VersionStr, body: AuditIn, uow: UowDep, actor: ActorDep) -> AuditPublic:
     """Store the policy audit report of a version (replaces the previous one)."""
-    report = body.model_dump(mode="json", exclude_none=True)
-    return services.store_audit(uow, actor, name, version, report)
+    return services.store_audit(uow, actor, name, version, body)
 
 
 @router.get("/{version}/audit")
