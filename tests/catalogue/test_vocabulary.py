@@ -20,9 +20,10 @@ from pydantic import BaseModel
 
 import pipeline.catalogue
 from pipeline.catalogue import contract, schemas
-from pipeline.catalogue.contract import AppliancePayload, Catalogue, VersionPayload
+from pipeline.catalogue.contract import AppliancePayload, Catalogue, ImagePayload, VersionPayload
 from pipeline.catalogue.http_client import HttpCatalogue
 from pipeline.catalogue.inprocess import InProcessCatalogue
+from pipeline.catalogue.services import payload_digest
 from tests.catalogue.conftest import PASSING_AUDIT, LiveServer, served_image
 from tests.catalogue.test_http import VO, _tokens
 
@@ -80,6 +81,18 @@ def test_both_catalogues_answer_with_the_same_classes_and_values(live_server: Li
     finally:
         local.close()
         remote.close()
+
+
+def test_the_payload_digest_is_the_one_catalogues_already_store() -> None:
+    """``versions.payload_digest`` decides whether a repeated publish is "the same": this value was
+    computed by the dataclass payloads before the schemas took their place, so existing catalogues
+    still see a re-publish as idempotent (a field added to ``VersionRecord`` changes it: think twice)."""
+    image = ImagePayload(
+        uri="https://r.example.org/a/1/a.ova", format="ova", size=5, sha512="a" * 128, sha256="b" * 64,
+        arch="x86_64", os_family="linux", os_name="Debian", os_version="12",
+    )  # fmt: skip
+    payload = VersionPayload(appliance="a", version="1", notes="n", images=[image])
+    assert payload_digest(payload) == "38d1282af3621014fc67c9e001b04f36798e85e660c0c2883904cf292397062a"
 
 
 # --- no second typing of an entity ----------------------------------------------------------------
