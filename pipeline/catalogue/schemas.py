@@ -444,6 +444,13 @@ class VersionLinks(_Out):
     sbom: str | None = Field(default=None, description="the version's CycloneDX SBOM; null when none is stored")
 
 
+class LineagePublic(_Out):
+    base_appliance: str
+    base_version: str = Field(description="the exact base version this layered version was built on")
+    outdated: bool = Field(description="the base version is archived, expired or revoked: rebuild on a current base")
+    reason: str | None
+
+
 class VersionDetailPublic(VersionPublic):
     """A version with its images' ids and the links an API client follows from here."""
 
@@ -488,7 +495,6 @@ class ImageDetailPublic(_Out):
 
 class ImageSummaryPublic(_Out):
     # an image on its version's page (not in the API): the package list is only counted
-
     image: ImagePublic
     id: int
     package_count: int
@@ -512,16 +518,8 @@ class RevokedPublic(_Out):
 class CascadePublic(_Out):
     # what ``revoke --cascade`` withdrew: the version's own endorsement first (unless it was already
     # revoked), then those of every version layered on it, in every VO; and one new signed list per VO
-
     revoked: list[RevokedPublic] = Field(description="the version's own endorsement first, then those layered on it")
     image_lists: list[ImageListPublic] = Field(description="one new signed list per VO concerned")
-
-
-class LineagePublic(_Out):
-    base_appliance: str
-    base_version: str = Field(description="the exact base version this layered version was built on")
-    outdated: bool = Field(description="the base version is archived, expired or revoked: rebuild on a current base")
-    reason: str | None
 
 
 class BuildRecordPublic(_Out):
