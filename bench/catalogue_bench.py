@@ -39,6 +39,7 @@ from pipeline.catalogue.contract import AppliancePayload, ImagePayload, PackageI
 from pipeline.catalogue.db import make_engine, migrate, session_factory  # noqa: E402
 from pipeline.catalogue.inprocess import make_context  # noqa: E402
 from pipeline.catalogue.models import Role  # noqa: E402
+from pipeline.catalogue.schemas import AuditIn  # noqa: E402
 from pipeline.catalogue.settings import CatalogueSettings  # noqa: E402
 from pipeline.catalogue.uow import UnitOfWork  # noqa: E402
 from pipeline.endorse.pki import make_dev_ca  # noqa: E402
@@ -71,8 +72,10 @@ def seed(settings: CatalogueSettings, versions: int) -> None:
     auth.ensure_user(uow, "admin", "admin@example.org", Role.ADMIN)
     for i in range(20):
         name = "debian-12" if i == 0 else f"appliance-{i:02d}"
-        services.ensure_appliance(uow, "admin", AppliancePayload(name, f"Appliance {i}", "for the bench", (VO,)))
-    packages = tuple(PackageInfo(f"pkg{i}", f"1.{i}", "amd64") for i in range(50))
+        services.ensure_appliance(
+            uow, "admin", AppliancePayload(name=name, title=f"Appliance {i}", description="for the bench", vos=(VO,))
+        )
+    packages = tuple(PackageInfo(name=f"pkg{i}", version=f"1.{i}", arch="amd64") for i in range(50))
     for v in range(versions):
         version = f"2026.{v // 28 + 1}.{v % 28 + 1}"
         images = tuple(
@@ -90,8 +93,10 @@ def seed(settings: CatalogueSettings, versions: int) -> None:
             )
             for fmt in ("ova", "qcow2")
         )
-        services.register_version(uow, "admin", VersionPayload("debian-12", version, "bench", images), settings)
-    services.store_audit(uow, "admin", "debian-12", version, AUDIT)
+        services.register_version(
+            uow, "admin", VersionPayload(appliance="debian-12", version=version, notes="bench", images=images), settings
+        )
+    services.store_audit(uow, "admin", "debian-12", version, AuditIn.model_validate(AUDIT))
     endorsements.endorse(uow, "admin", "debian-12", version, VO, make_context(settings))
     engine.dispose()
 

@@ -200,7 +200,7 @@ class PublishResult:
 
 def payload_json(payload: VersionPayload) -> dict[str, Any]:
     """The payload as JSON-ready data (what --dry-run prints); the manifest is shown by reference."""
-    data = dataclasses.asdict(payload)
+    data = payload.model_dump()
     data["expires"] = payload.expires.isoformat() if payload.expires else None
     for image in data["images"]:
         image["manifest"] = f"<build manifest of {payload.appliance} {payload.version}>"
@@ -399,9 +399,8 @@ def plan_targets(packaged: PackageResult, repositories: list[Repository]) -> Pub
     for target in targets:
         for artifact, where in target.locations().items():
             located.setdefault(artifact, []).append(where)
-    payload = dataclasses.replace(
-        version_payload_from_build(plan.appliance, plan.manifest, targets[0].locations(), locations=located),
-        sbom=plan.payload.sbom,
+    payload = version_payload_from_build(
+        plan.appliance, plan.manifest, targets[0].locations(), locations=located, sbom=plan.payload.sbom
     )
     return dataclasses.replace(plan, payload=payload, targets=tuple(targets))
 

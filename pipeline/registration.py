@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from pipeline.appliance import Appliance
-from pipeline.catalogue.contract import AppliancePayload, ImagePayload, InvalidPayload, PackageInfo, VersionPayload
+from pipeline.catalogue.contract import AppliancePayload, InvalidPayload, VersionPayload, validated
 from pipeline.manifest import BuildManifest
 
 # Roles of manifest artifacts that are published as images, and their catalogue format.
@@ -19,8 +20,9 @@ PUBLISHED_ROLES: Mapping[str, str] = {"ova": "ova", "qcow2": "qcow2", "raw": "ra
 
 
 def appliance_payload(appliance: Appliance) -> AppliancePayload:
-    """The catalogue entry of an appliance definition."""
-    return AppliancePayload(appliance.name, appliance.title, appliance.description, tuple(appliance.vos))
+    """The catalogue entry of an appliance definition (``InvalidPayload`` if the catalogue would refuse it)."""
+    data = {"name": appliance.name, "title": appliance.title, "description": appliance.description}
+    return validated(AppliancePayload, data | {"vos": list(appliance.vos)}, f"appliance {appliance.name}")
 
 
 def version_payload_from_build(
@@ -37,6 +39,8 @@ def version_payload_from_build(
     ``uris`` maps an artifact name (as in the manifest) to where it was uploaded. Artifacts whose role
     is not a published image (build disk, sums, logs) are refused, so a typo cannot register a log.
     ``locations`` maps an artifact name to every repository URL of it (publish to several repositories).
+    The catalogue's rules (``schemas.VersionRecord``) are applied here: ``InvalidPayload`` names each
+    field they refuse.
     """
     by_name = {a.name: a for a in manifest.artifacts}
     problems = [
@@ -50,10 +54,10 @@ def version_payload_from_build(
     if problems:
         raise InvalidPayload(problems)
     manifest_json = manifest.to_dict()
-    packages = tuple(PackageInfo(p.name, p.version, p.arch) for p in manifest.packages)
+    packages = [{"name": p.name, "version": p.version, "arch": p.arch} for p in manifest.packages]
     hw = appliance.hardware
-    images = tuple(
-        ImagePayload(
+    images = [
+        dict(
             uri=uri,
             format=PUBLISHED_ROLES[by_name[name].role],
             size=by_name[name].size,
@@ -70,9 +74,17 @@ def version_payload_from_build(
             title=f"{appliance.title} ({PUBLISHED_ROLES[by_name[name].role]})",
             manifest=manifest_json,
             packages=packages,
-            locations=tuple(dict.fromkeys([uri, *(locations or {}).get(name, ())])) if locations else (),
+            locations=list(dict.fromkeys([uri, *(locations or {}).get(name, ())])) if locations else [],
         )
         for name, uri in sorted(uris.items())
-    )
+    ]
     text = notes if notes is not None else f"{appliance.title} {manifest.version}, built {manifest.created}"
-    return VersionPayload(manifest.appliance, manifest.version, text, images, expires, sbom)
+    data: dict[str, Any] = {
+        "appliance": manifest.appliance,
+        "version": manifest.version,
+        "notes": text,
+        "images": images,
+    }
+    data |= {"expires": expires} if expires is not None else {}
+    data |= {"sbom": sbom} if sbom is not None else {}
+    return validated(VersionPayload, data, f"{manifest.appliance} {manifest.version}")

@@ -5,14 +5,18 @@
   read and write (``pipeline.appliance``: definitions, ``pipeline.manifest``: the build manifest),
   which themselves import no stage;
 - stages reach the catalogue only through its client (``pipeline.catalogue.client``: ``open_catalogue``,
-  and ``contract``: the protocol and its plain payload and result types); the service's own modules
-  never import that client;
+  and ``contract``: the protocol, whose payload and result types are the API schemas); the service's
+  own modules never import that client;
+- ``contract`` and ``schemas`` (the catalogue's one vocabulary) import no service code: no ORM, no use
+  cases, no web framework; a fresh interpreter importing ``contract`` proves it;
 - no import cycle between the packages of ``pipeline`` (lazy imports inside functions count too).
 """
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +29,12 @@ MODEL_MAY_IMPORT = ("pipeline.errors", "pipeline.schema", "pipeline.fsutil", "pi
 CLIENT_MODULES = ("pipeline.catalogue.client",)
 PROTOCOL = (*CLIENT_MODULES, "pipeline.catalogue.contract")  # the client, the protocol and its plain types
 CLIENT_SIDE = ("pipeline.catalogue.client", "pipeline.catalogue.http_client", "pipeline.catalogue.inprocess")
+# the vocabulary stages and the service share, and what it may import
+VOCABULARY = {
+    "pipeline.catalogue.contract": ("pipeline.catalogue.schemas", "pipeline.errors"),
+    "pipeline.catalogue.schemas": ("pipeline.catalogue.settings",),
+}
+SERVICE_LIBRARIES = ("sqlalchemy", "alembic", "fastapi", "starlette", "cryptography", "requests")
 
 
 def module_name(path: Path) -> str:
@@ -90,6 +100,31 @@ def test_the_service_does_not_import_its_client() -> None:
         if within(m, ("pipeline.catalogue",)) and not within(m, CLIENT_SIDE)
     }
     assert not {m: b for m, b in bad.items() if b}
+
+
+@pytest.mark.parametrize("module", VOCABULARY)
+def test_the_vocabulary_imports_no_service_code(module: str) -> None:
+    bad = [i for i in IMPORTS[module] if not within(i, VOCABULARY[module])]
+    assert not bad, f"{module} imports {bad}: the contract must load without the service"
+
+
+def test_importing_the_contract_loads_no_service_code() -> None:
+    """At run time too: nothing the listed modules import pulls in the ORM, the web stack or the service."""
+    code = (
+        "import sys, pipeline.catalogue.contract\n"
+        "print(' '.join(m for m in sys.modules if m.startswith('pipeline.') or m.split('.')[0] in sys.argv[1:]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *SERVICE_LIBRARIES], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.split()
+    assert "pipeline.catalogue.schemas" in out  # the walk sees what was loaded
+    allowed = {
+        *VOCABULARY,
+        *(i for deps in VOCABULARY.values() for i in deps),
+        "pipeline.catalogue",
+        "pipeline.settings",
+    }
+    assert sorted(set(out) - allowed) == []
 
 
 def test_no_import_cycle_between_packages() -> None:

@@ -10,25 +10,27 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass
 from datetime import timedelta
 
 from pipeline.catalogue import models as m
 from pipeline.catalogue import views
-from pipeline.catalogue.contract import NotAuthenticated, NotFound, PermissionDenied, VersionConflict
+from pipeline.catalogue.contract import NotAuthenticated, NotFound, PermissionDenied, VersionConflict, validated
 from pipeline.catalogue.models import utcnow
-from pipeline.catalogue.schemas import TokenCreate, UserCreate, VoCreate, validated
+from pipeline.catalogue.schemas import (
+    Paged,
+    TokenCreate,
+    TokenIssued,
+    TokenPublic,
+    UserCreate,
+    UserPublic,
+    VoCreate,
+    VoPublic,
+)
 from pipeline.catalogue.services import actor_user
 from pipeline.catalogue.settings import DEFAULT_TOKEN_DAYS, LOCAL_ADMIN, MAX_TOKEN_DAYS
 from pipeline.catalogue.uow import UnitOfWork
 
 TOKEN_PREFIX = "vmi_"
-
-
-@dataclass(frozen=True)
-class IssuedToken:
-    token: str  # the only time the secret is ever visible
-    info: views.TokenView
 
 
 def hash_token(token: str) -> str:
@@ -60,7 +62,7 @@ def authenticate(uow: UnitOfWork, token: str) -> str:
         return row.user.name
 
 
-def ensure_user(uow: UnitOfWork, name: str, email: str, role: m.Role) -> views.UserView:
+def ensure_user(uow: UnitOfWork, name: str, email: str, role: m.Role) -> UserPublic:
     """Create a user if missing (bootstrap: the local admin, ``serve --create-token``)."""
     validated(UserCreate, {"name": name, "email": email, "role": role.value}, "user")
     with uow.writing():
@@ -79,7 +81,7 @@ def ensure_local_admin(uow: UnitOfWork) -> str:
     return LOCAL_ADMIN
 
 
-def create_user(uow: UnitOfWork, actor: str, name: str, email: str, role: m.Role) -> views.UserView:
+def create_user(uow: UnitOfWork, actor: str, name: str, email: str, role: m.Role) -> UserPublic:
     validated(UserCreate, {"name": name, "email": email, "role": role.value}, "user")
     with uow.writing():
         _require_admin(actor_user(uow, actor))
@@ -93,14 +95,14 @@ def create_user(uow: UnitOfWork, actor: str, name: str, email: str, role: m.Role
         return view
 
 
-def list_users(uow: UnitOfWork, actor: str, offset: int, limit: int) -> views.Page[views.UserView]:
+def list_users(uow: UnitOfWork, actor: str, offset: int, limit: int) -> Paged[UserPublic]:
     with uow:
         _require_admin(actor_user(uow, actor))
-        items = tuple(views.user_view(u) for u in uow.repo.users(offset, limit))
-        return views.Page(items, uow.repo.count_users(), offset, limit)
+        items = [views.user_view(u) for u in uow.repo.users(offset, limit)]
+        return Paged[UserPublic](items=items, total=uow.repo.count_users(), offset=offset, limit=limit)
 
 
-def whoami(uow: UnitOfWork, actor: str) -> views.UserView:
+def whoami(uow: UnitOfWork, actor: str) -> UserPublic:
     with uow:
         return views.user_view(actor_user(uow, actor))
 
@@ -123,7 +125,7 @@ def issue_token(
     label: str,
     days: int | None = None,
     default_days: int = DEFAULT_TOKEN_DAYS,
-) -> IssuedToken:
+) -> TokenIssued:
     """A new token for ``user_name`` (oneself, or anyone for an admin); the secret is returned once.
 
     Every token expires: after ``days`` (at most ``MAX_TOKEN_DAYS``), else after ``default_days``.
@@ -149,16 +151,16 @@ def issue_token(
         uow.repo.flush()
         info = views.token_view(row)
         uow.commit()
-        return IssuedToken(token, info)
+        return TokenIssued(token=token, info=info)
 
 
-def list_tokens(uow: UnitOfWork, actor: str, user_name: str) -> list[views.TokenView]:
+def list_tokens(uow: UnitOfWork, actor: str, user_name: str) -> list[TokenPublic]:
     with uow:
         owner = _self_or_admin(uow, actor, user_name)
         return [views.token_view(t) for t in uow.repo.tokens_of(owner)]
 
 
-def revoke_token(uow: UnitOfWork, actor: str, public_id: str) -> views.TokenView:
+def revoke_token(uow: UnitOfWork, actor: str, public_id: str) -> TokenPublic:
     """Revoke a token: its owner or an admin may; a revoked token stays listed, unusable."""
     with uow.writing():
         user = actor_user(uow, actor)
@@ -171,7 +173,7 @@ def revoke_token(uow: UnitOfWork, actor: str, public_id: str) -> views.TokenView
         return view
 
 
-def create_vo(uow: UnitOfWork, actor: str, name: str, description: str) -> views.VoView:
+def create_vo(uow: UnitOfWork, actor: str, name: str, description: str) -> VoPublic:
     validated(VoCreate, {"name": name, "description": description}, "VO")
     with uow.writing():
         _require_admin(actor_user(uow, actor))
@@ -185,7 +187,7 @@ def create_vo(uow: UnitOfWork, actor: str, name: str, description: str) -> views
         return view
 
 
-def set_vo_manager(uow: UnitOfWork, actor: str, vo_name: str, user_name: str, present: bool) -> views.VoView:
+def set_vo_manager(uow: UnitOfWork, actor: str, vo_name: str, user_name: str, present: bool) -> VoPublic:
     with uow.writing():
         _require_admin(actor_user(uow, actor))
         vo = uow.repo.vo(vo_name)
@@ -202,7 +204,7 @@ def set_vo_manager(uow: UnitOfWork, actor: str, vo_name: str, user_name: str, pr
         return view
 
 
-def get_vo(uow: UnitOfWork, name: str) -> views.VoView:
+def get_vo(uow: UnitOfWork, name: str) -> VoPublic:
     with uow:
         vo = uow.repo.vo(name)
         if vo is None:
@@ -210,7 +212,7 @@ def get_vo(uow: UnitOfWork, name: str) -> views.VoView:
         return views.vo_view(vo)
 
 
-def list_vos(uow: UnitOfWork, offset: int, limit: int) -> views.Page[views.VoView]:
+def list_vos(uow: UnitOfWork, offset: int, limit: int) -> Paged[VoPublic]:
     with uow:
-        items = tuple(views.vo_view(v) for v in uow.repo.vos(offset, limit))
-        return views.Page(items, uow.repo.count_vos(), offset, limit)
+        items = [views.vo_view(v) for v in uow.repo.vos(offset, limit)]
+        return Paged[VoPublic](items=items, total=uow.repo.count_vos(), offset=offset, limit=limit)

@@ -1,9 +1,16 @@
 """What publish, endorse and rebuild may rely on when they talk to the catalogue.
 
-Plain frozen dataclasses and one ``Catalogue`` protocol, no ORM or HTTP types, so the in-process
+One ``Catalogue`` protocol and the types it speaks, no ORM or HTTP types, so the in-process
 implementation (SQLAlchemy URL, acting as the local admin) and the HTTP implementation (REST API,
 token from ``VMI_CATALOGUE_TOKEN``) are interchangeable. Get one with
 ``pipeline.catalogue.client.open_catalogue(settings, token=None)``.
+
+The types are the API's schemas (``schemas``), under the names stages use: what a caller sends
+(``AppliancePayload``, ``VersionPayload``, ``ImagePayload``, ``PackageInfo``) is what the API accepts,
+validated where it is built (``validated`` turns a refusal into ``InvalidPayload``, one line per
+field), and what it gets back (``VersionInfo``, ``ImageInfo``, ``ImageListInfo``, ``BuildRecord`` ...)
+is what the API returns, from either implementation. Immutable: ``model_copy(update=...)`` for a
+changed copy.
 
 Plain payloads only: this module knows neither the appliance model nor the build manifest (publish
 turns those into payloads, ``pipeline.registration``). Note for callers: ``register_version`` is one
@@ -20,20 +27,74 @@ Every refusal is a ``CatalogueError`` subclass below, from both implementations.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
+from pipeline.catalogue.schemas import (
+    ApplianceRecord,
+    BuildRecordPublic,
+    CascadePublic,
+    EndorsementPublic,
+    ImageCreate,
+    ImageListPublic,
+    ImagePublic,
+    Integrity,
+    PackageIn,
+    PackagePublic,
+    RevokedPublic,
+    VersionPublic,
+    VersionRecord,
+    error_lines,
+)
 from pipeline.errors import CatalogueError
 
+__all__ = [
+    "EXPIRY_WARNING_DAYS",
+    "AppliancePayload",
+    "BuildRecord",
+    "CascadeInfo",
+    "Catalogue",
+    "EndorsementInfo",
+    "ImageInfo",
+    "ImageListInfo",
+    "ImagePayload",
+    "Integrity",
+    "InvalidPayload",
+    "NotAuthenticated",
+    "NotEndorsable",
+    "NotFound",
+    "PackageInfo",
+    "PermissionDenied",
+    "RevokedEndorsement",
+    "VersionConflict",
+    "VersionInfo",
+    "VersionPayload",
+    "manifest_base_ref",
+    "outdated_reason",
+    "record_of",
+    "validated",
+]
 
-class Integrity(enum.StrEnum):
-    """Whether the catalogue itself hashed the image (file repository) or trusts the publisher's figures."""
+M = TypeVar("M", bound=BaseModel)
 
-    VERIFIED = "verified"
-    UNCHECKED = "unchecked"
+# --- the vocabulary: the API schemas, by the names stages use -------------------------------------
+
+# what a caller sends
+PackageInfo = PackageIn
+AppliancePayload = ApplianceRecord
+ImagePayload = ImageCreate
+VersionPayload = VersionRecord
+# what a caller gets back
+ImageInfo = ImagePublic
+EndorsementInfo = EndorsementPublic
+VersionInfo = VersionPublic
+ImageListInfo = ImageListPublic
+RevokedEndorsement = RevokedPublic
+CascadeInfo = CascadePublic
+BuildRecord = BuildRecordPublic
 
 
 # --- errors every implementation raises (the HTTP client maps status codes back to these) ----------
@@ -67,161 +128,20 @@ class NotEndorsable(CatalogueError):
     """The version cannot be endorsed: no audit, a failing audit, archived or expired (HTTP 409)."""
 
 
-# --- payloads (what a caller sends) ---------------------------------------------------------------
+def validated(model: type[M], data: Any, where: str = "") -> M:
+    """``model`` validated from plain data; ``InvalidPayload`` with one line per bad field otherwise.
+
+    Every payload is built through here (stages and the in-process catalogue too) or by the API from
+    a request body, so the rules in ``schemas`` are the only place where a field's shape is decided.
+    """
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise InvalidPayload(error_lines(e.errors(include_input=False), where)) from None
 
 
 # Maintainers are told about versions that expire within this many days (pages, rebuild log).
 EXPIRY_WARNING_DAYS = 5
-
-
-@dataclass(frozen=True)
-class PackageInfo:
-    name: str
-    version: str
-    arch: str
-
-
-@dataclass(frozen=True)
-class AppliancePayload:
-    name: str
-    title: str
-    description: str
-    vos: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class ImagePayload:
-    """One image file of a version. ``size``/``sha512``/``sha256`` are the publisher's figures."""
-
-    uri: str
-    format: str  # ova | qcow2 | raw | vmdk | vdi | vhd | iso
-    size: int
-    sha512: str
-    sha256: str
-    arch: str
-    os_family: str
-    os_name: str
-    os_version: str
-    hypervisor: str = "KVM"
-    min_cores: int = 1
-    recommended_cores: int = 1
-    min_ram_mb: int = 512
-    recommended_ram_mb: int = 1024
-    title: str = ""
-    manifest: Mapping[str, Any] | None = field(default=None, hash=False)  # the build manifest JSON
-    packages: tuple[PackageInfo, ...] = ()
-    locations: tuple[str, ...] = ()  # every repository holding this image (uri, the primary's, first)
-
-
-@dataclass(frozen=True)
-class VersionPayload:
-    appliance: str
-    version: str
-    notes: str
-    images: tuple[ImagePayload, ...]
-    expires: datetime | None = None  # default and cap: one year after registration
-    sbom: str | None = None  # the version's CycloneDX JSON SBOM, as published (byte for byte, UTF-8)
-
-
-# --- infos (what a caller gets back) --------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    appliance: str
-    version: str
-    identifier: str  # stable across versions of the appliance (dc:identifier in image lists)
-    uri: str
-    format: str
-    hypervisor: str
-    size: int
-    sha512: str
-    sha256: str
-    arch: str
-    os_family: str
-    os_name: str
-    os_version: str
-    min_cores: int
-    recommended_cores: int
-    min_ram_mb: int
-    recommended_ram_mb: int
-    title: str
-    integrity: Integrity
-    locations: tuple[str, ...] = ()  # every repository holding it, uri first
-
-
-@dataclass(frozen=True)
-class EndorsementInfo:
-    vo: str
-    endorsed_by: str
-    endorsed_at: datetime
-    revoked_at: datetime | None
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    appliance: str
-    version: str
-    identifier: str
-    notes: str
-    created: datetime
-    expires: datetime
-    published: bool
-    archived: bool
-    images: tuple[ImageInfo, ...]
-    endorsements: tuple[EndorsementInfo, ...]
-    audit_passed: bool | None  # None: no audit stored yet
-    sbom_sha256: str | None = None  # the stored SBOM's sha256 (GET .../versions/{version}/sbom), None: none
-
-    @property
-    def active_vos(self) -> tuple[str, ...]:
-        """VOs whose endorsement of this version is in force."""
-        return tuple(e.vo for e in self.endorsements if e.revoked_at is None)
-
-
-@dataclass(frozen=True)
-class ImageListInfo:
-    vo: str
-    hv_version: int  # only ever goes up
-    created: datetime
-    expires: datetime
-    url: str  # the stable URL: <catalogue>/vo/<vo>/image.list
-    entries: int
-
-
-@dataclass(frozen=True)
-class RevokedEndorsement:
-    appliance: str
-    version: str
-    vo: str
-
-
-@dataclass(frozen=True)
-class CascadeInfo:
-    """What ``revoke --cascade`` withdrew: the version's own endorsement first (unless it was already
-    revoked), then those of every version layered on it, in every VO; and one new signed list per VO."""
-
-    revoked: tuple[RevokedEndorsement, ...]
-    image_lists: tuple[ImageListInfo, ...]
-
-
-@dataclass(frozen=True)
-class BuildRecord:
-    """What was built, read back from the catalogue: the build manifest stored with a version's images.
-
-    ``rebuild`` decides from this on a runner that never saw the build (CI runners start empty), and a
-    layered build fetches its base disk through ``images`` (uri, sha512) from the repository.
-    """
-
-    appliance: str
-    version: str
-    created: datetime
-    archived: bool
-    manifest: Mapping[str, Any] = field(hash=False)  # the build manifest JSON (``BuildManifest.from_dict``)
-    packages: tuple[PackageInfo, ...]
-    inputs_digest: str
-    base_version: str | None  # the base appliance version it was built on (layered appliances only)
-    images: tuple[ImageInfo, ...]
 
 
 def manifest_base_ref(manifest: Mapping[str, Any] | None) -> str | None:
@@ -248,7 +168,7 @@ def outdated_reason(base: VersionInfo, now: datetime) -> str | None:
     return None
 
 
-def record_of(info: VersionInfo, manifest: Mapping[str, Any], packages: Sequence[PackageInfo]) -> BuildRecord:
+def record_of(info: VersionInfo, manifest: Mapping[str, Any], packages: Sequence[PackagePublic]) -> BuildRecord:
     base = manifest.get("base") if isinstance(manifest.get("base"), dict) else {}
     assert isinstance(base, dict)
     ref = str(base.get("ref", ""))
@@ -258,8 +178,8 @@ def record_of(info: VersionInfo, manifest: Mapping[str, Any], packages: Sequence
         version=info.version,
         created=info.created,
         archived=info.archived,
-        manifest=manifest,
-        packages=tuple(packages),
+        manifest=dict(manifest),
+        packages=list(packages),
         inputs_digest=str(manifest.get("inputs_digest", "")),
         base_version=base_version,
         images=info.images,

@@ -149,10 +149,10 @@ def revoke_cascade(
             e.revoked_at, e.revoked_by_id = now, user.id
         uow.repo.flush()
         reason = f"revoke {appliance} {version} and {len(below)} endorsement(s) layered on it (cascade)"
-        lists = tuple(_publish_list(uow, vos[name], ctx, now, reason) for name in names)
+        lists = [_publish_list(uow, vos[name], ctx, now, reason) for name in names]
         uow.commit()
-        revoked = tuple(RevokedEndorsement(d.appliance.name, d.version, e.vo.name) for d, e in rows)
-        return CascadeInfo(revoked, lists)
+        revoked = [RevokedEndorsement(appliance=d.appliance.name, version=d.version, vo=e.vo.name) for d, e in rows]
+        return CascadeInfo(revoked=revoked, image_lists=lists)
 
 
 def _descendants(uow: UnitOfWork, version: m.Version) -> list[m.Version]:

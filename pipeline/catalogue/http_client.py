@@ -7,7 +7,6 @@ mapped back to the same ``CatalogueError`` subclasses the in-process catalogue r
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -46,23 +45,13 @@ _BY_STATUS: dict[int, type[CatalogueError]] = {
     404: contract.NotFound,
     409: contract.VersionConflict,
 }
-_VERSION = TypeAdapter(VersionInfo)
 _VERSIONS = TypeAdapter(list[VersionInfo])
 _IMAGES = TypeAdapter(list[ImageInfo])
-_LIST = TypeAdapter(ImageListInfo)
-_BUILD = TypeAdapter(BuildRecord)
-_CASCADE = TypeAdapter(CascadeInfo)
 
 
 def payload_json(payload: VersionPayload) -> dict[str, Any]:
-    data = dataclasses.asdict(payload)
-    data.pop("appliance")
-    data["expires"] = payload.expires.isoformat() if payload.expires else None
-    data["images"] = list(data["images"])
-    for image in data["images"]:
-        image["packages"] = [dict(p) for p in image["packages"]]
-        image["manifest"] = dict(image["manifest"]) if image["manifest"] is not None else None
-    return data
+    """The request body of ``POST .../versions``: the payload without the appliance (it is in the path)."""
+    return payload.model_dump(mode="json", exclude={"appliance"})
 
 
 def _problems(detail: object) -> list[str]:
@@ -115,18 +104,17 @@ class HttpCatalogue:
         return path if version is None else f"{path}/versions/{quote(version, safe='')}"
 
     def ensure_appliance(self, payload: AppliancePayload) -> None:
-        body = {"title": payload.title, "description": payload.description, "vos": list(payload.vos)}
-        self._call("PUT", self._v(payload.name), json=body)
+        self._call("PUT", self._v(payload.name), json=payload.model_dump(mode="json", exclude={"name"}))
 
     def get_version(self, appliance: str, version: str) -> VersionInfo | None:
         try:
-            return _VERSION.validate_python(self._call("GET", self._v(appliance, version)).json())
+            return VersionInfo.model_validate(self._call("GET", self._v(appliance, version)).json())
         except contract.NotFound:
             return None
 
     def register_version(self, payload: VersionPayload) -> VersionInfo:
         response = self._call("POST", self._v(payload.appliance) + "/versions", json=payload_json(payload))
-        return _VERSION.validate_python(response.json())
+        return VersionInfo.model_validate(response.json())
 
     def _pages(self, path: str) -> list[Any]:
         items: list[Any] = []
@@ -147,15 +135,15 @@ class HttpCatalogue:
 
     def endorse(self, appliance: str, version: str, vo: str) -> ImageListInfo:
         response = self._call("POST", self._v(appliance, version) + "/endorsements", json={"vo": vo})
-        return _LIST.validate_python(response.json())
+        return ImageListInfo.model_validate(response.json())
 
     def revoke(self, appliance: str, version: str, vo: str) -> ImageListInfo:
         response = self._call("DELETE", self._v(appliance, version) + f"/endorsements/{quote(vo, safe='')}")
-        return _LIST.validate_python(response.json())
+        return ImageListInfo.model_validate(response.json())
 
     def revoke_cascade(self, appliance: str, version: str, vo: str) -> CascadeInfo:
         path = self._v(appliance, version) + f"/endorsements/{quote(vo, safe='')}/cascade-revoke"
-        return _CASCADE.validate_python(self._call("POST", path).json())
+        return CascadeInfo.model_validate(self._call("POST", path).json())
 
     def archive_version(self, appliance: str, version: str) -> None:
         self._call("POST", self._v(appliance, version) + "/archive")
@@ -166,7 +154,7 @@ class HttpCatalogue:
     def build_record(self, appliance: str, version: str | None = None) -> BuildRecord | None:
         path = self._v(appliance) + ("/build" if version is None else f"/versions/{quote(version, safe='')}/build")
         try:
-            return _BUILD.validate_python(self._call("GET", path).json())
+            return BuildRecord.model_validate(self._call("GET", path).json())
         except contract.NotFound:
             return None
 

@@ -5,6 +5,9 @@ Loaded by ``client.open_catalogue`` for database URLs only (``sqlite:///...``,
 write the database is in charge of it anyway. Opening does not migrate: a new, empty database gets
 its schema (the first start), one at the newest revision is used as it is, and one behind is refused
 with a hint to run ``invoke catalogue-migrate``. The endorser's key is read only when a list is signed.
+
+Like the REST API parsing a request body, this adapter validates what it is given against the schemas
+(a payload built with ``model_copy``/``model_construct`` skipped that) before the use case runs.
 """
 
 from __future__ import annotations
@@ -22,12 +25,13 @@ from pipeline.catalogue.contract import (
     NotFound,
     VersionInfo,
     VersionPayload,
+    validated,
 )
 from pipeline.catalogue.db import ensure_schema, make_engine, session_factory
+from pipeline.catalogue.schemas import AuditIn, Paged
 from pipeline.catalogue.settings import CatalogueSettings
 from pipeline.catalogue.signing import load_signer
 from pipeline.catalogue.uow import UnitOfWork
-from pipeline.catalogue.views import Page
 
 PAGE = 500
 T = TypeVar("T")
@@ -54,7 +58,8 @@ class InProcessCatalogue:
         self.ctx = make_context(settings)
 
     def ensure_appliance(self, payload: AppliancePayload) -> None:
-        services.ensure_appliance(self.uow, self.actor, payload)
+        checked = validated(AppliancePayload, payload.model_dump(), f"appliance {payload.name}")
+        services.ensure_appliance(self.uow, self.actor, checked)
 
     def get_version(self, appliance: str, version: str) -> VersionInfo | None:
         try:
@@ -63,7 +68,8 @@ class InProcessCatalogue:
             return None
 
     def register_version(self, payload: VersionPayload) -> VersionInfo:
-        return services.register_version(self.uow, self.actor, payload, self.settings)
+        checked = validated(VersionPayload, payload.model_dump(), f"{payload.appliance} {payload.version}")
+        return services.register_version(self.uow, self.actor, checked, self.settings)
 
     def list_versions(self, appliance: str) -> list[VersionInfo]:
         return _all_pages(lambda offset: services.list_versions(self.uow, appliance, offset, PAGE))
@@ -72,7 +78,7 @@ class InProcessCatalogue:
         return _all_pages(lambda offset: services.list_images(self.uow, offset, PAGE))
 
     def store_audit(self, appliance: str, version: str, report: Mapping[str, Any]) -> None:
-        services.store_audit(self.uow, self.actor, appliance, version, report)
+        services.store_audit(self.uow, self.actor, appliance, version, validated(AuditIn, dict(report), "audit report"))
 
     def endorse(self, appliance: str, version: str, vo: str) -> ImageListInfo:
         return endorsements.endorse(self.uow, self.actor, appliance, version, vo, self.ctx)
@@ -99,7 +105,7 @@ class InProcessCatalogue:
         self.engine.dispose()
 
 
-def _all_pages(fetch: Callable[[int], Page[T]]) -> list[T]:
+def _all_pages(fetch: Callable[[int], Paged[T]]) -> list[T]:
     items: list[T] = []
     while True:
         page = fetch(len(items))

@@ -10,23 +10,14 @@ reads back).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipeline.catalogue.contract import NotFound, manifest_base_ref, outdated_reason
+from pipeline.catalogue.schemas import LineagePublic
 
 if TYPE_CHECKING:
     from pipeline.catalogue.uow import UnitOfWork
-
-
-@dataclass(frozen=True)
-class Lineage:
-    base_appliance: str
-    base_version: str
-    outdated: bool
-    reason: str | None  # why it is outdated
-    until: datetime | None = None  # when a current base expires (this answer goes stale then)
 
 
 def base_version(manifest: Mapping[str, Any] | None) -> tuple[str, str] | None:
@@ -41,8 +32,11 @@ def split_ref(ref: str) -> tuple[str, str]:
     return name, version
 
 
-def lineage_of(uow: UnitOfWork, base_ref: str | None, now: datetime | None = None) -> Lineage | None:
-    """The lineage of a version whose ``versions.base_ref`` is ``base_ref`` (None: not layered)."""
+def lineage_of(
+    uow: UnitOfWork, base_ref: str | None, now: datetime | None = None
+) -> tuple[LineagePublic, datetime | None] | None:
+    """The lineage of a version whose ``versions.base_ref`` is ``base_ref`` (None: not layered), and
+    until when that answer holds (a current base's expiry: it goes stale then; None: for good)."""
     from pipeline.catalogue import services  # the rule above is also used where no database is open
 
     if base_ref is None:
@@ -52,6 +46,9 @@ def lineage_of(uow: UnitOfWork, base_ref: str | None, now: datetime | None = Non
     try:
         base = services.get_version(uow, name, version)
     except NotFound:
-        return Lineage(name, version, True, f"{name} {version} is not in the catalogue")
+        return LineagePublic(
+            base_appliance=name, base_version=version, outdated=True, reason=f"{name} {version} is not in the catalogue"
+        ), None
     reason = outdated_reason(base, now)
-    return Lineage(name, version, reason is not None, reason, None if reason else base.expires)
+    found = LineagePublic(base_appliance=name, base_version=version, outdated=reason is not None, reason=reason)
+    return found, None if reason else base.expires

@@ -1,13 +1,20 @@
-"""Pydantic models of the REST API, split by direction.
+"""The catalogue's one vocabulary: the pydantic models of the REST API, split by direction.
 
-``*Create``/``*Update``/``*In`` are what a client may send: ``extra="forbid"``, so a server-controlled
+``*Create``/``*In``/``*Record`` are what a client may send: ``extra="forbid"``, so a server-controlled
 field (owner, integrity, endorsements, identifiers, hv:version) in a request is a 422, never
-silently stored. ``*Public`` are what the API returns: built from the views, they carry no internal
-column (ids, token hashes, payload digests).
+silently stored. ``*Public`` are what the API returns: built from ORM rows inside the unit of work
+(``views``), they carry no internal column (token hashes, payload digests, user ids).
+
+The same classes are the stages' contract (``contract`` re-exports them under the names stages use:
+``VersionPayload`` is ``VersionRecord``, ``VersionInfo`` is ``VersionPublic`` ...), so what the
+in-process adapter returns and what the HTTP client parses are instances of one class, and a field's
+rules live here only. Imports only pydantic, the standard library and the catalogue's settings
+constants: loading it loads no service code.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -15,14 +22,19 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.catalogue import contract
 from pipeline.catalogue.settings import MAX_TOKEN_DAYS
-from pipeline.catalogue.views import Page
 
 T = TypeVar("T")
-M = TypeVar("M", bound=BaseModel)
+
+
+class Integrity(enum.StrEnum):
+    """Whether the catalogue itself hashed the image (file repository) or trusts the publisher's figures."""
+
+    VERIFIED = "verified"
+    UNCHECKED = "unchecked"
+
 
 # Every string a client sends is UTF-8 encodable text without control characters (one line), or
 # with only tab and newline (free text). Patterns run in pydantic-core, which also refuses lone
@@ -130,18 +142,6 @@ def error_lines(errors: Sequence[Mapping[str, Any]], prefix: str = "") -> list[s
     return lines
 
 
-def validated(model: type[M], data: Any, where: str = "") -> M:
-    """``model`` validated from plain data; ``InvalidPayload`` with one line per bad field otherwise.
-
-    Every use case validates through here (the in-process catalogue too), so the rules below are the
-    only place where a field's shape is decided.
-    """
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        raise contract.InvalidPayload(error_lines(e.errors(include_input=False), where)) from None
-
-
 def _uri_shape(uri: str) -> str:
     """An absolute http(s) (or file, under a file:// public base) URL without credentials, query,
     fragment, dot segments or backslashes. Where it may point (under the repository's public base) is
@@ -179,11 +179,11 @@ def _cyclonedx(text: str) -> str:
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class _Out(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
+    model_config = ConfigDict(from_attributes=True, frozen=True)
 
 
 # --- requests -------------------------------------------------------------------------------------
@@ -241,14 +241,6 @@ class ImageCreate(_In):
             raise ValueError("locations: names a location twice")
         return self
 
-    def to_payload(self) -> contract.ImagePayload:
-        data = {name: getattr(self, name) for name in type(self).model_fields if name not in ("packages", "locations")}
-        return contract.ImagePayload(
-            **data,
-            packages=tuple(contract.PackageInfo(p.name, p.version, p.arch) for p in self.packages),
-            locations=tuple(self.locations),
-        )
-
 
 class VersionCreate(_In):
     version: VersionName
@@ -270,10 +262,10 @@ class VersionCreate(_In):
             raise ValueError("expires: must be in the future")
         return self
 
-    def to_payload(self, appliance: str) -> contract.VersionPayload:
-        return contract.VersionPayload(
-            appliance, self.version, self.notes, tuple(i.to_payload() for i in self.images), self.expires, self.sbom
-        )
+    def for_appliance(self, appliance: str) -> VersionRecord:
+        """The use case's payload: this (validated) body and the appliance named by the path."""
+        fields = {name: getattr(self, name) for name in type(self).model_fields}
+        return VersionRecord.model_construct(appliance=appliance, **fields)
 
 
 class VersionRecord(VersionCreate):
@@ -336,17 +328,11 @@ class VoCreate(_In):
 
 
 class Paged(BaseModel, Generic[T]):
+    model_config = ConfigDict(frozen=True)
     items: list[T]
     total: int
     offset: int
     limit: int
-
-    @classmethod
-    def of(cls, page: Page[Any]) -> Self:
-        """A page of views as the response model (``Paged[XPublic].of(page)``)."""
-        item_type = cls.model_fields["items"].annotation.__args__[0]  # type: ignore[union-attr]
-        items = [item_type.model_validate(i) for i in page.items]
-        return cls(items=items, total=page.total, offset=page.offset, limit=page.limit)
 
 
 class UserPublic(_Out):
@@ -366,6 +352,7 @@ class TokenPublic(_Out):
 
 
 class TokenIssued(BaseModel):
+    model_config = ConfigDict(frozen=True)
     token: str = Field(description="the secret: shown once, stored only as a hash")
     info: TokenPublic
 
@@ -405,7 +392,7 @@ class ImagePublic(_Out):
     min_ram_mb: int
     recommended_ram_mb: int
     title: str
-    integrity: str
+    integrity: Integrity
     locations: list[str] = Field(default=[], description="every repository holding the image, uri first")
 
 
@@ -428,7 +415,48 @@ class VersionPublic(_Out):
     images: list[ImagePublic]
     endorsements: list[EndorsementPublic]
     sbom_sha256: str | None = Field(default=None, description="sha256 of the SBOM stored with the version, if any")
-    audit_passed: bool | None
+    audit_passed: bool | None  # None: no audit that can count is stored
+
+    @property
+    def active_vos(self) -> tuple[str, ...]:
+        """VOs whose endorsement of this version is in force."""
+        return tuple(e.vo for e in self.endorsements if e.revoked_at is None)
+
+
+class ImageLinks(_Out):
+    self: str = Field(description="this image with its packages and build manifest (API)")
+    page: str = Field(description="the image's web page")
+    download: str | None = Field(description="where to fetch the file; null when it is not reachable over http(s)")
+
+
+class VersionImagePublic(ImagePublic):
+    id: int = Field(description="the catalogue id of the image: /images/{id} below the version")
+    links: ImageLinks
+
+
+class VersionLinks(_Out):
+    self: str
+    page: str
+    appliance: str
+    audit: str
+    versions: str
+    changes: str
+    sbom: str | None = Field(default=None, description="the version's CycloneDX SBOM; null when none is stored")
+
+
+class LineagePublic(_Out):
+    base_appliance: str
+    base_version: str = Field(description="the exact base version this layered version was built on")
+    outdated: bool = Field(description="the base version is archived, expired or revoked: rebuild on a current base")
+    reason: str | None
+
+
+class VersionDetailPublic(VersionPublic):
+    """A version with its images' ids and the links an API client follows from here."""
+
+    images: list[VersionImagePublic]  # type: ignore[assignment]
+    links: VersionLinks
+    lineage: LineagePublic | None = Field(description="null unless the version is layered on another appliance")
 
 
 class AuditCheckPublic(_Out):
@@ -465,13 +493,48 @@ class ImageDetailPublic(_Out):
     )
 
 
+class ImageSummaryPublic(_Out):
+    # an image on its version's page (not in the API): the package list is only counted
+    image: ImagePublic
+    id: int
+    package_count: int
+
+
 class ImageListPublic(_Out):
     vo: str
-    hv_version: int
+    hv_version: int  # only ever goes up
     created: datetime
     expires: datetime
-    url: str
+    url: str  # the stable URL: <catalogue>/vo/<vo>/image.list
     entries: int
+
+
+class RevokedPublic(_Out):
+    appliance: str
+    version: str
+    vo: str
+
+
+class CascadePublic(_Out):
+    # what ``revoke --cascade`` withdrew: the version's own endorsement first (unless it was already
+    # revoked), then those of every version layered on it, in every VO; and one new signed list per VO
+    revoked: list[RevokedPublic] = Field(description="the version's own endorsement first, then those layered on it")
+    image_lists: list[ImageListPublic] = Field(description="one new signed list per VO concerned")
+
+
+class BuildRecordPublic(_Out):
+    # what was built, read back from the catalogue: ``rebuild`` decides from this on a runner that never
+    # saw the build (CI runners start empty); a layered build fetches its base disk through ``images``
+
+    appliance: str
+    version: str
+    created: datetime
+    archived: bool
+    manifest: dict[str, Any]
+    packages: list[PackagePublic]
+    inputs_digest: str
+    base_version: str | None
+    images: list[ImagePublic]
 
 
 class ErrorPublic(BaseModel):

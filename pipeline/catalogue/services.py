@@ -1,7 +1,8 @@
 """Use cases of the catalogue: appliances, versions, audits, endorsements and VO image lists.
 
 Each use case takes the acting user's name, primitives or contract payloads and a unit of work; it
-checks who may do it, validates like AppDB, writes in one transaction and returns plain views. Domain
+checks who may do it and what the state allows (field shapes are the schemas' business: payloads
+arrive validated), writes in one transaction and returns the API's ``*Public`` schemas. Domain
 errors are the ``CatalogueError`` subclasses in ``contract`` (mapped to HTTP codes in ``app``).
 Users, tokens and VOs live in ``auth``; endorsements and signed VO image lists in ``endorsements``.
 """
@@ -14,10 +15,9 @@ import ipaddress
 import json
 import socket
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.exc import IntegrityError
@@ -25,24 +25,30 @@ from sqlalchemy.exc import IntegrityError
 from pipeline.catalogue import models as m
 from pipeline.catalogue import views
 from pipeline.catalogue.contract import (
-    AppliancePayload,
-    BuildRecord,
-    ImageInfo,
-    ImagePayload,
-    Integrity,
     InvalidPayload,
     NotAuthenticated,
     NotFound,
-    PackageInfo,
     PermissionDenied,
     VersionConflict,
-    VersionInfo,
-    VersionPayload,
     manifest_base_ref,
     record_of,
 )
 from pipeline.catalogue.models import utcnow
-from pipeline.catalogue.schemas import ApplianceRecord, AuditIn, VersionRecord, validated
+from pipeline.catalogue.schemas import (
+    AppliancePublic,
+    ApplianceRecord,
+    AuditIn,
+    AuditPublic,
+    BuildRecordPublic,
+    ImageCreate,
+    ImageDetailPublic,
+    ImagePublic,
+    ImageSummaryPublic,
+    Integrity,
+    Paged,
+    VersionPublic,
+    VersionRecord,
+)
 from pipeline.catalogue.settings import VERSION_LIFETIME, CatalogueSettings
 from pipeline.catalogue.uow import UnitOfWork
 from pipeline.fsutil import hash_file
@@ -108,13 +114,11 @@ def find_vo(uow: UnitOfWork, name: str, for_update: bool = False) -> m.Vo:
 # --- appliances ------------------------------------------------------------------------------------
 
 
-def ensure_appliance(uow: UnitOfWork, actor: str, payload: AppliancePayload) -> views.ApplianceView:
+def ensure_appliance(uow: UnitOfWork, actor: str, payload: ApplianceRecord) -> AppliancePublic:
     """Create the appliance (owner = actor) or update its title, description and VOs.
 
     Unknown VOs are created when the actor is an admin, refused otherwise.
     """
-    data = {"name": payload.name, "title": payload.title, "description": payload.description, "vos": list(payload.vos)}
-    validated(ApplianceRecord, data, f"appliance {payload.name}")
     with uow.writing():
         user = actor_user(uow, actor)
         appliance = uow.repo.appliance(payload.name)
@@ -160,35 +164,24 @@ def set_maintainer(uow: UnitOfWork, actor: str, appliance_name: str, user_name: 
         uow.commit()
 
 
-def get_appliance(uow: UnitOfWork, name: str) -> views.ApplianceView:
+def get_appliance(uow: UnitOfWork, name: str) -> AppliancePublic:
     with uow:
         return views.appliance_view(find_appliance(uow, name))
 
 
-def list_appliances(uow: UnitOfWork, offset: int, limit: int) -> views.Page[views.ApplianceView]:
+def list_appliances(uow: UnitOfWork, offset: int, limit: int) -> Paged[AppliancePublic]:
     with uow:
-        items = tuple(views.appliance_view(a) for a in uow.repo.appliances(offset, limit))
-        return views.Page(items, uow.repo.count_appliances(), offset, limit)
+        items = [views.appliance_view(a) for a in uow.repo.appliances(offset, limit)]
+        return Paged[AppliancePublic](items=items, total=uow.repo.count_appliances(), offset=offset, limit=limit)
 
 
 # --- versions --------------------------------------------------------------------------------------
 
 
-def payload_digest(payload: VersionPayload) -> str:
+def payload_digest(payload: VersionRecord) -> str:
     """What makes two registrations "the same": every field the client sent, canonically."""
-    data = dataclasses.asdict(payload)
+    data = payload.model_dump()
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _version_data(p: VersionPayload) -> dict[str, Any]:
-    """The payload as plain data for the schema (no deep copies: the manifest is checked, not copied)."""
-    images = []
-    for img in p.images:
-        data = {f.name: getattr(img, f.name) for f in dataclasses.fields(img) if f.name != "packages"}
-        data["packages"] = [{"name": k.name, "version": k.version, "arch": k.arch} for k in img.packages]
-        images.append(data)
-    data = {"appliance": p.appliance, "version": p.version, "notes": p.notes, "images": images, "expires": p.expires}
-    return data | ({"sbom": p.sbom} if p.sbom is not None else {})
 
 
 def image_uri_problem(settings: CatalogueSettings, uri: str) -> str | None:
@@ -246,7 +239,7 @@ def repository_path(settings: CatalogueSettings, uri: str) -> Path | None:
     return path
 
 
-def _verify_in_repository(settings: CatalogueSettings, i: int, img: ImagePayload) -> Integrity:
+def _verify_in_repository(settings: CatalogueSettings, i: int, img: ImageCreate) -> Integrity:
     path = repository_path(settings, img.uri)
     if path is None:
         return Integrity.UNCHECKED
@@ -270,16 +263,19 @@ def _verify_in_repository(settings: CatalogueSettings, i: int, img: ImagePayload
     return Integrity.VERIFIED
 
 
-def image_identifier(appliance: str, img: ImagePayload) -> str:
+def image_identifier(appliance: str, img: ImageCreate) -> str:
     """Stable across versions, as cloud sites key appliances by ``dc:identifier``."""
     return str(uuid.uuid5(NAMESPACE, f"image/{appliance}/{img.format}/{img.arch}/{img.hypervisor}"))
 
 
-def register_version(uow: UnitOfWork, actor: str, payload: VersionPayload, settings: CatalogueSettings) -> VersionInfo:
-    """Register a version with its images, in one transaction; idempotent for an identical payload."""
+def register_version(uow: UnitOfWork, actor: str, payload: VersionRecord, settings: CatalogueSettings) -> VersionPublic:
+    """Register a version with its images, in one transaction; idempotent for an identical payload.
+
+    The payload's fields are validated where it was built (the API's body, ``contract.validated``);
+    this decides what only the catalogue knows: where images may lie, whether the files match.
+    """
     now = utcnow()
     where = f"{payload.appliance} {payload.version}"
-    validated(VersionRecord, _version_data(payload), where)
     bad = [(i, problem) for i, img in enumerate(payload.images) if (problem := image_uri_problem(settings, img.uri))]
     if bad:
         raise InvalidPayload(
@@ -330,7 +326,7 @@ def register_version(uow: UnitOfWork, actor: str, payload: VersionPayload, setti
         return info
 
 
-def _same_or_conflict(existing: m.Version, digest: str) -> VersionInfo:
+def _same_or_conflict(existing: m.Version, digest: str) -> VersionPublic:
     if existing.payload_digest != digest:
         raise VersionConflict(
             f"{existing.appliance.name} {existing.version} is already registered with different content",
@@ -339,7 +335,7 @@ def _same_or_conflict(existing: m.Version, digest: str) -> VersionInfo:
     return views.version_info(existing)
 
 
-def _image_row(appliance: str, img: ImagePayload, integrity: Integrity) -> m.Image:
+def _image_row(appliance: str, img: ImageCreate, integrity: Integrity) -> m.Image:
     return m.Image(
         identifier=image_identifier(appliance, img),
         uri=img.uri,
@@ -364,14 +360,14 @@ def _image_row(appliance: str, img: ImagePayload, integrity: Integrity) -> m.Ima
     )
 
 
-def get_version(uow: UnitOfWork, appliance: str, version: str) -> VersionInfo:
+def get_version(uow: UnitOfWork, appliance: str, version: str) -> VersionPublic:
     with uow:
         return views.version_info(find_version(uow, find_appliance(uow, appliance), version))
 
 
 def get_version_with_image_ids(
     uow: UnitOfWork, appliance: str, version: str
-) -> tuple[VersionInfo, dict[str, int], str | None]:
+) -> tuple[VersionPublic, dict[str, int], str | None]:
     """A version, the catalogue id of each image (by dc:identifier) and its recorded base, for links and lineage."""
     with uow:
         v = find_version(uow, find_appliance(uow, appliance), version)
@@ -391,22 +387,22 @@ def version_sbom(uow: UnitOfWork, appliance: str, version: str) -> tuple[bytes, 
         return found.data, found.media_type
 
 
-def list_versions(uow: UnitOfWork, appliance: str, offset: int, limit: int) -> views.Page[VersionInfo]:
+def list_versions(uow: UnitOfWork, appliance: str, offset: int, limit: int) -> Paged[VersionPublic]:
     with uow:
         found = find_appliance(uow, appliance)
-        items = tuple(views.version_info(v) for v in uow.repo.versions(found, offset, limit))
-        return views.Page(items, uow.repo.count_versions(found), offset, limit)
+        items = [views.version_info(v) for v in uow.repo.versions(found, offset, limit)]
+        return Paged[VersionPublic](items=items, total=uow.repo.count_versions(found), offset=offset, limit=limit)
 
 
-def list_images(uow: UnitOfWork, offset: int, limit: int) -> views.Page[ImageInfo]:
+def list_images(uow: UnitOfWork, offset: int, limit: int) -> Paged[ImagePublic]:
     with uow:
-        items = tuple(
+        items = [
             views.image_info(i, i.version.appliance.name, i.version.version) for i in uow.repo.images(offset, limit)
-        )
-        return views.Page(items, uow.repo.count_images(), offset, limit)
+        ]
+        return Paged[ImagePublic](items=items, total=uow.repo.count_images(), offset=offset, limit=limit)
 
 
-def get_image(uow: UnitOfWork, appliance: str, version: str, image_id: int) -> views.ImageDetail:
+def get_image(uow: UnitOfWork, appliance: str, version: str, image_id: int) -> ImageDetailPublic:
     with uow:
         v = find_version(uow, find_appliance(uow, appliance), version)
         image = uow.repo.image_with_packages(v, image_id)
@@ -419,10 +415,10 @@ def get_image(uow: UnitOfWork, appliance: str, version: str, image_id: int) -> v
 class VersionPage:
     """What the version page shows, read in one unit of work: no package lists, no manifests."""
 
-    appliance: views.ApplianceView
-    version: VersionInfo
-    images: tuple[views.ImageSummary, ...]
-    audit: views.AuditView | None
+    appliance: AppliancePublic
+    version: VersionPublic
+    images: tuple[ImageSummaryPublic, ...]
+    audit: AuditPublic | None
     base_ref: str | None = None  # "<appliance>@<version>" of a layered version's base (its lineage)
 
 
@@ -431,22 +427,20 @@ def version_page(uow: UnitOfWork, appliance: str, version: str) -> VersionPage:
         found = find_appliance(uow, appliance)
         v = find_version(uow, found, version)
         counts = uow.repo.package_counts(v)
-        images = tuple(
-            views.ImageSummary(views.image_info(i, appliance, version), i.id, counts.get(i.id, 0)) for i in v.images
-        )
+        images = tuple(views.image_summary(i, appliance, version, counts.get(i.id, 0)) for i in v.images)
         row = views.shown_audit(uow.repo.audits(v))
         audit = None if row is None else views.audit_view(row)
         return VersionPage(views.appliance_view(found), views.version_info(v), images, audit, v.base_ref)
 
 
-def version_images(uow: UnitOfWork, appliance: str, version: str) -> list[views.ImageDetail]:
+def version_images(uow: UnitOfWork, appliance: str, version: str) -> list[ImageDetailPublic]:
     """Every image of a version with its packages and manifest (what changed between versions)."""
     with uow:
         v = find_version(uow, find_appliance(uow, appliance), version)
         return [views.image_detail(i, appliance, version) for i in uow.repo.images_with_packages(v)]
 
 
-def build_record(uow: UnitOfWork, appliance: str, version: str | None = None) -> BuildRecord:
+def build_record(uow: UnitOfWork, appliance: str, version: str | None = None) -> BuildRecordPublic:
     """A version's build manifest, package list, inputs digest and base version (default: the newest
     version not archived, by version order); ``NotFound`` if there is none or it has no manifest."""
     with uow:
@@ -461,7 +455,7 @@ def build_record(uow: UnitOfWork, appliance: str, version: str | None = None) ->
         first = next((i for i in images if i.manifest is not None), None)
         if first is None:
             raise NotFound(f"{appliance} {version} has no build manifest stored")
-        packages = [PackageInfo(p.name, p.version, p.arch) for p in first.packages]
+        packages = [views.package_info(p) for p in first.packages]
         return record_of(views.version_info(v), dict(first.manifest or {}), packages)
 
 
@@ -494,16 +488,14 @@ def audit_role(user: m.User, appliance: m.Appliance, managed_vos: int) -> m.Audi
     raise PermissionDenied(f"{user.name} is not a maintainer of appliance {appliance.name}, a VO manager or an admin")
 
 
-def store_audit(
-    uow: UnitOfWork, actor: str, appliance: str, version: str, report: Mapping[str, Any]
-) -> views.AuditView:
+def store_audit(uow: UnitOfWork, actor: str, appliance: str, version: str, report: AuditIn) -> AuditPublic:
     """Store the caller's policy audit of a version (replacing the caller's previous one).
 
     Maintainers, VO managers and admins may; who stored it, and as what, is recorded. Only an
     admin's or a manager's audit of the VO being endorsed gates an endorsement (``endorsements``).
+    The report arrives validated (the API's body, the in-process adapter: ``schemas.AuditIn``).
     """
-    checked = validated(AuditIn, dict(report), "audit report")
-    checks = _audit_checks(checked)
+    checks = _audit_checks(report)
     with uow.writing():
         user = actor_user(uow, actor)
         found = find_appliance(uow, appliance)
@@ -519,7 +511,7 @@ def store_audit(
             stored_by_id=user.id,
             stored_as=role.value,
             passed=all(c.result in ("pass", "waived") for c in checks),
-            report=checked.model_dump(mode="json", exclude_none=True),
+            report=report.model_dump(mode="json", exclude_none=True),
             checks=checks,
         )
         uow.repo.add(row)
@@ -530,7 +522,7 @@ def store_audit(
         return view
 
 
-def get_audit(uow: UnitOfWork, appliance: str, version: str) -> views.AuditView | None:
+def get_audit(uow: UnitOfWork, appliance: str, version: str) -> AuditPublic | None:
     """The audit a reader should see: the newest one that can count (admin, endorser), else the newest."""
     with uow:
         v = find_version(uow, find_appliance(uow, appliance), version)
@@ -538,6 +530,6 @@ def get_audit(uow: UnitOfWork, appliance: str, version: str) -> views.AuditView 
         return None if row is None else views.audit_view(row, with_checks=True)
 
 
-def expiring(now: datetime, within: timedelta, versions: Sequence[VersionInfo]) -> list[VersionInfo]:
+def expiring(now: datetime, within: timedelta, versions: Sequence[VersionPublic]) -> list[VersionPublic]:
     """Versions that expire within ``within`` (AppDB mailed owners 5 days before; pages flag them)."""
     return [v for v in versions if not v.archived and now <= v.expires <= now + within]

@@ -1,140 +1,62 @@
-"""Read models: ORM rows turned into plain frozen dataclasses inside the unit of work.
+"""Read models: ORM rows turned into the API's ``*Public`` schemas inside the unit of work.
 
-Callers (client, API, pages) never hold ORM objects, so nothing lazy-loads after the session closes
-and no internal column (token hashes, payload digests, user ids) can leak into a response.
+Callers (clients, API, pages) never hold ORM objects, so nothing lazy-loads after the session closes
+and no internal column (token hashes, payload digests, user ids) can leak into a response. There is
+no third typing of an entity: a row becomes the schema the API returns (``schemas``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Generic, TypeVar
 
 from pipeline.catalogue import models as m
-from pipeline.catalogue.contract import (
-    EndorsementInfo,
-    ImageInfo,
-    ImageListInfo,
+from pipeline.catalogue.schemas import (
+    AppliancePublic,
+    AuditCheckPublic,
+    AuditPublic,
+    EndorsementPublic,
+    ImageDetailPublic,
+    ImageListPublic,
+    ImagePublic,
+    ImageSummaryPublic,
     Integrity,
-    PackageInfo,
-    VersionInfo,
+    PackagePublic,
+    TokenPublic,
+    UserPublic,
+    VersionPublic,
+    VoPublic,
 )
 
-T = TypeVar("T")
+
+def user_view(u: m.User) -> UserPublic:
+    return UserPublic(name=u.name, email=u.email, role=u.role.value, created=u.created)
 
 
-@dataclass(frozen=True)
-class UserView:
-    name: str
-    email: str
-    role: str
-    created: datetime
-
-
-@dataclass(frozen=True)
-class TokenView:
-    id: str  # the public part of the token: safe to show and to revoke by
-    user: str
-    label: str
-    created: datetime
-    expires: datetime
-    revoked: datetime | None
-
-
-@dataclass(frozen=True)
-class VoView:
-    name: str
-    description: str
-    managers: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ApplianceView:
-    name: str
-    title: str
-    description: str
-    owner: str
-    maintainers: tuple[str, ...]
-    vos: tuple[str, ...]
-    created: datetime
-
-
-@dataclass(frozen=True)
-class AuditCheckView:
-    id: str
-    result: str
-    evidence: str
-    reason: str | None
-
-
-@dataclass(frozen=True)
-class AuditView:
-    stored: datetime
-    stored_by: str
-    stored_as: str  # admin | endorser | maintainer: a maintainer's own audit never gates endorsement
-    passed: bool
-    checks: tuple[AuditCheckView, ...]
-
-
-@dataclass(frozen=True)
-class ImageDetail:
-    image: ImageInfo
-    id: int
-    packages: tuple[PackageInfo, ...]
-    manifest: dict[str, Any] | None
-
-    @property
-    def properties(self) -> dict[str, str]:
-        """The cloud image properties the build recorded (Glance's ``hw_firmware_type=uefi`` for a
-        UEFI-only disk), read from the stored manifest: no column of their own, no migration."""
-        found = (self.manifest or {}).get("image_properties")
-        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
-
-
-@dataclass(frozen=True)
-class ImageSummary:
-    """An image on its version's page: the package list is only counted."""
-
-    image: ImageInfo
-    id: int
-    package_count: int
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    items: tuple[T, ...]
-    total: int
-    offset: int
-    limit: int
-
-
-def user_view(u: m.User) -> UserView:
-    return UserView(u.name, u.email, u.role.value, u.created)
-
-
-def token_view(t: m.ApiToken) -> TokenView:
-    return TokenView(t.public_id, t.user.name, t.label, t.created, t.expires, t.revoked)
-
-
-def vo_view(v: m.Vo) -> VoView:
-    return VoView(v.name, v.description, tuple(u.name for u in v.managers))
-
-
-def appliance_view(a: m.Appliance) -> ApplianceView:
-    return ApplianceView(
-        a.name,
-        a.title,
-        a.description,
-        a.owner.name,
-        tuple(u.name for u in a.maintainers),
-        tuple(v.name for v in a.vos),
-        a.created,
+def token_view(t: m.ApiToken) -> TokenPublic:
+    # id: the public part of the token, safe to show and to revoke by
+    return TokenPublic(
+        id=t.public_id, user=t.user.name, label=t.label, created=t.created, expires=t.expires, revoked=t.revoked
     )
 
 
-def image_info(i: m.Image, appliance: str, version: str) -> ImageInfo:
-    return ImageInfo(
+def vo_view(v: m.Vo) -> VoPublic:
+    return VoPublic(name=v.name, description=v.description, managers=[u.name for u in v.managers])
+
+
+def appliance_view(a: m.Appliance) -> AppliancePublic:
+    return AppliancePublic(
+        name=a.name,
+        title=a.title,
+        description=a.description,
+        owner=a.owner.name,
+        maintainers=[u.name for u in a.maintainers],
+        vos=[v.name for v in a.vos],
+        created=a.created,
+    )
+
+
+def image_info(i: m.Image, appliance: str, version: str) -> ImagePublic:
+    return ImagePublic(
         appliance=appliance,
         version=version,
         identifier=i.identifier,
@@ -154,13 +76,13 @@ def image_info(i: m.Image, appliance: str, version: str) -> ImageInfo:
         recommended_ram_mb=i.recommended_ram_mb,
         title=i.title,
         integrity=Integrity(i.integrity),
-        locations=tuple(i.locations or (i.uri,)),
+        locations=list(i.locations or (i.uri,)),
     )
 
 
-def version_info(v: m.Version) -> VersionInfo:
+def version_info(v: m.Version) -> VersionPublic:
     name = v.appliance.name
-    return VersionInfo(
+    return VersionPublic(
         appliance=name,
         version=v.version,
         identifier=v.identifier,
@@ -169,10 +91,13 @@ def version_info(v: m.Version) -> VersionInfo:
         expires=v.expires,
         published=v.published,
         archived=v.archived,
-        images=tuple(image_info(i, name, v.version) for i in v.images),
-        endorsements=tuple(
-            EndorsementInfo(e.vo.name, e.endorsed_by.name, e.endorsed_at, e.revoked_at) for e in v.endorsements
-        ),
+        images=[image_info(i, name, v.version) for i in v.images],
+        endorsements=[
+            EndorsementPublic(
+                vo=e.vo.name, endorsed_by=e.endorsed_by.name, endorsed_at=e.endorsed_at, revoked_at=e.revoked_at
+            )
+            for e in v.endorsements
+        ],
         audit_passed=_audit_passed(v.audits),
         sbom_sha256=v.sbom_sha256,
     )
@@ -193,19 +118,39 @@ def _audit_passed(audits: Sequence[m.AuditReport]) -> bool | None:
     return counting[0].passed if counting else None
 
 
-def audit_view(a: m.AuditReport, with_checks: bool = True) -> AuditView:
-    checks = tuple(AuditCheckView(c.check_id, c.result, c.evidence, c.reason) for c in a.checks) if with_checks else ()
-    return AuditView(a.stored, a.stored_by.name, a.stored_as, a.passed, checks)
-
-
-def image_detail(i: m.Image, appliance: str, version: str) -> ImageDetail:
-    return ImageDetail(
-        image_info(i, appliance, version),
-        i.id,
-        tuple(PackageInfo(p.name, p.version, p.arch) for p in i.packages),
-        i.manifest,
+def audit_view(a: m.AuditReport, with_checks: bool = True) -> AuditPublic:
+    checks = (
+        [AuditCheckPublic(id=c.check_id, result=c.result, evidence=c.evidence, reason=c.reason) for c in a.checks]
+        if with_checks
+        else []
+    )
+    return AuditPublic(
+        stored=a.stored, stored_by=a.stored_by.name, stored_as=a.stored_as, passed=a.passed, checks=checks
     )
 
 
-def image_list_info(row: m.ImageListVersion, vo: str, url: str) -> ImageListInfo:
-    return ImageListInfo(vo, row.hv_version, row.created, row.expires, url, row.entries)
+def package_info(p: m.ImagePackage) -> PackagePublic:
+    return PackagePublic(name=p.name, version=p.version, arch=p.arch)
+
+
+def image_detail(i: m.Image, appliance: str, version: str) -> ImageDetailPublic:
+    # the cloud image properties the build recorded (Glance's hw_firmware_type=uefi for a UEFI-only
+    # disk), read from the stored manifest: no column of their own, no migration
+    found = (i.manifest or {}).get("image_properties")
+    return ImageDetailPublic(
+        id=i.id,
+        image=image_info(i, appliance, version),
+        packages=[package_info(p) for p in i.packages],
+        manifest=i.manifest,
+        properties={str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {},
+    )
+
+
+def image_summary(i: m.Image, appliance: str, version: str, package_count: int) -> ImageSummaryPublic:
+    return ImageSummaryPublic(image=image_info(i, appliance, version), id=i.id, package_count=package_count)
+
+
+def image_list_info(row: m.ImageListVersion, vo: str, url: str) -> ImageListPublic:
+    return ImageListPublic(
+        vo=vo, hv_version=row.hv_version, created=row.created, expires=row.expires, url=url, entries=row.entries
+    )

@@ -109,8 +109,8 @@ def publish_file(repository: Path) -> Callable[..., ImagePayload]:
             recommended_ram_mb=2048,
             manifest={"appliance": appliance, "version": version},
             packages=(
-                PackageInfo("openssh-server", "1:9.2p1-2+deb12u3", "amd64"),
-                PackageInfo("bash", "5.2.15-2", "amd64"),
+                PackageInfo(name="openssh-server", version="1:9.2p1-2+deb12u3", arch="amd64"),
+                PackageInfo(name="bash", version="5.2.15-2", arch="amd64"),
             ),
         )
         fields.update(kw)
@@ -125,12 +125,14 @@ def version_payload(publish_file: Callable[..., ImagePayload]) -> Callable[..., 
         appliance: str = "debian-12", version: str = "2026.11.22", formats: tuple[str, ...] = ("ova", "qcow2")
     ) -> VersionPayload:
         images = tuple(publish_file(appliance, version, fmt) for fmt in formats)
-        return VersionPayload(appliance, version, f"{appliance} {version}", images)
+        return VersionPayload(appliance=appliance, version=version, notes=f"{appliance} {version}", images=images)
 
     return make
 
 
-APPLIANCE = AppliancePayload("debian-12", "Debian 12 baseline", "Minimal Debian 12", ("vo.example.org",))
+APPLIANCE = AppliancePayload(
+    name="debian-12", title="Debian 12 baseline", description="Minimal Debian 12", vos=("vo.example.org",)
+)
 
 PASSING_AUDIT = {
     "appliance": "debian-12",
@@ -219,7 +221,9 @@ def _make_api(settings: CatalogueSettings) -> Iterator[Api]:
     auth.create_vo(uow, "admin", "other.vo", "a VO nobody here manages")
     auth.set_vo_manager(uow, "admin", "vo.example.org", "mia", present=True)
     services.ensure_appliance(uow, "alice", APPLIANCE)
-    services.ensure_appliance(uow, "admin", AppliancePayload("centos-7", "Someone else's", "not alice's", ()))
+    services.ensure_appliance(
+        uow, "admin", AppliancePayload(name="centos-7", title="Someone else's", description="not alice's", vos=())
+    )
     app = create_app(settings, refresh_seconds=None)
     with TestClient(app) as client:
         yield Api(client, settings, tokens, uow)

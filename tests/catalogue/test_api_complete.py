@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import pytest
@@ -48,8 +47,8 @@ def test_an_images_glance_properties_come_from_its_manifest(
     whoever uploads the image to Glance; an image without (BIOS, hybrid) has none."""
     payload = version_payload()
     uefi = {"appliance": "debian-12", "version": "2026.11.22", "image_properties": {"hw_firmware_type": "uefi"}}
-    images = (dataclasses.replace(payload.images[0], manifest=uefi), *payload.images[1:])
-    body = payload_json(dataclasses.replace(payload, images=images))
+    images = [payload.images[0].model_copy(update={"manifest": uefi}), *payload.images[1:]]
+    body = payload_json(payload.model_copy(update={"images": images}))
     assert api.client.post(V, json=body, headers=api.headers("alice")).status_code == 201
     found = {}
     for image in api.client.get(f"{V}/2026.11.22").json()["images"]:
@@ -85,19 +84,19 @@ def test_changes_since_the_previous_version(
     from tests.catalogue.conftest import FAILING_AUDIT, PASSING_AUDIT
 
     first = version_payload("debian-12", "2026.11.22")
-    first = dataclasses.replace(
-        first, images=tuple(dataclasses.replace(i, manifest={"inputs": {"template": "a" * 64}}) for i in first.images)
+    first = first.model_copy(
+        update={"images": [i.model_copy(update={"manifest": {"inputs": {"template": "a" * 64}}}) for i in first.images]}
     )
     assert api.client.post(V, json=payload_json(first), headers=api.headers("alice")).status_code == 201
     packages = (
-        PackageInfo("openssh-server", "1:9.2p1-2+deb12u5", "amd64"),  # upgraded
-        PackageInfo("curl", "7.88.1-10+deb12u12", "amd64"),  # added; bash removed
+        PackageInfo(name="openssh-server", version="1:9.2p1-2+deb12u5", arch="amd64"),  # upgraded
+        PackageInfo(name="curl", version="7.88.1-10+deb12u12", arch="amd64"),  # added; bash removed
     )
     images = tuple(
         publish_file("debian-12", "2026.12.02", fmt, packages=packages, manifest={"inputs": {"template": "b" * 64}})
         for fmt in ("ova", "qcow2")
     )
-    second = VersionPayload("debian-12", "2026.12.02", "security updates", images)
+    second = VersionPayload(appliance="debian-12", version="2026.12.02", notes="security updates", images=images)
     assert api.client.post(V, json=payload_json(second), headers=api.headers("alice")).status_code == 201
     for version, report in (("2026.11.22", FAILING_AUDIT), ("2026.12.02", PASSING_AUDIT)):
         stored = api.client.put(f"{V}/{version}/audit", json=report, headers=api.headers("alice"))
@@ -141,7 +140,7 @@ def test_a_layered_version_is_outdated_when_its_base_is_revoked(
     assert api.client.put("/api/v1/appliances/science", json=body, headers=api.headers("alice")).status_code == 200
     base = {"kind": "appliance", "ref": "debian-12@2026.11.22", "digest": "sha256:" + "0" * 64}
     images = tuple(publish_file("science", "2026.11.23", fmt, manifest={"base": base}) for fmt in ("ova", "qcow2"))
-    layered = VersionPayload("science", "2026.11.23", "science on debian-12", images)
+    layered = VersionPayload(appliance="science", version="2026.11.23", notes="science on debian-12", images=images)
     science = "/api/v1/appliances/science/versions/2026.11.23"
     registered = api.client.post(
         "/api/v1/appliances/science/versions", json=payload_json(layered), headers=api.headers("alice")

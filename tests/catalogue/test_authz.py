@@ -16,6 +16,7 @@ from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.contract import ImagePayload, VersionPayload
 from pipeline.catalogue.http_client import payload_json
 from pipeline.catalogue.models import Role
+from pipeline.catalogue.schemas import AuditIn
 from tests.catalogue.conftest import PASSING_AUDIT, Api
 
 ROLES = ("anonymous", "admin", "alice", "max", "bob", "mia")
@@ -42,7 +43,11 @@ def _owned(code: int) -> dict[str, int]:
 def _version_body(make: Callable[..., ImagePayload], appliance: str) -> Callable[[str], Any]:
     def body(role: str) -> Any:
         version = f"9.{next(_n)}"
-        return payload_json(VersionPayload(appliance, version, "matrix", (make(appliance, version, "qcow2"),)))
+        return payload_json(
+            VersionPayload(
+                appliance=appliance, version=version, notes="matrix", images=(make(appliance, version, "qcow2"),)
+            )
+        )
 
     return body
 
@@ -174,9 +179,13 @@ def test_authorisation_matrix(signing_api: Api, publish_file: Callable[..., Imag
     services.set_maintainer(api.uow, "alice", "debian-12", "max", present=True)
     for appliance, owner in (("debian-12", "alice"), ("centos-7", "admin")):
         for version in ("1.0", "2.0"):
-            payload = VersionPayload(appliance, version, "v", (publish_file(appliance, version, "ova"),))
+            payload = VersionPayload(
+                appliance=appliance, version=version, notes="v", images=(publish_file(appliance, version, "ova"),)
+            )
             services.register_version(api.uow, owner, payload, api.settings)
-            services.store_audit(api.uow, "admin", appliance, version, PASSING_AUDIT)  # counts for endorsement
+            services.store_audit(
+                api.uow, "admin", appliance, version, AuditIn.model_validate(PASSING_AUDIT)
+            )  # counts for endorsement
     _endorsed(api)
 
     wrong = []

@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 
 from pipeline.catalogue import endorsements, services
 from pipeline.catalogue.contract import AppliancePayload, VersionPayload
+from pipeline.catalogue.schemas import AuditIn
 from tests.catalogue.conftest import PASSING_AUDIT, Api
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +60,9 @@ def test_a_write_in_this_process_is_seen_at_once(api: Api) -> None:
     assert api.client.put("/api/v1/appliances/debian-12", json=body, headers=api.headers("admin")).status_code == 200
     assert api.client.get("/api/v1/vos/other.vo", headers={"If-None-Match": vos.headers["etag"]}).status_code == 304
     # a use case called directly (the in-process catalogue) counts as well
-    services.ensure_appliance(api.uow, "alice", AppliancePayload("debian-12", "Third title", "D", ()))
+    services.ensure_appliance(
+        api.uow, "alice", AppliancePayload(name="debian-12", title="Third title", description="D", vos=())
+    )
     assert api.client.get("/api/v1/appliances/debian-12").json()["title"] == "Third title"
     assert "Third title" in api.client.get("/").text
 
@@ -73,7 +76,8 @@ def test_a_write_by_another_process_is_seen_within_the_recheck(api: Api) -> None
         "from pipeline.catalogue.db import make_engine, session_factory\n"
         "from pipeline.catalogue.uow import UnitOfWork\n"
         "uow = UnitOfWork(session_factory(make_engine(sys.argv[1])))\n"
-        "services.ensure_appliance(uow, 'alice', AppliancePayload('debian-12', 'From elsewhere', 'D', ()))\n"
+        "payload = AppliancePayload(name='debian-12', title='From elsewhere', description='D')\n"
+        "services.ensure_appliance(uow, 'alice', payload)\n"
     )
     subprocess.run([sys.executable, "-c", script, api.settings.database_url], cwd=ROOT, check=True, timeout=120)
     deadline = time.monotonic() + 30  # the cache re-reads the generation every 0.5 s
@@ -85,7 +89,7 @@ def test_a_write_by_another_process_is_seen_within_the_recheck(api: Api) -> None
 def test_signed_image_lists_carry_an_etag(signing_api: Api, version_payload: Callable[..., VersionPayload]) -> None:
     api = signing_api
     services.register_version(api.uow, "alice", version_payload(version="1.0"), api.settings)
-    services.store_audit(api.uow, "admin", "debian-12", "1.0", PASSING_AUDIT)
+    services.store_audit(api.uow, "admin", "debian-12", "1.0", AuditIn.model_validate(PASSING_AUDIT))
     endorsements.endorse(api.uow, "mia", "debian-12", "1.0", VO, api.client.app.state.catalogue.ctx)
     first = api.client.get(f"/vo/{VO}/image.list")
     assert first.status_code == 200 and b"multipart/signed" in first.content

@@ -38,7 +38,9 @@ def test_every_documented_catalogue_url_answers(signing_api: Api, publish_file: 
     assert api.client.put(f"/api/v1/appliances/{APPLIANCE}", json=body, headers=api.headers("admin")).status_code == 200
     for version in (OLD, NEW):
         images = tuple(publish_file(APPLIANCE, version, fmt) for fmt in ("ova", "qcow2"))
-        payload = payload_json(VersionPayload(APPLIANCE, version, "walkthrough", images, sbom=SBOM))
+        payload = payload_json(
+            VersionPayload(appliance=APPLIANCE, version=version, notes="walkthrough", images=images, sbom=SBOM)
+        )
         path = f"/api/v1/appliances/{APPLIANCE}/versions"
         assert api.client.post(path, json=payload, headers=api.headers("admin")).status_code == 201
         path = f"{path}/{version}"

@@ -149,5 +149,5 @@ def test_without_a_signing_identity_endorsement_is_refused(
         cat.endorse("debian-12", "2026.11.22", VO)
     assert "VMI_SIGNING_KEY" in str(e.value)
     got = cat.get_version("debian-12", "2026.11.22")
-    assert got is not None and got.endorsements == ()  # rolled back with the list
+    assert got is not None and got.endorsements == []  # rolled back with the list
     cat.close()

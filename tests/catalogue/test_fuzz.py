@@ -20,6 +20,7 @@ from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.contract import AppliancePayload, VersionPayload
 from pipeline.catalogue.db import make_engine, session_factory
 from pipeline.catalogue.models import Role
+from pipeline.catalogue.schemas import AuditIn
 from pipeline.catalogue.uow import UnitOfWork
 from tests.catalogue.conftest import PASSING_AUDIT, LiveServer
 from tests.catalogue.test_http import _image
@@ -36,10 +37,16 @@ def _seed(server: LiveServer) -> str:
     uow = UnitOfWork(session_factory(engine))
     auth.ensure_user(uow, "admin", "admin@example.org", Role.ADMIN)
     token = auth.issue_token(uow, "admin", "admin", "fuzz").token
-    services.ensure_appliance(uow, "admin", AppliancePayload("debian-12", "Debian 12", "baseline", ("vo.example.org",)))
-    payload = VersionPayload("debian-12", "1.0", "seed", (_image(server, "1.0", "qcow2"),))
+    services.ensure_appliance(
+        uow,
+        "admin",
+        AppliancePayload(name="debian-12", title="Debian 12", description="baseline", vos=("vo.example.org",)),
+    )
+    payload = VersionPayload(
+        appliance="debian-12", version="1.0", notes="seed", images=(_image(server, "1.0", "qcow2"),)
+    )
     services.register_version(uow, "admin", payload, server.settings)
-    services.store_audit(uow, "admin", "debian-12", "1.0", PASSING_AUDIT)
+    services.store_audit(uow, "admin", "debian-12", "1.0", AuditIn.model_validate(PASSING_AUDIT))
     from pipeline.catalogue.inprocess import make_context
 
     endorsements.endorse(uow, "admin", "debian-12", "1.0", "vo.example.org", make_context(server.settings))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -51,9 +50,12 @@ def _tokens(server: LiveServer) -> dict[str, str]:
 def test_http_client_round_trip_and_site_verification(live_server: LiveServer, tmp_path: Path) -> None:
     tokens = _tokens(live_server)
     alice = HttpCatalogue(live_server.url, tokens["alice"])
-    alice.ensure_appliance(AppliancePayload("debian-12", "Debian 12", "baseline", (VO,)))
+    alice.ensure_appliance(AppliancePayload(name="debian-12", title="Debian 12", description="baseline", vos=(VO,)))
     payload = VersionPayload(
-        "debian-12", "1.0", "first", (_image(live_server, "1.0", "ova"), _image(live_server, "1.0", "qcow2"))
+        appliance="debian-12",
+        version="1.0",
+        notes="first",
+        images=(_image(live_server, "1.0", "ova"), _image(live_server, "1.0", "qcow2")),
     )
     info = alice.register_version(payload)
     assert alice.register_version(payload) == info  # idempotent over HTTP too
@@ -62,10 +64,10 @@ def test_http_client_round_trip_and_site_verification(live_server: LiveServer, t
     assert alice.list_versions("debian-12") == [info]
     assert {i.uri for i in alice.list_images()} == {i.uri for i in payload.images}
     with pytest.raises(VersionConflict, match="different content"):
-        alice.register_version(dataclasses.replace(payload, notes="other"))
+        alice.register_version(payload.model_copy(update={"notes": "other"}))
     with pytest.raises(InvalidPayload, match=r"images\.0: sha512 of .* differ"):
-        bad = dataclasses.replace(payload.images[0], sha512="0" * 128)
-        alice.register_version(dataclasses.replace(payload, version="2.0", images=(bad,)))
+        bad = payload.images[0].model_copy(update={"sha512": "0" * 128})
+        alice.register_version(payload.model_copy(update={"version": "2.0", "images": [bad]}))
     alice.store_audit("debian-12", "1.0", PASSING_AUDIT)
     with pytest.raises(PermissionDenied, match="not a manager"):
         alice.endorse("debian-12", "1.0", VO)
@@ -86,7 +88,9 @@ def test_http_client_round_trip_and_site_verification(live_server: LiveServer, t
     assert sorted(d.size for d in report.downloads) == sorted(i.size for i in payload.images)
 
     with pytest.raises(NotAuthenticated):
-        HttpCatalogue(live_server.url, "vmi_000000000000_forged").ensure_appliance(AppliancePayload("x", "x", "x"))
+        HttpCatalogue(live_server.url, "vmi_000000000000_forged").ensure_appliance(
+            AppliancePayload(name="x", title="x", description="x")
+        )
     with pytest.raises(NotFound):
         mia.revoke("debian-12", "9.9", VO)
     alice.close()
@@ -114,6 +118,8 @@ def test_open_catalogue_picks_http_with_the_token_from_the_environment(
     )
     cat = open_catalogue(settings)
     assert isinstance(cat, HttpCatalogue)
-    cat.ensure_appliance(AppliancePayload("made-by-admin", "T", "D", ("new.vo",)))  # admins may create VOs
+    cat.ensure_appliance(
+        AppliancePayload(name="made-by-admin", title="T", description="D", vos=("new.vo",))
+    )  # admins may create VOs
     assert cat.list_images() == []
     cat.close()

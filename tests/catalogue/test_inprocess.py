@@ -42,7 +42,7 @@ def test_register_is_idempotent_and_immutable(
     assert all(i.integrity is Integrity.VERIFIED for i in first.images)  # the server hashed the files
     assert catalogue.register_version(payload) == first
     with pytest.raises(VersionConflict, match="different content"):
-        catalogue.register_version(dataclasses.replace(payload, notes="changed notes"))
+        catalogue.register_version(payload.model_copy(update={"notes": "changed notes"}))
     assert [v.version for v in catalogue.list_versions("debian-12")] == ["2026.11.22"]
     assert len(catalogue.list_images()) == 2
     got = catalogue.get_version("debian-12", "2026.11.22")
@@ -56,64 +56,69 @@ def test_expiry_defaults_and_is_capped_at_one_year(
     now = datetime.now(UTC)
     default = catalogue.register_version(version_payload(version="1"))
     assert timedelta(days=364) < default.expires - now <= timedelta(days=366)
-    far = dataclasses.replace(version_payload(version="2"), expires=now + timedelta(days=5000))
+    far = version_payload(version="2").model_copy(update={"expires": now + timedelta(days=5000)})
     assert catalogue.register_version(far).expires - now <= timedelta(days=366)
-    near = dataclasses.replace(version_payload(version="3"), expires=now + timedelta(days=30))
+    near = version_payload(version="3").model_copy(update={"expires": now + timedelta(days=30)})
     assert abs(catalogue.register_version(near).expires - (now + timedelta(days=30))) < timedelta(seconds=5)
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda p: dataclasses.replace(p, images=()), "images: List should have at least 1 item"),
-        (lambda p: dataclasses.replace(p, images=(p.images[0], p.images[0])), "appears twice"),
+        (lambda p: p.model_copy(update={"images": []}), "images: List should have at least 1 item"),
+        (lambda p: p.model_copy(update={"images": [p.images[0], p.images[0]]}), "appears twice"),
         (
-            lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], size=0),)),
+            lambda p: p.model_copy(update={"images": [p.images[0].model_copy(update={"size": 0})]}),
             "images.0.size: Input should be greater than 0",
         ),
         (
-            lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], sha512=""),)),
+            lambda p: p.model_copy(update={"images": [p.images[0].model_copy(update={"sha512": ""})]}),
             r"images.0.sha512: must match \^\[0-9a-f\]\{128\}\$",
         ),
         (
-            lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], sha256="ABC"),)),
+            lambda p: p.model_copy(update={"images": [p.images[0].model_copy(update={"sha256": "ABC"})]}),
             r"images.0.sha256: must match \^\[0-9a-f\]\{64\}\$",
         ),
-        (lambda p: dataclasses.replace(p, version=""), r"debian-12 : version: must match \^\[A-Za-z0-9\]"),
-        (lambda p: dataclasses.replace(p, version="x" * 21), r"version: must match .*\{0,19\}"),
-        (lambda p: dataclasses.replace(p, notes=""), "notes: String should have at least 1 character"),
+        (lambda p: p.model_copy(update={"version": ""}), r"debian-12 : version: must match \^\[A-Za-z0-9\]"),
+        (lambda p: p.model_copy(update={"version": "x" * 21}), r"version: must match .*\{0,19\}"),
+        (lambda p: p.model_copy(update={"notes": ""}), "notes: String should have at least 1 character"),
         (
-            lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], format="exe"),)),
+            lambda p: p.model_copy(update={"images": [p.images[0].model_copy(update={"format": "exe"})]}),
             "images.0.format: Input should be 'ova', 'qcow2'",
         ),
         (
-            lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], uri="ftp://x/y"),)),
+            lambda p: p.model_copy(update={"images": [p.images[0].model_copy(update={"uri": "ftp://x/y"})]}),
             "images.0.uri: must be an http:// or https:// URL",
         ),
         (
-            lambda p: dataclasses.replace(
-                p, images=(dataclasses.replace(p.images[0], min_cores=4, recommended_cores=2),)
+            lambda p: p.model_copy(
+                update={"images": [p.images[0].model_copy(update={"min_cores": 4, "recommended_cores": 2})]}
             ),
             "images.0: min_cores must not exceed recommended_cores",
         ),
-        (lambda p: dataclasses.replace(p, expires=datetime(2000, 1, 1, tzinfo=UTC)), "expires: must be in the future"),
+        (
+            lambda p: p.model_copy(update={"expires": datetime(2000, 1, 1, tzinfo=UTC)}),
+            "expires: must be in the future",
+        ),
         # the server re-hashes repository files: a payload that lies about them is refused
         (
-            lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], size=p.images[0].size + 1),)),
+            lambda p: p.model_copy(update={"images": [p.images[0].model_copy(update={"size": p.images[0].size + 1})]}),
             "size",
         ),
-        (lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], sha512="0" * 128),)), "sha512"),
+        (lambda p: p.model_copy(update={"images": [p.images[0].model_copy(update={"sha512": "0" * 128})]}), "sha512"),
         (
-            lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], uri=f"{PUBLIC}/repo/nope.ova"),)),
+            lambda p: p.model_copy(
+                update={"images": [p.images[0].model_copy(update={"uri": f"{PUBLIC}/repo/nope.ova"})]}
+            ),
             "not in the repository",
         ),
         (
-            lambda p: dataclasses.replace(p, images=(dataclasses.replace(p.images[0], uri="file:///etc/passwd"),)),
+            lambda p: p.model_copy(update={"images": [p.images[0].model_copy(update={"uri": "file:///etc/passwd"})]}),
             r"images.0.uri: file:///etc/passwd is not under the repository's public URL http://127.0.0.1:8080/repo/",
         ),
         (
-            lambda p: dataclasses.replace(
-                p, images=(dataclasses.replace(p.images[0], uri=f"{PUBLIC}/repo/../../etc/passwd"),)
+            lambda p: p.model_copy(
+                update={"images": [p.images[0].model_copy(update={"uri": f"{PUBLIC}/repo/../../etc/passwd"})]}
             ),
             "images.0.uri: must not have . or .. path segments",
         ),
@@ -138,9 +143,9 @@ def test_remote_images_are_stored_unchecked(
         catalogue.settings, repository_root=None, repository_public_url="https://objects.example.org/vmi"
     )
     s3 = InProcessCatalogue(settings)
-    image = dataclasses.replace(publish_file(), uri="https://objects.example.org/vmi/debian-12/7/x.qcow2")
+    image = publish_file().model_copy(update={"uri": "https://objects.example.org/vmi/debian-12/7/x.qcow2"})
     try:
-        info = s3.register_version(VersionPayload("debian-12", "7", "from S3", (image,)))
+        info = s3.register_version(VersionPayload(appliance="debian-12", version="7", notes="from S3", images=(image,)))
     finally:
         s3.close()
     assert info.images[0].integrity is Integrity.UNCHECKED

@@ -46,7 +46,9 @@ def _layered(
     body = {"title": appliance, "description": f"layered on {on}", "vos": []}
     assert api.client.put(f"/api/v1/appliances/{appliance}", json=body, headers=api.headers("alice")).status_code == 200
     images = tuple(make(appliance, version, fmt, manifest=_base(on)) for fmt in ("ova", "qcow2"))
-    payload = VersionPayload(appliance, version, f"{appliance} on {on}", images, expires)
+    payload = VersionPayload(
+        appliance=appliance, version=version, notes=f"{appliance} on {on}", images=images, expires=expires
+    )
     r = api.client.post(
         f"/api/v1/appliances/{appliance}/versions", json=payload_json(payload), headers=api.headers("alice")
     )
@@ -88,7 +90,9 @@ def family(
     assert r.status_code == 201, r.text
     _layered(api, publish_file, "science", "2026.11.23", f"debian-12@{N}")
     _layered(api, publish_file, "gpu", "2026.11.24", "science@2026.11.23")
-    centos = VersionPayload("centos-7", "1.0", "unrelated", (publish_file("centos-7", "1.0", "qcow2"),))
+    centos = VersionPayload(
+        appliance="centos-7", version="1.0", notes="unrelated", images=(publish_file("centos-7", "1.0", "qcow2"),)
+    )
     services.register_version(api.uow, "admin", centos, api.settings)
     _endorse(api, "debian-12", N, VO)
     _endorse(api, "science", "2026.11.23", VO, OTHER)
@@ -160,11 +164,11 @@ def test_cascade_in_process_as_invoke_endorse_runs_it(family: Api, dev_ca: Path,
         done = catalogue.revoke_cascade("debian-12", N, VO)
     finally:
         catalogue.close()
-    assert done.revoked == (
-        RevokedEndorsement("science", "2026.11.23", VO),
-        RevokedEndorsement("science", "2026.11.23", OTHER),
-        RevokedEndorsement("gpu", "2026.11.24", OTHER),
-    )
+    assert done.revoked == [
+        RevokedEndorsement(appliance="science", version="2026.11.23", vo=VO),
+        RevokedEndorsement(appliance="science", version="2026.11.23", vo=OTHER),
+        RevokedEndorsement(appliance="gpu", version="2026.11.24", vo=OTHER),
+    ]
     assert {vo: len(_history(api, vo)) for vo in (VO, OTHER)} == {VO: before[VO] + 1, OTHER: before[OTHER] + 1}
     assert _served(api, OTHER, dev_ca, tmp_path)[1] == set()
 
@@ -186,7 +190,13 @@ def test_an_expiring_base_makes_its_descendants_outdated_without_any_write(
 ) -> None:
     """No write happens when a version expires: the cached version JSON must not outlive the base's expiry."""
     expires = datetime.now(UTC) + timedelta(seconds=3)
-    base = VersionPayload("debian-12", N, "short-lived", (publish_file("debian-12", N, "qcow2"),), expires)
+    base = VersionPayload(
+        appliance="debian-12",
+        version=N,
+        notes="short-lived",
+        images=(publish_file("debian-12", N, "qcow2"),),
+        expires=expires,
+    )
     assert api.client.post(
         "/api/v1/appliances/debian-12/versions", json=payload_json(base), headers=api.headers("alice")
     ).status_code == 201  # fmt: skip
@@ -216,9 +226,13 @@ def _seed_family(server: LiveServer) -> None:
     catalogue = InProcessCatalogue(server.settings)
     try:
         for name, version, on in (("debian-12", N, None), ("science", "2026.11.23", f"debian-12@{N}")):
-            catalogue.ensure_appliance(AppliancePayload(name, name, f"{name} appliance", (VO,)))
+            catalogue.ensure_appliance(
+                AppliancePayload(name=name, title=name, description=f"{name} appliance", vos=(VO,))
+            )
             images = tuple(_file_image(server, name, version, fmt, on) for fmt in ("ova", "qcow2"))
-            catalogue.register_version(VersionPayload(name, version, f"{name} {version}", images))
+            catalogue.register_version(
+                VersionPayload(appliance=name, version=version, notes=f"{name} {version}", images=images)
+            )
             catalogue.store_audit(name, version, PASSING_AUDIT)
             catalogue.endorse(name, version, VO)
         catalogue.revoke_cascade("debian-12", N, VO)

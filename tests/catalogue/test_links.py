@@ -30,8 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def _image(uri: str) -> ImageInfo:
     return ImageInfo(
-        "a", "1", "id", uri, "qcow2", "QEMU", 1, "0", "0", "x86_64", "linux", "Debian", "12", 1, 1, 1, 1, "t",
-        Integrity.VERIFIED,
+        appliance="a", version="1", identifier="id", uri=uri, format="qcow2", hypervisor="QEMU", size=1,
+        sha512="0", sha256="0", arch="x86_64", os_family="linux", os_name="Debian", os_version="12",
+        min_cores=1, recommended_cores=1, min_ram_mb=1, recommended_ram_mb=1, title="t", integrity=Integrity.VERIFIED,
     )  # fmt: skip
 
 

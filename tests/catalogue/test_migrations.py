@@ -69,11 +69,18 @@ def test_upgrade_records_the_base_of_versions_registered_before_the_base_ref_col
     api: Api, publish_file: Callable[..., ImagePayload]
 ) -> None:
     """Migration 0003 fills ``versions.base_ref`` from the first manifest, so lineage never reads manifests."""
-    services.ensure_appliance(api.uow, "alice", AppliancePayload("science", "Science", "layered", ()))
+    services.ensure_appliance(
+        api.uow, "alice", AppliancePayload(name="science", title="Science", description="layered", vos=())
+    )
     base = {"kind": "appliance", "ref": "debian-12@2026.11.22", "digest": "sha256:" + "0" * 64}
     for version, manifest in (("1", {"base": base}), ("2", {"base": {"kind": "image", "ref": "debian-12.qcow2"}})):
         images = (publish_file("science", version, "qcow2", manifest=manifest),)
-        services.register_version(api.uow, "alice", VersionPayload("science", version, "v", images), api.settings)
+        services.register_version(
+            api.uow,
+            "alice",
+            VersionPayload(appliance="science", version=version, notes="v", images=images),
+            api.settings,
+        )
     url = api.settings.database_url
     downgrade(url, "0002_audit_roles_token_expiry")  # as a catalogue upgraded from before the column
     migrate(url)

@@ -17,6 +17,7 @@ from pipeline.catalogue import auth, endorsements, services
 from pipeline.catalogue.contract import AppliancePayload, PackageInfo, VersionPayload
 from pipeline.catalogue.db import make_engine, session_factory
 from pipeline.catalogue.models import Role
+from pipeline.catalogue.schemas import AuditIn
 from pipeline.catalogue.uow import UnitOfWork
 from tests.catalogue.conftest import WAIVED_AUDIT, LiveServer
 from tests.catalogue.test_http import _image
@@ -46,21 +47,28 @@ def _seed(server: LiveServer) -> VersionPayload:
     services.ensure_appliance(
         uow,
         "alice",
-        AppliancePayload("debian-12", "Debian 12 baseline", "Minimal hardened Debian 12.", ("vo.example.org",)),
+        AppliancePayload(
+            name="debian-12",
+            title="Debian 12 baseline",
+            description="Minimal hardened Debian 12.",
+            vos=("vo.example.org",),
+        ),
     )
-    packages = (
-        PackageInfo("openssh-server", "1:9.2p1-2+deb12u3", "amd64"),
-        PackageInfo("cloud-init", "22.4.2-1", "all"),
-    )
-    images = tuple(
-        __import__("dataclasses").replace(
-            _image(server, "2026.11.22", fmt), packages=packages, manifest={"arch": "x86_64"}
+    packages = [
+        PackageInfo(name="openssh-server", version="1:9.2p1-2+deb12u3", arch="amd64"),
+        PackageInfo(name="cloud-init", version="22.4.2-1", arch="all"),
+    ]
+    images = [
+        _image(server, "2026.11.22", fmt).model_copy(
+            update={"packages": list(packages), "manifest": {"arch": "x86_64"}}
         )
         for fmt in ("ova", "qcow2")
+    ]
+    payload = VersionPayload(
+        appliance="debian-12", version="2026.11.22", notes="Monthly rebuild with security updates.", images=images
     )
-    payload = VersionPayload("debian-12", "2026.11.22", "Monthly rebuild with security updates.", images)
     services.register_version(uow, "alice", payload, server.settings)
-    services.store_audit(uow, "alice", "debian-12", "2026.11.22", WAIVED_AUDIT)
+    services.store_audit(uow, "alice", "debian-12", "2026.11.22", AuditIn.model_validate(WAIVED_AUDIT))
     endorsements.endorse(uow, "alice", "debian-12", "2026.11.22", "vo.example.org", make_context(server.settings))
     engine.dispose()
     return payload

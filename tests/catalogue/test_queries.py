@@ -4,7 +4,6 @@ read package lists or manifests."""
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from pipeline.catalogue import endorsements, services
 from pipeline.catalogue.contract import ImagePayload, PackageInfo, VersionPayload
+from pipeline.catalogue.schemas import AuditIn
 from tests.catalogue.conftest import PASSING_AUDIT, Api
 
 VO = "vo.example.org"
@@ -48,13 +48,15 @@ def statements() -> Iterator[list[str]]:
 
 
 def _add(api: Api, make: Callable[..., ImagePayload], version: str) -> None:
-    packages = tuple(PackageInfo(f"pkg{i}", "1.0", "amd64") for i in range(30))
+    packages = tuple(PackageInfo(name=f"pkg{i}", version="1.0", arch="amd64") for i in range(30))
     images = tuple(
-        dataclasses.replace(make("debian-12", version, fmt), packages=packages, manifest={"big": "x" * 1000})
+        make("debian-12", version, fmt).model_copy(update={"packages": packages, "manifest": {"big": "x" * 1000}})
         for fmt in ("ova", "qcow2")
     )
-    services.register_version(api.uow, "alice", VersionPayload("debian-12", version, "v", images), api.settings)
-    services.store_audit(api.uow, "admin", "debian-12", version, PASSING_AUDIT)
+    services.register_version(
+        api.uow, "alice", VersionPayload(appliance="debian-12", version=version, notes="v", images=images), api.settings
+    )
+    services.store_audit(api.uow, "admin", "debian-12", version, AuditIn.model_validate(PASSING_AUDIT))
     endorsements.endorse(api.uow, "mia", "debian-12", version, VO, api.client.app.state.catalogue.ctx)
 
 

@@ -18,11 +18,10 @@ from typing import Any
 
 import alembic.command
 import pytest
-from pydantic import BaseModel
 from sqlalchemy import create_engine, text
 
 from pipeline.appliance import find_appliance
-from pipeline.catalogue import contract, schemas, signing
+from pipeline.catalogue import signing
 from pipeline.catalogue.client import open_catalogue
 from pipeline.catalogue.db import downgrade, head_revision
 from pipeline.catalogue.inprocess import InProcessCatalogue
@@ -204,22 +203,3 @@ def test_release_opens_the_catalogue_once_without_migrating_or_loading_the_key(
     assert result.publish.registered is not None
     assert result.publish.registered.version == reference_build[1].version
     assert counts == Counter({"opens": 1})
-
-
-@pytest.mark.parametrize(
-    ("plain", "schema"),
-    [
-        (contract.AppliancePayload, schemas.ApplianceRecord),
-        (contract.VersionPayload, schemas.VersionRecord),
-        (contract.ImagePayload, schemas.ImageCreate),
-        (contract.PackageInfo, schemas.PackageIn),
-        (contract.VersionInfo, schemas.VersionPublic),
-        (contract.ImageInfo, schemas.ImagePublic),
-        (contract.EndorsementInfo, schemas.EndorsementPublic),
-        (contract.ImageListInfo, schemas.ImageListPublic),
-    ],
-)
-def test_the_protocol_types_and_the_api_schemas_name_the_same_fields(plain: type, schema: type[BaseModel]) -> None:
-    """One vocabulary: a stage's payload is what the API accepts (validated there, in one place), and
-    what it gets back is what the API returns; a field added on one side only fails here."""
-    assert {f.name for f in dataclasses.fields(plain)} == set(schema.model_fields)

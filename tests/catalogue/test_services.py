@@ -13,6 +13,7 @@ from pipeline.catalogue.contract import AppliancePayload, NotFound, PermissionDe
 from pipeline.catalogue.db import make_engine, migrate, session_factory
 from pipeline.catalogue.inprocess import make_context
 from pipeline.catalogue.models import Role, User, utcnow
+from pipeline.catalogue.schemas import AuditIn
 from pipeline.catalogue.settings import CatalogueSettings
 from pipeline.catalogue.uow import UnitOfWork
 from tests.catalogue.conftest import APPLIANCE, PASSING_AUDIT
@@ -58,14 +59,20 @@ def test_appliance_ownership_and_vo_creation(uow: UnitOfWork) -> None:
         services.ensure_appliance(uow, "alice", APPLIANCE)
     assert services.list_appliances(uow, 0, 10).total == 0  # and nothing was half-created
     view = services.ensure_appliance(uow, "admin", APPLIANCE)  # admins can
-    assert view.owner == "admin" and view.vos == ("vo.example.org",)
-    mine = services.ensure_appliance(uow, "alice", AppliancePayload("alices", "T", "D", ("vo.example.org",)))
+    assert view.owner == "admin" and view.vos == ["vo.example.org"]
+    mine = services.ensure_appliance(
+        uow, "alice", AppliancePayload(name="alices", title="T", description="D", vos=("vo.example.org",))
+    )
     assert mine.owner == "alice"
     with pytest.raises(PermissionDenied):
-        services.ensure_appliance(uow, "bob", AppliancePayload("alices", "Taken over", "D", ()))
+        services.ensure_appliance(
+            uow, "bob", AppliancePayload(name="alices", title="Taken over", description="D", vos=())
+        )
     services.set_maintainer(uow, "alice", "alices", "bob", present=True)
-    updated = services.ensure_appliance(uow, "bob", AppliancePayload("alices", "Now by bob", "D", ()))
-    assert updated.owner == "alice" and updated.title == "Now by bob" and updated.maintainers == ("bob",)
+    updated = services.ensure_appliance(
+        uow, "bob", AppliancePayload(name="alices", title="Now by bob", description="D", vos=())
+    )
+    assert updated.owner == "alice" and updated.title == "Now by bob" and updated.maintainers == ["bob"]
     with pytest.raises(PermissionDenied, match="only the owner"):
         services.set_maintainer(uow, "bob", "alices", "bob", present=False)
 
@@ -80,7 +87,7 @@ def test_background_refresh_resigns_only_due_lists(
     auth.ensure_user(uow, "admin", "a@x", Role.ADMIN)
     services.ensure_appliance(uow, "admin", APPLIANCE)
     services.register_version(uow, "admin", version_payload(), signing_settings)
-    services.store_audit(uow, "admin", "debian-12", "2026.11.22", PASSING_AUDIT)
+    services.store_audit(uow, "admin", "debian-12", "2026.11.22", AuditIn.model_validate(PASSING_AUDIT))
     first = endorsements.endorse(uow, "admin", "debian-12", "2026.11.22", "vo.example.org", ctx)
     assert endorsements.refresh_all_image_lists(uow, ctx) == []  # nothing due yet
     future = datetime.now(UTC) + signing_settings.list_lifetime - signing_settings.resign_margin + timedelta(minutes=1)

@@ -7,7 +7,6 @@ asserts the exact reason a client is given.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -17,9 +16,10 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from pipeline.catalogue import auth, endorsements, services
-from pipeline.catalogue.contract import Integrity, InvalidPayload, NotEndorsable, VersionPayload
+from pipeline.catalogue.contract import Integrity, InvalidPayload, NotEndorsable, VersionPayload, validated
 from pipeline.catalogue.http_client import payload_json
 from pipeline.catalogue.models import Role
+from pipeline.catalogue.schemas import AuditIn
 from pipeline.catalogue.settings import CatalogueSettings, catalogue_settings
 from pipeline.errors import ConfigError
 from pipeline.settings import load_settings
@@ -31,7 +31,7 @@ VO = "vo.example.org"
 
 
 def _one(payload: VersionPayload, **changes: Any) -> VersionPayload:
-    return dataclasses.replace(payload, images=(dataclasses.replace(payload.images[0], **changes),))
+    return payload.model_copy(update={"images": [payload.images[0].model_copy(update=changes)]})
 
 
 # --- section 4: which image URLs are registered --------------------------------------------------
@@ -150,7 +150,10 @@ def test_a_maintainers_own_audit_never_gates_endorsement(
     # a manager of another VO is an endorser, but not for this VO
     auth.ensure_user(api.uow, "otto", "otto@example.org", Role.USER)
     auth.set_vo_manager(api.uow, "admin", "other.vo", "otto", present=True)
-    assert services.store_audit(api.uow, "otto", "debian-12", "1.0", PASSING_AUDIT).stored_as == "endorser"
+    assert (
+        services.store_audit(api.uow, "otto", "debian-12", "1.0", AuditIn.model_validate(PASSING_AUDIT)).stored_as
+        == "endorser"
+    )
     with pytest.raises(NotEndorsable, match=f"no policy audit stored by an admin or a manager of VO {VO}"):
         endorsements.endorse(api.uow, "mia", "debian-12", "1.0", VO, ctx)
 
@@ -167,7 +170,7 @@ def test_a_maintainers_own_audit_never_gates_endorsement(
 
     # an admin's audit counts for any VO; bob (no role at all) may not store one
     services.register_version(api.uow, "alice", version_payload(version="2.0"), api.settings)
-    services.store_audit(api.uow, "admin", "debian-12", "2.0", PASSING_AUDIT)
+    services.store_audit(api.uow, "admin", "debian-12", "2.0", AuditIn.model_validate(PASSING_AUDIT))
     endorsements.endorse(api.uow, "mia", "debian-12", "2.0", VO, ctx)
     r = api.client.put(f"{V}/2.0/audit", json=PASSING_AUDIT, headers=api.headers("bob"))
     assert r.status_code == 403
@@ -194,10 +197,10 @@ def test_a_maintainers_own_audit_never_gates_endorsement(
         (lambda p: _one(p, os_name="Deb\x00ian"), "images.0.os_name: must be one line of text without control"),
         (lambda p: _one(p, os_version="12\u0085"), "images.0.os_version: must be one line of text"),
         (
-            lambda p: dataclasses.replace(p, notes="bell\x07"),
+            lambda p: p.model_copy(update={"notes": "bell\x07"}),
             "notes: must be text without control characters (tab and newline allowed)",
         ),
-        (lambda p: dataclasses.replace(p, notes="x\ud800"), "notes: must be valid Unicode text (no lone surrogates)"),
+        (lambda p: p.model_copy(update={"notes": "x\ud800"}), "notes: must be valid Unicode text (no lone surrogates)"),
         (lambda p: _one(p, manifest={"a": {"b": "\x1b"}}), "images.0.manifest: a.b: must be text without control"),
         (
             lambda p: _one(p, manifest={"k": "\udfff"}),
@@ -205,7 +208,7 @@ def test_a_maintainers_own_audit_never_gates_endorsement(
         ),
         (lambda p: _one(p, manifest={"n": 2**70}), "images.0.manifest: n: integer beyond 64 bits"),
         (
-            lambda p: dataclasses.replace(p, expires=datetime(2030, 1, 1)),  # noqa: DTZ001 (the point: no zone)
+            lambda p: p.model_copy(update={"expires": datetime(2030, 1, 1)}),  # noqa: DTZ001 (the point: no zone)
             "expires: Input should have timezone info",
         ),
     ],
@@ -216,10 +219,11 @@ def test_strict_fields_name_the_field(
     change: Callable[[VersionPayload], VersionPayload],
     message: str,
 ) -> None:
-    payload = change(version_payload())
-    # the in-process use case and the HTTP API give the same line, from the same schema
+    payload = change(version_payload())  # model_copy: not validated yet
+    # a stage's payload (validated where it is built, or by the in-process catalogue) and the HTTP API
+    # give the same line, from the same schema
     with pytest.raises(InvalidPayload) as caught:
-        services.register_version(api.uow, "alice", payload, api.settings)
+        validated(VersionPayload, payload.model_dump(), "debian-12")
     assert message in caught.value.message
     body = payload_json(payload)
     raw = json.dumps(body, default=str).encode()  # ensure_ascii: surrogates travel as \ud800 escapes
@@ -231,8 +235,8 @@ def test_strict_fields_name_the_field(
 def test_expiry_is_capped_and_free_text_keeps_newlines(
     api: Api, version_payload: Callable[..., VersionPayload]
 ) -> None:
-    far = dataclasses.replace(
-        version_payload(), notes="line one\n\tline two", expires=datetime.now(UTC) + timedelta(days=9000)
+    far = version_payload().model_copy(
+        update={"notes": "line one\n\tline two", "expires": datetime.now(UTC) + timedelta(days=9000)}
     )
     info = services.register_version(api.uow, "alice", far, api.settings)
     assert info.notes == "line one\n\tline two"
@@ -304,12 +308,12 @@ def test_nesting_inside_strings_does_not_count_and_29_levels_are_kept(
     body = '{"checks":[{"id":"a","result":"pass","evidence":' + evidence + ',"x":' + _deep(29) + "}]}"
     r = api.client.put(f"{V}/1.0/audit", content=body, headers=headers)
     assert r.status_code == 200, r.text
-    # the in-process path checks the same bound on the parsed report
+    # the in-process path (the adapter validates with the same schema) checks the same bound
     deep: Any = "leaf"
     for _ in range(40):
         deep = [deep]
     with pytest.raises(InvalidPayload, match=r"audit report: .*nested deeper than 32 levels"):
-        services.store_audit(api.uow, "admin", "debian-12", "1.0", {"checks": PASSING_AUDIT["checks"], "x": deep})
+        validated(AuditIn, {"checks": PASSING_AUDIT["checks"], "x": deep}, "audit report")
 
 
 SURROGATE_BODIES: list[tuple[str, str, dict[str, Any], str]] = [

@@ -69,7 +69,9 @@ def publish(settings: Settings, repository: tuple[Path, str], version: str) -> s
     catalogue = open_catalogue(settings)
     try:
         catalogue.ensure_appliance(appliance_payload(find_appliance(settings.templates_dir, "debian-12")))
-        catalogue.register_version(VersionPayload("debian-12", version, f"debian-12 {version}", (image,)))
+        catalogue.register_version(
+            VersionPayload(appliance="debian-12", version=version, notes=f"debian-12 {version}", images=(image,))
+        )
     finally:
         catalogue.close()
     return image.uri

@@ -75,8 +75,8 @@ def test_one_publish_to_a_folder_and_a_registry_records_every_location_and_the_s
 
     # the version's JSON through the HTTP client contract carries the same locations
     assert {i.format: i.locations[1:] for i in result.registered.images} == {
-        "ova": (references[f"{LONG}-ova"],),
-        "qcow2": (references[LONG],),
+        "ova": [references[f"{LONG}-ova"]],
+        "qcow2": [references[LONG]],
     }
 
 

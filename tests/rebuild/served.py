@@ -87,6 +87,6 @@ def payload_of(m: BuildManifest, uri: str, digests: Digests | None = None) -> Ve
         os_name="Debian",
         os_version="12",
         manifest=m.to_dict(),
-        packages=tuple(PackageInfo(p.name, p.version, p.arch) for p in m.packages),
+        packages=tuple(PackageInfo(name=p.name, version=p.version, arch=p.arch) for p in m.packages),
     )
-    return VersionPayload(m.appliance, m.version, f"{m.appliance} {m.version}", (image,))
+    return VersionPayload(appliance=m.appliance, version=m.version, notes=f"{m.appliance} {m.version}", images=(image,))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.catalogue.contract import AppliancePayload, Catalogue, PackageInfo
+from pipeline.catalogue.contract import AppliancePayload, Catalogue
 from pipeline.catalogue.http_client import HttpCatalogue
 from pipeline.catalogue.inprocess import InProcessCatalogue
 from pipeline.catalogue.settings import CatalogueSettings
@@ -19,7 +19,7 @@ BASE_SOURCES = ("deb http://deb.debian.org/debian bookworm main",)
 
 def _publish(catalogue: Catalogue) -> None:
     for name in ("debian-12", "science"):
-        catalogue.ensure_appliance(AppliancePayload(name, name, f"{name} appliance"))
+        catalogue.ensure_appliance(AppliancePayload(name=name, title=name, description=f"{name} appliance"))
     for version, digest in (("2026.11.01", "1" * 64), ("2026.11.20", "2" * 64), ("2026.11.3", "3" * 64)):
         m = manifest("debian-12", version, inputs_digest=digest, packages=(("bash", "5.2"),), sources=BASE_SOURCES)
         catalogue.register_version(payload_of(m, f"https://b.example.org/debian-12/{version}/d.qcow2"))
@@ -43,7 +43,7 @@ def test_build_record_reads_back_manifest_packages_digest_and_base(over: str, tm
             # version order, not registration order or string order: 2026.11.20 > 2026.11.3
             assert newest is not None and newest.version == "2026.11.20"
             assert newest.inputs_digest == "2" * 64 and newest.base_version is None
-            assert newest.packages == (PackageInfo("bash", "5.2", "amd64"),)
+            assert [(p.name, p.version, p.arch) for p in newest.packages] == [("bash", "5.2", "amd64")]
             assert newest.manifest["base"]["sources"] == list(BASE_SOURCES)
             assert [i.uri for i in newest.images] == ["https://b.example.org/debian-12/2026.11.20/d.qcow2"]
             old = catalogue.build_record("debian-12", "2026.11.01")

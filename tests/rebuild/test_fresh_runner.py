@@ -41,7 +41,9 @@ NOW = datetime(2026, 11, 22, 12, tzinfo=UTC)
 def _publish_record(settings: Settings, m: BuildManifest, uri: str, digests: Digests | None = None) -> None:
     catalogue = open_catalogue(settings)
     try:
-        catalogue.ensure_appliance(AppliancePayload(m.appliance, m.appliance, f"{m.appliance} appliance"))
+        catalogue.ensure_appliance(
+            AppliancePayload(name=m.appliance, title=m.appliance, description=f"{m.appliance} appliance")
+        )
         catalogue.register_version(payload_of(m, uri, digests))
     finally:
         catalogue.close()
@@ -147,10 +149,10 @@ def test_a_base_never_built_here_is_fetched_verified_and_cached(
     key = "debian-12/2026.11.22/debian-12-2026.11.22.qcow2"
     repository.put(key, other, hash_file(other))
     claimed = "e" * 128  # what the catalogue says; the repository holds other bytes
-    image = dataclasses.replace(
-        record.images[0], uri=repository.public_url(key), sha512=claimed, size=other.stat().st_size
+    image = record.images[0].model_copy(
+        update={"uri": repository.public_url(key), "sha512": claimed, "size": other.stat().st_size}
     )
-    lying = dataclasses.replace(record, version="2026.11.22", images=(image,))
+    lying = record.model_copy(update={"version": "2026.11.22", "images": [image]})
     with pytest.raises(BuildError) as e:
         fetch_published_disk(settings, lying)
     assert (
@@ -160,7 +162,7 @@ def test_a_base_never_built_here_is_fetched_verified_and_cached(
     got = hash_file(other).sha512
     assert e.value.message.endswith(f"sha512 is {got[:16]}..., the catalogue says {'e' * 16}...")
     # more bytes than the catalogue recorded: the read stops there (a repository cannot fill the disk)
-    short = dataclasses.replace(lying, version="2026.11.23", images=(dataclasses.replace(image, size=100),))
+    short = lying.model_copy(update={"version": "2026.11.23", "images": [image.model_copy(update={"size": 100})]})
     with pytest.raises(BuildError) as e:
         fetch_published_disk(settings, short)
     assert e.value.message.endswith(f"base debian-12 2026.11.23: {repository.url}: {key} is larger than 100 bytes")

@@ -48,7 +48,7 @@ def _publish(settings: Settings, catalogue: Catalogue, name: str, version: str, 
     m = dataclasses.replace(m, inputs=dict(components), artifacts=(disk,))
     if on is not None:
         m = dataclasses.replace(m, base=BaseRef("appliance", on, "sha256:" + "1" * 64, ()))
-    catalogue.ensure_appliance(AppliancePayload(name, name, f"{name} appliance", (VO,)))
+    catalogue.ensure_appliance(AppliancePayload(name=name, title=name, description=f"{name} appliance", vos=(VO,)))
     catalogue.register_version(payload_of(m, f"{PUBLIC}/{name}/{version}/{name}.qcow2"))
     catalogue.store_audit(name, version, AUDIT)
 

@@ -62,7 +62,11 @@ class Published:
             os_name="Debian",
             os_version="12",
         )
-        self.catalogue.register_version(VersionPayload("debian-12", version, f"v {version}", (payload,), expires))
+        self.catalogue.register_version(
+            VersionPayload(
+                appliance="debian-12", version=version, notes=f"v {version}", images=(payload,), expires=expires
+            )
+        )
         return key
 
     def keys(self) -> list[str]:
@@ -84,7 +88,7 @@ def published(project: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     catalogue = open_catalogue(project)
     appliances = load_all(project.templates_dir, project.provisioners_dir)
     a = appliances["debian-12"]
-    catalogue.ensure_appliance(AppliancePayload(a.name, a.title, a.description, a.vos))
+    catalogue.ensure_appliance(AppliancePayload(name=a.name, title=a.title, description=a.description, vos=a.vos))
     try:
         yield Published(project, catalogue, open_repository(project), appliances)
     finally:

@@ -6,28 +6,25 @@ from fastapi import APIRouter, Response
 
 from pipeline.catalogue import services
 from pipeline.catalogue.api.deps import ActorDep, GuardedRoute, PagingDep, UowDep
-from pipeline.catalogue.contract import AppliancePayload
-from pipeline.catalogue.schemas import ApplianceIn, AppliancePublic, Name, Paged
+from pipeline.catalogue.schemas import ApplianceIn, AppliancePublic, ApplianceRecord, Name, Paged
 
 router = APIRouter(prefix="/appliances", tags=["appliances"], route_class=GuardedRoute)
 
 
 @router.get("")
 def list_appliances(uow: UowDep, paging: PagingDep) -> Paged[AppliancePublic]:
-    page = services.list_appliances(uow, paging.offset, paging.limit)
-    return Paged[AppliancePublic].of(page)
+    return services.list_appliances(uow, paging.offset, paging.limit)
 
 
 @router.get("/{name}")
 def get_appliance(name: Name, uow: UowDep) -> AppliancePublic:
-    return AppliancePublic.model_validate(services.get_appliance(uow, name))
+    return services.get_appliance(uow, name)
 
 
 @router.put("/{name}")
 def put_appliance(name: Name, body: ApplianceIn, uow: UowDep, actor: ActorDep) -> AppliancePublic:
     """Create the appliance (you become its owner) or update it (owner, maintainers, admins)."""
-    payload = AppliancePayload(name, body.title, body.description, tuple(body.vos))
-    return AppliancePublic.model_validate(services.ensure_appliance(uow, actor, payload))
+    return services.ensure_appliance(uow, actor, ApplianceRecord(name=name, **body.model_dump()))
 
 
 @router.put("/{name}/maintainers/{user}", status_code=204)

@@ -6,38 +6,25 @@ not a runner's disk, is the record of what exists.
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Path
 
 from pipeline.catalogue import services
 from pipeline.catalogue.api.deps import UowDep
-from pipeline.catalogue.schemas import ImagePublic, Name, PackagePublic, _Out
+from pipeline.catalogue.schemas import BuildRecordPublic, Name
 
 router = APIRouter(prefix="/appliances/{name}", tags=["versions"])
 VersionStr = Annotated[str, Path(min_length=1, max_length=20)]
 
 
-class BuildRecordPublic(_Out):
-    appliance: str
-    version: str
-    created: datetime
-    archived: bool
-    manifest: dict[str, Any]
-    packages: list[PackagePublic]
-    inputs_digest: str
-    base_version: str | None
-    images: list[ImagePublic]
-
-
 @router.get("/build")
 def newest_build(name: Name, uow: UowDep) -> BuildRecordPublic:
     """The build of the newest version not archived (404 if the appliance has none)."""
-    return BuildRecordPublic.model_validate(services.build_record(uow, name))
+    return services.build_record(uow, name)
 
 
 @router.get("/versions/{version}/build")
 def version_build(name: Name, version: VersionStr, uow: UowDep) -> BuildRecordPublic:
     """The build manifest, package list, inputs digest and base version of one version."""
-    return BuildRecordPublic.model_validate(services.build_record(uow, name, version))
+    return services.build_record(uow, name, version)

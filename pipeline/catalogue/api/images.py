@@ -13,5 +13,4 @@ router = APIRouter(prefix="/images", tags=["images"], route_class=GuardedRoute)
 
 @router.get("")
 def list_images(uow: UowDep, paging: PagingDep) -> Paged[ImagePublic]:
-    page = services.list_images(uow, paging.offset, paging.limit)
-    return Paged[ImagePublic].of(page)
+    return services.list_images(uow, paging.offset, paging.limit)

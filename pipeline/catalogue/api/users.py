@@ -17,33 +17,31 @@ TokenId = Annotated[str, Path(pattern=r"^[0-9a-f]{12}$")]
 
 @router.get("/users")
 def list_users(uow: UowDep, actor: ActorDep, paging: PagingDep) -> Paged[UserPublic]:
-    page = auth.list_users(uow, actor, paging.offset, paging.limit)
-    return Paged[UserPublic].of(page)
+    return auth.list_users(uow, actor, paging.offset, paging.limit)
 
 
 @router.post("/users", status_code=201)
 def create_user(body: UserCreate, uow: UowDep, actor: ActorDep) -> UserPublic:
-    return UserPublic.model_validate(auth.create_user(uow, actor, body.name, body.email, Role(body.role)))
+    return auth.create_user(uow, actor, body.name, body.email, Role(body.role))
 
 
 @router.get("/users/me")
 def whoami(uow: UowDep, actor: ActorDep) -> UserPublic:
-    return UserPublic.model_validate(auth.whoami(uow, actor))
+    return auth.whoami(uow, actor)
 
 
 @router.post("/users/{user}/tokens", status_code=201)
 def issue_token(user: Name, body: TokenCreate, uow: UowDep, actor: ActorDep, state: StateDep) -> TokenIssued:
     """A new token for yourself (or anyone, for an admin). The secret is in this response only; every
     token expires (``days``, default 90, at most 366) and ``info.expires`` says when."""
-    issued = auth.issue_token(uow, actor, user, body.label, body.days, state.settings.token_days)
-    return TokenIssued(token=issued.token, info=TokenPublic.model_validate(issued.info))
+    return auth.issue_token(uow, actor, user, body.label, body.days, state.settings.token_days)
 
 
 @router.get("/users/{user}/tokens")
 def list_tokens(user: Name, uow: UowDep, actor: ActorDep) -> list[TokenPublic]:
-    return [TokenPublic.model_validate(t) for t in auth.list_tokens(uow, actor, user)]
+    return auth.list_tokens(uow, actor, user)
 
 
 @router.delete("/tokens/{token_id}")
 def revoke_token(token_id: TokenId, uow: UowDep, actor: ActorDep) -> TokenPublic:
-    return TokenPublic.model_validate(auth.revoke_token(uow, actor, token_id))
+    return auth.revoke_token(uow, actor, token_id)

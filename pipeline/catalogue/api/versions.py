@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request, Response
-from pydantic import BaseModel, Field
 
 from pipeline.catalogue import endorsements, services
 from pipeline.catalogue.api.deps import ActorDep, GuardedRoute, PagingDep, StateDep, UowDep
@@ -17,13 +16,17 @@ from pipeline.catalogue.pages.routes import serving_base
 from pipeline.catalogue.schemas import (
     AuditIn,
     AuditPublic,
+    CascadePublic,
     EndorsementCreate,
     ImageDetailPublic,
+    ImageLinks,
     ImageListPublic,
-    ImagePublic,
     Name,
     Paged,
     VersionCreate,
+    VersionDetailPublic,
+    VersionImagePublic,
+    VersionLinks,
     VersionPublic,
 )
 
@@ -34,51 +37,13 @@ VersionStr = Annotated[str, Path(min_length=1, max_length=20)]
 
 @router.get("")
 def list_versions(name: Name, uow: UowDep, paging: PagingDep) -> Paged[VersionPublic]:
-    page = services.list_versions(uow, name, paging.offset, paging.limit)
-    return Paged[VersionPublic].of(page)
+    return services.list_versions(uow, name, paging.offset, paging.limit)
 
 
 @router.post("", status_code=201)
 def register_version(name: Name, body: VersionCreate, uow: UowDep, actor: ActorDep, state: StateDep) -> VersionPublic:
     """Register a version with its images (maintainers only); repeating an identical request is a no-op."""
-    info = services.register_version(uow, actor, body.to_payload(name), state.settings)
-    return VersionPublic.model_validate(info)
-
-
-class ImageLinks(BaseModel):
-    self: str = Field(description="this image with its packages and build manifest (API)")
-    page: str = Field(description="the image's web page")
-    download: str | None = Field(description="where to fetch the file; null when it is not reachable over http(s)")
-
-
-class VersionImagePublic(ImagePublic):
-    id: int = Field(description="the catalogue id of the image: /images/{id} below the version")
-    links: ImageLinks
-
-
-class VersionLinks(BaseModel):
-    self: str
-    page: str
-    appliance: str
-    audit: str
-    versions: str
-    changes: str
-    sbom: str | None = Field(default=None, description="the version's CycloneDX SBOM; null when none is stored")
-
-
-class LineagePublic(BaseModel):
-    base_appliance: str
-    base_version: str = Field(description="the exact base version this layered version was built on")
-    outdated: bool = Field(description="the base version is archived, expired or revoked: rebuild on a current base")
-    reason: str | None
-
-
-class VersionDetailPublic(VersionPublic):
-    """A version with its images' ids and the links an API client follows from here."""
-
-    images: list[VersionImagePublic]  # type: ignore[assignment]
-    links: VersionLinks
-    lineage: LineagePublic | None = Field(description="null unless the version is layered on another appliance")
+    return services.register_version(uow, actor, body.for_appliance(name), state.settings)
 
 
 @router.get("/{version}")
@@ -93,7 +58,7 @@ def get_version(
     images = [
         VersionImagePublic.model_validate(
             {
-                **ImagePublic.model_validate(image).model_dump(),
+                **image.model_dump(),
                 "id": ids[image.identifier],
                 "links": ImageLinks(
                     self=f"{base}/images/{ids[image.identifier]}",
@@ -104,7 +69,7 @@ def get_version(
         )
         for image in info.images
     ]
-    public = VersionPublic.model_validate(info).model_dump(exclude={"images"})
+    public = info.model_dump(exclude={"images"})
     links = VersionLinks(
         self=base,
         page=page,
@@ -114,10 +79,9 @@ def get_version(
         changes=f"{base}/changes",
         sbom=f"{base}/sbom" if info.sbom_sha256 else None,
     )
-    found = lineage_of(uow, base_ref)
-    lineage = None if found is None else LineagePublic.model_validate(found, from_attributes=True)
-    if found is not None and found.until is not None:  # outdated once the base expires, with no write
-        response.headers["X-Vmi-Cache-Until"] = str(int(found.until.timestamp()))
+    lineage, until = lineage_of(uow, base_ref) or (None, None)
+    if until is not None:  # outdated once the base expires, with no write
+        response.headers["X-Vmi-Cache-Until"] = str(int(until.timestamp()))
     return VersionDetailPublic(**public, images=images, links=links, lineage=lineage)
 
 
@@ -138,7 +102,7 @@ def get_image(
     name: Name, version: VersionStr, image_id: Annotated[int, Path(ge=1, le=2**31 - 1)], uow: UowDep
 ) -> ImageDetailPublic:
     """One image with its package list and build manifest."""
-    return ImageDetailPublic.model_validate(services.get_image(uow, name, version, image_id))
+    return services.get_image(uow, name, version, image_id)
 
 
 @router.get("/{version}/changes")
@@ -163,8 +127,7 @@ def get_changes(
 @router.put("/{version}/audit")
 def store_audit(name: Name, version: VersionStr, body: AuditIn, uow: UowDep, actor: ActorDep) -> AuditPublic:
     """Store the policy audit report of a version (replaces the previous one)."""
-    report = body.model_dump(mode="json", exclude_none=True)
-    return AuditPublic.model_validate(services.store_audit(uow, actor, name, version, report))
+    return services.store_audit(uow, actor, name, version, body)
 
 
 @router.get("/{version}/audit")
@@ -172,7 +135,7 @@ def get_audit(name: Name, version: VersionStr, uow: UowDep) -> AuditPublic:
     audit = services.get_audit(uow, name, version)
     if audit is None:
         raise NotFound(f"{name} {version} has no stored audit")
-    return AuditPublic.model_validate(audit)
+    return audit
 
 
 @router.post("/{version}/archive")
@@ -180,9 +143,7 @@ def archive_version(
     name: Name, version: VersionStr, uow: UowDep, actor: ActorDep, state: StateDep
 ) -> list[ImageListPublic]:
     """Archive a version; VOs that endorsed it get a new signed image list without it."""
-    return [
-        ImageListPublic.model_validate(i) for i in endorsements.archive_version(uow, actor, name, version, state.ctx)
-    ]
+    return endorsements.archive_version(uow, actor, name, version, state.ctx)
 
 
 @router.post("/{version}/endorsements", tags=["endorsements"])
@@ -190,24 +151,13 @@ def endorse(
     name: Name, version: VersionStr, body: EndorsementCreate, uow: UowDep, actor: ActorDep, state: StateDep
 ) -> ImageListPublic:
     """Endorse for a VO (its managers only; the stored audit must pass): publishes a new signed list."""
-    return ImageListPublic.model_validate(endorsements.endorse(uow, actor, name, version, body.vo, state.ctx))
+    return endorsements.endorse(uow, actor, name, version, body.vo, state.ctx)
 
 
 @router.delete("/{version}/endorsements/{vo}", tags=["endorsements"])
 def revoke(name: Name, version: VersionStr, vo: Name, uow: UowDep, actor: ActorDep, state: StateDep) -> ImageListPublic:
     """Revoke an endorsement: publishes a new signed list without the version."""
-    return ImageListPublic.model_validate(endorsements.revoke(uow, actor, name, version, vo, state.ctx))
-
-
-class RevokedPublic(BaseModel):
-    appliance: str
-    version: str
-    vo: str
-
-
-class CascadePublic(BaseModel):
-    revoked: list[RevokedPublic] = Field(description="the version's own endorsement first, then those layered on it")
-    image_lists: list[ImageListPublic] = Field(description="one new signed list per VO concerned")
+    return endorsements.revoke(uow, actor, name, version, vo, state.ctx)
 
 
 @router.post("/{version}/endorsements/{vo}/cascade-revoke", tags=["endorsements"])
@@ -216,5 +166,4 @@ def revoke_cascade(
 ) -> CascadePublic:
     """Revoke an endorsement and those of every version layered on this one, in every VO where they are
     endorsed (an admin, or a manager of each VO): each VO list is re-signed once."""
-    info = endorsements.revoke_cascade(uow, actor, name, version, vo, state.ctx)
-    return CascadePublic.model_validate(info, from_attributes=True)
+    return endorsements.revoke_cascade(uow, actor, name, version, vo, state.ctx)

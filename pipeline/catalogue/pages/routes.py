@@ -109,7 +109,7 @@ def appliance(request: Request, name: Name, uow: UowDep) -> HTMLResponse:
 @router.get("/appliances/{name}/{version}", response_class=HTMLResponse)
 def version(request: Request, name: Name, version: Version, uow: UowDep, state: StateDep) -> HTMLResponse:
     found = services.version_page(uow, name, version)
-    lineage = lineage_of(uow, found.base_ref)
+    lineage, until = lineage_of(uow, found.base_ref) or (None, None)
     page = _render(
         request,
         "version.html",
@@ -122,8 +122,8 @@ def version(request: Request, name: Name, version: Version, uow: UowDep, state: 
         lineage=lineage,
         local_admin=LOCAL_ADMIN,
     )
-    if lineage is not None and lineage.until is not None:  # "outdated" once the base expires, with no write
-        page.headers["X-Vmi-Cache-Until"] = str(int(lineage.until.timestamp()))
+    if until is not None:  # "outdated" once the base expires, with no write
+        page.headers["X-Vmi-Cache-Until"] = str(int(until.timestamp()))
     return page
 
 
