@@ -22,6 +22,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydantic import BaseModel, ValidationError
+
 from pipeline.errors import ReceiptError
 from pipeline.fsutil import write_text_atomic
 
@@ -59,7 +61,9 @@ def reading(path: Path, hint: str) -> Iterator[None]:
 
 
 def to_json(value: Any) -> Any:
-    """Plain JSON data for a result dataclass (and what it holds)."""
+    """Plain JSON data for a result dataclass (and what it holds: the catalogue's schemas too)."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):
@@ -87,6 +91,15 @@ def _decode(tp: Any, value: Any, where: str) -> Any:
             return None
         (inner,) = [a for a in args if a is not type(None)]  # only ``X | None`` is used in results
         return _decode(inner, value, where)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected an object")
+        try:
+            return tp.model_validate(value)
+        except ValidationError as e:  # pydantic's report spans lines: the first error, in one
+            first = e.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            raise ValueError(f"{where}.{field}: {first['msg']}") from None
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected an object")

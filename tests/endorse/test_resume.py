@@ -101,5 +101,6 @@ def test_a_damaged_endorse_receipt_fails_in_one_line_naming_it(rebuilding: Setti
     with pytest.raises(ReceiptError) as failed:
         EndorseResult.load(settings, "debian-12", VERSION, VO)
     assert failed.value.message == (
-        f"{path}: damaged receipt (ValueError: EndorseResult.image_list.hv_version: expected int, found str)"
+        f"{path}: damaged receipt (ValueError: EndorseResult.image_list.hv_version: Input should be a valid integer, "
+        "unable to parse string as an integer)"
     )
