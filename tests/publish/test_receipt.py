@@ -106,7 +106,10 @@ def _edit(where: list[Any], value: Any) -> Callable[[Path], None]:
         (lambda path: path.write_text('{"receipt": "endorse", "format": 1}'), "not a publish receipt of format 1"),
         (lambda path: path.write_text("[]"), "not a publish receipt of format 1"),
         (_edit(["registered"], None), "damaged receipt (ValueError: VersionPublic: expected an object)"),
-        (_edit(["registered", "created"], "yesterday"), "damaged receipt (ValueError: VersionPublic.created: Input should be a valid datetime"),
+        (
+            _edit(["registered", "created"], "yesterday"),
+            "damaged receipt (ValueError: VersionPublic.created: Input should be a valid datetime",
+        ),
         (_edit(["puts", 0, "outcome"], "teleported"), "damaged receipt (ValueError: 'teleported' is not a valid"),
         (_edit(["puts", 0, "colour"], "blue"), "damaged receipt (ValueError: PutResult: unknown field(s) colour)"),
         (_edit(["repositories"], []), "damaged receipt (IndexError"),
