@@ -108,8 +108,8 @@ def package(
     profile: str = "portable",
 ) -> None:
     """Package a built version (or any disk) as OVA, compressed qcow2, optional raw, and SHA256SUMS/SHA512SUMS."""
+    from pipeline.formats.ovf import hardware_profile
     from pipeline.package import package_appliance
-    from pipeline.package.ovf import hardware_profile
 
     result = package_appliance(
         _settings(c),

@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.appliance import find_appliance  # noqa: E402
 from pipeline.errors import VerificationError  # noqa: E402
+from pipeline.formats.ovf import DiskRef, build_descriptor  # noqa: E402
 from pipeline.package.ova import Member, manifest_text, write_tar  # noqa: E402
-from pipeline.package.ovf import DiskRef, build_descriptor  # noqa: E402
 from pipeline.package.verify import verify_ova  # noqa: E402
 
 MIB = 2**20

@@ -26,7 +26,7 @@ from pipeline.appliance import (
     load_appliance,
 )
 from pipeline.errors import ConfigError
-from pipeline.package.ovf import DiskRef, HardwareProfile, build_descriptor, parse_descriptor
+from pipeline.formats.ovf import DiskRef, HardwareProfile, build_descriptor, parse_descriptor
 from pipeline.package.verify import descriptor_facts
 from pipeline.schema import text_problem
 

@@ -24,7 +24,7 @@ from lxml import etree
 
 from pipeline.appliance import YAML_LIMITS, Appliance, load_appliance
 from pipeline.errors import ConfigError
-from pipeline.package.ovf import DiskRef, build_descriptor, parse_descriptor
+from pipeline.formats.ovf import DiskRef, build_descriptor, parse_descriptor
 from pipeline.package.verify import descriptor_facts
 from pipeline.schema import parse_yaml, text_problem
 from tests.fuzzing import bounded

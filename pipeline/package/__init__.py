@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.appliance import Appliance, find_appliance
 from pipeline.errors import ArtifactError, ConfigError
+from pipeline.formats.ovf import PROFILES, DiskRef, HardwareProfile, build_descriptor, derived_id
 from pipeline.formats.sbom import sbom_file_name, sbom_json
 from pipeline.formats.vmdk_write import StreamVmdk, VmdkWriteError
 from pipeline.fsutil import Digests, atomic_path, hash_file, write_text_atomic
@@ -40,7 +41,6 @@ from pipeline.package.ova import (
     sign_manifest,
     write_tar,
 )
-from pipeline.package.ovf import PROFILES, DiskRef, HardwareProfile, build_descriptor, derived_id
 from pipeline.settings import Settings
 
 if TYPE_CHECKING:  # `invoke package` need not import the build stage

@@ -14,7 +14,7 @@ from lxml import etree
 from pipeline.appliance import Firmware, find_appliance, load_appliance
 from pipeline.builder.accel import OVMF_CODE, Accel, qemu_machine
 from pipeline.errors import ConfigError
-from pipeline.package.ovf import DiskRef, HardwareProfile, build_descriptor, descriptor_firmware, schema_problems
+from pipeline.formats.ovf import DiskRef, HardwareProfile, build_descriptor, descriptor_firmware, schema_problems
 from pipeline.package.verify import descriptor_facts
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import pytest
 from lxml import etree
 
 from pipeline.appliance import Appliance, OsFamily, OsInfo
-from pipeline.package.ovf import (
+from pipeline.formats.ovf import (
     OVF_NS,
     RASD_NS,
     STREAM_VMDK_URI,

@@ -11,7 +11,7 @@ from lxml import etree
 
 from pipeline.appliance import Appliance, Firmware
 from pipeline.errors import ConfigError, VerificationError
-from pipeline.package.ovf import VBOX_NS, DiskRef, HardwareProfile, build_descriptor, descriptor_firmware
+from pipeline.formats.ovf import VBOX_NS, DiskRef, HardwareProfile, build_descriptor, descriptor_firmware
 from pipeline.package.verify import descriptor_facts, verify_ova
 
 from .helpers import ova_members, with_manifest, write_ova

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.formats.ovf import HardwareProfile
 from pipeline.manifest import BuildManifest
 from pipeline.package import package_appliance
-from pipeline.package.ovf import HardwareProfile
 
 from .helpers import settings_for
 
