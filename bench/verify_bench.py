@@ -25,7 +25,7 @@ import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,8 +33,8 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.appliance import find_appliance  # noqa: E402
 from pipeline.errors import VerificationError  # noqa: E402
+from pipeline.formats.ova import Member, manifest_text, write_tar  # noqa: E402
 from pipeline.formats.ovf import DiskRef, build_descriptor  # noqa: E402
-from pipeline.package.ova import Member, manifest_text, write_tar  # noqa: E402
 from pipeline.package.verify import verify_ova  # noqa: E402
 
 MIB = 2**20
@@ -55,11 +55,17 @@ def pack(path: Path, vmdk: bytes | Path, capacity: int, ovf_edit: Callable[[byte
         with open(vmdk, "rb") as f:
             while chunk := f.read(4 * MIB):
                 h.update(chunk)
-        digest, disk = h.hexdigest(), Member(disk_name, size, path=vmdk)
+        digest, disk = h.hexdigest(), Member(disk_name, size, _chunks(vmdk))
     mf = manifest_text([(f"{STEM}.ovf", hashlib.sha256(ovf).hexdigest()), (disk_name, digest)])
     with open(path, "wb") as out:
         write_tar(out, [Member.from_bytes(f"{STEM}.ovf", ovf), Member.from_bytes(f"{STEM}.mf", mf), disk], 0)
     return path
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MIB):
+            yield chunk
 
 
 def stream_vmdk(capacity: int, grains: dict[int, bytes]) -> bytes:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.appliance import Appliance, find_appliance
 from pipeline.errors import ArtifactError, ConfigError
+from pipeline.formats.ova import Member, certificate_size, manifest_text, sign_manifest, write_tar
 from pipeline.formats.ovf import PROFILES, DiskRef, HardwareProfile, build_descriptor, derived_id
 from pipeline.formats.sbom import sbom_file_name, sbom_json
 from pipeline.formats.vmdk_write import StreamVmdk, VmdkWriteError
@@ -32,15 +33,7 @@ from pipeline.log import log, step
 from pipeline.manifest import MANIFEST_FILE, Artifact, BuildManifest, find_version
 from pipeline.package import formats
 from pipeline.package.images import DiskFormat, inspect_disk
-from pipeline.package.ova import (
-    Member,
-    ParallelHashingWriter,
-    certificate_size,
-    load_signer,
-    manifest_text,
-    sign_manifest,
-    write_tar,
-)
+from pipeline.package.ova import ParallelHashingWriter, load_signer
 from pipeline.settings import Settings
 
 if TYPE_CHECKING:  # `invoke package` need not import the build stage
@@ -271,9 +264,13 @@ def package_ova(
             cert = sign_manifest(mf, mf_name, *signer)
             assert len(cert) == certificate_size(*signer, mf_name)
             members.append(Member.from_bytes(cert_name, cert))
-        members.append(Member(disk_name, vmdk_size, path=vmdk))
-        with atomic_path(ova_path) as tmp, open(tmp, "wb") as raw_out, ParallelHashingWriter(raw_out) as writer:
-            write_tar(writer, members, epoch)
+        with (
+            open(vmdk, "rb") as disk_in,
+            atomic_path(ova_path) as tmp,
+            open(tmp, "wb") as raw_out,
+            ParallelHashingWriter(raw_out) as writer,
+        ):
+            write_tar(writer, [*members, Member(disk_name, vmdk_size, disk_in)], epoch)
             os.fchmod(raw_out.fileno(), PUBLISHED_MODE)
             raw_out.flush()
             os.fsync(raw_out.fileno())

@@ -18,6 +18,7 @@ from typing import BinaryIO
 from lxml import etree
 
 from pipeline.errors import ConfigError, VerificationError
+from pipeline.formats.ova import BLOCK, SAFE_NAME, certificate_problems, parse_manifest
 from pipeline.formats.ovf import (
     CONTROLLER_TYPES,
     MAX_DESCRIPTOR_BYTES,
@@ -34,7 +35,6 @@ from pipeline.formats.vmdk_read import check_extent
 from pipeline.fsutil import CHUNK
 from pipeline.package.formats import qemu_img
 from pipeline.package.images import DiskFormat, DiskInspection, inspect_disk
-from pipeline.package.ova import BLOCK, SAFE_NAME, certificate_problems, parse_manifest
 from pipeline.run import Limits, run
 
 MAX_MEMBERS = 100  # EGI cloudkeeper's bound; a real OVA has three or four

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.package.ova import manifest_text
+from pipeline.formats.ova import manifest_text
 from pipeline.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from pipeline.errors import ArtifactError, ConfigError
+from pipeline.formats.ova import MANIFEST_LINE
 from pipeline.manifest import Artifact, BaseRef, BuildManifest, find_version
 from pipeline.package import PackageResult, package_appliance, source_date_epoch
-from pipeline.package.ova import MANIFEST_LINE
 from pipeline.package.verify import verify_ova
 
 from .helpers import ROOT, VERSION, make_disk, ova_members, settings_for, sh
@@ -342,7 +342,7 @@ def test_a_changed_build_disk_is_refused(tmp_path: Path) -> None:
 
 
 def test_ustar_limits_are_enforced_not_overflowed() -> None:
-    from pipeline.package.ova import USTAR_MAX_MEMBER, tar_header
+    from pipeline.formats.ova import USTAR_MAX_MEMBER, tar_header
 
     assert len(tar_header("disk.vmdk", USTAR_MAX_MEMBER, 0)) == 512
     with pytest.raises(ArtifactError, match="8 GiB"):
@@ -350,6 +350,29 @@ def test_ustar_limits_are_enforced_not_overflowed() -> None:
     for bad in ("../x", "/abs", "a/b", "x" * 101, "ünï"):
         with pytest.raises(ArtifactError, match="not a safe OVA member name"):
             tar_header(bad, 1, 0)
+
+
+def test_tar_members_from_bytes_stream_and_chunks_give_the_same_archive() -> None:
+    """A member's content may be bytes, an open stream or an iterator of chunks: same bytes out,
+    and a member whose content is not the size announced is refused."""
+    import io
+    import tarfile
+
+    from pipeline.formats.ova import BLOCK, RECORD, Member, write_tar
+
+    data = bytes(range(256)) * 5
+    archives = []
+    for content in (data, io.BytesIO(data), iter([data[:700], data[700:]])):
+        out = io.BytesIO()
+        write_tar(out, [Member.from_bytes("a.ovf", b"<a/>"), Member("b.vmdk", len(data), content)], 7)
+        archives.append(out.getvalue())
+    assert archives[0] == archives[1] == archives[2] and len(archives[0]) % RECORD == 0
+    with tarfile.open(fileobj=io.BytesIO(archives[0])) as tar:
+        assert [(m.name, m.size, m.mtime) for m in tar.getmembers()] == [("a.ovf", 4, 7), ("b.vmdk", len(data), 7)]
+        disk = tar.extractfile("b.vmdk")
+        assert disk is not None and disk.read() == data
+    with pytest.raises(ArtifactError, match=f"b.vmdk: {BLOCK} bytes, expected {BLOCK + 1}"):
+        write_tar(io.BytesIO(), [Member("b.vmdk", BLOCK + 1, io.BytesIO(bytes(BLOCK)))], 0)
 
 
 def test_package_bench_smoke_runs(tmp_path: Path) -> None:
