@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pipeline.errors import ArtifactError
+from pipeline.formats.sums import sums_text
 from pipeline.formats.vmdk_write import (
     DataExtent,
     StreamVmdk,
@@ -174,9 +175,9 @@ def convert_raw(source: Path, fmt: DiskFormat, target: Path) -> None:
 
 
 def write_sums(path: Path, entries: Sequence[tuple[str, str]]) -> Digests:
-    """A ``sha256sum``/``sha512sum`` style file (``hex  name``), hashed as it is written."""
+    """A ``sha256sum``/``sha512sum`` style file (``formats.sums``), written atomically, hashed as written."""
     with atomic_write(path) as f:
         os.fchmod(f.fileno(), 0o644)
         writer = HashingWriter(f)
-        writer.write("".join(f"{digest}  {name}\n" for name, digest in entries).encode("ascii"))
+        writer.write(sums_text(entries))
         return writer.digests()

@@ -19,6 +19,7 @@ from cryptography.x509.oid import NameOID
 
 from pipeline.errors import ArtifactError, ConfigError
 from pipeline.formats.ova import MANIFEST_LINE
+from pipeline.formats.sums import parse_sums
 from pipeline.manifest import Artifact, BaseRef, BuildManifest, find_version
 from pipeline.package import PackageResult, package_appliance, source_date_epoch
 from pipeline.package.verify import verify_ova
@@ -119,8 +120,8 @@ def test_other_formats_and_checksum_files(packaged: PackageResult, source_disk: 
     assert "identical" in sh("qemu-img", "compare", "-f", "qcow2", "-F", "raw", source_disk, raw)
     sh("sha256sum", "--check", "--strict", "SHA256SUMS", cwd=out)
     sh("sha512sum", "--check", "--strict", "SHA512SUMS", cwd=out)
-    listed = [line.split("  ")[1] for line in (out / "SHA512SUMS").read_text().splitlines()]
-    assert listed == [f"{STEM}.ova", f"{STEM}.qcow2", f"{STEM}.raw"]
+    listed, problems = parse_sums((out / "SHA512SUMS").read_bytes(), "sha512")
+    assert list(listed) == [f"{STEM}.ova", f"{STEM}.qcow2", f"{STEM}.raw"] and not problems
     for artifact in packaged.artifacts:
         data = (out / artifact.name).read_bytes()
         assert (artifact.size, artifact.sha256) == (len(data), hashlib.sha256(data).hexdigest())
