@@ -133,6 +133,64 @@ def parse_manifest(text: bytes) -> tuple[dict[str, tuple[str, str]], list[str]]:
     return entries, problems
 
 
+# --- reading: one tar header, decoded field by field (never ``tarfile``), as verify-ova walks an OVA ---
+
+
+class TarHeaderError(ValueError):
+    """A tar header field that no honest archiver writes (one line: which field and why)."""
+
+
+@dataclass(frozen=True)
+class TarHeader:
+    name: str
+    size: int
+    type: bytes
+    linkname: str
+    magic: bytes
+
+
+# (field, offset, length) of every numeric USTAR field.
+_NUMERIC_FIELDS = (("mode", 100, 8), ("uid", 108, 8), ("gid", 116, 8), ("size", 124, 12), ("mtime", 136, 12),
+                   ("devmajor", 329, 8), ("devminor", 337, 8))  # fmt: skip
+_OCTAL = re.compile(rb"[ ]*([0-7]*)[ \0]*")
+
+
+def parse_tar_header(block: bytes) -> TarHeader:
+    """One 512-byte header: checksum first, then every numeric field (octal or base-256, never
+    negative, within its width), then ASCII names. ``TarHeaderError`` names the first bad field."""
+    stored = _tar_number(block, "chksum", 148, 8)
+    unsigned = sum(block[:148]) + 8 * 0x20 + sum(block[156:])
+    signed = unsigned - 2 * sum(b for b in block[:148] + block[156:] if b & 0x80)
+    if stored not in (unsigned, signed):
+        raise TarHeaderError(f"bad checksum (stored {stored}, computed {unsigned})")
+    numbers = {name: _tar_number(block, name, off, length) for name, off, length in _NUMERIC_FIELDS}
+    magic = block[257:265]
+    try:
+        name = block[0:100].split(b"\0", 1)[0].decode("ascii")
+        prefix = block[345:500].split(b"\0", 1)[0].decode("ascii") if magic[:5] == b"ustar" else ""
+        linkname = block[157:257].split(b"\0", 1)[0].decode("ascii")
+    except UnicodeDecodeError as e:
+        raise TarHeaderError(f"a name is not ASCII (byte {e.start})") from e
+    if prefix:
+        name = f"{prefix}/{name}"
+    return TarHeader(name, numbers["size"], block[156:157] or b"\0", linkname, magic)
+
+
+def _tar_number(block: bytes, name: str, offset: int, length: int) -> int:
+    raw = block[offset : offset + length]
+    if raw[0] in (0x80, 0xFF):  # GNU base-256: big-endian two's complement, first byte is the sign
+        value = int.from_bytes(raw[1:], "big", signed=False)
+        if raw[0] == 0xFF:
+            value -= 1 << (8 * (length - 1))
+        if value < 0:
+            raise TarHeaderError(f"{name} field is negative ({value}, base-256)")
+        return value
+    match = _OCTAL.fullmatch(raw)
+    if match is None:
+        raise TarHeaderError(f"{name} field {raw!r} is not octal")
+    return int(match.group(1) or b"0", 8)
+
+
 # --- the optional certificate (.cert): signed digest of the manifest + the signer's certificate ---
 
 

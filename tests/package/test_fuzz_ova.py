@@ -13,11 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.appliance import Appliance
-from pipeline.formats.ova import parse_manifest, tar_header
+from pipeline.formats.ova import TarHeaderError, parse_manifest, parse_tar_header, tar_header
 from pipeline.formats.ovf import DiskRef, UnsafeXml, build_descriptor, parse_descriptor
 from pipeline.formats.vmdk_read import check_extent
 from pipeline.package.images import DiskFormat, inspect_disk
-from pipeline.package.verify import TarHeaderError, descriptor_facts, parse_tar_header, read_members
+from pipeline.package.verify import descriptor_facts, read_members
 from tests.fuzzing import bounded
 
 from .vmdk_stream import GRAIN, SECTOR, Stream

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import VerificationError
-from pipeline.package.verify import parse_tar_header, read_members, verify_ova
+from pipeline.formats.ova import parse_tar_header
+from pipeline.package.verify import read_members, verify_ova
 from tests.fuzzing import bounded
 
 from .helpers import ova_members
