@@ -6,11 +6,13 @@ The disk is used through a throwaway qcow2 overlay, so the image under test is n
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.builder.accel import choose_accel, ovmf_vars_copy, qemu_machine
@@ -31,27 +33,124 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+POLL_SECONDS = 0.5  # between SSH attempts: the measured time is at most this late
+
+
+PHASES = (  # BootTiming's fields in boot order, with what each covers
+    ("firmware_loader", "firmware + boot loader (reads kernel + initramfs)"),
+    ("kernel_initramfs", "kernel + initramfs, until systemd in the root"),
+    ("to_cloud_init", "systemd until cloud-init's process is ready"),
+    ("cloud_init_to_sshd", "cloud-init stages until sshd is ready"),
+    ("sshd_to_login", "sshd ready until the key login"),
+    ("ssh_login", "QEMU start until SSH key login"),
+)
+
+
+@dataclass(frozen=True)
+class BootTiming:
+    """Where the time from QEMU's start to the first SSH key login went, in seconds.
+
+    ``firmware_loader`` is measured on the host (login time minus the guest's uptime); the rest from
+    the guest's own monotonic timestamps (systemd's, which start at the kernel's start)."""
+
+    firmware: str
+    ssh_login: float  # QEMU started -> the key login succeeded
+    firmware_loader: float  # SeaBIOS/OVMF and GRUB, reading the kernel and initramfs
+    kernel_initramfs: float  # kernel start -> systemd in the real root (initramfs-tools runs no systemd)
+    to_cloud_init: float  # -> cloud-init's process ready (imports done); 0 without cloud-init-main
+    cloud_init_to_sshd: float  # -> sshd ready (cloud-init local + network stages, host keys, sshd start)
+    sshd_to_login: float  # -> the login (our polling, key exchange, user lookup)
+
+    def record(self, label: str, path: Path | None = None) -> None:
+        """Append this timing as one JSON line to ``path`` (default: ``boot-timings.jsonl`` in the test
+        output), where ``bench/boot_timing.py --smoke`` prints it from."""
+        path = path or Path(os.environ.get("VMI_TEST_OUTPUT", "work/test-output")) / "boot-timings.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        line = {"label": label, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **asdict(self)}
+        line["load"] = os.getloadavg()[0]
+        with path.open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+# systemd's monotonic timestamps (microseconds since the kernel started) of the boot's milestones
+_SHOW = (
+    "systemctl show -p Id -p ActiveEnterTimestampMonotonic cloud-init-main.service ssh.service sshd.service; "
+    "systemctl show -p UserspaceTimestampMonotonic; cat /proc/uptime"
+)
+
+
+def parse_milestones(text: str) -> dict[str, float]:
+    """``_SHOW``'s output as seconds since the kernel started: ``userspace``, ``uptime``
+    and each unit id that has become active (a unit that does not exist or never started is absent)."""
+    found: dict[str, float] = {}
+    unit = None
+    for line in text.splitlines():
+        key, _, value = line.strip().partition("=")
+        if key == "Id":
+            unit = value
+        elif key == "ActiveEnterTimestampMonotonic" and unit and value.isdigit() and int(value) > 0:
+            found[unit] = int(value) / 1e6
+        elif key == "UserspaceTimestampMonotonic" and value.isdigit():
+            found["userspace"] = int(value) / 1e6
+        elif not value and line.strip() and line.split()[0].replace(".", "", 1).isdigit():
+            found["uptime"] = float(line.split()[0])
+    return found
+
+
+def boot_timing(firmware: str, login: float, milestones: dict[str, float], host_elapsed: float) -> BootTiming:
+    """The phases of one boot from ``parse_milestones`` read at ``host_elapsed`` s after QEMU started,
+    the key login having succeeded at ``login`` s."""
+    before_kernel = host_elapsed - milestones["uptime"]
+    userspace = milestones["userspace"]
+    sshd = milestones.get("ssh.service", milestones.get("sshd.service"))
+    if sshd is None:
+        raise AssertionError(f"no sshd unit became active: {milestones}")
+    cloud_init = milestones.get("cloud-init-main.service", userspace)
+    return BootTiming(
+        firmware=firmware,
+        ssh_login=round(login, 2),
+        firmware_loader=round(before_kernel, 2),
+        kernel_initramfs=round(userspace, 2),
+        to_cloud_init=round(cloud_init - userspace, 2),
+        cloud_init_to_sshd=round(sshd - cloud_init, 2),
+        sshd_to_login=round(login - before_kernel - sshd, 2),
+    )
+
+
 @dataclass
 class Guest:
     port: int
     key: Path
     serial_log: Path
+    firmware: str = "bios"
+    started: float = 0.0  # time.monotonic() when QEMU was started
+    login_at: float | None = None  # seconds after ``started`` of the first successful key login
 
     def ssh(self, user: str, command: str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         argv = ["ssh", *SSH_OPTIONS, *extra, "-i", str(self.key), "-p", str(self.port), f"{user}@127.0.0.1", command]
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
 
     def wait_for_ssh(self, user: str, deadline_s: float) -> float:
-        """Seconds until ``user`` could log in with the key; fails the test with the serial log if never."""
-        start = time.monotonic()
+        """Seconds from QEMU's start until ``user`` could log in with the key; fails the test with the
+        serial log if never."""
         last = None
-        while time.monotonic() - start < deadline_s:
-            last = self.ssh(user, "true", timeout=60)
+        while time.monotonic() - self.started < deadline_s:
+            last = self.ssh(user, "true", "-o", "ConnectTimeout=5", timeout=60)
             if last.returncode == 0:
-                return time.monotonic() - start
-            time.sleep(2)
+                self.login_at = time.monotonic() - self.started
+                return self.login_at
+            time.sleep(POLL_SECONDS)
         tail = self.serial_log.read_text(errors="replace")[-4000:] if self.serial_log.exists() else ""
         raise AssertionError(f"no SSH login as {user} within {deadline_s}s: {last and last.stderr}\n{tail}")
+
+    def timing(self, user: str) -> BootTiming:
+        """Where this boot's time went (call right after ``wait_for_ssh``)."""
+        assert self.login_at is not None, "wait_for_ssh first"
+        sent = time.monotonic() - self.started
+        shown = self.ssh(user, _SHOW, timeout=120)
+        elapsed = (sent + time.monotonic() - self.started) / 2  # the uptime was read about half-way
+        assert shown.returncode == 0, shown.stderr
+        return boot_timing(self.firmware, self.login_at, parse_milestones(shown.stdout), elapsed)
 
 
 @contextlib.contextmanager
@@ -81,5 +180,6 @@ def boot(
         "-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22",
         "-device", "virtio-net-pci,netdev=n0,romfile=",  # no PXE ROM: OVMF would try the network first
     ]  # fmt: skip
+    started = time.monotonic()
     with spawn(argv, log_path=workdir / "qemu.log"):
-        yield Guest(port, key, serial)
+        yield Guest(port, key, serial, firmware, started)
