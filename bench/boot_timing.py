@@ -33,24 +33,10 @@ sys.path.insert(0, str(ROOT))
 from pipeline.appliance import Firmware, find_appliance  # noqa: E402
 from pipeline.builder.seed import generate_ssh_key, meta_data, multipart_user_data, write_seed_iso  # noqa: E402
 from pipeline.manifest import BuildManifest, list_versions  # noqa: E402
-from tests.builder.guest import PHASES, BootTiming, boot, boot_timing, parse_milestones  # noqa: E402
+from tests.builder.guest import PHASES, SAMPLE_SHOWN, BootTiming, boot, boot_timing, parse_milestones  # noqa: E402
 
 FIRMWARES = {Firmware.BIOS: ("bios",), Firmware.UEFI: ("uefi",), Firmware.HYBRID: ("bios", "uefi")}
 TARGET_SECONDS = 40.0
-
-# what `systemctl show ...; cat /proc/uptime` printed in one boot (the smoke mode's input)
-_SAMPLE = """Id=cloud-init-main.service
-ActiveEnterTimestampMonotonic=30500000
-
-Id=ssh.service
-ActiveEnterTimestampMonotonic=52000000
-
-Id=sshd.service
-ActiveEnterTimestampMonotonic=0
-
-UserspaceTimestampMonotonic=9000000
-60.50 90.10
-"""
 
 
 def machine() -> str:
@@ -81,7 +67,7 @@ def smoke() -> None:
             rows.append((f"{doc['label'].split('-20')[0]}/{timing.firmware}", timing))
         print(f"recorded by the boot tests: {recorded}")
     else:
-        milestones = parse_milestones(_SAMPLE)
+        milestones = parse_milestones(SAMPLE_SHOWN)
         rows.append(("sample/bios", boot_timing("bios", 70.0, milestones, 68.0)))
         print("no boot recorded yet: one made-up sample, parsed through the bench's own code")
     table(rows)

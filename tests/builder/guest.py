@@ -79,6 +79,21 @@ _SHOW = (
 )
 
 
+# what ``_SHOW`` printed in one boot (made-up figures: the tests' and the bench's smoke input)
+SAMPLE_SHOWN = """Id=cloud-init-main.service
+ActiveEnterTimestampMonotonic=30500000
+
+Id=ssh.service
+ActiveEnterTimestampMonotonic=52000000
+
+Id=sshd.service
+ActiveEnterTimestampMonotonic=0
+
+UserspaceTimestampMonotonic=9000000
+60.50 90.10
+"""
+
+
 def parse_milestones(text: str) -> dict[str, float]:
     """``_SHOW``'s output as seconds since the kernel started: ``userspace``, ``uptime``
     and each unit id that has become active (a unit that does not exist or never started is absent)."""

@@ -5,20 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from .guest import boot_timing, parse_milestones
+from .guest import SAMPLE_SHOWN, boot_timing, parse_milestones
 
-SHOWN = """Id=cloud-init-main.service
-ActiveEnterTimestampMonotonic=30500000
-
-Id=ssh.service
-ActiveEnterTimestampMonotonic=52000000
-
-Id=sshd.service
-ActiveEnterTimestampMonotonic=0
-
-UserspaceTimestampMonotonic=9000000
-60.50 90.10
-"""
+SHOWN = SAMPLE_SHOWN
 
 
 def test_milestones_are_seconds_since_the_kernel_started() -> None:
