@@ -61,17 +61,6 @@ GRUB_TERMINAL="console serial"
 GRUB_SERIAL_COMMAND="serial --speed=115200"
 GRUB_DISABLE_OS_PROBER=true
 CFG
-# a small initramfs: the storage drivers of the hypervisors clouds run and OVA importers emulate (the cloud
-# kernel builds NVMe, ext4 and virtio PCI in), not every driver MODULES=most takes (172 modules, 7.6 MB):
-# the boot loader reads, and the kernel unpacks, every byte of it (trixie: 18.2 MB -> 11.2 MB). sr_mod too:
-# without it cloud-init did not run at all here (ds-identify runs as a systemd generator, before udev loads
-# drivers from the root, and finds a NoCloud/ConfigDrive CD only if its drive exists by then)
-if [ -d "$root/etc/initramfs-tools" ]; then
-    echo MODULES=list > "$root/etc/initramfs-tools/conf.d/vmi-modules"
-    printf '%s\n' virtio_blk virtio_scsi sd_mod sr_mod ahci ata_piix mptspi vmw_pvscsi hv_storvsc xen_blkfront \
-        >> "$root/etc/initramfs-tools/modules"
-    chroot "$root" update-initramfs -u -k all
-fi
 # later grub-pc upgrades inside the VM reinstall the boot loader on the virtio disk
 echo "grub-pc grub-pc/install_devices multiselect /dev/vda" | chroot "$root" debconf-set-selections
 echo 'LANG=C.UTF-8' > "$root/etc/default/locale"
