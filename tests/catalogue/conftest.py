@@ -7,7 +7,6 @@ was migrated once (``CREATE DATABASE ... TEMPLATE``).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 from collections.abc import Callable, Iterator
@@ -22,6 +21,7 @@ from pipeline.catalogue.contract import AppliancePayload, ImagePayload, PackageI
 from pipeline.catalogue.db import migrate
 from pipeline.catalogue.settings import CatalogueSettings
 from tests.catalogue.pgserver import free_port, postgres_server
+from tests.payloads import image_payload
 
 PUBLIC = "http://127.0.0.1:8080"
 
@@ -94,15 +94,6 @@ def publish_file(repository: Path) -> Callable[..., ImagePayload]:
         data = f"{key} image bytes\n".encode() * 64
         path.write_bytes(data)
         fields: dict[str, object] = dict(
-            uri=f"{PUBLIC}/repo/{key}",
-            format=fmt,
-            size=len(data),
-            sha512=hashlib.sha512(data).hexdigest(),
-            sha256=hashlib.sha256(data).hexdigest(),
-            arch="x86_64",
-            os_family="linux",
-            os_name="Debian",
-            os_version="12",
             min_cores=1,
             recommended_cores=2,
             min_ram_mb=512,
@@ -114,7 +105,7 @@ def publish_file(repository: Path) -> Callable[..., ImagePayload]:
             ),
         )
         fields.update(kw)
-        return ImagePayload(**fields)  # type: ignore[arg-type]
+        return image_payload(f"{PUBLIC}/repo/{key}", data, fmt, **fields)
 
     return make
 
@@ -280,15 +271,5 @@ def served_image(
     path.parent.mkdir(parents=True, exist_ok=True)
     data = f"{key}\n".encode() * 1000
     path.write_bytes(data)
-    return ImagePayload(
-        uri=f"{str(server.settings.repository_public_url).rstrip('/')}/{key}",
-        format=fmt,
-        size=len(data),
-        sha512=hashlib.sha512(data).hexdigest(),
-        sha256=hashlib.sha256(data).hexdigest(),
-        arch="x86_64",
-        os_family="linux",
-        os_name="Debian",
-        os_version="12",
-        manifest=manifest,
-    )
+    public = str(server.settings.repository_public_url).rstrip("/")
+    return image_payload(f"{public}/{key}", data, fmt, manifest=manifest)

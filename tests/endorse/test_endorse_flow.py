@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -16,7 +15,7 @@ import yaml
 from pipeline.appliance import find_appliance
 from pipeline.audit.report import SecuritySource, audit_disk, audit_version
 from pipeline.catalogue.client import open_catalogue
-from pipeline.catalogue.contract import ImagePayload, VersionPayload
+from pipeline.catalogue.contract import VersionPayload
 from pipeline.endorse import endorse_version
 from pipeline.endorse.pki import DevCa
 from pipeline.errors import PolicyError, VerificationError
@@ -26,6 +25,7 @@ from pipeline.site.verify import verify_image_list
 from tests.endorse.conftest import serve_folder
 from tests.endorse.disks import PACKAGES, good_rootfs, make_disk, write
 from tests.endorse.test_audit_version import built_version, project
+from tests.payloads import image_payload
 
 VO = "vo.example.org"
 
@@ -55,17 +55,7 @@ def publish(settings: Settings, repository: tuple[Path, str], version: str) -> s
     (root / key).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(settings.version_dir("debian-12", version) / "build" / f"debian-12-{version}.qcow2", root / key)
     data = (root / key).read_bytes()
-    image = ImagePayload(
-        uri=f"{url}/{key}",
-        format="qcow2",
-        size=len(data),
-        sha512=hashlib.sha512(data).hexdigest(),
-        sha256=hashlib.sha256(data).hexdigest(),
-        arch="x86_64",
-        os_family="linux",
-        os_name="Debian",
-        os_version="12",
-    )
+    image = image_payload(f"{url}/{key}", data)
     catalogue = open_catalogue(settings)
     try:
         catalogue.ensure_appliance(appliance_payload(find_appliance(settings.templates_dir, "debian-12")))
