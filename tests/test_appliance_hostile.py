@@ -32,6 +32,8 @@ from pipeline.schema import text_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = (ROOT / "packer_templates" / "debian-12" / "appliance.yaml").read_text()
+AFTER = len(REFERENCE.splitlines()) + 1  # the line number of text appended to REFERENCE
+CORES_MIN = REFERENCE.splitlines().index("  cores_min: 1") + 1  # the line of hardware.cores_min
 
 
 def project(tmp_path: Path, text: str | bytes, name: str = "debian-12") -> Path:
@@ -91,8 +93,8 @@ def test_alias_bomb_is_refused_before_it_expands(tmp_path: Path) -> None:
         tracemalloc.stop()
     # expanded, it would be 9**9 (387 million) strings; refused at the anchors, it stays small
     assert peak < 8 * 2**20
-    assert found[0] == ": variables.a: anchors (&a) are not allowed (line 42)"
-    assert found[8] == ": variables.i: anchors (&i) are not allowed (line 50)"
+    assert found[0] == f": variables.a: anchors (&a) are not allowed (line {AFTER + 1})"
+    assert found[8] == f": variables.i: anchors (&i) are not allowed (line {AFTER + 9})"
     assert len(found) == 9
 
 
@@ -133,18 +135,18 @@ def test_only_json_values_are_read(tmp_path: Path, value: str, reason: str) -> N
 def test_duplicate_keys_are_refused_at_every_level(tmp_path: Path) -> None:
     text = edited("  cores_min: 1\n", "  cores_min: 1\n  cores_min: 64\n") + "title: second\n"
     assert problems(project(tmp_path, text)) == [
-        ": hardware.cores_min: is set twice (lines 28 and 29)",
-        ": title: is set twice (lines 4 and 42)",
+        f": hardware.cores_min: is set twice (lines {CORES_MIN} and {CORES_MIN + 1})",
+        f": title: is set twice (lines 4 and {AFTER + 1})",
     ]
 
 
 def test_keys_must_be_text(tmp_path: Path) -> None:
     text = REFERENCE + "? [a, b]\n: 1\n1: one\nnull: x\n<<: {vendor: x}\n"
     assert problems(project(tmp_path, text)) == [
-        ": (top level): keys must be plain text (no lists, mappings, anchors, aliases) (line 41)",
-        ": (top level): the key '1' (!!int) not allowed: keys must be text (quote it) (line 43)",
-        ": (top level): the key 'null' (!!null) not allowed: keys must be text (quote it) (line 44)",
-        ": (top level): merge keys (<<) not allowed: keys must be text (quote it) (line 45)",
+        f": (top level): keys must be plain text (no lists, mappings, anchors, aliases) (line {AFTER})",
+        f": (top level): the key '1' (!!int) not allowed: keys must be text (quote it) (line {AFTER + 2})",
+        f": (top level): the key 'null' (!!null) not allowed: keys must be text (quote it) (line {AFTER + 3})",
+        f": (top level): merge keys (<<) not allowed: keys must be text (quote it) (line {AFTER + 4})",
     ]
 
 
@@ -154,8 +156,11 @@ def test_keys_must_be_text(tmp_path: Path) -> None:
         ("", ": (top level): must be a mapping of fields"),
         ("- a\n- b\n", ": (top level): must be a mapping of fields"),
         ("just text\n", ": (top level): must be a mapping of fields"),
-        (REFERENCE + "---\nname: other\n", ": (top level): more than one YAML document (---) (line 41)"),
-        (REFERENCE + "x: " + "[" * 9 + "]" * 9 + "\n", ": x.0.0.0.0.0.0.0: nested deeper than 8 levels (line 41)"),
+        (REFERENCE + "---\nname: other\n", f": (top level): more than one YAML document (---) (line {AFTER})"),
+        (
+            REFERENCE + "x: " + "[" * 9 + "]" * 9 + "\n",
+            f": x.0.0.0.0.0.0.0: nested deeper than 8 levels (line {AFTER})",
+        ),
         (b"name: caf\xe9\n", ": (top level): not UTF-8 text (byte 0xe9 at offset 9)"),
         (REFERENCE + "#" * YAML_LIMITS.max_bytes, f": (top level): larger than {YAML_LIMITS.max_bytes} bytes"),
         (edited(TITLE, "title: Debian\x07"), ":4:14: not valid YAML: control characters are not allowed (U+0007)"),
@@ -454,8 +459,8 @@ def test_all_problems_at_once(tmp_path: Path) -> None:
     )
     assert problems(project(tmp_path, text)) == [
         f": title: the tag !!binary {NOT_PLAIN} (line 4)",
-        ": vendor: is set twice (lines 9 and 42)",
-        ": homepage: is set twice (lines 10 and 43)",
+        f": vendor: is set twice (lines 9 and {AFTER + 1})",
+        f": homepage: is set twice (lines 10 and {AFTER + 2})",
         ": hardware.cores_min: must be >= 1",
         f": provisioners.0: '/etc/rc.sh' {RELATIVE}",
         ": variables.memory: is a pipeline variable and cannot be set here"
@@ -527,7 +532,7 @@ def test_validate_reports_every_broken_appliance_of_a_project(tmp_path: Path) ->
     with pytest.raises(ConfigError) as err:
         load_all(templates, tmp_path / "provisioners")
     assert err.value.problems[0] == f"{alma}: title: contains the character U+001B at position 9"
-    assert err.value.problems[1] == f"{debian}: variables.a: anchors (&a) are not allowed (line 42)"
+    assert err.value.problems[1] == f"{debian}: variables.a: anchors (&a) are not allowed (line {AFTER + 1})"
     assert err.value.problems[-1] == (
         f"{ubuntu}: variables.ssh_private_key_file: is a pipeline variable and cannot be set here"
         " (the pipeline sets it for every build)"
