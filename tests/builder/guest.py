@@ -168,15 +168,36 @@ class Guest:
         return boot_timing(self.firmware, self.login_at, parse_milestones(shown.stdout), elapsed)
 
 
+GROW_MB = 1024  # the boot disk is this much larger than the image, as on a site
+
+
+def virtual_size(disk: Path) -> int:
+    """The disk size ``disk`` (qcow2) presents to a guest, in bytes."""
+    info = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(disk)], capture_output=True, text=True, check=True, timeout=60
+    )
+    return int(json.loads(info.stdout)["virtual-size"])
+
+
 @contextlib.contextmanager
 def boot(
-    disk: Path, seed_iso: Path, key: Path, workdir: Path, memory_mb: int = 1024, firmware: str = "bios"
+    disk: Path,
+    seed_iso: Path,
+    key: Path,
+    workdir: Path,
+    memory_mb: int = 1024,
+    firmware: str = "bios",
+    grow_mb: int = GROW_MB,
 ) -> Iterator[Guest]:
-    """Boot ``disk`` (qcow2) through an overlay with ``seed_iso`` as CD under ``firmware`` (``bios``:
-    SeaBIOS; ``uefi``: OVMF on q35 with this guest's own copy of the variable store); yields a ``Guest``."""
+    """Boot ``disk`` (qcow2) through an overlay ``grow_mb`` larger than the image (a site's disk is larger
+    than the image: cloud-init grows the root into it) with ``seed_iso`` as CD under ``firmware``
+    (``bios``: SeaBIOS; ``uefi``: OVMF on q35 with this guest's own copy of the variable store); yields a
+    ``Guest``."""
     overlay = workdir / "overlay.qcow2"
+    size = virtual_size(disk) + grow_mb * 2**20
     subprocess.run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(disk.resolve()), "-F", "qcow2", str(overlay)], check=True
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(disk.resolve()), "-F", "qcow2", str(overlay), str(size)],
+        check=True,
     )
     port = free_port()
     serial = workdir / "serial.log"

@@ -13,7 +13,7 @@ import pytest
 from pipeline.builder.seed import generate_ssh_key, meta_data, multipart_user_data, write_seed_iso
 from pipeline.manifest import BuildManifest
 
-from .guest import SSH_OPTIONS, boot
+from .guest import SSH_OPTIONS, boot, virtual_size
 
 pytestmark = [pytest.mark.slow, pytest.mark.build]
 
@@ -57,6 +57,19 @@ def boots_like_a_cloud_guest(disk: Path, tmp_path: Path, firmware: str) -> str:
 
         status = guest.ssh("debian", "cloud-init status --wait --long", timeout=600)
         assert "status: done" in status.stdout, status.stdout + status.stderr
+
+        # the root partition and file system grew into the larger disk (cloud-init's config stage
+        # does it, once sshd listens): the file system is now larger than the whole image
+        root_size = guest.ssh("debian", "df -B1 --output=size / | tail -1")
+        assert root_size.returncode == 0, root_size.stderr
+        assert int(root_size.stdout) > virtual_size(disk), (root_size.stdout, virtual_size(disk))
+        order = guest.ssh(
+            "debian",
+            "systemctl show -P ActiveEnterTimestampMonotonic ssh.service; "
+            "systemctl show -P InactiveExitTimestampMonotonic cloud-config.service",
+        )
+        sshd_ready, config_started = (int(line) for line in order.stdout.split())
+        assert 0 < sshd_ready <= config_started, order.stdout
 
         ran = guest.ssh("debian", f"cat {MARKER}")
         assert ran.returncode == 0 and "user-data script ran as root" in ran.stdout, ran.stderr
