@@ -5,12 +5,14 @@ until the first SSH key login goes, per firmware the definition declares.
     .venv/bin/python bench/boot_timing.py --smoke
 
 Boots the newest version of each appliance in ``--output`` (default ``$VMI_TEST_OUTPUT``, else
-work/test-output: the reference builds) through a throwaway overlay, on the QEMU machine the build
+work/test-output: the reference builds) through a throwaway overlay 1 GiB larger than the image (as on
+a site: cloud-init grows the root into it), on the QEMU machine the build
 itself uses on this host (TCG here), under SeaBIOS for ``bios``, OVMF for ``uefi``, both for
 ``hybrid``. Prints one column per boot: firmware + boot loader, kernel + initramfs, systemd until
 cloud-init's process is ready, cloud-init's stages until sshd is ready, sshd until the login, and the
 total from QEMU's start (target in issue 10: at most 40 s under TCG). Appends JSON lines to
-bench/results/boot_timing.jsonl.
+bench/results/boot_timing.jsonl. Under TCG every figure scales with the host's single-core speed:
+the machine line carries a reference (a fixed pure-Python loop) so figures from two machines compare.
 
 --smoke boots nothing: it prints the timings the boot tests recorded (``boot-timings.jsonl`` in the
 test output, written by tests/builder/test_boot_e2e.py), else one recorded sample parsed through the
@@ -24,6 +26,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -39,9 +42,24 @@ FIRMWARES = {Firmware.BIOS: ("bios",), Firmware.UEFI: ("uefi",), Firmware.HYBRID
 TARGET_SECONDS = 40.0
 
 
+def core_reference() -> float:
+    """Seconds for a fixed single-core workload (10 million interpreted loop steps; the best of 3)."""
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        total = 0
+        for i in range(10_000_000):
+            total += i
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def machine() -> str:
     load = "/".join(f"{x:.2f}" for x in os.getloadavg())
-    return f"machine: {os.cpu_count()} cores, load average {load} (1/5/15 min)"
+    return (
+        f"machine: {os.cpu_count()} cores, load average {load} (1/5/15 min), "
+        f"single-core reference {core_reference():.2f} s (10M Python loop steps; lower is faster)"
+    )
 
 
 def table(rows: list[tuple[str, BootTiming]]) -> None:
