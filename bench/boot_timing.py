@@ -2,6 +2,7 @@
 until the first SSH key login goes, per firmware the definition declares.
 
     .venv/bin/python bench/boot_timing.py [--appliance debian-13 ...] [--runs N] [--output DIR]
+    .venv/bin/python bench/boot_timing.py --disk A.qcow2 --disk B.qcow2 [--firmware uefi] [--runs N]
     .venv/bin/python bench/boot_timing.py --smoke
 
 Boots the newest version of each appliance in ``--output`` (default ``$VMI_TEST_OUTPUT``, else
@@ -13,6 +14,9 @@ cloud-init's process is ready, cloud-init's stages until sshd is ready, sshd unt
 total from QEMU's start (target in issue 10: at most 40 s under TCG). Appends JSON lines to
 bench/results/boot_timing.jsonl. Under TCG every figure scales with the host's single-core speed:
 the machine line carries a reference (a fixed pure-Python loop) so figures from two machines compare.
+
+``--disk`` (repeatable) compares given disks instead, booted in turn (A, B, A, B, ...) so each
+run of each disk sees the same host load: the way to compare two builds of one appliance.
 
 --smoke boots nothing: it prints the timings the boot tests recorded (``boot-timings.jsonl`` in the
 test output, written by tests/builder/test_boot_e2e.py), else one recorded sample parsed through the
@@ -100,17 +104,34 @@ def boot_once(disk: Path, firmware: str, work: Path) -> BootTiming:
         return guest.timing("debian")
 
 
+def compare(disks: list[Path], firmware: str, runs: int) -> None:
+    """Boot ``disks`` in turn, ``runs`` rounds; one column per boot."""
+    rows: list[tuple[str, BootTiming]] = []
+    for _ in range(runs):
+        for index, disk in enumerate(disks):
+            with tempfile.TemporaryDirectory(prefix="boot-timing-") as tmp:
+                rows.append((f"{chr(65 + index)}/{firmware}", boot_once(disk, firmware, Path(tmp))))
+            print(f"  {chr(65 + index)} {disk}: SSH key login after {rows[-1][1].ssh_login:.1f} s", flush=True)
+    table(rows)
+    print(machine())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--appliance", action="append", help="default: debian-12 and debian-13")
     parser.add_argument("--version", help="this version of each appliance (default: the newest built)")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--output", type=Path, help="build output (default: $VMI_TEST_OUTPUT or work/test-output)")
+    parser.add_argument("--disk", type=Path, action="append", help="boot these qcow2 disks in turn instead")
+    parser.add_argument("--firmware", choices=("bios", "uefi"), default="bios", help="with --disk (default bios)")
     parser.add_argument("--smoke", action="store_true", help="print recorded boot timings; boot nothing")
     args = parser.parse_args()
     print(machine())
     if args.smoke:
         smoke()
+        return
+    if args.disk:
+        compare(args.disk, args.firmware, args.runs)
         return
     output = args.output or Path(os.environ.get("VMI_TEST_OUTPUT", ROOT / "work" / "test-output"))
     rows: list[tuple[str, BootTiming]] = []
