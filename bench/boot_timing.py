@@ -7,13 +7,13 @@ until the first SSH key login goes, per firmware the definition declares.
 
 Boots the newest version of each appliance in ``--output`` (default ``$VMI_TEST_OUTPUT``, else
 work/test-output: the reference builds) through a throwaway overlay 1 GiB larger than the image (as on
-a site: cloud-init grows the root into it), on the QEMU machine the build
-itself uses on this host (TCG here), under SeaBIOS for ``bios``, OVMF for ``uefi``, both for
-``hybrid``. Prints one column per boot: firmware + boot loader, kernel + initramfs, systemd until
-cloud-init's process is ready, cloud-init's stages until sshd is ready, sshd until the login, and the
-total from QEMU's start (target in issue 10: at most 40 s under TCG). Appends JSON lines to
-bench/results/boot_timing.jsonl. Under TCG every figure scales with the host's single-core speed:
-the machine line carries a reference (a fixed pure-Python loop) so figures from two machines compare.
+a site: cloud-init grows the root into it), on the QEMU machine the build itself uses on this host
+(TCG here), under SeaBIOS for ``bios``, OVMF for ``uefi``, both for ``hybrid``. Prints one column per
+boot: firmware + boot loader, kernel + initramfs, systemd until cloud-init's process is ready,
+cloud-init's stages until sshd is ready, sshd until the login, and the total from QEMU's start (target
+in issue 10: at most 40 s under TCG). Appends JSON lines to bench/results/boot_timing.jsonl. Under TCG
+every figure scales with the host's single-core speed: the machine line carries a reference (a fixed
+pure-Python loop) so figures from two machines compare.
 
 ``--disk`` (repeatable) compares given disks instead, booted in turn (A, B, A, B, ...) so each
 run of each disk sees the same host load: the way to compare two builds of one appliance.

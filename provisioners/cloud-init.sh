@@ -45,9 +45,9 @@ CFG
 chmod 0644 /etc/cloud/cloud.cfg.d/01_vmi.cfg
 
 # sshd starts once cloud-init's network stage is done (the stage writes the user's key and the host
-# keys): growing the root partition and file system moves from that stage to the config stage, which
-# runs beside sshd's start, so the first login does not wait for it (seconds in an emulated guest).
-# The lists are this cloud-init's own (from its cloud.cfg), with only those two modules moved.
+# keys): growing the root partition and file system moves from that stage to the front of the config
+# stage, so the first login does not wait for it (seconds in an emulated guest). The lists are this
+# cloud-init's own (from its cloud.cfg), with only those two modules moved.
 python3 - <<'PY'
 import yaml
 
@@ -64,13 +64,13 @@ init = [m for m in cfg["cloud_init_modules"] if name(m) not in MOVED]
 moved = [m for m in cfg["cloud_init_modules"] if name(m) in MOVED]
 config = moved + [m for m in cfg["cloud_config_modules"] if name(m) not in MOVED]
 with open("/etc/cloud/cloud.cfg.d/02_vmi_boot.cfg", "w") as f:
-    f.write("# written by vmi-pipeline provisioners/cloud-init.sh: the root grows beside sshd's start\n")
+    f.write("# written by vmi-pipeline provisioners/cloud-init.sh: the root grows after sshd's start\n")
     yaml.safe_dump({"cloud_init_modules": init, "cloud_config_modules": config}, f, default_flow_style=False)
 PY
 chmod 0644 /etc/cloud/cloud.cfg.d/02_vmi_boot.cfg
 
-# ... and the config stage (growpart and resizefs first) starts once sshd listens: beside sshd's start it
-# took the emulated CPU that start needs. Ordering only: a system without sshd runs the stage as before.
+# The config stage (growpart and resizefs first) starts once sshd listens: beside sshd's start it took
+# the emulated CPU that start needs. Ordering only: a system without sshd runs the stage as before.
 install -d -m 0755 /etc/systemd/system/cloud-config.service.d
 cat > /etc/systemd/system/cloud-config.service.d/10-vmi-after-sshd.conf <<'UNIT'
 # written by vmi-pipeline provisioners/cloud-init.sh: cloud-init's config stage starts after sshd
