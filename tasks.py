@@ -7,6 +7,7 @@ Data flows one way: validate -> build -> package -> publish -> endorse -> (sites
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,7 @@ from invoke import Context, Exit, task
 
 from pipeline.errors import PipelineError, VerificationError
 from pipeline.log import setup_logging
+from pipeline.run import Stopped, stop_on_signals
 from pipeline.settings import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent
@@ -41,6 +43,7 @@ def _edge(func: F) -> F:
     @functools.wraps(func)
     def wrapper(c: Context, *args: Any, **kwargs: Any) -> Any:
         setup_logging(verbose=bool(c.config.get("run", {}).get("echo")))
+        stop_on_signals()  # SIGTERM/SIGHUP unwind like Ctrl-C: children stopped, partial files removed
         try:
             return func(c, *args, **kwargs)
         except VerificationError as e:
@@ -49,6 +52,8 @@ def _edge(func: F) -> F:
             raise Exit(code=1) from e
         except PipelineError as e:
             raise Exit(f"error: {e}", code=2) from e
+        except Stopped as e:
+            raise Exit(f"stopped by {signal.Signals(e.signum).name}", code=128 + e.signum) from e
         except KeyboardInterrupt as e:
             raise Exit("interrupted", code=130) from e
 

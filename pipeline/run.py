@@ -2,6 +2,11 @@
 
 argv is always a list, never a shell string; the environment is scrubbed down to what the tool
 needs; stdin is closed; a failure raises ``CommandError`` with argv, exit code and the output tail.
+
+Long-running tools run in their own session (a Ctrl-C in the terminal reaches us, not them half-way);
+when we are stopped, by Ctrl-C or by SIGTERM/SIGHUP once ``stop_on_signals`` is installed (a CI job
+cancelled, ``timeout``, a closed terminal), each one is stopped in turn and waited for, so mmdebstrap
+unmounts its chroot and Packer its QEMU before we exit.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pipeline.errors import CommandError, ToolNotFound
 from pipeline.log import log
@@ -41,6 +47,43 @@ TOOL_HINTS: dict[str, str] = {
     "mkfs.ext4": "install Debian's 'e2fsprogs' package",
     "chromium": "install Debian's 'chromium' package",
 }
+
+
+# How long a stopped child may take to clean up (mmdebstrap unmounting, Packer stopping QEMU) before
+# its whole process group is killed.
+STOP_GRACE_SECONDS = 60.0
+
+
+class Stopped(KeyboardInterrupt):
+    """We were sent ``signum`` (SIGTERM, SIGHUP): raised in the main thread like Ctrl-C's
+    ``KeyboardInterrupt``, so every ``finally`` and context manager runs on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+def stop_on_signals() -> None:
+    """Turn SIGTERM and SIGHUP into ``Stopped`` (Python's default for them exits at once, leaving
+    children that run in their own session, their mounts and their partial files behind)."""
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_stopped)
+
+
+def stop_group(proc: subprocess.Popen[Any], grace: float = STOP_GRACE_SECONDS) -> None:
+    """SIGTERM ``proc``'s process group, wait up to ``grace`` s for it to clean up, then SIGKILL it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @dataclass(frozen=True)
@@ -183,9 +226,7 @@ def stream(
             on_line(line)
         returncode = proc.wait()
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait()
+        stop_group(proc)
         raise
     finally:
         if timer is not None:
@@ -230,14 +271,7 @@ def spawn(
             yield proc
         finally:
             if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                stop_group(proc, grace=15)
 
 
 def tool_version(argv: Sequence[str]) -> str:
