@@ -48,7 +48,7 @@ def statements() -> Iterator[list[str]]:
 
 
 def _add(api: Api, make: Callable[..., ImagePayload], version: str) -> None:
-    packages = tuple(PackageInfo(name=f"pkg{i}", version="1.0", arch="amd64") for i in range(30))
+    packages = [PackageInfo(name=f"pkg{i}", version="1.0", arch="amd64") for i in range(30)]
     images = tuple(
         make("debian-12", version, fmt).model_copy(update={"packages": packages, "manifest": {"big": "x" * 1000}})
         for fmt in ("ova", "qcow2")
