@@ -69,9 +69,11 @@ def _raise_stopped(signum: int, frame: object) -> None:
 
 def stop_on_signals() -> None:
     """Turn SIGTERM and SIGHUP into ``Stopped`` (Python's default for them exits at once, leaving
-    children that run in their own session, their mounts and their partial files behind)."""
+    children that run in their own session, their mounts and their partial files behind). A signal
+    we were started ignoring stays ignored (``nohup invoke serve &`` outlives its terminal)."""
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _raise_stopped)
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            signal.signal(signum, _raise_stopped)
 
 
 def stop_group(proc: subprocess.Popen[Any], grace: float = STOP_GRACE_SECONDS) -> None:

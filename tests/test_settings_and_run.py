@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,37 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     d = hash_file(final)
     assert d.size == 3
     assert d.sha256 == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+# a fresh interpreter (signal handlers are process-wide): install stop_on_signals, then signal itself
+_SIGNAL_CHILD = """
+import os, signal, sys
+from pipeline.run import Stopped, stop_on_signals
+if sys.argv[1] == "ignored":
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+stop_on_signals()
+try:
+    os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+    print("still running")
+except Stopped as e:
+    print("stopped", signal.Signals(e.signum).name)
+"""
+
+
+@pytest.mark.parametrize(
+    ("start", "sent", "printed"),
+    [
+        ("default", "SIGTERM", "stopped SIGTERM"),
+        ("default", "SIGHUP", "stopped SIGHUP"),
+        ("ignored", "SIGHUP", "still running"),
+        ("ignored", "SIGTERM", "stopped SIGTERM"),
+    ],
+)
+def test_stop_on_signals_raises_stopped_but_keeps_an_inherited_ignore(
+    project_root: Path, start: str, sent: str, printed: str
+) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_CHILD, start, sent],
+        cwd=project_root, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (child.returncode, child.stdout.strip()) == (0, printed), child.stderr
