@@ -16,7 +16,9 @@ every figure scales with the host's single-core speed: the machine line carries 
 pure-Python loop) so figures from two machines compare.
 
 ``--disk`` (repeatable) compares given disks instead, booted in turn (A, B, A, B, ...) so each
-run of each disk sees the same host load: the way to compare two builds of one appliance.
+run of each disk sees the same host load: the way to compare two builds of one appliance. ``--cpu``
+(repeatable, with ``--disk``) boots each disk under each of these QEMU ``-cpu`` models in turn instead
+of the build's own (pipeline.builder.accel.TCG_CPU_MODEL under TCG): the way to compare CPU models.
 
 --smoke boots nothing: it prints the timings the boot tests recorded (``boot-timings.jsonl`` in the
 test output, written by tests/builder/test_boot_e2e.py), else one recorded sample parsed through the
@@ -95,23 +97,25 @@ def smoke() -> None:
     table(rows)
 
 
-def boot_once(disk: Path, firmware: str, work: Path) -> BootTiming:
+def boot_once(disk: Path, firmware: str, work: Path, cpu_model: str | None = None) -> BootTiming:
     key = generate_ssh_key(work / "key", comment="boot-timing")
     meta = meta_data("boot-timing-1", "boot-timing", public_keys=(key.public_text,))
     seed = write_seed_iso(work / "seed.iso", meta, multipart_user_data([("x-shellscript", "#!/bin/sh\ntrue\n")]))
-    with boot(disk, seed, key.private, work, firmware=firmware) as guest:
+    with boot(disk, seed, key.private, work, firmware=firmware, cpu_model=cpu_model) as guest:
         guest.wait_for_ssh("debian", deadline_s=900)
         return guest.timing("debian")
 
 
-def compare(disks: list[Path], firmware: str, runs: int) -> None:
-    """Boot ``disks`` in turn, ``runs`` rounds; one column per boot."""
+def compare(disks: list[Path], firmware: str, runs: int, cpu_models: list[str] | None = None) -> None:
+    """Boot every (disk, CPU model) pair in turn, ``runs`` rounds; one column per boot."""
+    pairs = [(disk, cpu) for disk in disks for cpu in (cpu_models or [None])]
     rows: list[tuple[str, BootTiming]] = []
     for _ in range(runs):
-        for index, disk in enumerate(disks):
+        for index, (disk, cpu) in enumerate(pairs):
             with tempfile.TemporaryDirectory(prefix="boot-timing-") as tmp:
-                rows.append((f"{chr(65 + index)}/{firmware}", boot_once(disk, firmware, Path(tmp))))
-            print(f"  {chr(65 + index)} {disk}: SSH key login after {rows[-1][1].ssh_login:.1f} s", flush=True)
+                rows.append((f"{chr(65 + index)}/{firmware}", boot_once(disk, firmware, Path(tmp), cpu)))
+            under = f" (-cpu {cpu})" if cpu else ""
+            print(f"  {chr(65 + index)} {disk}{under}: SSH key login after {rows[-1][1].ssh_login:.1f} s", flush=True)
     table(rows)
     print(machine())
 
@@ -124,14 +128,17 @@ def main() -> None:
     parser.add_argument("--output", type=Path, help="build output (default: $VMI_TEST_OUTPUT or work/test-output)")
     parser.add_argument("--disk", type=Path, action="append", help="boot these qcow2 disks in turn instead")
     parser.add_argument("--firmware", choices=("bios", "uefi"), default="bios", help="with --disk (default bios)")
+    parser.add_argument("--cpu", action="append", help="with --disk: boot each disk under these QEMU -cpu models")
     parser.add_argument("--smoke", action="store_true", help="print recorded boot timings; boot nothing")
     args = parser.parse_args()
     print(machine())
     if args.smoke:
         smoke()
         return
+    if args.cpu and not args.disk:
+        parser.error("--cpu needs --disk")
     if args.disk:
-        compare(args.disk, args.firmware, args.runs)
+        compare(args.disk, args.firmware, args.runs, args.cpu)
         return
     output = args.output or Path(os.environ.get("VMI_TEST_OUTPUT", ROOT / "work" / "test-output"))
     rows: list[tuple[str, BootTiming]] = []

@@ -27,7 +27,15 @@ from typing import TextIO
 from pipeline import run
 from pipeline.appliance import Appliance, BaseKind, Firmware, find_appliance, load_all
 from pipeline.builder import packer
-from pipeline.builder.accel import UEFI_MACHINE_TYPE, Accel, QemuMachine, choose_accel, ovmf_vars_copy, qemu_machine
+from pipeline.builder.accel import (
+    TCG_CPU_MODEL,
+    UEFI_MACHINE_TYPE,
+    Accel,
+    QemuMachine,
+    choose_accel,
+    ovmf_vars_copy,
+    qemu_machine,
+)
 from pipeline.builder.base import base_component, prepare_base
 from pipeline.builder.cache import compute_inputs, find_up_to_date, inputs_digest, next_version
 from pipeline.builder.licences import read_licences, with_licences
@@ -284,7 +292,7 @@ def template_variables(
         "vm_name": vm_name,
         "accelerator": Accel.TCG.value,
         "machine_type": "pc",
-        "cpu_model": "max",
+        "cpu_model": TCG_CPU_MODEL,
         "ssh_timeout": "30m",
         "cpus": str(min(2, os.cpu_count() or 1)),
         "memory": str(max(GUEST_MEMORY_MB, appliance.hardware.ram_min_mb)),

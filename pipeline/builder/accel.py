@@ -36,6 +36,13 @@ OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")  # template: every VM writes
 KVM_PROBE_TIMEOUT = 20.0
 TCG_PROBE_TIMEOUT = 120.0
 KVM_MAX_SHARE_OF_TCG = 0.5
+# The CPU an emulated (TCG) guest sees: QEMU's own default model (qemu64: AMD vendor, family 15, so the
+# guest kernel turns on no Meltdown/Retbleed/SRSO mitigation) raised to x86-64-v2, the least that
+# AlmaLinux 9 runs on (Debian and Ubuntu need v1), without SVM (nested virtualisation in an emulated
+# guest is useless, and it makes the guest load kvm/kvm_amd). Not ``max``: that adds AVX2, AES/PCLMUL,
+# SHA, 5-level paging and more, which the guest's glibc, kernel and udev then use or load, all of it
+# emulated. Under ``max`` a debian-13 boot took 6-13 s longer until the SSH key login (bench/README.md).
+TCG_CPU_MODEL = "qemu64,ssse3=on,sse4.1=on,sse4.2=on,popcnt=on,svm=off"
 # Printed at KERN_EMERG (so even with `quiet`) once the kernel has come all the way to mounting root.
 PROBE_MARKER = b"VFS: Unable to mount root fs"
 
@@ -104,11 +111,11 @@ class QemuMachine:
 
 
 def qemu_machine(accel: Accel, cpus: int = 2, memory_mb: int = 1024, ovmf_vars: Path | None = None) -> QemuMachine:
-    """KVM passes the host CPU through; TCG emulates every feature it can (``max``). With ``ovmf_vars``
+    """KVM passes the host CPU through; TCG emulates ``TCG_CPU_MODEL`` (x86-64-v2). With ``ovmf_vars``
     (this VM's writable copy of ``OVMF_VARS``, see ``ovmf_vars_copy``) the machine boots UEFI on q35."""
     return QemuMachine(
         accel,
-        "host" if accel is Accel.KVM else "max",
+        "host" if accel is Accel.KVM else TCG_CPU_MODEL,
         machine_type=UEFI_MACHINE_TYPE if ovmf_vars is not None else MACHINE_TYPE,
         cpus=cpus,
         memory_mb=memory_mb,

@@ -179,7 +179,7 @@ def _write_boot_config(mnt: Path, fs_uuid: str, esp_id: str | None = None) -> No
         "# minimal menu written by vmi-pipeline; update-grub replaces it during provisioning\n"
         "set timeout=0\n"
         "serial --unit=0 --speed=115200\n"
-        "terminal_input serial console\n"
+        "terminal_input console\n"  # serial input costs 3 s per boot (pipeline.builder.bootstrap)
         "terminal_output serial console\n"
         "menuentry 'Debian GNU/Linux' {\n"
         f"  search --no-floppy --fs-uuid --set=root {fs_uuid}\n"

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from pipeline.builder.accel import choose_accel, ovmf_vars_copy, qemu_machine
@@ -188,11 +188,12 @@ def boot(
     memory_mb: int = 1024,
     firmware: str = "bios",
     grow_mb: int = GROW_MB,
+    cpu_model: str | None = None,
 ) -> Iterator[Guest]:
     """Boot ``disk`` (qcow2) through an overlay ``grow_mb`` larger than the image (a site's disk is larger
     than the image: cloud-init grows the root into it) with ``seed_iso`` as CD under ``firmware``
     (``bios``: SeaBIOS; ``uefi``: OVMF on q35 with this guest's own copy of the variable store); yields a
-    ``Guest``."""
+    ``Guest``. ``cpu_model`` replaces the machine's ``-cpu`` (bench/boot_timing.py --cpu compares models)."""
     overlay = workdir / "overlay.qcow2"
     size = virtual_size(disk) + grow_mb * 2**20
     subprocess.run(
@@ -205,6 +206,8 @@ def boot(
     # (the same QemuMachine, firmware included, that Packer gets: pipeline.builder.accel)
     ovmf_vars = ovmf_vars_copy(workdir / "OVMF_VARS.fd") if firmware == "uefi" else None
     machine = qemu_machine(choose_accel("auto", 2, memory_mb).accel, 2, memory_mb, ovmf_vars=ovmf_vars)
+    if cpu_model is not None:
+        machine = replace(machine, cpu_model=cpu_model)
     argv = [
         "qemu-system-x86_64",
         *machine.argv(),

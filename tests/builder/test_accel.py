@@ -16,6 +16,7 @@ import pytest
 from pipeline.appliance import find_appliance
 from pipeline.builder import PackerJob, run_packer_with_fallback, template_variables
 from pipeline.builder.accel import (
+    TCG_CPU_MODEL,
     Accel,
     choose_accel,
     probe,
@@ -32,9 +33,9 @@ needs_kernel = pytest.mark.skipif(KERNEL is None, reason="scripts/setup installs
 def test_one_machine_for_probe_and_packer() -> None:
     kvm, tcg = qemu_machine(Accel.KVM, 2, 1024), qemu_machine(Accel.TCG, 2, 1024)
     assert kvm.argv()[:4] == ["-machine", "type=pc,accel=kvm", "-cpu", "host"]
-    assert tcg.argv()[:4] == ["-machine", "type=pc,accel=tcg", "-cpu", "max"]
+    assert tcg.argv()[:4] == ["-machine", "type=pc,accel=tcg", "-cpu", TCG_CPU_MODEL]
     variables = tcg.template_variables()
-    assert (variables["accelerator"], variables["machine_type"], variables["cpu_model"]) == ("tcg", "pc", "max")
+    assert (variables["accelerator"], variables["machine_type"], variables["cpu_model"]) == ("tcg", "pc", TCG_CPU_MODEL)
     assert kvm.template_variables()["ssh_timeout"] == "5m" and variables["ssh_timeout"] == "30m"
 
 
@@ -148,8 +149,9 @@ def test_a_failed_kvm_attempt_is_retried_once_under_tcg(scratch_project: Setting
     log = io.StringIO()
     job = PackerJob(appliance, settings, base, tmp_path / "out" / "disk.qcow2", work, log)
     result, machine, note = run_packer_with_fallback(job, kvm)
-    assert machine.accel is Accel.TCG and machine.cpu_model == "max"
+    assert machine.accel is Accel.TCG and machine.cpu_model == TCG_CPU_MODEL
     assert re.fullmatch(r"kvm failed \(.*Qemu failed to start.*\); using tcg", note), note
     assert (tmp_path / "out" / "disk.qcow2").is_file() and result.artifacts
     assert log.getvalue().count("Qemu failed to start") >= 1
-    assert template_variables(appliance, settings, work, base, work / "x", "d", work, work)["cpu_model"] == "max"
+    variables = template_variables(appliance, settings, work, base, work / "x", "d", work, work)
+    assert variables["cpu_model"] == TCG_CPU_MODEL

@@ -12,7 +12,7 @@ import yaml
 from lxml import etree
 
 from pipeline.appliance import Firmware, find_appliance, load_appliance
-from pipeline.builder.accel import OVMF_CODE, Accel, qemu_machine
+from pipeline.builder.accel import OVMF_CODE, TCG_CPU_MODEL, Accel, qemu_machine
 from pipeline.errors import ConfigError
 from pipeline.formats.ovf import DiskRef, HardwareProfile, build_descriptor, descriptor_firmware, schema_problems
 from pipeline.package.verify import descriptor_facts
@@ -46,7 +46,7 @@ def test_an_unknown_firmware_is_one_line_naming_file_and_field(tmp_path: Path) -
 
 def test_uefi_machine_is_q35_with_ovmf_as_pflash(tmp_path: Path) -> None:
     bios = qemu_machine(Accel.TCG, 2, 1024)
-    assert bios.argv() == ["-machine", "type=pc,accel=tcg", "-cpu", "max", "-m", "1024M", "-smp", "2"]
+    assert bios.argv() == ["-machine", "type=pc,accel=tcg", "-cpu", TCG_CPU_MODEL, "-m", "1024M", "-smp", "2"]
     assert "firmware_qemuargs" not in bios.template_variables()
     vars_copy = tmp_path / "vars.fd"
     uefi = qemu_machine(Accel.TCG, 2, 1024, ovmf_vars=vars_copy)
