@@ -39,10 +39,14 @@ KVM_MAX_SHARE_OF_TCG = 0.5
 # The CPU an emulated (TCG) guest sees: QEMU's own default model (qemu64: AMD vendor, family 15, so the
 # guest kernel turns on no Meltdown/Retbleed/SRSO mitigation) raised to x86-64-v2, the least that
 # AlmaLinux 9 runs on (Debian and Ubuntu need v1), without SVM (nested virtualisation in an emulated
-# guest is useless, and it makes the guest load kvm/kvm_amd). Not ``max``: that adds AVX2, AES/PCLMUL,
-# SHA, 5-level paging and more, which the guest's glibc, kernel and udev then use or load, all of it
-# emulated. Under ``max`` a debian-13 boot took 6-13 s longer until the SSH key login (bench/README.md).
-TCG_CPU_MODEL = "qemu64,ssse3=on,sse4.1=on,sse4.2=on,popcnt=on,svm=off"
+# guest is useless, and it makes the guest load kvm/kvm_amd), with RDRAND (as every CPU a site runs
+# has): without it the guest kernel's random pool is not ready until ~17 s into the boot, cloud-init's
+# Python blocks reading it and the kernel spins gathering jitter entropy, and under TCG that spin once
+# hit the kernel's live code patching (an ``int3`` oops in sched_clock_cpu, then a panic). Not ``max``:
+# that adds AVX2, AES/PCLMUL, SHA, 5-level paging and more, which the guest's glibc, kernel and udev
+# then use or load, all of it emulated. Under ``max`` a debian-13 boot took 6-13 s longer until the SSH
+# key login (bench/README.md).
+TCG_CPU_MODEL = "qemu64,ssse3=on,sse4.1=on,sse4.2=on,popcnt=on,rdrand=on,svm=off"
 # Printed at KERN_EMERG (so even with `quiet`) once the kernel has come all the way to mounting root.
 PROBE_MARKER = b"VFS: Unable to mount root fs"
 
