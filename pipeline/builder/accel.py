@@ -44,8 +44,8 @@ KVM_MAX_SHARE_OF_TCG = 0.5
 # Python blocks reading it and the kernel spins gathering jitter entropy, and under TCG that spin once
 # hit the kernel's live code patching (an ``int3`` oops in sched_clock_cpu, then a panic). Not ``max``:
 # that adds AVX2, AES/PCLMUL, SHA, 5-level paging and more, which the guest's glibc, kernel and udev
-# then use or load, all of it emulated. Under ``max`` a debian-13 boot took 6-13 s longer until the SSH
-# key login (bench/README.md).
+# then use or load, all of it emulated. Under ``max`` a debian-13 boot took about 8 s longer on average
+# until the SSH key login (5 pairs of boots, 3.6-19.7 s apart: bench/README.md).
 TCG_CPU_MODEL = "qemu64,ssse3=on,sse4.1=on,sse4.2=on,popcnt=on,rdrand=on,svm=off"
 # Printed at KERN_EMERG (so even with `quiet`) once the kernel has come all the way to mounting root.
 PROBE_MARKER = b"VFS: Unable to mount root fs"

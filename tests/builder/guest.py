@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from pipeline.builder.accel import choose_accel, ovmf_vars_copy, qemu_machine
+from pipeline.builder.accel import Accel, choose_accel, ovmf_vars_copy, qemu_machine
 from pipeline.run import spawn
 
 SSH_OPTIONS = [
@@ -140,6 +140,7 @@ class Guest:
     firmware: str = "bios"
     started: float = 0.0  # time.monotonic() when QEMU was started
     login_at: float | None = None  # seconds after ``started`` of the first successful key login
+    accel: Accel = Accel.TCG  # the accelerator the guest runs under
 
     def ssh(self, user: str, command: str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         argv = ["ssh", *SSH_OPTIONS, *extra, "-i", str(self.key), "-p", str(self.port), f"{user}@127.0.0.1", command]
@@ -221,4 +222,4 @@ def boot(
     ]  # fmt: skip
     started = time.monotonic()
     with spawn(argv, log_path=workdir / "qemu.log"):
-        yield Guest(port, key, serial, firmware, started)
+        yield Guest(port, key, serial, firmware, started, accel=machine.accel)

@@ -9,6 +9,7 @@ import io
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,8 @@ from pipeline.builder.accel import (
 )
 from pipeline.errors import ConfigError
 from pipeline.settings import Settings
+
+from .guest import boot
 
 KERNEL = probe_kernel()
 needs_kernel = pytest.mark.skipif(KERNEL is None, reason="scripts/setup installs linux-image-amd64 in /boot")
@@ -155,3 +158,17 @@ def test_a_failed_kvm_attempt_is_retried_once_under_tcg(scratch_project: Setting
     assert log.getvalue().count("Qemu failed to start") >= 1
     variables = template_variables(appliance, settings, work, base, work / "x", "d", work, work)
     assert variables["cpu_model"] == TCG_CPU_MODEL
+
+
+def test_the_boot_harness_runs_the_cpu_model_it_is_given(tmp_path: Path) -> None:
+    """bench/boot_timing.py --cpu compares CPU models through the boot tests' harness: the model it is
+    given is the one QEMU is asked to run (an unknown one makes QEMU say so and stop)."""
+    disk, seed = tmp_path / "disk.qcow2", tmp_path / "seed.iso"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    seed.write_bytes(b"")
+    log = tmp_path / "qemu.log"
+    with boot(disk, seed, tmp_path / "key", tmp_path, cpu_model="vmi-no-such-cpu"):
+        deadline = time.monotonic() + 60
+        while "vmi-no-such-cpu" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert "unable to find CPU model 'vmi-no-such-cpu'" in log.read_text()
