@@ -79,6 +79,20 @@ After=ssh.service sshd.service
 UNIT
 chmod 0644 /etc/systemd/system/cloud-config.service.d/10-vmi-after-sshd.conf
 
+# sshd starts without a test run first: Debian's ssh.service runs `sshd -t` and then sshd, two starts of
+# sshd (each loading its libraries, configuration and host keys) on the way to the first login. sshd
+# checks the same configuration at its start and fails the same way; the reload keeps its test, so a
+# broken file still never replaces a running configuration. Only where the unit has that test.
+if grep -qx 'ExecStartPre=/usr/sbin/sshd -t' /lib/systemd/system/ssh.service 2>/dev/null; then
+    install -d -m 0755 /etc/systemd/system/ssh.service.d
+    cat > /etc/systemd/system/ssh.service.d/10-vmi-no-pretest.conf <<'UNIT'
+# written by vmi-pipeline provisioners/cloud-init.sh: sshd checks its configuration when it starts
+[Service]
+ExecStartPre=
+UNIT
+    chmod 0644 /etc/systemd/system/ssh.service.d/10-vmi-no-pretest.conf
+fi
+
 # installer and image leftovers (H4) that would override the settings above (Ubuntu's 90_dpkg.cfg
 # carries its own datasource list and sorts after 01_vmi.cfg)
 rm -f /etc/cloud/cloud.cfg.d/90_dpkg.cfg /etc/cloud/cloud.cfg.d/99-installer.cfg \

@@ -136,5 +136,19 @@ def boots_like_a_cloud_guest(disk: Path, tmp_path: Path, firmware: str) -> str:
         assert "no-build-user" in out, out
         assert "\nL\n" in out, out
         assert "machine-id-set" in out and "ssh_host_ed25519_key.pub" in out, out
+        # sshd starts without a test run before it, yet a broken configuration still never replaces the
+        # running one: the reload tests it first and fails, sshd keeps serving the old one
+        broken = guest.ssh(
+            "debian",
+            "systemctl show -p ExecStartPre --value ssh.service | grep -c 'sshd -t' || true; "
+            "echo 'NoSuchSshdOption yes' | sudo -n tee /etc/ssh/sshd_config.d/99-e2e-broken.conf >/dev/null; "
+            "sudo -n systemctl reload ssh.service 2>/dev/null; echo reload=$?; "
+            "sudo -n rm /etc/ssh/sshd_config.d/99-e2e-broken.conf; systemctl is-active ssh.service",
+        )
+        assert broken.returncode == 0, broken.stderr
+        pretests, reload, active = broken.stdout.split()
+        assert pretests == "0" and reload != "reload=0" and active == "active", broken.stdout
+        assert guest.ssh("debian", "true").returncode == 0  # still serving after the failed reload
+
         seen = guest.ssh("debian", "test -d /sys/firmware/efi && echo efi || echo bios")
         return seen.stdout.strip()

@@ -1,12 +1,14 @@
 """What the reference builds leave out of every boot (issue 10), read offline from the built disks: an
 initramfs with neither udev's hardware database nor the modules of a root on the network or on another
-file system, compressed with zstd; the generators and units a cloud guest never uses masked or disabled;
-the root's growth moved to cloud-init's config stage, which starts once sshd listens (the boot tests
-then show the root did grow, after sshd's start). Uses the shared ``reference_build``/``reference_build_13``
-fixtures."""
+file system, compressed with zstd; the generators and units a cloud guest never uses masked or disabled
+(grub-common.service too: the image's GRUB menu never sets the failed-boot flag it clears); sshd started
+once, without a test run before it (its reload still tests); the root's growth moved to cloud-init's
+config stage, which starts once sshd listens (the boot tests then show the root did grow, after sshd's
+start). Uses the shared ``reference_build``/``reference_build_13`` fixtures."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -89,6 +91,17 @@ def test_boot_work_is_left_out(reference: tuple[Path, BuildManifest], tmp_path: 
         for gen in MASKED_GENERATORS:
             link = root.host_path(f"/etc/systemd/system-generators/{gen}", follow=False)
             assert link is not None and link.is_symlink() and str(link.readlink()) == "/dev/null", gen
+        # grub-common.service only clears a failed-boot flag ("recordfail") the menu entries never set here
+        grub_cfg = root.read_text("/boot/grub/grub.cfg") or ""
+        assert "menuentry" in grub_cfg and not re.search(r"^\s*recordfail\s*$", grub_cfg, re.M)
+        link = root.host_path("/etc/systemd/system/grub-common.service", follow=False)
+        assert link is not None and link.is_symlink() and str(link.readlink()) == "/dev/null"
+        # sshd starts once: no `sshd -t` run before it; reloading still tests the configuration first
+        drop_in = root.read_text("/etc/systemd/system/ssh.service.d/10-vmi-no-pretest.conf") or ""
+        assert "\n[Service]\nExecStartPre=\n" in drop_in, drop_in
+        shipped_units = [root.read_text(f"{d}/ssh.service") for d in ("/usr/lib/systemd/system", "/lib/systemd/system")]
+        unit = next((text for text in shipped_units if text), "")
+        assert unit and "ExecStartPre=/usr/sbin/sshd -t" in unit and "ExecReload=/usr/sbin/sshd -t" in unit, unit
         wants = root.listdir("/etc/systemd/system/timers.target.wants") + root.listdir(
             "/etc/systemd/system/multi-user.target.wants"
         )
