@@ -42,7 +42,15 @@ sys.path.insert(0, str(ROOT))
 from pipeline.appliance import Firmware, find_appliance  # noqa: E402
 from pipeline.builder.seed import generate_ssh_key, meta_data, multipart_user_data, write_seed_iso  # noqa: E402
 from pipeline.manifest import BuildManifest, list_versions  # noqa: E402
-from tests.builder.guest import PHASES, SAMPLE_SHOWN, BootTiming, boot, boot_timing, parse_milestones  # noqa: E402
+from tests.builder.guest import (  # noqa: E402
+    PHASES,
+    SAMPLE_SHOWN,
+    BootTiming,
+    boot,
+    boot_timing,
+    median_timings,
+    parse_milestones,
+)
 
 FIRMWARES = {Firmware.BIOS: ("bios",), Firmware.UEFI: ("uefi",), Firmware.HYBRID: ("bios", "uefi")}
 TARGET_SECONDS = 40.0
@@ -117,6 +125,9 @@ def compare(disks: list[Path], firmware: str, runs: int, cpu_models: list[str] |
             under = f" (-cpu {cpu})" if cpu else ""
             print(f"  {chr(65 + index)} {disk}{under}: SSH key login after {rows[-1][1].ssh_login:.1f} s", flush=True)
     table(rows)
+    if runs > 1:
+        print("median per disk (each phase on its own: they need not add up to the total)")
+        table(median_timings(rows))
     print(machine())
 
 
@@ -157,6 +168,9 @@ def main() -> None:
                     rows.append((f"{name}/{firmware}", boot_once(disk, firmware, Path(tmp))))
                     print(f"  {name} {version} under {firmware}: SSH key login after {rows[-1][1].ssh_login:.1f} s")
     table(rows)
+    if args.runs > 1:
+        print("median per appliance and firmware (each phase on its own: they need not add up to the total)")
+        table(median_timings(rows))
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     with open(results / "boot_timing.jsonl", "a") as f:

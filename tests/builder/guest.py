@@ -9,9 +9,10 @@ import contextlib
 import json
 import os
 import socket
+import statistics
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -70,6 +71,19 @@ class BootTiming:
         line["load"] = os.getloadavg()[0]
         with path.open("a") as f:
             f.write(json.dumps(line) + "\n")
+
+
+def median_timings(rows: Iterable[tuple[str, BootTiming]]) -> list[tuple[str, BootTiming]]:
+    """Per label (in the order first seen), the median of each phase over that label's boots: an A/B's
+    summary, less swayed by one slow boot than a mean (each phase on its own, so they need not add up)."""
+    groups: dict[str, list[BootTiming]] = {}
+    for label, timing in rows:
+        groups.setdefault(label, []).append(timing)
+    summary = []
+    for label, timings in groups.items():
+        values = {field: round(statistics.median(getattr(t, field) for t in timings), 2) for field, _ in PHASES}
+        summary.append((f"{label} x{len(timings)}", BootTiming(firmware=timings[0].firmware, **values)))
+    return summary
 
 
 # systemd's monotonic timestamps (microseconds since the kernel started) of the boot's milestones

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from .guest import SAMPLE_SHOWN, boot_timing, parse_milestones
+from .guest import PHASES, SAMPLE_SHOWN, BootTiming, boot_timing, median_timings, parse_milestones
 
 SHOWN = SAMPLE_SHOWN
 
@@ -39,3 +39,15 @@ def test_a_boot_whose_sshd_never_started_is_an_error() -> None:
     shown = SHOWN.replace("Id=ssh.service", "Id=other.service")
     with pytest.raises(AssertionError, match="no sshd unit became active"):
         boot_timing("bios", 70.0, parse_milestones(shown), 68.0)
+
+
+def test_an_ab_summary_is_the_median_of_each_phase_per_label() -> None:
+    def timing(seconds: float) -> BootTiming:
+        return BootTiming("bios", *(seconds + i for i in range(len(PHASES))))
+
+    rows = [("A/bios", timing(40)), ("B/bios", timing(30)), ("A/bios", timing(90)), ("B/bios", timing(31))]
+    rows += [("A/bios", timing(41))]
+    summary = median_timings(rows)
+    assert [label for label, _ in summary] == ["A/bios x3", "B/bios x2"]  # first-seen order, with the count
+    assert summary[0][1] == timing(41)  # the median, not swayed by the one slow boot (a mean: 57)
+    assert summary[1][1] == timing(30.5)
