@@ -65,7 +65,7 @@ PIPELINE_VARIABLES = frozenset(
         "scripts",
         "disk_size",
         "skip_resize_disk",
-        "firmware_qemuargs",
+        "machine_qemuargs",
         "package_list",
         "serial_log",
     }
@@ -74,7 +74,7 @@ _RESERVED_WHY = {
     "memory": "the build VM's memory follows hardware.ram_min_mb",
     "cpus": "the build VM's CPUs follow the build host",
     "disk_size": "the disk size follows hardware.disk_gb",
-    "firmware_qemuargs": "the firmware follows the firmware field",
+    "machine_qemuargs": "the QEMU machine follows the accelerator probe and the firmware field",
 }
 _INTEGER_FIELDS = frozenset(
     {"cores_min", "cores_recommended", "ram_min_mb", "ram_recommended_mb", "disk_gb"}

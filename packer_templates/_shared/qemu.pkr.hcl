@@ -51,10 +51,10 @@ variable "cpu_model" {
   description = "QEMU -cpu model (host under KVM, max under TCG), the one the probe proved"
 }
 
-variable "firmware_qemuargs" {
+variable "machine_qemuargs" {
   type        = list(list(string))
   default     = []
-  description = "UEFI: OVMF's pflash block devices (QemuMachine.firmware_args); empty under SeaBIOS"
+  description = "-machine (replacing Packer's own), under TCG -accel and the RAM backend, under UEFI OVMF's pflash devices (QemuMachine.machine_args)"
 }
 
 variable "ssh_timeout" {
@@ -148,7 +148,7 @@ source "qemu" "appliance" {
     # Packer's own port forward listens on every interface: keep the build's SSH on loopback
     ["-netdev", "user,id=user.0,hostfwd=tcp:127.0.0.1:{{ .SSHHostPort }}-:22"],
     ["-serial", "file:${var.serial_log}"],
-  ], var.firmware_qemuargs)
+  ], var.machine_qemuargs)
   communicator           = "ssh"
   ssh_username           = var.ssh_username
   ssh_private_key_file   = var.ssh_private_key_file

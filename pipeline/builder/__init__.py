@@ -38,6 +38,7 @@ from pipeline.builder.accel import (
 )
 from pipeline.builder.base import base_component, prepare_base
 from pipeline.builder.cache import compute_inputs, find_up_to_date, inputs_digest, next_version
+from pipeline.builder.disk import unmount_under
 from pipeline.builder.licences import read_licences, with_licences
 from pipeline.builder.seed import build_user_data, generate_ssh_key, meta_data, write_seed_dir
 from pipeline.errors import BuildError, ConfigError, PipelineError
@@ -351,7 +352,11 @@ def _scratch(settings: Settings, name: str) -> Iterator[Path]:
     try:
         yield work
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        still = unmount_under(work)
+        if still:  # never delete through a mount: it may reach the host's own files
+            log.warning("left %s in place: %s still mounted (umount it, then delete it)", work, still[0])
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _publish(stage: Path, final: Path) -> None:

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -126,6 +127,28 @@ def _mounted(log_file: TextIO, source: str, target: Path, *options: str) -> Iter
         yield target
     finally:
         _cmd(log_file, "umount", str(target))
+
+
+def mount_points_under(path: Path) -> list[Path]:
+    """Mount points at or below ``path``, in the order they were mounted (``/proc/self/mountinfo``'s
+    order: a mount nested in another comes after it). Octal escapes (``\\040`` for a space) decoded."""
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4])
+        if point == str(path) or point.startswith(f"{path}/"):
+            points.append(Path(point))
+    return points
+
+
+def unmount_under(path: Path) -> list[Path]:
+    """Unmount everything at or below ``path``, the last mounted first (a lazy unmount if busy), and
+    return what is still mounted. A chroot tool that died by a signal (mmdebstrap stopped mid-way in
+    root mode) can leave its /proc, /sys, /dev/pts and /dev/shm mounted in our work folder."""
+    for point in reversed(mount_points_under(path)):
+        if run.run(["umount", str(point)], check=False, timeout=60).returncode != 0:
+            run.run(["umount", "--lazy", str(point)], check=False, timeout=60)
+        log.debug("unmounted %s (left behind by a stopped tool)", point)
+    return mount_points_under(path)
 
 
 def assemble_disk(tarball: Path, out_qcow2: Path, size_gb: int, fs_uuid: str, work_dir: Path, log_file: TextIO) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import re
 import subprocess
@@ -35,10 +36,19 @@ needs_kernel = pytest.mark.skipif(KERNEL is None, reason="scripts/setup installs
 
 def test_one_machine_for_probe_and_packer() -> None:
     kvm, tcg = qemu_machine(Accel.KVM, 2, 1024), qemu_machine(Accel.TCG, 2, 1024)
-    assert kvm.argv()[:4] == ["-machine", "type=pc,accel=kvm", "-cpu", "host"]
-    assert tcg.argv()[:4] == ["-machine", "type=pc,accel=tcg", "-cpu", TCG_CPU_MODEL]
+    assert kvm.argv() == ["-machine", "type=pc,accel=kvm", "-cpu", "host", "-m", "1024M", "-smp", "2"]
+    # under TCG only: a 256 MiB translation cache and the guest RAM from a memfd of -m's size
+    assert tcg.argv() == [
+        "-machine", "type=pc,memory-backend=vmi-ram",
+        "-accel", "tcg,tb-size=256",
+        "-object", "memory-backend-memfd,id=vmi-ram,size=1024M",
+        "-cpu", TCG_CPU_MODEL, "-m", "1024M", "-smp", "2",
+    ]  # fmt: skip
     variables = tcg.template_variables()
     assert (variables["accelerator"], variables["machine_type"], variables["cpu_model"]) == ("tcg", "pc", TCG_CPU_MODEL)
+    for machine in (kvm, tcg):  # Packer's -machine is replaced by the machine's own, the same as argv()'s
+        assert json.loads(machine.template_variables()["machine_qemuargs"]) == machine.machine_args()
+        assert machine.argv()[: 2 * len(machine.machine_args())] == sum(machine.machine_args(), [])
     assert kvm.template_variables()["ssh_timeout"] == "5m" and variables["ssh_timeout"] == "30m"
 
 
@@ -50,6 +60,8 @@ def test_every_template_runs_the_machine_the_pipeline_passes(project_root: Path)
         assert "accelerator" in text and re.search(r"machine_type\s*=\s*var\.machine_type", text), template
         assert '["-cpu", var.cpu_model]' in text and re.search(r"ssh_timeout\s*=\s*var\.ssh_timeout", text), template
         assert '"-cpu", "' not in text, f"{template}: a fixed CPU model would differ from what the probe ran"
+        assert "var.machine_qemuargs)" in text, f"{template}: the machine the probe ran must reach qemuargs"
+        assert '"-machine"' not in text and '"-accel"' not in text, template
 
 
 @needs_kernel

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.builder.accel import TCG_CPU_MODEL
 from pipeline.manifest import BuildManifest
 
 pytestmark = [pytest.mark.slow]
@@ -73,6 +74,35 @@ def stop(build: subprocess.Popen[str]) -> tuple[str, str]:
     return out, err
 
 
+def qemu_argv(path: Path) -> list[str]:
+    """The full command line of the QEMU process whose arguments mention ``path``."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")[:-1] if proc.name.isdigit() else []
+        except OSError:
+            continue
+        if argv and Path(argv[0].decode()).name.startswith("qemu-system") and str(path).encode() in b" ".join(argv):
+            return [a.decode() for a in argv]
+    pytest.fail(f"no QEMU process naming {path}")
+
+
+def assert_packer_ran_the_probed_machine(argv: list[str]) -> None:
+    """Packer's QEMU line holds QemuMachine.machine_args() (Packer's own -machine replaced): one -machine,
+    and under TCG the translation cache size and the memfd RAM backend of -m's size."""
+    options = {}
+    for flag in ("-machine", "-m", "-cpu"):
+        assert argv.count(flag) == 1, (flag, argv)
+        options[flag] = argv[argv.index(flag) + 1]
+    if options["-machine"].endswith(",accel=kvm"):  # the probe chose KVM: QEMU's defaults
+        assert "-accel" not in argv and "-object" not in argv, argv
+        return
+    assert "accel=" not in options["-machine"] and "memory-backend=vmi-ram" in options["-machine"].split(","), argv
+    assert argv[argv.index("-accel") + 1] == "tcg,tb-size=256", argv
+    size = options["-m"] if options["-m"].endswith("M") else f"{options['-m']}M"
+    assert argv[argv.index("-object") + 1] == f"memory-backend-memfd,id=vmi-ram,size={size}", argv
+    assert options["-cpu"] == TCG_CPU_MODEL, argv
+
+
 def partial_files(cache: Path) -> set[Path]:
     return set(cache.rglob("*.part*"))
 
@@ -109,5 +139,6 @@ def test_stopped_while_packer_runs_the_guest_no_packer_or_qemu_stays(
     build = start_build(tmp_path, cache, "--force")
     wait_until("QEMU guest", lambda: any("qemu-system" in p for p in processes_naming(tmp_path)), build)
     assert any(Path(p.split()[1]).name == "packer" for p in processes_naming(tmp_path))
+    assert_packer_ran_the_probed_machine(qemu_argv(tmp_path))
     _, err = stop(build)
     assert_nothing_left(tmp_path, cache, build, err, parts_before)

@@ -12,7 +12,7 @@ import yaml
 from lxml import etree
 
 from pipeline.appliance import Firmware, find_appliance, load_appliance
-from pipeline.builder.accel import OVMF_CODE, TCG_CPU_MODEL, Accel, qemu_machine
+from pipeline.builder.accel import OVMF_CODE, Accel, qemu_machine
 from pipeline.errors import ConfigError
 from pipeline.formats.ovf import DiskRef, HardwareProfile, build_descriptor, descriptor_firmware, schema_problems
 from pipeline.package.verify import descriptor_facts
@@ -45,20 +45,22 @@ def test_an_unknown_firmware_is_one_line_naming_file_and_field(tmp_path: Path) -
 
 
 def test_uefi_machine_is_q35_with_ovmf_as_pflash(tmp_path: Path) -> None:
-    bios = qemu_machine(Accel.TCG, 2, 1024)
-    assert bios.argv() == ["-machine", "type=pc,accel=tcg", "-cpu", TCG_CPU_MODEL, "-m", "1024M", "-smp", "2"]
-    assert "firmware_qemuargs" not in bios.template_variables()
+    bios = qemu_machine(Accel.KVM, 2, 1024)
+    assert bios.argv() == ["-machine", "type=pc,accel=kvm", "-cpu", "host", "-m", "1024M", "-smp", "2"]
     vars_copy = tmp_path / "vars.fd"
-    uefi = qemu_machine(Accel.TCG, 2, 1024, ovmf_vars=vars_copy)
-    assert uefi.argv()[:2] == ["-machine", "type=q35,pflash0=vmi-ovmf-code,pflash1=vmi-ovmf-vars,accel=tcg"]
-    assert uefi.argv()[-4:] == [
-        "-blockdev", f"driver=file,filename={OVMF_CODE},node-name=vmi-ovmf-code,read-only=on",
-        "-blockdev", f"driver=file,filename={vars_copy},node-name=vmi-ovmf-vars",
-    ]  # fmt: skip
-    variables = uefi.template_variables()
-    # Packer writes `-machine type=<machine_type>,accel=<accelerator>`: the same line as argv()
-    assert f"type={variables['machine_type']},accel={variables['accelerator']}" == uefi.argv()[1]
-    assert json.loads(variables["firmware_qemuargs"]) == uefi.firmware_args()
+    for accel, machine in (
+        (Accel.KVM, "type=q35,pflash0=vmi-ovmf-code,pflash1=vmi-ovmf-vars,accel=kvm"),
+        (Accel.TCG, "type=q35,memory-backend=vmi-ram,pflash0=vmi-ovmf-code,pflash1=vmi-ovmf-vars"),
+    ):
+        uefi = qemu_machine(accel, 2, 1024, ovmf_vars=vars_copy)
+        assert uefi.argv()[:2] == ["-machine", machine]
+        assert uefi.machine_args()[-2:] == [
+            ["-blockdev", f"driver=file,filename={OVMF_CODE},node-name=vmi-ovmf-code,read-only=on"],
+            ["-blockdev", f"driver=file,filename={vars_copy},node-name=vmi-ovmf-vars"],
+        ]
+        # Packer gets the same pairs: its own -machine is replaced by the one in qemuargs
+        assert json.loads(uefi.template_variables()["machine_qemuargs"]) == uefi.machine_args()
+    assert not any(arg == "-blockdev" for arg in bios.argv())
 
 
 @pytest.mark.parametrize("profile", list(HardwareProfile))
