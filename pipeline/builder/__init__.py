@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
@@ -344,19 +345,54 @@ def _staging(out: Path, version: str) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+# Held (flock) by a build for its scratch folder's whole life; the kernel drops it when the build dies,
+# even by SIGKILL or the OOM killer, so a folder whose lock can be taken was left by a killed build.
+_OWNER_LOCK = ".owner.lock"
+
+
 @contextlib.contextmanager
 def _scratch(settings: Settings, name: str) -> Iterator[Path]:
-    """Build-owned scratch space (seed, build key, Packer's TMPDIR); always deleted, key included."""
+    """Build-owned scratch space (seed, build key, Packer's TMPDIR); always deleted, key included. What a
+    killed build left (which may hold a chroot's mounts) goes at the next build's start."""
     settings.work_dir.mkdir(parents=True, exist_ok=True)
+    _sweep_abandoned(settings.work_dir)
     work = Path(tempfile.mkdtemp(prefix=f"build-{name}-", dir=settings.work_dir))
+    # locked before it gets its name: a sweep never sees this folder's lock free while we live
+    lock = os.open(work / f"{_OWNER_LOCK}.new", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
     try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.rename(work / f"{_OWNER_LOCK}.new", work / _OWNER_LOCK)
         yield work
     finally:
-        still = unmount_under(work)
-        if still:  # never delete through a mount: it may reach the host's own files
-            log.warning("left %s in place: %s still mounted (umount it, then delete it)", work, still[0])
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        _remove_scratch(work)
+        os.close(lock)
+
+
+def _remove_scratch(work: Path) -> None:
+    still = unmount_under(work)
+    if still:  # never delete through a mount: it may reach the host's own files
+        log.warning("left %s in place: %s still mounted (umount it, then delete it)", work, still[0])
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _sweep_abandoned(work_dir: Path) -> None:
+    """Unmount and delete the scratch folders of builds that were killed (their lock is free). A folder
+    without a lock is left alone: one being created right now, or one from before the lock existed."""
+    for folder in sorted(work_dir.glob("build-*")):
+        try:
+            fd = os.open(folder / _OWNER_LOCK, os.O_RDWR | os.O_CLOEXEC)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live build
+            log.info("removing %s: left by a build that was killed", folder)
+            _remove_scratch(folder)
+        finally:
+            os.close(fd)
 
 
 def _publish(stage: Path, final: Path) -> None:

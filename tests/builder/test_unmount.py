@@ -5,8 +5,12 @@ mounted there. Real mounts (tmpfs, proc), as root."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+import signal
 import subprocess
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -14,6 +18,8 @@ import pytest
 import pipeline.builder as builder
 from pipeline.builder.disk import mount_points_under, unmount_under
 from pipeline.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 
@@ -72,3 +78,50 @@ def test_what_cannot_be_unmounted_is_left_in_place_not_deleted_through(
         assert "still mounted" in caplog.text and str(work) in caplog.text
     finally:
         unmount_under(tmp_path)
+
+
+# A build as a separate process: its scratch folder with a chroot-like mount inside, then it waits.
+_BUILD = """
+import sys, time, types
+from pathlib import Path
+from pipeline.builder import _scratch
+import subprocess
+with _scratch(types.SimpleNamespace(work_dir=Path(sys.argv[1])), "x") as work:
+    (work / "chroot" / "proc").mkdir(parents=True)
+    subprocess.run(["mount", "-t", "proc", "proc", str(work / "chroot" / "proc")], check=True)
+    print(work, flush=True)
+    time.sleep(600)
+"""
+
+
+def start_build(work_dir: Path) -> tuple[subprocess.Popen[str], Path]:
+    proc = subprocess.Popen([sys.executable, "-c", _BUILD, str(work_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, Path(proc.stdout.readline().strip())
+
+
+def test_a_killed_builds_scratch_folder_and_mounts_go_at_the_next_build_a_live_ones_stay(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    work_dir = tmp_path / "work"
+    killed, killed_work = start_build(work_dir)
+    live, live_work = start_build(work_dir)
+    try:
+        killed.send_signal(signal.SIGKILL)  # no cleanup runs: the folder and its mount stay
+        killed.wait(timeout=30)
+        assert mount_points_under(killed_work) == [killed_work / "chroot" / "proc"]
+        before_lock = work_dir / "build-old-format"  # no lock file: not ours to judge, left alone
+        before_lock.mkdir()
+        settings = types.SimpleNamespace(work_dir=work_dir)
+        with builder._scratch(settings, "next") as work:  # type: ignore[arg-type]
+            assert work.is_dir()
+        assert not killed_work.exists() and mount_points_under(killed_work) == []
+        assert f"removing {killed_work}: left by a build that was killed" in caplog.text
+        assert live_work.is_dir() and mount_points_under(live_work) == [live_work / "chroot" / "proc"]
+        assert before_lock.is_dir()
+    finally:
+        live.terminate()  # SIGTERM: Python exits without running the finally blocks...
+        live.wait(timeout=30)
+        unmount_under(tmp_path)  # ...so this test cleans the live one's mount itself
+    assert mount_points_under(tmp_path) == []
