@@ -77,7 +77,10 @@ def test_both_catalogues_answer_with_the_same_classes_and_values(live_server: Li
         endorsed = remote.endorse("debian-12", "1.0", VO)
         revoked = local.revoke("debian-12", "1.0", VO)
         assert type(endorsed) is type(revoked) is schemas.ImageListPublic
-        assert revoked.hv_version == endorsed.hv_version + 1
+        # the next list's version: its creation second as YYYYMMDDHHMMSS, but always above the previous one
+        # (a revocation a second or more after the endorsement takes the clock's value, not previous + 1)
+        stamp = int(revoked.created.strftime("%Y%m%d%H%M%S"))
+        assert revoked.hv_version == max(stamp, endorsed.hv_version + 1) > endorsed.hv_version
     finally:
         local.close()
         remote.close()
