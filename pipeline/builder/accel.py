@@ -48,9 +48,9 @@ KVM_MAX_SHARE_OF_TCG = 0.5
 # until the SSH key login (5 pairs of boots, 3.6-19.7 s apart: bench/README.md).
 TCG_CPU_MODEL = "qemu64,ssse3=on,sse4.1=on,sse4.2=on,popcnt=on,rdrand=on,svm=off"
 # Under TCG only: a 256 MiB translation cache (QEMU's default on a 64-bit host is 1 GiB) and the guest's
-# RAM from a memfd (shared memory, in 4 KiB pages). Measured
-# together on debian-13 boots (bench/README.md): QEMU's resident memory at the SSH login went from 1.45
-# to 0.62 GB, and the login medians from 52.2 to 48.8 s under SeaBIOS and 53.0 to 48.4 s under OVMF.
+# RAM from a memfd (shared memory, in 4 KiB pages). Measured together on debian-13 boots (bench/README.md):
+# QEMU's resident memory at the SSH login went from 1.45 to 0.62 GB, and the login medians from 52.2 to
+# 48.8 s under SeaBIOS and from 53.0 to 48.4 s under OVMF.
 TCG_TB_SIZE_MB = 256
 TCG_RAM_ID = "vmi-ram"
 # Printed at KERN_EMERG (so even with `quiet`) once the kernel has come all the way to mounting root.

@@ -145,9 +145,11 @@ def unmount_under(path: Path) -> list[Path]:
     return what is still mounted. A chroot tool that died by a signal (mmdebstrap stopped mid-way in
     root mode) can leave its /proc, /sys, /dev/pts and /dev/shm mounted in our work folder."""
     for point in reversed(mount_points_under(path)):
+        how = "unmounted"
         if run.run(["umount", str(point)], check=False, timeout=60).returncode != 0:
+            how = "detached (lazy umount: busy)"
             run.run(["umount", "--lazy", str(point)], check=False, timeout=60)
-        log.debug("unmounted %s (left behind by a stopped tool)", point)
+        log.debug("%s %s, left behind by a stopped tool", how, point)
     return mount_points_under(path)
 
 
