@@ -14,10 +14,12 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import re
 import resource
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -125,6 +127,10 @@ def find_tool(name: str, hint: str | None = None) -> str:
 def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The scrubbed environment children get: a few passed-through variables plus ``extra``."""
     env = {k: os.environ[k] for k in _PASS_ENV if k in os.environ}
+    if "TMPDIR" in env and not os.path.isdir(env["TMPDIR"]):
+        # a TMPDIR that does not exist fails children in their own ways (Packer exits at once, even for
+        # `packer version`); they get the folder Python itself fell back to
+        env["TMPDIR"] = tempfile.gettempdir()
     env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     env.setdefault("LANG", "C.UTF-8")
     if extra:
@@ -277,7 +283,13 @@ def spawn(
 
 
 def tool_version(argv: Sequence[str]) -> str:
-    """First line a tool prints for its version flag, e.g. ``tool_version(["packer", "version"])``."""
+    """The first line with a version number (digits.digits) a tool prints for its version flag, e.g.
+    ``tool_version(["packer", "version"])``, else its first line: a warning printed before the version
+    is never taken for it (the version is part of every build's inputs: a warning would change them)."""
     res = run(argv, check=False)
-    text = (res.stdout or res.stderr).strip()
-    return text.splitlines()[0] if text else "unknown"
+    lines = [line.strip() for line in (res.stdout or res.stderr).splitlines() if line.strip()]
+    versioned = [line for line in lines if _VERSION_NUMBER.search(line)]
+    return (versioned or lines or ["unknown"])[0]
+
+
+_VERSION_NUMBER = re.compile(r"\d+\.\d+")

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.errors import CommandError, ConfigError, ToolNotFound
 from pipeline.fsutil import atomic_write, hash_file
-from pipeline.run import find_tool, run, stream
+from pipeline.run import find_tool, run, stream, tool_version
 from pipeline.settings import load_settings
 
 BASE = {
@@ -53,6 +53,32 @@ def test_project_invoke_yaml_loads(project_root: Path) -> None:
     cfg = yaml.safe_load((project_root / "invoke.yaml").read_text())["vmi"]
     s = load_settings(cfg, project_root, environ={})
     assert s.templates_dir == project_root / "packer_templates"
+
+
+def test_a_missing_tmpdir_never_reaches_children_or_tool_versions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Packer exits at once when $TMPDIR does not exist, even for `packer version`: its error line then
+    # became the build's recorded Packer version, changed the build's inputs and forced a rebuild
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "gone"))
+    seen = run(["sh", "-c", 'echo "$TMPDIR"; test -d "$TMPDIR"'])
+    assert Path(seen.stdout.strip()).is_dir(), seen.stdout
+    assert tool_version([find_tool("packer"), "version"]).startswith("Packer v"), "packer version failed"
+
+
+def test_tool_version_is_the_first_line_with_a_version_number(tmp_path: Path) -> None:
+    tool = tmp_path / "tool"
+    tool.write_text("#!/bin/sh\necho 'warning: no config file in /etc/tool-7'\necho 'tool 2.14.1 (build 3)'\n")
+    tool.chmod(0o755)
+    assert tool_version([str(tool)]) == "tool 2.14.1 (build 3)"
+    quiet = tmp_path / "quiet"
+    quiet.write_text("#!/bin/sh\necho 'no version here' >&2\nexit 1\n")
+    quiet.chmod(0o755)
+    assert tool_version([str(quiet)]) == "no version here"  # else the first line, as before
+    silent = tmp_path / "silent"
+    silent.write_text("#!/bin/sh\nexit 0\n")
+    silent.chmod(0o755)
+    assert tool_version([str(silent)]) == "unknown"
 
 
 def test_run_reports_argv_exit_code_and_tail() -> None:
