@@ -70,7 +70,7 @@ done
 # PATH still finds it in /usr/bin for every script before that
 if [ -L "${DESTDIR}/usr/sbin/modprobe" ] && [ -L "${DESTDIR}/sbin" ] && [ -x "${DESTDIR}/usr/bin/kmod" ]; then
     rm "${DESTDIR}/usr/sbin/modprobe"
-    ln -s kmod "${DESTDIR}/usr/bin/modprobe"
+    ln -sf kmod "${DESTDIR}/usr/bin/modprobe"
 fi
 HOOK
 chmod 0755 "$1/etc/initramfs-tools/hooks/vmi-trim"
