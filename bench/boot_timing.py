@@ -19,6 +19,8 @@ pure-Python loop) so figures from two machines compare.
 run of each disk sees the same host load: the way to compare two builds of one appliance. ``--cpu``
 (repeatable, with ``--disk``) boots each disk under each of these QEMU ``-cpu`` models in turn instead
 of the build's own (pipeline.builder.accel.TCG_CPU_MODEL under TCG): the way to compare CPU models.
+``--ovmf DIR`` (repeatable, with ``--disk --firmware uefi``) likewise boots each disk under the OVMF in
+each folder (OVMF_CODE_4M.fd and OVMF_VARS_4M.fd; e.g. /usr/share/OVMF against .venv/share/OVMF).
 
 --smoke boots nothing: it prints the timings the boot tests recorded (``boot-timings.jsonl`` in the
 test output, written by tests/builder/test_boot_e2e.py), else one recorded sample parsed through the
@@ -40,7 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.appliance import Firmware, find_appliance  # noqa: E402
+from pipeline.builder.accel import Ovmf, find_ovmf  # noqa: E402
 from pipeline.builder.seed import generate_ssh_key, meta_data, multipart_user_data, write_seed_iso  # noqa: E402
+from pipeline.errors import ConfigError  # noqa: E402
 from pipeline.manifest import BuildManifest, list_versions  # noqa: E402
 from tests.builder.guest import (  # noqa: E402
     PHASES,
@@ -70,9 +74,14 @@ def core_reference() -> float:
 
 def machine() -> str:
     load = "/".join(f"{x:.2f}" for x in os.getloadavg())
+    try:
+        ovmf = find_ovmf().describe()
+    except ConfigError as err:
+        ovmf = f"none ({err})"
     return (
         f"machine: {os.cpu_count()} cores, load average {load} (1/5/15 min), "
-        f"single-core reference {core_reference():.2f} s (10M Python loop steps; lower is faster)"
+        f"single-core reference {core_reference():.2f} s (10M Python loop steps; lower is faster); "
+        f"UEFI firmware {ovmf}"
     )
 
 
@@ -105,24 +114,33 @@ def smoke() -> None:
     table(rows)
 
 
-def boot_once(disk: Path, firmware: str, work: Path, cpu_model: str | None = None) -> BootTiming:
+def boot_once(
+    disk: Path, firmware: str, work: Path, cpu_model: str | None = None, ovmf: Ovmf | None = None
+) -> BootTiming:
     key = generate_ssh_key(work / "key", comment="boot-timing")
     meta = meta_data("boot-timing-1", "boot-timing", public_keys=(key.public_text,))
     seed = write_seed_iso(work / "seed.iso", meta, multipart_user_data([("x-shellscript", "#!/bin/sh\ntrue\n")]))
-    with boot(disk, seed, key.private, work, firmware=firmware, cpu_model=cpu_model) as guest:
+    with boot(disk, seed, key.private, work, firmware=firmware, cpu_model=cpu_model, ovmf=ovmf) as guest:
         guest.wait_for_ssh("debian", deadline_s=900)
         return guest.timing("debian")
 
 
-def compare(disks: list[Path], firmware: str, runs: int, cpu_models: list[str] | None = None) -> None:
-    """Boot every (disk, CPU model) pair in turn, ``runs`` rounds; one column per boot."""
-    pairs = [(disk, cpu) for disk in disks for cpu in (cpu_models or [None])]
+def compare(
+    disks: list[Path],
+    firmware: str,
+    runs: int,
+    cpu_models: list[str] | None = None,
+    ovmf_dirs: list[Path] | None = None,
+) -> None:
+    """Boot every (disk, CPU model, OVMF) combination in turn, ``runs`` rounds; one column per boot."""
+    ovmfs: list[Ovmf | None] = [find_ovmf((folder,)) for folder in ovmf_dirs or []] or [None]
+    combos = [(disk, cpu, ovmf) for disk in disks for cpu in (cpu_models or [None]) for ovmf in ovmfs]
     rows: list[tuple[str, BootTiming]] = []
     for _ in range(runs):
-        for index, (disk, cpu) in enumerate(pairs):
+        for index, (disk, cpu, ovmf) in enumerate(combos):
             with tempfile.TemporaryDirectory(prefix="boot-timing-") as tmp:
-                rows.append((f"{chr(65 + index)}/{firmware}", boot_once(disk, firmware, Path(tmp), cpu)))
-            under = f" (-cpu {cpu})" if cpu else ""
+                rows.append((f"{chr(65 + index)}/{firmware}", boot_once(disk, firmware, Path(tmp), cpu, ovmf)))
+            under = (f" (-cpu {cpu})" if cpu else "") + (f" ({ovmf.describe()})" if ovmf else "")
             print(f"  {chr(65 + index)} {disk}{under}: SSH key login after {rows[-1][1].ssh_login:.1f} s", flush=True)
     table(rows)
     if runs > 1:
@@ -140,6 +158,9 @@ def main() -> None:
     parser.add_argument("--disk", type=Path, action="append", help="boot these qcow2 disks in turn instead")
     parser.add_argument("--firmware", choices=("bios", "uefi"), default="bios", help="with --disk (default bios)")
     parser.add_argument("--cpu", action="append", help="with --disk: boot each disk under these QEMU -cpu models")
+    parser.add_argument(
+        "--ovmf", type=Path, action="append", help="with --disk --firmware uefi: boot under each of these OVMF folders"
+    )
     parser.add_argument("--smoke", action="store_true", help="print recorded boot timings; boot nothing")
     args = parser.parse_args()
     print(machine())
@@ -148,8 +169,10 @@ def main() -> None:
         return
     if args.cpu and not args.disk:
         parser.error("--cpu needs --disk")
+    if args.ovmf and (not args.disk or args.firmware != "uefi"):
+        parser.error("--ovmf needs --disk and --firmware uefi")
     if args.disk:
-        compare(args.disk, args.firmware, args.runs, args.cpu)
+        compare(args.disk, args.firmware, args.runs, args.cpu, args.ovmf)
         return
     output = args.output or Path(os.environ.get("VMI_TEST_OUTPUT", ROOT / "work" / "test-output"))
     rows: list[tuple[str, BootTiming]] = []

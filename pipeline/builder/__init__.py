@@ -34,6 +34,7 @@ from pipeline.builder.accel import (
     Accel,
     QemuMachine,
     choose_accel,
+    find_ovmf,
     ovmf_vars_copy,
     qemu_machine,
 )
@@ -98,6 +99,8 @@ def tool_versions(appliance: Appliance) -> dict[str, str]:
     }
     if appliance.base.kind is BaseKind.BOOTSTRAP:
         tools["mmdebstrap"] = run.tool_version([run.find_tool("mmdebstrap"), "--version"])
+    if appliance.firmware is Firmware.UEFI:  # it builds under OVMF (bios and hybrid under SeaBIOS)
+        tools["ovmf"] = find_ovmf().version
     return tools
 
 
@@ -247,6 +250,7 @@ def _run_packer(job: PackerJob, machine: QemuMachine) -> packer.PackerRun:
         # a UEFI-only disk builds under OVMF; bios and hybrid disks build under SeaBIOS (the boot tests
         # prove a hybrid disk under both)
         vars_copy = ovmf_vars_copy(job.work / f"ovmf-vars-{machine.accel}.fd")
+        log.info("firmware: %s", find_ovmf().describe())
         machine = dataclasses.replace(machine, machine_type=UEFI_MACHINE_TYPE, ovmf_vars=vars_copy)
     key = generate_ssh_key(job.work / f"key-{machine.accel}")
     seed = write_seed_dir(

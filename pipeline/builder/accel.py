@@ -19,8 +19,10 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +32,12 @@ from pipeline.log import log
 
 MACHINE_TYPE = "pc"
 UEFI_MACHINE_TYPE = "q35"  # OVMF wants q35 (SMM-capable chipset); SeaBIOS guests keep the i440fx "pc"
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")  # Debian's ovmf package (scripts/setup)
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")  # template: every VM writes its own copy
+# UEFI firmware: the first of these folders that holds both files. scripts/setup puts Debian 13's OVMF
+# (edk2 2025.02) into the virtualenv: under TCG it starts the boot loader ~2.1 s after QEMU's start,
+# Debian 12's (edk2 2022.11, the system's ovmf package on bookworm) after ~4.4 s (bench/README.md).
+OVMF_DIRS = (Path(sys.prefix) / "share" / "OVMF", Path("/usr/share/OVMF"))
+OVMF_CODE_NAME = "OVMF_CODE_4M.fd"
+OVMF_VARS_NAME = "OVMF_VARS_4M.fd"  # a template: every VM writes its own copy
 # KVM must reach the marker within this bound and in less than this share of TCG's time.
 KVM_PROBE_TIMEOUT = 20.0
 TCG_PROBE_TIMEOUT = 120.0
@@ -76,6 +82,7 @@ class QemuMachine:
     memory_mb: int = 1024
     note: str = ""  # why this accelerator (recorded in the build log and the manifest)
     ovmf_vars: Path | None = None
+    ovmf_code: Path | None = None  # the firmware's code under UEFI; None: ``find_ovmf()``'s
 
     @property
     def uefi(self) -> bool:
@@ -109,8 +116,9 @@ class QemuMachine:
         """The extra QEMU arguments of UEFI firmware, as Packer ``qemuargs`` pairs."""
         if self.ovmf_vars is None:
             return []
+        code = self.ovmf_code or find_ovmf().code
         return [
-            ["-blockdev", f"driver=file,filename={OVMF_CODE},node-name=vmi-ovmf-code,read-only=on"],
+            ["-blockdev", f"driver=file,filename={code},node-name=vmi-ovmf-code,read-only=on"],
             ["-blockdev", f"driver=file,filename={self.ovmf_vars},node-name=vmi-ovmf-vars"],
         ]
 
@@ -138,7 +146,8 @@ class QemuMachine:
 
 def qemu_machine(accel: Accel, cpus: int = 2, memory_mb: int = 1024, ovmf_vars: Path | None = None) -> QemuMachine:
     """KVM passes the host CPU through; TCG emulates ``TCG_CPU_MODEL`` (x86-64-v2). With ``ovmf_vars``
-    (this VM's writable copy of ``OVMF_VARS``, see ``ovmf_vars_copy``) the machine boots UEFI on q35."""
+    (this VM's writable copy of OVMF's variable store, see ``ovmf_vars_copy``) the machine boots UEFI on
+    q35."""
     return QemuMachine(
         accel,
         "host" if accel is Accel.KVM else TCG_CPU_MODEL,
@@ -149,14 +158,45 @@ def qemu_machine(accel: Accel, cpus: int = 2, memory_mb: int = 1024, ovmf_vars: 
     )
 
 
-def ovmf_vars_copy(target: Path) -> Path:
-    """A fresh, writable copy of OVMF's variable store for one VM (each VM writes its own)."""
-    if not OVMF_CODE.is_file() or not OVMF_VARS.is_file():
-        raise ConfigError(
-            f"{OVMF_CODE}: UEFI firmware not installed", hint="install Debian's ovmf package (scripts/setup)"
-        )
+@dataclass(frozen=True)
+class Ovmf:
+    code: Path  # read-only, shared by every VM
+    vars: Path  # the variable store's template
+    version: str  # the Debian package's version ("unknown" if no record says)
+
+    def describe(self) -> str:
+        return f"OVMF {self.version} ({self.code.parent})"
+
+
+@functools.cache
+def find_ovmf(dirs: Sequence[Path] = OVMF_DIRS) -> Ovmf:
+    """The UEFI firmware builds and boot tests run: the first folder of ``dirs`` with both files."""
+    for folder in dirs:
+        code, store = folder / OVMF_CODE_NAME, folder / OVMF_VARS_NAME
+        if code.is_file() and store.is_file():
+            return Ovmf(code, store, _ovmf_version(folder))
+    raise ConfigError(
+        f"{dirs[-1] / OVMF_CODE_NAME}: UEFI firmware not installed",
+        hint="run scripts/setup (it installs Debian's ovmf package and a current OVMF in .venv/share/OVMF)",
+    )
+
+
+def _ovmf_version(folder: Path) -> str:
+    """scripts/setup records the version next to the files it fetched; else dpkg knows the system's."""
+    record = folder / "VERSION"
+    if record.is_file():
+        return record.read_text(encoding="utf-8", errors="replace").strip()[:100] or "unknown"
+    if shutil.which("dpkg-query") is None:
+        return "unknown"
+    owner = run.run(["dpkg-query", "-W", "-f=${Version}", "ovmf"], check=False, timeout=30)
+    return owner.stdout.strip() if owner.returncode == 0 and owner.stdout.strip() else "unknown"
+
+
+def ovmf_vars_copy(target: Path, ovmf: Ovmf | None = None) -> Path:
+    """A fresh, writable copy of the variable store of ``ovmf`` (default ``find_ovmf()``) for one VM
+    (each VM writes its own)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(OVMF_VARS, target)
+    shutil.copyfile((ovmf or find_ovmf()).vars, target)
     return target
 
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from pipeline.builder.accel import Accel, choose_accel, ovmf_vars_copy, qemu_machine
+from pipeline.builder.accel import Accel, Ovmf, choose_accel, find_ovmf, ovmf_vars_copy, qemu_machine
 from pipeline.run import spawn
 
 SSH_OPTIONS = [
@@ -35,6 +35,16 @@ def free_port() -> int:
 
 
 POLL_SECONDS = 0.5  # between SSH attempts: the measured time is at most this late
+SSH_BANNER_WAIT_S = 15  # how long an attempt waits for sshd's banner once the guest's network is up
+EARLY_BANNER_WAIT_S = 3  # ... and before: what it waits for then is a SYN that slirp lost
+
+
+def guest_answered(stderr: str) -> bool:
+    """Whether a failed ``ssh`` attempt (its stderr) reached the guest: the guest reset or closed the
+    connection, or sshd answered and refused. Not when QEMU was not listening yet (refused on the host) or
+    nothing came back before ConnectTimeout."""
+    text = stderr.strip()
+    return bool(text) and "timed out" not in text and "Connection refused" not in text
 
 
 PHASES = (  # BootTiming's fields in boot order, with what each covers
@@ -69,6 +79,8 @@ class BootTiming:
         path.parent.mkdir(parents=True, exist_ok=True)
         line = {"label": label, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **asdict(self)}
         line["load"] = os.getloadavg()[0]
+        if self.firmware == "uefi":
+            line["ovmf"] = find_ovmf().describe()  # which OVMF: its own start is part of the figure
         with path.open("a") as f:
             f.write(json.dumps(line) + "\n")
 
@@ -155,20 +167,41 @@ class Guest:
     started: float = 0.0  # time.monotonic() when QEMU was started
     login_at: float | None = None  # seconds after ``started`` of the first successful key login
     accel: Accel = Accel.TCG  # the accelerator the guest runs under
+    ovmf: Ovmf | None = None  # the UEFI firmware it boots (None: SeaBIOS)
+
+    def ssh_argv(self, user: str, command: str, *extra: str) -> list[str]:
+        """``ssh`` running ``command`` as ``user``; ``extra`` options come first, as ssh takes the first
+        value it is given for an option (so they override ``SSH_OPTIONS``)."""
+        return ["ssh", *extra, *SSH_OPTIONS, "-i", str(self.key), "-p", str(self.port), f"{user}@127.0.0.1", command]
 
     def ssh(self, user: str, command: str, *extra: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        argv = ["ssh", *SSH_OPTIONS, *extra, "-i", str(self.key), "-p", str(self.port), f"{user}@127.0.0.1", command]
+        argv = self.ssh_argv(user, command, *extra)
         return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def attempt(self, user: str, banner_wait_s: float) -> subprocess.CompletedProcess[str]:
+        """One key login as ``user`` that waits at most ``banner_wait_s`` for sshd's banner; its stderr
+        says how it ended (LogLevel=INFO: with ERROR, a connection the guest closed says nothing)."""
+        return self.ssh(user, "true", "-o", f"ConnectTimeout={banner_wait_s:g}", "-o", "LogLevel=INFO", timeout=60)
 
     def wait_for_ssh(self, user: str, deadline_s: float) -> float:
         """Seconds from QEMU's start until ``user`` could log in with the key; fails the test with the
-        serial log if never."""
+        serial log if never.
+
+        QEMU's user network accepts each connection on the host at once and only then sends its SYN to
+        the guest. A SYN sent before the guest has its address is lost, and slirp resends it only seconds
+        later, so an attempt made then hangs while ``ssh`` waits for the banner (ConnectTimeout). Until
+        the guest has answered an attempt, each waits ``EARLY_BANNER_WAIT_S``; afterwards the usual 15 s.
+        With 15 s throughout, the login was measured up to ~14 s late, always at the same point of the
+        attempts' cycle (bench/README.md)."""
         last = None
+        answered = False
         while time.monotonic() - self.started < deadline_s:
-            last = self.ssh(user, "true", "-o", "ConnectTimeout=5", timeout=60)
+            wait = SSH_BANNER_WAIT_S if answered else EARLY_BANNER_WAIT_S
+            last = self.attempt(user, wait)
             if last.returncode == 0:
                 self.login_at = time.monotonic() - self.started
                 return self.login_at
+            answered = answered or guest_answered(last.stderr)
             time.sleep(POLL_SECONDS)
         tail = self.serial_log.read_text(errors="replace")[-4000:] if self.serial_log.exists() else ""
         raise AssertionError(f"no SSH login as {user} within {deadline_s}s: {last and last.stderr}\n{tail}")
@@ -204,11 +237,13 @@ def boot(
     firmware: str = "bios",
     grow_mb: int = GROW_MB,
     cpu_model: str | None = None,
+    ovmf: Ovmf | None = None,
 ) -> Iterator[Guest]:
     """Boot ``disk`` (qcow2) through an overlay ``grow_mb`` larger than the image (a site's disk is larger
     than the image: cloud-init grows the root into it) with ``seed_iso`` as CD under ``firmware``
     (``bios``: SeaBIOS; ``uefi``: OVMF on q35 with this guest's own copy of the variable store); yields a
-    ``Guest``. ``cpu_model`` replaces the machine's ``-cpu`` (bench/boot_timing.py --cpu compares models)."""
+    ``Guest``. ``cpu_model`` replaces the machine's ``-cpu`` and ``ovmf`` the firmware ``find_ovmf()``
+    finds (bench/boot_timing.py --cpu and --ovmf compare them)."""
     overlay = workdir / "overlay.qcow2"
     size = virtual_size(disk) + grow_mb * 2**20
     subprocess.run(
@@ -219,8 +254,10 @@ def boot(
     serial = workdir / "serial.log"
     # the machine the build itself runs on this host (auto: KVM only where the probe proves it)
     # (the same QemuMachine, firmware included, that Packer gets: pipeline.builder.accel)
-    ovmf_vars = ovmf_vars_copy(workdir / "OVMF_VARS.fd") if firmware == "uefi" else None
+    firmware_used = (ovmf or find_ovmf()) if firmware == "uefi" else None
+    ovmf_vars = ovmf_vars_copy(workdir / "OVMF_VARS.fd", firmware_used) if firmware_used else None
     machine = qemu_machine(choose_accel("auto", 2, memory_mb).accel, 2, memory_mb, ovmf_vars=ovmf_vars)
+    machine = replace(machine, ovmf_code=firmware_used.code if firmware_used else None)
     if cpu_model is not None:
         machine = replace(machine, cpu_model=cpu_model)
     argv = [
@@ -236,4 +273,4 @@ def boot(
     ]  # fmt: skip
     started = time.monotonic()
     with spawn(argv, log_path=workdir / "qemu.log"):
-        yield Guest(port, key, serial, firmware, started, accel=machine.accel)
+        yield Guest(port, key, serial, firmware, started, accel=machine.accel, ovmf=firmware_used)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,15 @@ import yaml
 from lxml import etree
 
 from pipeline.appliance import Firmware, find_appliance, load_appliance
-from pipeline.builder.accel import OVMF_CODE, Accel, qemu_machine
+from pipeline.builder.accel import (
+    OVMF_CODE_NAME,
+    OVMF_DIRS,
+    OVMF_VARS_NAME,
+    Accel,
+    find_ovmf,
+    ovmf_vars_copy,
+    qemu_machine,
+)
 from pipeline.errors import ConfigError
 from pipeline.formats.ovf import DiskRef, HardwareProfile, build_descriptor, descriptor_firmware, schema_problems
 from pipeline.package.verify import descriptor_facts
@@ -55,12 +64,66 @@ def test_uefi_machine_is_q35_with_ovmf_as_pflash(tmp_path: Path) -> None:
         uefi = qemu_machine(accel, 2, 1024, ovmf_vars=vars_copy)
         assert uefi.argv()[:2] == ["-machine", machine]
         assert uefi.machine_args()[-2:] == [
-            ["-blockdev", f"driver=file,filename={OVMF_CODE},node-name=vmi-ovmf-code,read-only=on"],
+            ["-blockdev", f"driver=file,filename={find_ovmf().code},node-name=vmi-ovmf-code,read-only=on"],
             ["-blockdev", f"driver=file,filename={vars_copy},node-name=vmi-ovmf-vars"],
         ]
         # Packer gets the same pairs: its own -machine is replaced by the one in qemuargs
         assert json.loads(uefi.template_variables()["machine_qemuargs"]) == uefi.machine_args()
     assert not any(arg == "-blockdev" for arg in bios.argv())
+
+
+def test_the_firmware_is_a_current_ovmf() -> None:
+    """What every UEFI build and boot test here runs after the README's set-up, no setting: a current
+    OVMF (Debian 13's edk2 2025.02 or newer), which scripts/setup fetches into the virtualenv where the
+    system's is older (Debian 12's 2022.11 takes twice as long to start under TCG)."""
+    ovmf = find_ovmf()
+    assert ovmf.code.parent in OVMF_DIRS
+    assert ovmf.version.split("-")[0] >= "2025.02", ovmf.describe()
+    if ovmf.code.parent == Path(sys.prefix) / "share" / "OVMF":
+        assert (ovmf.code.parent / "VERSION").read_text().strip() == ovmf.version
+    for volume in (ovmf.code, ovmf.vars):  # UEFI firmware volumes: the signature at offset 40
+        assert volume.read_bytes()[40:44] == b"_FVH", f"{volume} is not a firmware volume"
+
+
+def test_the_first_folder_with_both_files_wins(tmp_path: Path) -> None:
+    only_code, both, system = tmp_path / "venv", tmp_path / "fetched", tmp_path / "system"
+    for folder in (only_code, both, system):
+        folder.mkdir()
+        (folder / OVMF_CODE_NAME).write_bytes(b"code " + folder.name.encode())
+    for folder in (both, system):
+        (folder / OVMF_VARS_NAME).write_bytes(b"vars " + folder.name.encode())
+    (both / "VERSION").write_text("2025.02-8+deb13u1\n")
+    ovmf = find_ovmf((only_code, both, system))
+    assert (ovmf.code, ovmf.vars, ovmf.version) == (both / OVMF_CODE_NAME, both / OVMF_VARS_NAME, "2025.02-8+deb13u1")
+    assert find_ovmf((only_code, system)).code == system / OVMF_CODE_NAME
+
+
+def test_no_firmware_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        find_ovmf((tmp_path / "a", tmp_path / "b"))
+    assert err.value.problems == [f"{tmp_path / 'b' / OVMF_CODE_NAME}: UEFI firmware not installed"]
+
+
+def test_every_vm_gets_its_own_copy_of_the_variable_store(tmp_path: Path) -> None:
+    first, second = ovmf_vars_copy(tmp_path / "a" / "vars.fd"), ovmf_vars_copy(tmp_path / "b" / "vars.fd")
+    first.write_bytes(b"written by one VM")
+    assert second.read_bytes() == find_ovmf().vars.read_bytes() != first.read_bytes()
+
+
+def test_a_machine_can_boot_another_ovmf(tmp_path: Path) -> None:
+    """What bench/boot_timing.py --ovmf does to compare two firmware builds on one disk."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / OVMF_CODE_NAME).write_bytes(b"other code")
+    (other / OVMF_VARS_NAME).write_bytes(b"other vars")
+    chosen = find_ovmf((other,))
+    store = ovmf_vars_copy(tmp_path / "vm" / "vars.fd", chosen)
+    assert store.read_bytes() == b"other vars"
+    machine = dataclasses.replace(qemu_machine(Accel.TCG, 2, 1024, ovmf_vars=store), ovmf_code=chosen.code)
+    assert machine.firmware_args()[0] == [
+        "-blockdev", f"driver=file,filename={other / OVMF_CODE_NAME},node-name=vmi-ovmf-code,read-only=on"
+    ]  # fmt: skip
+    assert f"filename={find_ovmf().code}," in qemu_machine(Accel.TCG, ovmf_vars=store).firmware_args()[0][1]
 
 
 @pytest.mark.parametrize("profile", list(HardwareProfile))
