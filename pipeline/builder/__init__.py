@@ -338,20 +338,37 @@ def _artifact(stage: Path, name: str, role: str, fmt: str) -> Artifact:
     return Artifact.from_digests(name, role, fmt, hash_file(path), virtual)
 
 
+# Held (flock) by a build for the whole life of its scratch and staging folders; the kernel drops it when
+# the build dies, even by SIGKILL or the OOM killer, so a folder whose lock can be taken was left by a
+# killed build.
+_OWNER_LOCK = ".owner.lock"
+_STAGING_GLOB = ".*.partial-*"
+
+
+@contextlib.contextmanager
+def _owned_folder(parent: Path, prefix: str) -> Iterator[Path]:
+    """A new folder in ``parent`` named ``prefix`` + random, holding its owner lock until it is removed."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    # locked before it gets its name: a sweep never sees this folder's lock free while we live
+    lock = os.open(folder / f"{_OWNER_LOCK}.new", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        os.rename(folder / f"{_OWNER_LOCK}.new", folder / _OWNER_LOCK)
+        yield folder
+    finally:
+        if folder.exists():
+            _remove_scratch(folder)
+        os.close(lock)
+
+
 @contextlib.contextmanager
 def _staging(out: Path, version: str) -> Iterator[Path]:
-    """A hidden folder beside the final one; removed unless ``_publish`` renamed it."""
+    """A hidden folder beside the final one; removed unless ``_publish`` renamed it. What a killed
+    build staged in ``out`` goes at the next build's start."""
     out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{version}.partial-", dir=out))
-    try:
+    _sweep_abandoned(out, _STAGING_GLOB)
+    with _owned_folder(out, f".{version}.partial-") as stage:
         yield stage
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-
-
-# Held (flock) by a build for its scratch folder's whole life; the kernel drops it when the build dies,
-# even by SIGKILL or the OOM killer, so a folder whose lock can be taken was left by a killed build.
-_OWNER_LOCK = ".owner.lock"
 
 
 @contextlib.contextmanager
@@ -360,16 +377,8 @@ def _scratch(settings: Settings, name: str) -> Iterator[Path]:
     killed build left (which may hold a chroot's mounts) goes at the next build's start."""
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     _sweep_abandoned(settings.work_dir)
-    work = Path(tempfile.mkdtemp(prefix=f"build-{name}-", dir=settings.work_dir))
-    # locked before it gets its name: a sweep never sees this folder's lock free while we live
-    lock = os.open(work / f"{_OWNER_LOCK}.new", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        os.rename(work / f"{_OWNER_LOCK}.new", work / _OWNER_LOCK)
+    with _owned_folder(settings.work_dir, f"build-{name}-") as work:
         yield work
-    finally:
-        _remove_scratch(work)
-        os.close(lock)
 
 
 def _remove_scratch(work: Path) -> None:
@@ -380,10 +389,11 @@ def _remove_scratch(work: Path) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _sweep_abandoned(work_dir: Path) -> None:
-    """Unmount and delete the scratch folders of builds that were killed (their lock is free). A folder
-    without a lock is left alone: one being created right now, or one from before the lock existed."""
-    for folder in sorted(work_dir.glob("build-*")):
+def _sweep_abandoned(parent: Path, pattern: str = "build-*") -> None:
+    """Unmount and delete the folders matching ``pattern`` in ``parent`` (scratch or staging) of builds
+    that were killed (their lock is free). A folder without a lock is left alone: one being created right
+    now, one from before the lock existed, or a staging folder that is being renamed to its final name."""
+    for folder in sorted(parent.glob(pattern)):
         try:
             fd = os.open(folder / _OWNER_LOCK, os.O_RDWR | os.O_CLOEXEC)
         except (FileNotFoundError, NotADirectoryError):
@@ -401,6 +411,7 @@ def _sweep_abandoned(work_dir: Path) -> None:
 
 def _publish(stage: Path, final: Path) -> None:
     """Make the staged version appear under its final name in one rename (replacing it with --force)."""
+    (stage / _OWNER_LOCK).unlink()  # the build's own (it still holds it); not part of the version
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.replaced-{uuid.uuid4().hex[:8]}")
