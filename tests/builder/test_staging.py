@@ -7,14 +7,13 @@ from __future__ import annotations
 import logging
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import pipeline.builder as builder
 
-ROOT = Path(__file__).resolve().parents[2]
+from .child import start_child
 
 # A build as a separate process: it stages a version, writes into it, then waits.
 _BUILD = """
@@ -29,11 +28,7 @@ with _staging(Path(sys.argv[1]), sys.argv[2]) as stage:
 
 
 def start_build(out: Path, version: str) -> tuple[subprocess.Popen[str], Path]:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _BUILD, str(out), version], cwd=ROOT, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None
-    return proc, Path(proc.stdout.readline().strip())
+    return start_child(_BUILD, str(out), version)
 
 
 def test_a_killed_builds_staging_goes_at_the_next_build_a_live_ones_stays(

@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import types
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pipeline.builder as builder
 from pipeline.builder.disk import mount_points_under, unmount_under
 from pipeline.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[2]
+from .child import start_child
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting needs root")
 
@@ -95,9 +94,7 @@ with _scratch(types.SimpleNamespace(work_dir=Path(sys.argv[1])), "x") as work:
 
 
 def start_build(work_dir: Path) -> tuple[subprocess.Popen[str], Path]:
-    proc = subprocess.Popen([sys.executable, "-c", _BUILD, str(work_dir)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
-    return proc, Path(proc.stdout.readline().strip())
+    return start_child(_BUILD, str(work_dir))
 
 
 def test_a_killed_builds_scratch_folder_and_mounts_go_at_the_next_build_a_live_ones_stay(
