@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import os
 import re
 import resource
@@ -138,6 +139,25 @@ def clean_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+# prctl(2) through the C library: the one call Python's standard library lacks (no package needed for it).
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with(parent: int) -> Callable[[], None]:
+    """For a long-running child, run before exec: the kernel sends it SIGTERM when ``parent`` (we) dies,
+    even by SIGKILL or the OOM killer, where none of our own clean-up runs. So Packer still stops its
+    QEMU and mmdebstrap unmounts; before, they ran on, orphaned. If we died before this ran, the child
+    exits at once."""
+
+    def apply() -> None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return apply
+
+
 def _tail(text: str, lines: int = 25) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
@@ -212,6 +232,7 @@ def stream(
             text=True,
             errors="replace",
             start_new_session=True,
+            preexec_fn=_stop_with(os.getpid()),
         )
     except FileNotFoundError as e:
         raise ToolNotFound(f"required tool '{args[0]}' is not installed", TOOL_HINTS.get(args[0])) from e
@@ -272,6 +293,7 @@ def spawn(
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_stop_with(os.getpid()),
             )
         except FileNotFoundError as e:
             raise ToolNotFound(f"required tool '{args[0]}' is not installed", TOOL_HINTS.get(args[0])) from e
