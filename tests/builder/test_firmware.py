@@ -126,6 +126,14 @@ def test_a_machine_can_boot_another_ovmf(tmp_path: Path) -> None:
     assert f"filename={find_ovmf().code}," in qemu_machine(Accel.TCG, ovmf_vars=store).firmware_args()[0][1]
 
 
+def test_a_uefi_builds_cache_key_carries_the_firmware_it_builds_under() -> None:
+    from pipeline.builder import tool_versions
+
+    base = find_appliance(ROOT / "packer_templates", "debian-13")
+    assert tool_versions(dataclasses.replace(base, firmware=Firmware.UEFI))["ovmf"] == find_ovmf().version
+    assert "ovmf" not in tool_versions(base)  # hybrid builds under SeaBIOS: another OVMF changes nothing
+
+
 @pytest.mark.parametrize("profile", list(HardwareProfile))
 def test_ovf_says_efi_only_for_uefi_only_images(profile: HardwareProfile) -> None:
     base = find_appliance(ROOT / "packer_templates", "debian-13")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,11 +75,15 @@ def banner_then_close(conn: socket.socket) -> None:  # sshd answers, then the co
     conn.close()
 
 
-def attempt(tmp_path: Path, port: int) -> str:
+def make_key(tmp_path: Path) -> Path:
     key = tmp_path / "id"
     if not key.exists():
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
-    guest = Guest(port=port, key=key, serial_log=tmp_path / "serial.log")
+    return key
+
+
+def attempt(tmp_path: Path, port: int) -> str:
+    guest = Guest(port=port, key=make_key(tmp_path), serial_log=tmp_path / "serial.log")
     done = guest.attempt("debian", 2)
     assert done.returncode == 255, done
     return done.stderr
@@ -102,3 +107,34 @@ def test_nothing_listening_yet_is_not_the_guest_answering(tmp_path: Path) -> Non
     assert "refused" in stderr
     assert not guest_answered(stderr)
     assert not guest_answered("")
+
+
+def waiting(tmp_path: Path, handle: Callable[[socket.socket, int], None], deadline_s: float) -> int:
+    """How many connections ``wait_for_ssh`` made to a guest that ``handle``s each and never lets it in."""
+    count = 0
+
+    def counted(conn: socket.socket) -> None:
+        nonlocal count
+        count += 1
+        handle(conn, count)
+
+    with listener(counted) as port:
+        key = make_key(tmp_path)
+        guest = Guest(port=port, key=key, serial_log=tmp_path / "serial.log", started=time.monotonic())
+        with pytest.raises(AssertionError, match="no SSH login as debian"):
+            guest.wait_for_ssh("debian", deadline_s=deadline_s)
+    return count
+
+
+def test_before_the_guest_answers_an_attempt_gives_up_early(tmp_path: Path) -> None:
+    # slirp loses every SYN: with the full banner wait there would be one attempt in 8 s
+    assert waiting(tmp_path, lambda conn, n: hold(conn), deadline_s=8) >= 2
+
+
+def test_once_the_guest_has_answered_an_attempt_waits_the_full_banner_time(tmp_path: Path) -> None:
+    # the guest's network is up (first connection reset); then sshd is slow to send its banner: the
+    # second attempt must wait for it (SSH_BANNER_WAIT_S), not give up after EARLY_BANNER_WAIT_S
+    def reset_then_hold(conn: socket.socket, n: int) -> None:
+        (reset if n == 1 else hold)(conn)
+
+    assert waiting(tmp_path, reset_then_hold, deadline_s=8) == 2
